@@ -1,0 +1,1 @@
+"""defectstream models: pure PyTorch detectors, classifier, synthetic data, training and evaluation."""

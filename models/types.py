@@ -1,0 +1,62 @@
+"""Typed results that cross the border between the models and the streaming layer."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class BBox(NamedTuple):
+    """Axis-aligned box in frame pixels; x1/y1 exclusive."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def area(self) -> int:
+        return max(0, self.width) * max(0, self.height)
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return ((self.x0 + self.x1) / 2.0, (self.y0 + self.y1) / 2.0)
+
+
+class Detection(NamedTuple):
+    """One defect candidate found on one frame by the Inspector."""
+
+    bbox: BBox
+    mask: np.ndarray  # bool (bbox.height, bbox.width): the component's pixels inside bbox
+    defect_class: str  # one of the classifier's class names (never "background")
+    confidence: float  # classifier probability of defect_class, in [0, 1]
+    severity_mean: float  # mean predicted severity over the component, in [0, 12]
+    severity_max: float
+    area_px: int
+    class_scores: tuple[float, ...] = ()  # per-class probabilities (classifier order), optional
+
+
+class InspectionSample(NamedTuple):
+    """One annotated image as every dataset reader (and the synthetic generator) returns it.
+
+    `class_mask` holds 0 for background and i+1 for `class_names[i]`; readers of box-only
+    datasets leave it None and fill `boxes`. `instance_mask` (0 = none, k = k-th entry of
+    `boxes`) is given where instances are known; `severity` is a per-pixel [0, 12] map where the
+    source knows one (the synthetic generator).
+    """
+
+    image: np.ndarray  # uint8 (H, W) grey or (H, W, 3)
+    class_mask: np.ndarray | None  # uint8/int (H, W) class ids, or None (box-only data)
+    boxes: tuple[tuple[BBox, int], ...]  # (box, class id >= 1) per defect instance
+    class_names: tuple[str, ...]  # defect classes, id i+1 -> class_names[i]
+    instance_mask: np.ndarray | None = None
+    severity: np.ndarray | None = None
+    source: str = ""

@@ -1,0 +1,1 @@
+"""defectstream event contracts: Avro schemas, the codec, ClickHouse migrations."""

@@ -1,0 +1,1 @@
+"""defectstream sinks: the sink contract and the ClickHouse sink."""

@@ -1,0 +1,1 @@
+"""defectstream streaming layer: Faust app, agents, tracking, simulator, replay, SPC monitor, CLI."""

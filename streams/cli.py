@@ -1,0 +1,58 @@
+"""The `defectstream` command line: one entry point, a subcommand per capability.
+
+Each capability keeps its commands beside its code in a module that exposes
+`register(subparsers)`; that function adds its subparser(s) and sets `func` (the handler,
+called with the parsed args, returning an exit code). Heavy imports (torch, faust, kafka)
+happen inside handlers so `defectstream --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Modules that contribute subcommands, in the order they are listed in `--help`.
+COMMAND_MODULES = [
+    "streams.stack_cli",
+    "streams.smoke",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="defectstream",
+        description=(
+            "Streaming visual inspection: cameras publish Avro frames to Kafka, Faust workers "
+            "detect and track defects per part, confirmed defects and part verdicts land in "
+            "ClickHouse for SPC. Settings come from DEFECTSTREAM_* environment variables "
+            "(see README)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
