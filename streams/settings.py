@@ -120,6 +120,82 @@ class PlantSettings(BaseModel):
         return v
 
 
+class TrackingSettings(BaseModel):
+    """Per-part defect tracking: association, confirmation, class vote and the part verdict.
+
+    A track is confirmed when it was matched in at least ``min_hits`` of the frames in which it
+    could be seen (its *opportunities*: frames where its motion-predicted box lies inside the
+    view), and in at least ``min_hit_ratio`` of them; a defect that entered the view only on the
+    part's last frame needs one hit. Flickers (glints, noise) are seen in fewer frames than
+    they were in view, so they never reach the ratio.
+    """
+
+    min_hits: int = Field(2, ge=1, description="k: hits needed when the track had >= k opportunities")
+    min_hit_ratio: float = Field(0.75, gt=0.0, le=1.0, description="hits / opportunities needed")
+    max_missed: int = Field(2, ge=0, description="consecutive in-view misses before a track stops matching")
+    iou_min: float = Field(0.1, ge=0.0, le=1.0, description="IoU (after motion compensation) that matches")
+    center_dist_px: float = Field(24.0, ge=0.0, description="centre distance that matches, plus half the box size")
+    edge_margin_px: float = Field(8.0, ge=0.0, description="a predicted box closer than this to the edge is not an opportunity")
+    travel_axis: Literal["-x", "+x", "-y", "+y"] = Field("-x", description="direction the part moves in the image")
+    part_timeout_s: float = Field(30.0, gt=0.0, description="an open part with no frame for this long closes (TIMEOUT)")
+    timeout_check_s: float = Field(5.0, gt=0.0, description="how often the timer looks for idle parts")
+    fail_classes: list[str] = Field(
+        default_factory=lambda: ["crack", "imprint_severe", "inclusion"],
+        description="a confirmed defect of one of these classes fails the part",
+    )
+    fail_severity: float = Field(6.0, ge=0.0, le=12.0, description="a confirmed defect this severe fails the part")
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="detections below this are ignored")
+
+
+class WorkerSettings(BaseModel):
+    """The Faust worker: micro-batching, input limits and the local table store."""
+
+    batch_max: int | None = Field(None, ge=1, description="frames per micro-batch; None = the model batch size")
+    batch_within_s: float = Field(0.2, gt=0.0, description="longest wait to fill a micro-batch")
+    max_image_bytes: int = Field(8 * 1024 * 1024, ge=1, description="larger encoded images go to deadletter")
+    max_pixels: int = Field(4096 * 4096, ge=1, description="larger decoded images go to deadletter")
+    store: str = Field("rocksdb://", description="table store URL (rocksdb:// via rocksdict, or memory://)")
+    web_port: int = Field(6066, ge=1, le=65535)
+    web_enabled: bool = False
+    session_timeout_s: float = Field(
+        30.0, ge=6.0, description="consumer group session timeout: how soon a crashed worker's partitions move"
+    )
+
+
+class SinkSettings(BaseModel):
+    """The ClickHouse sink runner (`defectstream sink`): consumer group, batching, retries, holds."""
+
+    group_id: str = Field("defectstream-clickhouse-sink", description="the sink's own consumer group")
+    batch_size: int = Field(5000, ge=1, description="flush when this many records are buffered")
+    flush_interval_s: float = Field(1.0, gt=0.0, description="flush at least this often while records wait")
+    max_poll_records: int = Field(1000, ge=1)
+    max_retries: int = Field(3, ge=0, description="INSERT retries (exponential backoff) before holding")
+    backoff_initial_s: float = Field(0.2, gt=0.0)
+    backoff_max_s: float = Field(5.0, gt=0.0)
+    hold_initial_s: float = Field(1.0, gt=0.0, description="first wait of a hold before probing ClickHouse")
+    hold_max_s: float = Field(30.0, gt=0.0, description="longest wait between probes while ClickHouse is down")
+    include_alerts: bool = Field(True, description="also store the `alerts` topic (alerts are deduplicated by id)")
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+
+
+class MonitorSettings(BaseModel):
+    """The SPC monitor (`defectstream monitor`): windows, Phase II baseline, rules, alert cool-down."""
+
+    interval_s: float = Field(300.0, gt=0.0, description="evaluate every this many seconds")
+    window_s: float = Field(300.0, gt=0.0, description="current window whose rate is charted")
+    baseline_s: float = Field(7 * 24 * 3600.0, gt=0.0, description="baseline period before the first window")
+    baseline_subgroup_s: float = Field(3600.0, gt=0.0, description="subgroup length of the Phase I baseline")
+    min_baseline_parts: int = Field(200, ge=1, description="scopes with fewer baseline parts are not monitored")
+    min_window_parts: int = Field(20, ge=1, description="windows with fewer parts are not judged")
+    sigma: float = Field(3.0, gt=0.0)
+    rules: list[str] = Field(default_factory=lambda: ["WE1", "WE2", "WE3", "WE4"])
+    cooldown_s: float = Field(3600.0, ge=0.0, description="no second SPIKE for a scope within this time")
+    scopes: list[Literal["line", "camera"]] = Field(default_factory=lambda: ["line", "camera"])
+    webhook_url: str | None = None
+    webhook_timeout_s: float = Field(5.0, gt=0.0)
+    run_id: str = "production"
+
+
 class Settings(BaseSettings):
     """All defectstream settings; `DEFECTSTREAM_` prefix, `__` between nested names."""
 
@@ -131,6 +207,10 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     plant: PlantSettings = Field(default_factory=PlantSettings)
+    sink: SinkSettings = Field(default_factory=SinkSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     app_id: str = "defectstream"
     run_id: str = "production"
     data_dir: str = ".stack/worker"

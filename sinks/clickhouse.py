@@ -1,0 +1,249 @@
+"""ClickHouse sink: event → row mapping and a batching, retrying, idempotent writer.
+
+Rows carry the event's deterministic id; the tables are ReplacingMergeTree on it and every query
+de-duplicates by id, so a batch written twice (a retry after a lost acknowledgement, a rewind
+after an outage, a rebalance) counts once. Offsets are committed by the runner only after
+`write()` returned, i.e. after ClickHouse acknowledged the INSERT.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+from zoneinfo import ZoneInfo
+
+from schemas.events import Alert, DefectEvent, PartInspected
+from sinks.base import BatchingSink, SinkBackpressureError, SinkBatch
+from sinks.sql import DriverExecutor, Executor
+from streams.settings import ClickHouseSettings, PlantSettings, SinkSettings
+from streams.shifts import shift_at
+
+log = logging.getLogger(__name__)
+
+DEFECT_COLUMNS = (
+    "event_id", "schema_version", "camera_id", "line_id", "part_id", "track_id", "defect_class",
+    "severity", "severity_max", "confidence", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
+    "best_frame_seq", "area_px", "frames_seen", "frames_total", "first_frame_ts", "last_frame_ts",
+    "class_votes_class", "class_votes_weight", "model_version", "run_id", "shift_name",
+    "shift_start", "shift_date", "ingested_at", "version",
+)
+PART_COLUMNS = (
+    "event_id", "schema_version", "camera_id", "line_id", "part_id", "verdict", "defect_classes",
+    "defect_class_counts", "defects_total", "frames", "first_frame_ts", "last_frame_ts",
+    "closed_reason", "model_version", "run_id", "shift_name", "shift_start", "shift_date",
+    "ingested_at", "version",
+)
+ALERT_COLUMNS = (
+    "alert_id", "schema_version", "kind", "line_id", "camera_id", "defect_class", "metric", "rate",
+    "center", "limit_value", "rule", "inspected", "defective", "window_start", "window_end",
+    "created_at", "message", "model_version", "run_id", "ingested_at", "version",
+)
+MODEL_RUN_COLUMNS = ("run_id", "model_version", "kind", "first_event_ts", "last_event_ts", "note", "recorded_at", "version")
+
+
+def _local_date(ts_ms: int, tz: str) -> dt.date:
+    return dt.datetime.fromtimestamp(ts_ms / 1000.0, tz=ZoneInfo(tz)).date()
+
+
+def defect_row(ev: DefectEvent, plant: PlantSettings, ingested_at: int) -> tuple:
+    """`defects` row of a DefectEvent; its shift is the one containing the track's first frame.
+
+    A timestamp the calendar does not cover gets shift_name '' (the row is still stored).
+    """
+    try:
+        slot = shift_at(ev.first_frame_ts, plant)
+        shift_name, shift_start, shift_date = slot.name, slot.start_ms, slot.date
+    except LookupError:
+        shift_name, shift_start, shift_date = "", 0, _local_date(ev.first_frame_ts, plant.timezone)
+    votes = sorted(ev.class_votes.items())
+    b = ev.bbox
+    return (
+        ev.event_id, ev.schema_version, ev.camera_id, ev.line_id, ev.part_id, ev.track_id, ev.defect_class,
+        float(ev.severity), float(ev.severity_max), float(ev.confidence), b["x0"], b["y0"], b["x1"], b["y1"],
+        ev.best_frame_seq, ev.area_px, ev.frames_seen, ev.frames_total, ev.first_frame_ts, ev.last_frame_ts,
+        [k for k, _ in votes], [float(v) for _, v in votes], ev.model_version, ev.run_id, shift_name,
+        shift_start, shift_date, ingested_at, ingested_at,
+    )
+
+
+def part_row(ev: PartInspected, plant: PlantSettings, ingested_at: int) -> tuple:
+    """`parts` row of a PartInspected; shift as the worker applied it, its plant-local start date added."""
+    counts = sorted(ev.defect_counts.items())
+    return (
+        ev.event_id, ev.schema_version, ev.camera_id, ev.line_id, ev.part_id, ev.verdict,
+        [k for k, _ in counts], [int(v) for _, v in counts], ev.defects_total, ev.frames,
+        ev.first_frame_ts, ev.last_frame_ts, ev.closed_reason, ev.model_version, ev.run_id,
+        ev.shift_name, ev.shift_start, _local_date(ev.shift_start, plant.timezone), ingested_at, ingested_at,
+    )
+
+
+def alert_row(ev: Alert, ingested_at: int, *, run_id: str = "production", model_version: str = "") -> tuple:
+    """`alerts` row of an Alert (null camera/class stored as '')."""
+    return (
+        ev.alert_id, ev.schema_version, ev.kind, ev.line_id, ev.camera_id or "", ev.defect_class or "",
+        ev.metric, float(ev.rate), float(ev.center), float(ev.limit), ev.rule, ev.inspected, ev.defective,
+        ev.window_start, ev.window_end, ev.created_at, ev.message, model_version, run_id, ingested_at, ingested_at,
+    )
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """Where records of one topic go and how a decoded record becomes a row."""
+
+    table: str
+    columns: Sequence[str]
+    to_row: Callable[[dict, int], tuple]  # (decoded Avro record, ingested_at ms) → row
+    run_key: Callable[[tuple], tuple[str, str, int]] | None = None  # row → (run_id, model_version, ts)
+
+
+def table_specs(topics: Any, plant: PlantSettings) -> dict[str, TableSpec]:
+    """Topic name → table for the `defects`, `parts` and `alerts` topics of `KafkaSettings.topics`."""
+    di = {c: i for i, c in enumerate(DEFECT_COLUMNS)}
+    pi = {c: i for i, c in enumerate(PART_COLUMNS)}
+    return {
+        topics.defects: TableSpec(
+            "defects", DEFECT_COLUMNS, lambda r, now: defect_row(DefectEvent.from_avro(r), plant, now),
+            lambda row: (row[di["run_id"]], row[di["model_version"]], row[di["first_frame_ts"]]),
+        ),
+        topics.parts: TableSpec(
+            "parts", PART_COLUMNS, lambda r, now: part_row(PartInspected.from_avro(r), plant, now),
+            lambda row: (row[pi["run_id"]], row[pi["model_version"]], row[pi["first_frame_ts"]]),
+        ),
+        topics.alerts: TableSpec("alerts", ALERT_COLUMNS, lambda r, now: alert_row(Alert.from_avro(r), now)),
+    }
+
+
+# Server error codes worth retrying: overload, timeouts, too many parts, memory, readonly replica.
+_RETRYABLE_CODES = {3, 159, 202, 209, 210, 241, 242, 252, 319, 425, 999}
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a failed INSERT may succeed later (network/overload) rather than never (bad SQL/types)."""
+    from clickhouse_driver import errors
+
+    if isinstance(exc, errors.ServerException):
+        return exc.code in _RETRYABLE_CODES
+    return isinstance(exc, (errors.NetworkError, errors.SocketTimeoutError, errors.UnexpectedPacketFromServerError,
+                            OSError, EOFError, ConnectionError, TimeoutError))
+
+
+class ClickHouseSink(BatchingSink):
+    """Batches decoded events per topic partition and INSERTs them into their table.
+
+    `write()` retries a failed INSERT `settings.max_retries` times with exponential backoff and
+    jitter, then raises `SinkBackpressureError` so the runner holds the partitions. Errors that a
+    retry cannot fix (unknown table, type mismatch) propagate.
+    """
+
+    def __init__(
+        self,
+        clickhouse: ClickHouseSettings,
+        specs: dict[str, TableSpec],
+        settings: SinkSettings | None = None,
+        *,
+        executor_factory: Callable[[], Executor] | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        super().__init__()
+        self.clickhouse = clickhouse
+        self.specs = specs
+        self.settings = settings or SinkSettings()
+        self._factory = executor_factory or (lambda: DriverExecutor.connect(clickhouse))
+        self._ex: Executor | None = None
+        self._clock = clock
+        self._sleep = sleep
+        self._runs_seen: set[tuple[str, str]] = set()
+        self.rows_written: dict[str, int] = {spec.table: 0 for spec in specs.values()}
+        self.retries = 0
+
+    # -- contract -------------------------------------------------------------------------
+    def setup(self) -> None:
+        self._executor()
+
+    def add(self, value: Any, *, topic: str, partition: int, offset: int, timestamp_ms: int = 0) -> None:
+        """Convert a decoded record to its row now, so a record that does not fit fails here.
+
+        Raises:
+            KeyError: no table for `topic`.
+            ValueError / TypeError / KeyError: the record does not fit the table (dead-letter it).
+        """
+        spec = self.specs[topic]
+        row = spec.to_row(value, int(self._clock() * 1000))
+        super().add(row, topic=topic, partition=partition, offset=offset, timestamp_ms=timestamp_ms)
+
+    def write(self, batch: SinkBatch) -> None:
+        spec = self.specs[batch.topic]
+        rows = [it.value for it in batch]
+        self._with_retries(lambda ex: ex.insert(spec.table, spec.columns, rows), f"{spec.table} ({len(rows)} rows)")
+        self.rows_written[spec.table] = self.rows_written.get(spec.table, 0) + len(rows)
+        if spec.run_key is not None:
+            self._record_runs(spec, rows)
+
+    def healthy(self) -> bool:
+        try:
+            self._executor().query("SELECT 1")
+            return True
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            log.debug("ClickHouse not healthy: %s", exc)
+            self._reset()
+            return False
+
+    def close(self) -> None:
+        super().close()
+        self._reset()
+
+    # -- internals ------------------------------------------------------------------------
+    def _executor(self) -> Executor:
+        if self._ex is None:
+            self._ex = self._factory()
+        return self._ex
+
+    def _reset(self) -> None:
+        if self._ex is not None and hasattr(self._ex, "close"):
+            try:
+                self._ex.close()  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001
+                pass
+        self._ex = None
+
+    def _with_retries(self, op: Callable[[Executor], Any], what: str) -> Any:
+        s = self.settings
+        delay = s.backoff_initial_s
+        for attempt in range(s.max_retries + 1):
+            try:
+                return op(self._executor())
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                self._reset()
+                if attempt == s.max_retries:
+                    raise SinkBackpressureError(
+                        s.hold_initial_s, f"INSERT {what} failed {attempt + 1} times: {exc}", cause=exc
+                    ) from exc
+                self.retries += 1
+                wait = min(delay, s.backoff_max_s) * (0.5 + random.random() / 2)
+                log.warning("INSERT %s failed (%s); retry %d/%d in %.2fs", what, exc, attempt + 1, s.max_retries, wait)
+                self._sleep(wait)
+                delay *= 2
+
+    def _record_runs(self, spec: TableSpec, rows: list[tuple]) -> None:
+        spans: dict[tuple[str, str], tuple[int, int]] = {}
+        for row in rows:
+            run_id, model_version, ts = spec.run_key(row)  # type: ignore[misc]
+            if (run_id, model_version) in self._runs_seen:
+                continue
+            lo, hi = spans.get((run_id, model_version), (ts, ts))
+            spans[(run_id, model_version)] = (min(lo, ts), max(hi, ts))
+        if not spans:
+            return
+        now = int(self._clock() * 1000)
+        new = [
+            (run, mv, "production" if run == "production" else "replay", lo, hi, "first seen by the sink", now, now)
+            for (run, mv), (lo, hi) in sorted(spans.items())
+        ]
+        self._with_retries(lambda ex: ex.insert("model_runs", MODEL_RUN_COLUMNS, new), f"model_runs ({len(new)} rows)")
+        self._runs_seen.update(spans)

@@ -1,0 +1,319 @@
+"""Kafka → sink loop: decode Avro, buffer in the sink, flush by size or time, commit after the write.
+
+Guarantees:
+* Offsets are committed (own consumer group, manual commits) only for partitions whose batch the
+  sink acknowledged; with an idempotent sink that is effectively-once storage.
+* When the sink refuses a batch (`SinkBackpressureError`: ClickHouse down), every assigned
+  partition is paused (nothing more is fetched: bounded memory), the refused partitions are
+  rewound to the first uncommitted offset, and the sink is probed with growing waits; once it
+  answers, the partitions resume and the rewound records are read and written again.
+* Undecodable or unfitting records go to the dead-letter topic with a reason and are counted;
+  the loop never dies on bad input.
+
+`SinkRunner.run(max_seconds=..., idle_s=...)` is the library entry point tests call in-process.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.codec import AvroCodec, DecodeError
+from schemas.events import DeadLetter
+from sinks.base import TP, BatchingSink
+from streams.settings import KafkaSettings, SinkSettings
+
+log = logging.getLogger(__name__)
+
+# Schema of each pipeline topic's values, by the `TopicNames` field naming the topic.
+TOPIC_SCHEMAS = {"defects": "DefectEvent", "parts": "PartInspected", "alerts": "Alert"}
+
+
+@dataclass
+class SinkStats:
+    """Counters of one run."""
+
+    consumed: int = 0
+    rows_written: int = 0
+    deadlettered: int = 0
+    dead_reasons: Counter = field(default_factory=Counter)
+    flushes: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    holds: int = 0  # times the pipeline was held because the sink refused a batch
+    rewinds: int = 0  # partitions rewound to re-read refused batches
+
+
+def import_kafka(module: str = "kafka") -> Any:
+    """Import kafka-python (or one of its modules) without its Python 3.11+ importlib DeprecationWarnings.
+
+    kafka-python 3.0 reads its protocol schemas with `importlib.resources.read_text`; the warning is
+    attributed to importlib, so the project's `kafka.*` warning filter does not catch it.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "open_text is deprecated", DeprecationWarning)
+        warnings.filterwarnings("ignore", "read_text is deprecated", DeprecationWarning)
+        return importlib.import_module(module)
+
+
+def kafka_client_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """kafka-python connection settings (bootstrap + security) from `KafkaSettings`."""
+    cfg: dict[str, Any] = {"bootstrap_servers": kafka.bootstrap_list, "security_protocol": kafka.security_protocol}
+    if kafka.security_protocol.startswith("SASL"):
+        cfg.update(
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+        )
+    return cfg
+
+
+class SinkRunner:
+    """Consumes topics into a `BatchingSink` (one thread; `stop()` may be called from another)."""
+
+    def __init__(
+        self,
+        sink: BatchingSink,
+        kafka: KafkaSettings,
+        settings: SinkSettings,
+        topics: dict[str, str] | None = None,
+        *,
+        consumer: Any = None,
+        producer: Any = None,
+    ):
+        """
+        Args:
+            sink: where records go (`ClickHouseSink` in production).
+            kafka: brokers, security, topic names (`deadletter` is where bad records go).
+            settings: group id, batch size, flush interval, hold waits.
+            topics: topic → Avro schema key; default the `defects`, `parts` (and `alerts`) topics.
+            consumer / producer: injected kafka-python clients (tests); built from settings otherwise.
+        """
+        self.sink = sink
+        self.kafka = kafka
+        self.settings = settings
+        if topics is None:
+            names = ["defects", "parts"] + (["alerts"] if settings.include_alerts else [])
+            topics = {getattr(kafka.topics, n): TOPIC_SCHEMAS[n] for n in names}
+        framing = "confluent" if kafka.confluent_wire_format else "single_object"
+        self.codecs = {t: AvroCodec(key, framing) for t, key in topics.items()}
+        self._dead_codec = DeadLetter.codec(framing)
+        self._consumer = consumer
+        self._producer = producer
+        self._stop = threading.Event()
+        self.stats = SinkStats()
+        self.holding = False
+        self._next_offset: dict[TP, int] = {}  # tp → offset after the last record handled
+        self._first_uncommitted: dict[TP, int] = {}  # tp → first offset handled since the last commit
+        self._dead_pending = False
+        self._hold_wait = settings.hold_initial_s
+        self._next_probe = 0.0
+
+    # -- clients ------------------------------------------------------------------------
+    def _make_consumer(self) -> Any:
+        return import_kafka().KafkaConsumer(
+            group_id=self.settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=self.settings.auto_offset_reset,
+            max_poll_records=self.settings.max_poll_records,
+            **kafka_client_config(self.kafka),
+        )
+
+    def _make_producer(self) -> Any:
+        return import_kafka().KafkaProducer(acks="all", linger_ms=5, **kafka_client_config(self.kafka))
+
+    @property
+    def producer(self) -> Any:
+        if self._producer is None:
+            self._producer = self._make_producer()
+        return self._producer
+
+    # -- loop ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish (flushes what it can, then returns)."""
+        self._stop.set()
+
+    def run(self, *, max_seconds: float | None = None, idle_s: float | None = None) -> SinkStats:
+        """Consume until `stop()`, `max_seconds` elapsed, or nothing arrived for `idle_s` (all flushed).
+
+        Returns:
+            The run's counters. Records not acknowledged by the sink at the end are not committed
+            (they are read again by the next run).
+        """
+        runner = self
+
+        class _Listener(import_kafka().ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):  # noqa: N805
+                runner._on_revoked({TP(tp.topic, tp.partition) for tp in revoked})
+
+            def on_partitions_assigned(self, assigned):  # noqa: N805
+                if runner.holding and assigned:
+                    runner.consumer.pause(*assigned)
+
+        self.consumer = self._consumer or self._make_consumer()
+        self.consumer.subscribe(sorted(self.codecs), listener=_Listener())
+        self.sink.setup()
+        started = last_activity = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if max_seconds is not None and now - started >= max_seconds:
+                    break
+                if self.holding:
+                    self._probe(now)
+                    if self.holding:
+                        # Everything is paused: this poll returns nothing but keeps the group membership.
+                        self._unread(self.consumer.poll(timeout_ms=100))
+                        last_activity = now
+                        continue
+                polled = self.consumer.poll(timeout_ms=100, max_records=self.settings.max_poll_records)
+                for ktp, records in polled.items():
+                    for rec in records:
+                        self._handle(rec)
+                if polled:
+                    last_activity = now
+                if self._due():
+                    self._flush_and_commit()
+                if idle_s is not None and not polled and not self._pending() and now - last_activity >= idle_s:
+                    break
+            if not self.holding and self._pending():
+                self._flush_and_commit()
+        finally:
+            self.sink.close()
+            if self._consumer is None:
+                self.consumer.close(autocommit=False)
+            if self._producer is not None:
+                self._producer.flush()
+        return self.stats
+
+    # -- steps --------------------------------------------------------------------------
+    def _unread(self, polled: dict) -> None:
+        """Put back records a poll returned while holding (a partition assigned mid-hold)."""
+        for ktp, records in polled.items():
+            if records:
+                self.consumer.seek(ktp, min(r.offset for r in records))
+
+    def _handle(self, rec: Any) -> None:
+        tp = TP(rec.topic, rec.partition)
+        self.stats.consumed += 1
+        self._first_uncommitted.setdefault(tp, rec.offset)
+        self._next_offset[tp] = rec.offset + 1
+        try:
+            value = self.codecs[rec.topic].decode(rec.value)
+        except DecodeError as exc:
+            self._dead(rec, f"decode_error:{exc.reason}", str(exc))
+            return
+        try:
+            self.sink.add(value, topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp_ms=rec.timestamp)
+        except (ValueError, TypeError, KeyError, LookupError) as exc:
+            self._dead(rec, "bad_record", f"{type(exc).__name__}: {exc}")
+
+    def _dead(self, rec: Any, error_class: str, reason: str) -> None:
+        log.warning("dead-letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
+        self.stats.deadlettered += 1
+        self.stats.dead_reasons[error_class] += 1
+        dl = DeadLetter(
+            topic=rec.topic, partition=rec.partition, offset=rec.offset, original=rec.value or b"",
+            reason=reason[:2000], error_class=error_class, failed_at=int(time.time() * 1000), key=rec.key,
+        )
+        self.producer.send(self.kafka.topics.deadletter, value=self._dead_codec.encode(dl.to_avro()), key=rec.key)
+        self._dead_pending = True
+
+    def _pending(self) -> bool:
+        return bool(self._next_offset) or self.sink.buffered > 0
+
+    def _due(self) -> bool:
+        if not self._pending():
+            return False
+        if self.sink.buffered >= self.settings.batch_size:
+            return True
+        age = self.sink.oldest_age_s() if self.sink.buffered else self.settings.flush_interval_s
+        return age >= self.settings.flush_interval_s
+
+    def _flush_and_commit(self) -> None:
+        structs = import_kafka("kafka.structs")
+        OffsetAndMetadata, TopicPartition = structs.OffsetAndMetadata, structs.TopicPartition  # noqa: N806
+
+        if self._dead_pending:
+            self.producer.flush()  # dead letters durable before their offsets are committed
+            self._dead_pending = False
+        result = self.sink.flush()
+        self.stats.flushes += 1
+        self.stats.rows_written += result.rows
+        commits = {
+            TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(nxt, "", -1)
+            for tp, nxt in self._next_offset.items()
+            if tp not in result.failed
+        }
+        if commits:
+            try:
+                self.consumer.commit(offsets=commits)
+                self.stats.commits += 1
+            except Exception as exc:  # noqa: BLE001 - e.g. CommitFailedError in a rebalance
+                # The rows are durable; whoever owns the partitions next re-reads them from the last
+                # commit and the idempotent tables count them once.
+                self.stats.commit_failures += 1
+                log.warning("offset commit failed (%s); records will be re-delivered and de-duplicated", exc)
+        if result.failed:
+            for tp in result.failed:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition), self._first_uncommitted[tp])
+                self.stats.rewinds += 1
+            self._hold(result.retry_after_s, next(iter(result.failed.values())))
+        self._next_offset.clear()
+        self._first_uncommitted.clear()
+
+    def _hold(self, retry_after_s: float, why: BaseException) -> None:
+        assigned = list(self.consumer.assignment())
+        self.consumer.pause(*assigned)
+        self.holding = True
+        self.stats.holds += 1
+        self._hold_wait = max(retry_after_s, self.settings.hold_initial_s)
+        self._next_probe = time.monotonic() + self._hold_wait
+        log.error("sink refused a batch (%s); holding %d partitions, next probe in %.1fs", why, len(assigned), self._hold_wait)
+
+    def _probe(self, now: float) -> None:
+        if now < self._next_probe:
+            return
+        if self.sink.healthy():
+            self.consumer.resume(*self.consumer.paused())
+            self.holding = False
+            log.warning("sink answers again; resuming")
+            return
+        self._hold_wait = min(self._hold_wait * 2, self.settings.hold_max_s)
+        self._next_probe = now + self._hold_wait
+        log.warning("sink still down; next probe in %.1fs", self._hold_wait)
+
+    def _on_revoked(self, revoked: set[TP]) -> None:
+        """Before partitions move to another member: write and commit what we have, or forget it."""
+        if not revoked:
+            return
+        if not self.holding and self._pending():
+            try:
+                self._flush_and_commit()
+                return
+            except Exception:  # noqa: BLE001 - the new owner re-reads from the last commit
+                log.exception("flush on revoke failed")
+        self.sink.drop(revoked)
+        for tp in revoked:
+            self._next_offset.pop(tp, None)
+            self._first_uncommitted.pop(tp, None)
+
+
+def run_sink(settings: Any, *, max_seconds: float | None = None, idle_s: float | None = None,
+             runner_hook: Any = None) -> SinkStats:
+    """Build the ClickHouse sink and its runner from `Settings` and run it (see `SinkRunner.run`).
+
+    `runner_hook(runner)` is called before the loop starts (tests keep the runner to stop it).
+    """
+    from sinks.clickhouse import ClickHouseSink, table_specs
+
+    sink = ClickHouseSink(settings.clickhouse, table_specs(settings.kafka.topics, settings.plant), settings.sink)
+    runner = SinkRunner(sink, settings.kafka, settings.sink)
+    if runner_hook is not None:
+        runner_hook(runner)
+    return runner.run(max_seconds=max_seconds, idle_s=idle_s)

@@ -1,0 +1,374 @@
+"""SPC monitor: the current window's defect rate per line and camera against frozen Phase II limits.
+
+Every interval the monitor counts the last `window_s` of inspected parts per scope (a whole line,
+or one camera of it) in ClickHouse, charts the window as a p-chart point against limits frozen
+from a baseline period (Phase I on the baseline's hourly subgroups, out-of-control subgroups
+dropped), applies the run rules to the scope's recent points, and on an upward breach publishes
+an `Alert` (Kafka `alerts`, ClickHouse `alerts`, optional webhook). A scope that is alerting
+stays quiet until it recovers (one RECOVERY alert); a new spike within the cool-down of the last
+one is not announced again. The decision (`judge`) is pure; `Monitor` only does the I/O.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+import urllib.request
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable, NamedTuple, Sequence
+
+from schemas.events import Alert, deterministic_id
+from sinks.sql import Executor, render
+from streams import spc
+from streams.report import ReportFilters, deduped_parts_sql
+from streams.settings import MonitorSettings
+
+log = logging.getLogger(__name__)
+HISTORY = 20  # recent window points kept per scope for the run rules
+
+
+class Scope(NamedTuple):
+    """What a rate is computed over: a whole line (camera_id None) or one camera of it."""
+
+    line_id: str
+    camera_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"line {self.line_id}" + (f" camera {self.camera_id}" if self.camera_id else "")
+
+
+class WindowCounts(NamedTuple):
+    """Inspected / defective parts of one scope in one window."""
+
+    scope: Scope
+    inspected: int
+    defective: int
+    model_version: str = ""
+
+
+@dataclass(frozen=True)
+class ScopeState:
+    """What the monitor remembers about a scope between ticks."""
+
+    alerting: bool = False
+    announced: bool = False  # the current alerting episode was announced (a SPIKE was sent)
+    spike_rule: str = ""
+    last_spike_ms: int | None = None
+    z_history: tuple[float, ...] = field(default=())  # z of recent non-overlapping windows, oldest first
+    anchor_end: int | None = None  # end of the window that opened the newest history point
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The result of judging one window: maybe an alert, and the scope's new state."""
+
+    alert: Alert | None
+    state: ScopeState
+    point: spc.ChartPoint | None
+    violations: tuple[spc.RuleViolation, ...] = ()
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def judge(counts: WindowCounts, limits: spc.Limits, state: ScopeState, *, window_start: int, window_end: int,
+          now_ms: int, rules: Sequence[str] = ("WE1",), cooldown_s: float = 3600.0,
+          min_window_parts: int = 1) -> Decision:
+    """Decide whether this window raises a SPIKE, a RECOVERY, or nothing (pure).
+
+    A breach is a rule violation on the upper side completed by this window's point (a falling
+    defect rate is good news, not an alert). Windows with fewer than `min_window_parts` are not
+    judged (state unchanged).
+    """
+    if counts.inspected < min_window_parts:
+        return Decision(None, state, None)
+    ch = spc.phase_two(limits, [counts.defective], [counts.inspected], rules=())
+    point = ch.points[0]
+    # Run rules need independent subgroups. With an interval shorter than the window, a window that
+    # overlaps the one that opened the newest point updates that point instead of adding one, so the
+    # history holds one point per window length.
+    overlaps = bool(state.z_history) and state.anchor_end is not None and window_start < state.anchor_end
+    history = ((state.z_history[:-1] if overlaps else state.z_history) + (point.z,))[-HISTORY:]
+    anchor = state.anchor_end if overlaps else window_end
+    last = len(history) - 1
+    violations = tuple(v for v in spc.evaluate_rules(history, rules) if v.index == last and v.side > 0)
+    scope = counts.scope
+
+    def make(kind: str, rule: str, text: str) -> Alert:
+        return Alert(
+            alert_id=deterministic_id("alert", scope.line_id, scope.camera_id or "", kind, rule, window_start),
+            kind=kind, line_id=scope.line_id, camera_id=scope.camera_id, metric="p", rate=point.value,
+            center=point.center, limit=point.ucl, rule=rule, inspected=counts.inspected,
+            defective=counts.defective, window_start=window_start, window_end=window_end, created_at=now_ms,
+            message=text,
+        )
+
+    new = replace(state, z_history=history, anchor_end=anchor)
+    if violations and not state.alerting:
+        rule = violations[0].rule
+        in_cooldown = state.last_spike_ms is not None and now_ms - state.last_spike_ms < cooldown_s * 1000
+        if in_cooldown:
+            return Decision(None, replace(new, alerting=True, announced=False, spike_rule=rule), point, violations)
+        text = (f"{scope}: fraction defective {_pct(point.value)} ({counts.defective}/{counts.inspected}) "
+                f"above its limits (UCL {_pct(point.ucl)}, CL {_pct(point.center)}) — {rule}: {spc.RULE_TEXT[rule]}")
+        alert = make("SPIKE", rule, text)
+        return Decision(alert, replace(new, alerting=True, announced=True, spike_rule=rule, last_spike_ms=now_ms),
+                        point, violations)
+    if not violations and state.alerting:
+        recovered = replace(new, alerting=False, announced=False)
+        if not state.announced:
+            return Decision(None, recovered, point)
+        text = (f"{scope}: back in control, fraction defective {_pct(point.value)} "
+                f"({counts.defective}/{counts.inspected}), UCL {_pct(point.ucl)}, CL {_pct(point.center)}")
+        return Decision(make("RECOVERY", state.spike_rule or "WE1", text), recovered, point)
+    return Decision(None, new, point, violations)
+
+
+def line_totals(rows: Iterable[WindowCounts]) -> list[WindowCounts]:
+    """Line scopes from camera scopes (sum over the line's cameras)."""
+    acc: dict[str, list] = {}
+    for r in rows:
+        a = acc.setdefault(r.scope.line_id, [0, 0, r.model_version])
+        a[0] += r.inspected
+        a[1] += r.defective
+    return [WindowCounts(Scope(line), n, d, mv) for line, (n, d, mv) in sorted(acc.items())]
+
+
+def baseline_limits(subgroups: dict[Scope, list[tuple[int, int]]], *, sigma: float = 3.0,
+                    min_parts: int = 200) -> dict[Scope, spc.Limits]:
+    """Phase I p-chart limits per scope from its baseline subgroups [(defective, inspected)].
+
+    Out-of-control subgroups are dropped and the limits re-estimated. Scopes with fewer than
+    `min_parts` baseline parts get no limits (they are not monitored). A baseline without a single
+    defective part would make any defect an alarm, so its centre is floored at 1/(2N).
+    """
+    out = {}
+    for scope, groups in subgroups.items():
+        groups = [(d, n) for d, n in groups if n > 0]
+        total = sum(n for _, n in groups)
+        if total < min_parts:
+            continue
+        one = spc.phase_one("p", [d for d, _ in groups], [n for _, n in groups], k=sigma, iterate=True)
+        center = max(one.limits.center, 1.0 / (2 * total))
+        out[scope] = spc.Limits("p", center, k=sigma)
+    return out
+
+
+# -- I/O shell ----------------------------------------------------------------------------------
+def _scoped_sql(filters: ReportFilters, bucket_ms: int | None) -> str:
+    inner, params = deduped_parts_sql(filters, extra_columns=("model_version",))
+    bucket = f"intDiv(ts, {int(bucket_ms)})" if bucket_ms else "0"
+    sql = f"""
+SELECT line, camera, {bucket} AS bucket, count() AS inspected, sum(defective) AS defective, any(x_model_version) AS mv
+FROM
+({inner}
+)
+GROUP BY line, camera, bucket
+ORDER BY line, camera, bucket"""
+    return render(sql, params)
+
+
+def window_sql(run_id: str, start_ms: int, end_ms: int) -> str:
+    """Rendered SQL: inspected/defective per (line, camera) in [start, end)."""
+    return _scoped_sql(ReportFilters(start_ms, end_ms, run_id), None)
+
+
+def baseline_sql(run_id: str, start_ms: int, end_ms: int, subgroup_ms: int) -> str:
+    """Rendered SQL: inspected/defective per (line, camera, subgroup bucket) in [start, end)."""
+    return _scoped_sql(ReportFilters(start_ms, end_ms, run_id), subgroup_ms)
+
+
+def alert_state_sql(run_id: str) -> str:
+    """Rendered SQL: per scope, the kind of the latest alert and the time of the latest SPIKE."""
+    return render(
+        """
+SELECT a_line, a_camera, argMax(a_kind, a_created) AS last_kind, argMax(a_rule, a_created) AS last_rule,
+       maxIf(a_created, a_kind = 'SPIKE') AS last_spike
+FROM
+(
+    SELECT alert_id, any(line_id) AS a_line, any(camera_id) AS a_camera, any(kind) AS a_kind,
+           any(rule) AS a_rule, any(created_at) AS a_created
+    FROM alerts
+    WHERE run_id = {run_id} AND defect_class = ''
+    GROUP BY alert_id
+)
+GROUP BY a_line, a_camera""",
+        {"run_id": run_id},
+    )
+
+
+class Monitor:
+    """The monitor loop around `judge`: query, decide, publish."""
+
+    def __init__(self, ex: Executor, settings: MonitorSettings, *, publish: Callable[[Alert], None] | None = None,
+                 webhook_url: str | None = None, clock: Callable[[], float] = time.time):
+        self.ex = ex
+        self.settings = settings
+        self.publish = publish
+        self.webhook_url = webhook_url if webhook_url is not None else settings.webhook_url
+        self.clock = clock
+        self.limits: dict[Scope, spc.Limits] = {}
+        self.states: dict[Scope, ScopeState] = {}
+        self.webhook_failures = 0
+
+    def freeze(self, baseline_start_ms: int, baseline_end_ms: int) -> dict[Scope, spc.Limits]:
+        """Phase I on the baseline period; the limits stay frozen until `freeze` is called again."""
+        s = self.settings
+        groups: dict[Scope, list[tuple[int, int]]] = {}
+        lines: dict[tuple[str, int], list[int]] = {}
+        for line, camera, bucket, n, d, _mv in self.ex.query(
+            baseline_sql(s.run_id, baseline_start_ms, baseline_end_ms, int(s.baseline_subgroup_s * 1000))
+        ):
+            if "camera" in s.scopes:
+                groups.setdefault(Scope(line, camera), []).append((int(d), int(n)))
+            acc = lines.setdefault((line, int(bucket)), [0, 0])
+            acc[0] += int(d)
+            acc[1] += int(n)
+        if "line" in s.scopes:
+            for (line, _b), (d, n) in sorted(lines.items()):
+                groups.setdefault(Scope(line), []).append((d, n))
+        self.limits = baseline_limits(groups, sigma=s.sigma, min_parts=s.min_baseline_parts)
+        log.info("froze Phase II limits for %d scopes from %d baseline scopes", len(self.limits), len(groups))
+        return self.limits
+
+    def restore_state(self) -> None:
+        """Resume alerting state from the `alerts` table (a restarted monitor does not re-announce)."""
+        for line, camera, last_kind, last_rule, last_spike in self.ex.query(alert_state_sql(self.settings.run_id)):
+            scope = Scope(line, camera or None)
+            self.states[scope] = ScopeState(
+                alerting=last_kind == "SPIKE", announced=last_kind == "SPIKE", spike_rule=last_rule,
+                last_spike_ms=int(last_spike) or None,
+            )
+
+    def tick(self, now_ms: int | None = None) -> list[Alert]:
+        """Judge the window ending now for every scope with limits; publish and return the alerts."""
+        s = self.settings
+        now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
+        start = now_ms - int(s.window_s * 1000)
+        cams = [
+            WindowCounts(Scope(line, camera), int(n), int(d), mv)
+            for line, camera, _b, n, d, mv in self.ex.query(window_sql(s.run_id, start, now_ms))
+        ]
+        windows = (cams if "camera" in s.scopes else []) + (line_totals(cams) if "line" in s.scopes else [])
+        seen = {w.scope for w in windows}
+        # A scope with limits but no parts in the window is judged as an empty window (not at all).
+        alerts = []
+        for w in windows:
+            limits = self.limits.get(w.scope)
+            if limits is None:
+                continue
+            dec = judge(w, limits, self.states.get(w.scope, ScopeState()), window_start=start, window_end=now_ms,
+                        now_ms=now_ms, rules=s.rules, cooldown_s=s.cooldown_s, min_window_parts=s.min_window_parts)
+            self.states[w.scope] = dec.state
+            if dec.alert is not None:
+                self._emit(dec.alert, w.model_version)
+                alerts.append(dec.alert)
+        log.debug("tick: %d scopes with parts, %d alerts", len(seen), len(alerts))
+        return alerts
+
+    def _emit(self, alert: Alert, model_version: str) -> None:
+        from sinks.clickhouse import ALERT_COLUMNS, alert_row
+
+        log.warning("%s %s", alert.kind, alert.message)
+        now = int(self.clock() * 1000)
+        self.ex.insert("alerts", ALERT_COLUMNS, [alert_row(alert, now, run_id=self.settings.run_id, model_version=model_version)])
+        if self.publish is not None:
+            self.publish(alert)
+        if self.webhook_url:
+            self._post(alert)
+
+    def _post(self, alert: Alert) -> None:
+        body = json.dumps(alert.to_avro()).encode()
+        req = urllib.request.Request(self.webhook_url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.settings.webhook_timeout_s) as resp:
+                resp.read()
+        except Exception as exc:  # noqa: BLE001 - a dead webhook must not stop the monitor
+            self.webhook_failures += 1
+            log.error("webhook %s failed: %s", self.webhook_url, exc)
+
+    def run(self, *, once: bool = False, stop: Callable[[], bool] = lambda: False) -> None:
+        """Tick every `interval_s` (or once)."""
+        while True:
+            started = self.clock()
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - a failed tick (ClickHouse down) is retried next interval
+                if once:
+                    raise
+                log.exception("monitor tick failed")
+            if once or stop():
+                return
+            time.sleep(max(0.0, self.settings.interval_s - (self.clock() - started)))
+
+
+def kafka_publisher(settings) -> tuple[Callable[[Alert], None], Callable[[], None]]:
+    """A function publishing Alerts (Avro) to the alerts topic, keyed by line, and a close()."""
+    from sinks.runner import import_kafka, kafka_client_config
+
+    KafkaProducer = import_kafka().KafkaProducer  # noqa: N806
+
+    codec = Alert.codec("confluent" if settings.kafka.confluent_wire_format else "single_object")
+    producer = KafkaProducer(acks="all", **kafka_client_config(settings.kafka))
+
+    def publish(alert: Alert) -> None:
+        producer.send(settings.kafka.topics.alerts, value=codec.encode(alert.to_avro()), key=alert.line_id.encode())
+        producer.flush()
+
+    return publish, producer.close
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "monitor",
+        help="watch defect rates per line and camera against frozen SPC limits; alert on spikes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--interval", type=float, help="seconds between evaluations (default: settings monitor.interval_s)")
+    p.add_argument("--window", type=float, help="seconds of parts in each evaluated window")
+    p.add_argument("--webhook", help="also POST each alert as JSON to this URL")
+    p.add_argument("--once", action="store_true", help="evaluate one window and exit")
+    p.add_argument("--baseline-since", help="baseline start (now, 7d, ISO); default: window start − baseline_s")
+    p.add_argument("--baseline-until", help="baseline end; default: start of the first window")
+    p.add_argument("--cooldown", type=float, help="seconds before a scope may announce a new spike")
+    p.add_argument("--no-kafka", action="store_true", help="do not publish to the alerts topic")
+    p.add_argument("--database", help="ClickHouse database (default: settings)")
+    p.set_defaults(func=run_monitor)
+
+
+def run_monitor(args: argparse.Namespace) -> int:
+    from sinks.sql import DriverExecutor
+    from streams.report import parse_time
+    from streams.settings import Settings
+
+    settings = Settings()
+    m = settings.monitor
+    for attr, val in (("interval_s", args.interval), ("window_s", args.window), ("cooldown_s", args.cooldown)):
+        if val is not None:
+            setattr(m, attr, val)
+    now = int(time.time() * 1000)
+    b_end = parse_time(args.baseline_until, settings.plant, now) if args.baseline_until else now - int(m.window_s * 1000)
+    b_start = parse_time(args.baseline_since, settings.plant, now) if args.baseline_since else b_end - int(m.baseline_s * 1000)
+    ex = DriverExecutor.connect(settings.clickhouse, database=args.database)
+    publish, close = (None, lambda: None) if args.no_kafka else kafka_publisher(settings)
+    try:
+        mon = Monitor(ex, m, publish=publish, webhook_url=args.webhook)
+        limits = mon.freeze(b_start, b_end)
+        if not limits:
+            print("no scope has enough baseline parts; nothing to monitor")
+            return 1
+        mon.restore_state()
+        for scope, lim in sorted(limits.items(), key=lambda kv: (kv[0].line_id, kv[0].camera_id or "")):
+            print(f"{scope}: p̄ {_pct(lim.center)} (Phase II, frozen)")
+        mon.run(once=args.once)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        close()
+        ex.close()
+    return 0

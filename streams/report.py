@@ -1,0 +1,422 @@
+"""`defectstream report`: defect rates per shift / hour / day from ClickHouse, with control limits.
+
+Counts come from the `parts` table (one verdict per inspected part, the rate's denominator),
+de-duplicated by event id so a part delivered twice counts once before any merge. The SQL runs
+unchanged on ClickHouse 18.16 and current releases (no window functions, no WITH FILL, no
+DateTime64): a period without parts is simply absent.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import io
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Literal, NamedTuple, Sequence
+from zoneinfo import ZoneInfo
+
+from sinks.sql import Executor, render
+from streams import spc
+from streams.settings import PlantSettings
+
+By = Literal["shift", "hour", "day"]
+HOUR_MS = 3_600_000
+
+_PERIOD = {
+    # (group key, label) per --by; s_date is the plant-local date the shift starts on.
+    # Aliases never reuse a column name: ClickHouse substitutes aliases into WHERE.
+    "shift": ("s_start", "any(s_name)"),
+    "hour": (f"intDiv(ts, {HOUR_MS}) * {HOUR_MS}", "''"),
+    "day": ("toUInt64(toYYYYMMDD(s_date))", "''"),
+}
+
+
+@dataclass(frozen=True)
+class ReportFilters:
+    """Which parts a report (or a monitor window) counts. Times are UTC epoch ms, `until` exclusive."""
+
+    since_ms: int
+    until_ms: int
+    run_id: str = "production"
+    line: str | None = None
+    camera: str | None = None
+    defect_class: str | None = None
+
+    def where(self) -> tuple[str, dict]:
+        conds = ["run_id = {run_id}", "first_frame_ts >= {since_ms}", "first_frame_ts < {until_ms}"]
+        params: dict = {"run_id": self.run_id, "since_ms": self.since_ms, "until_ms": self.until_ms}
+        if self.line is not None:
+            conds.append("line_id = {line}")
+            params["line"] = self.line
+        if self.camera is not None:
+            conds.append("camera_id = {camera}")
+            params["camera"] = self.camera
+        return " AND ".join(conds), params
+
+
+def _part_measures(defect_class: str | None) -> tuple[str, str]:
+    """SQL of (defective 0/1, defects) of one parts row, for all classes or one class."""
+    if defect_class is None:
+        return "verdict = 'FAIL'", "defects_total"
+    n = "arraySum(arrayFilter((c, k) -> k = {defect_class}, defect_class_counts, defect_classes))"
+    return f"{n} > 0", n
+
+
+def deduped_parts_sql(filters: ReportFilters, extra_columns: Sequence[str] = ()) -> tuple[str, dict]:
+    """Subquery: one row per part event_id: ts, s_start, s_name, s_date, line, camera, defective, defects (+ x_<extra>)."""
+    where, params = filters.where()
+    defective, defects = _part_measures(filters.defect_class)
+    if filters.defect_class is not None:
+        params["defect_class"] = filters.defect_class
+    extra = "".join(f",\n        any({c}) AS x_{c}" for c in extra_columns)
+    sql = f"""
+    SELECT
+        event_id,
+        any(first_frame_ts) AS ts,
+        any(shift_start) AS s_start,
+        any(shift_name) AS s_name,
+        any(shift_date) AS s_date,
+        any(line_id) AS line,
+        any(camera_id) AS camera,
+        any({defective}) AS defective,
+        any({defects}) AS defects{extra}
+    FROM parts
+    WHERE {where}
+    GROUP BY event_id"""
+    return sql, params
+
+
+def subgroups_sql(by: By, filters: ReportFilters) -> str:
+    """Rendered SQL: per period key → label, inspected, defective, defects (de-duplicated parts)."""
+    key, label = _PERIOD[by]
+    inner, params = deduped_parts_sql(filters)
+    sql = f"""
+SELECT
+    {key} AS period,
+    {label} AS label,
+    count() AS inspected,
+    sum(defective) AS defective,
+    sum(defects) AS defects
+FROM
+({inner}
+)
+GROUP BY period
+ORDER BY period"""
+    return render(sql, params)
+
+
+def pareto_sql(filters: ReportFilters) -> str:
+    """Rendered SQL: confirmed defects per class (de-duplicated), most frequent first."""
+    where, params = ReportFilters(filters.since_ms, filters.until_ms, filters.run_id, filters.line, filters.camera).where()
+    sql = f"""
+SELECT defect_class, count() AS defects
+FROM
+(
+    SELECT event_id, any(defect_class) AS defect_class
+    FROM defects
+    WHERE {where}
+    GROUP BY event_id
+)
+GROUP BY defect_class
+ORDER BY defects DESC, defect_class"""
+    return render(sql, params)
+
+
+class Subgroup(NamedTuple):
+    """Counts of one period."""
+
+    start_ms: int  # UTC epoch ms the period starts at (shift start, hour, plant-local midnight)
+    label: str  # human label in plant time
+    inspected: int
+    defective: int
+    defects: int
+
+
+def _period_start(by: By, key: int, tz: ZoneInfo) -> int:
+    if by == "day":
+        d = dt.date(key // 10000, key // 100 % 100, key % 100)
+        return int(dt.datetime.combine(d, dt.time(), tzinfo=tz).timestamp() * 1000)
+    return int(key)
+
+
+def _label(by: By, start_ms: int, name: str, tz: ZoneInfo) -> str:
+    local = dt.datetime.fromtimestamp(start_ms / 1000, tz)
+    if by == "day":
+        return local.strftime("%Y-%m-%d")
+    if by == "hour":
+        return local.strftime("%Y-%m-%d %H:00")
+    return f"{local:%Y-%m-%d} {name}"
+
+
+def fetch_subgroups(ex: Executor, by: By, filters: ReportFilters, plant: PlantSettings) -> list[Subgroup]:
+    """Per-period counts, in time order; labels in the plant's timezone."""
+    tz = ZoneInfo(plant.timezone)
+    out = []
+    for key, name, inspected, defective, defects in ex.query(subgroups_sql(by, filters)):
+        start = _period_start(by, int(key), tz)
+        out.append(Subgroup(start, _label(by, start, name, tz), int(inspected), int(defective), int(defects)))
+    return out
+
+
+# -- the report ------------------------------------------------------------------------------
+class ReportRow(NamedTuple):
+    period: str
+    start_ms: int
+    inspected: int
+    defective: int
+    rate: float  # defective / inspected
+    defects_per_part: float
+    lcl: float
+    cl: float
+    ucl: float
+    violations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Report:
+    """A report's rows with the chart they were judged on."""
+
+    by: str
+    chart_kind: spc.ChartKind
+    scope: str
+    rows: tuple[ReportRow, ...]
+    chart: spc.ControlChart | None
+    phase: str  # "I (trial limits)" or "II (frozen limits from …)"
+    pareto: tuple[tuple[str, int], ...] = field(default=())
+
+    @property
+    def title(self) -> str:
+        what = {"p": "p chart (fraction defective)", "laney_p": "Laney p′ chart (fraction defective)",
+                "u": "u chart (defects per part)", "np": "np chart", "c": "c chart"}[self.chart_kind]
+        return f"{what} per {self.by} — {self.scope}"
+
+
+def _counts(kind: spc.ChartKind, groups: Sequence[Subgroup]) -> tuple[list[int], list[int]]:
+    if kind in ("u", "c"):
+        return [g.defects for g in groups], [g.inspected for g in groups]
+    return [g.defective for g in groups], [g.inspected for g in groups]
+
+
+def build_report(groups: Sequence[Subgroup], *, by: str, scope: str, kind: spc.ChartKind = "p",
+                 limits: spc.Limits | None = None, iterate: bool = False,
+                 rules: Sequence[str] = spc.WE_RULES, phase_note: str = "") -> Report:
+    """Rows with limits and rule violations: Phase II against `limits`, else Phase I on `groups`."""
+    groups = [g for g in groups if g.inspected > 0]
+    if not groups:
+        return Report(by, kind, scope, (), None, "— (no data, no limits)")
+    counts, sizes = _counts(kind, groups)
+    if limits is None:
+        one = spc.phase_one(kind, counts, sizes, iterate=iterate, rules=rules)
+        ch, phase = one.chart, "I (trial limits from the periods shown" + (", out-of-control periods dropped)" if iterate and one.excluded else ")")
+    else:
+        ch, phase = spc.phase_two(limits, counts, sizes, rules=rules), f"II (frozen limits{phase_note})"
+    rows = []
+    for g, pt in zip(groups, ch.points):
+        rows.append(ReportRow(
+            g.label, g.start_ms, g.inspected, g.defective, g.defective / g.inspected, g.defects / g.inspected,
+            pt.lcl, pt.center, pt.ucl, tuple(v.rule for v in ch.violations_at(pt.index)),
+        ))
+    return Report(by, kind, scope, tuple(rows), ch, phase)
+
+
+def render_table(rep: Report) -> str:
+    """Fixed-width table a quality engineer reads at a glance."""
+    lines = [rep.title, f"Phase {rep.phase}", ""]
+    if not rep.rows:
+        return "\n".join(lines + ["no inspected parts in this range"])
+    pct = rep.chart_kind in ("p", "laney_p")
+    head = f"{'period':<18} {'inspected':>9} {'defective':>9} {'rate':>8} {'def/part':>8} {'LCL':>8} {'CL':>8} {'UCL':>8}  rules"
+    lines += [head, "-" * len(head)]
+
+    def fmt(v: float) -> str:
+        return f"{100 * v:7.2f}%" if pct else f"{v:8.4f}"
+
+    for r in rep.rows:
+        flag = ",".join(r.violations)
+        lines.append(
+            f"{r.period:<18} {r.inspected:>9} {r.defective:>9} {100 * r.rate:7.2f}% {r.defects_per_part:8.4f} "
+            f"{fmt(r.lcl)} {fmt(r.cl)} {fmt(r.ucl)}  {('!! ' + flag) if flag else ''}"
+        )
+    tot_n = sum(r.inspected for r in rep.rows)
+    tot_d = sum(r.defective for r in rep.rows)
+    tot_c = sum(r.defects_per_part * r.inspected for r in rep.rows)
+    lines += ["-" * len(head), f"{'total':<18} {tot_n:>9} {tot_d:>9} {100 * tot_d / tot_n:7.2f}% {tot_c / tot_n:8.4f}"]
+    ooc = [r for r in rep.rows if r.violations]
+    lines.append(f"{len(ooc)} of {len(rep.rows)} periods out of control" + (
+        ": " + "; ".join(f"{r.period} {','.join(r.violations)}" for r in ooc) if ooc else ""))
+    if rep.pareto:
+        lines += ["", "defects by class: " + ", ".join(f"{c} {n}" for c, n in rep.pareto)]
+    return "\n".join(lines)
+
+
+def render_csv(rep: Report) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["period", "start_ms", "inspected", "defective", "rate", "defects_per_part", "lcl", "cl", "ucl", "violations"])
+    for r in rep.rows:
+        w.writerow([r.period, r.start_ms, r.inspected, r.defective, f"{r.rate:.6f}", f"{r.defects_per_part:.6f}",
+                    f"{r.lcl:.6f}", f"{r.cl:.6f}", f"{r.ucl:.6f}", " ".join(r.violations)])
+    return buf.getvalue()
+
+
+def render_json(rep: Report) -> str:
+    doc = {
+        "title": rep.title, "by": rep.by, "chart": rep.chart_kind, "scope": rep.scope, "phase": rep.phase,
+        "rows": [{**r._asdict(), "violations": list(r.violations)} for r in rep.rows],
+        "limits": asdict(rep.chart.limits) if rep.chart else None,
+        "pareto": [{"defect_class": c, "defects": n} for c, n in rep.pareto],
+    }
+    return json.dumps(doc, indent=2)
+
+
+def plot_chart(rep: Report, path: str) -> None:
+    """Control chart PNG: points joined in time order, centre line, stepped limits, violations in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(min(16.0, max(8.0, 0.3 * len(rep.rows) + 4)), 5.0), dpi=110)
+    try:
+        if not rep.rows:
+            ax.text(0.5, 0.5, "no inspected parts in this range", ha="center", va="center", transform=ax.transAxes)
+        else:
+            pct = rep.chart_kind in ("p", "laney_p")
+            scale = 100.0 if pct else 1.0
+            x = list(range(len(rep.rows)))
+            y = [(r.rate if pct or rep.chart_kind == "np" else r.defects_per_part) * scale for r in rep.rows]
+            if rep.chart and rep.chart_kind in ("np", "c"):
+                y = [p.value for p in rep.chart.points]
+            ucl = [r.ucl * scale for r in rep.rows]
+            lcl = [r.lcl * scale for r in rep.rows]
+            cl = [r.cl * scale for r in rep.rows]
+            ax.step(x, ucl, where="mid", color="tab:red", lw=1.2, ls="--", label="UCL")
+            ax.step(x, lcl, where="mid", color="tab:red", lw=1.2, ls="--", label="LCL")
+            ax.plot(x, cl, color="tab:green", lw=1.4, label=f"CL {cl[0]:.3g}{'%' if pct else ''}")
+            ax.plot(x, y, color="tab:blue", marker="o", ms=4, lw=1.0, label="subgroup")
+            bad = [i for i, r in enumerate(rep.rows) if r.violations]
+            if bad:
+                ax.scatter([x[i] for i in bad], [y[i] for i in bad], s=60, color="red", zorder=5, label="out of control")
+                for i in bad:
+                    ax.annotate(",".join(rep.rows[i].violations), (x[i], y[i]), textcoords="offset points",
+                                xytext=(0, 7), ha="center", fontsize=7, color="red")
+            step = max(1, len(x) // 20)
+            ax.set_xticks(x[::step])
+            ax.set_xticklabels([r.period for r in rep.rows][::step], rotation=45, ha="right", fontsize=7)
+            ax.set_ylabel("fraction defective (%)" if pct else ("defects per part" if rep.chart_kind == "u" else rep.chart_kind))
+            ax.set_xlabel(rep.by)
+            ax.set_ylim(0, max(max(y), max(ucl)) * 1.15 or 1.0)  # headroom for the rule labels
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="upper left", ncol=3)
+        ax.set_title(f"{rep.title}\nPhase {rep.phase}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+# -- CLI -------------------------------------------------------------------------------------
+_REL = re.compile(r"^-?(\d+(?:\.\d+)?)([smhdw])$")
+
+
+def parse_time(text: str, plant: PlantSettings, now_ms: int) -> int:
+    """`now`, a relative `7d`/`-12h`/`30m` (before now), or an ISO date/datetime (plant-local if naive) → epoch ms."""
+    text = text.strip()
+    if text == "now":
+        return now_ms
+    m = _REL.match(text)
+    if m:
+        mult = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        return now_ms - int(float(m.group(1)) * mult * 1000)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read time {text!r}: use now, 7d, 12h or an ISO date/time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=ZoneInfo(plant.timezone))
+    return int(when.timestamp() * 1000)
+
+
+def scope_text(f: ReportFilters) -> str:
+    parts = [f"line {f.line}" if f.line else "all lines"]
+    if f.camera:
+        parts.append(f"camera {f.camera}")
+    if f.defect_class:
+        parts.append(f"class {f.defect_class}")
+    if f.run_id != "production":
+        parts.append(f"run {f.run_id}")
+    return ", ".join(parts)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="defect rates per shift/hour/day with control limits (table, CSV, JSON, PNG chart)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--by", choices=["shift", "hour", "day"], default="shift")
+    p.add_argument("--line")
+    p.add_argument("--camera")
+    p.add_argument("--class", dest="defect_class", help="count only defects of this class")
+    p.add_argument("--since", default="7d", help="start: now, 7d, 12h, or ISO date/time in plant time (default 7d)")
+    p.add_argument("--until", default="now", help="end (exclusive), same forms (default now)")
+    p.add_argument("--run-id", default="production", help="production or a replay run id")
+    p.add_argument("--chart-kind", choices=["p", "laney_p", "u"], default="p",
+                   help="p: fraction defective; laney_p: for very large subgroups; u: defects per part")
+    p.add_argument("--baseline-since", help="Phase II: freeze limits from this baseline period instead")
+    p.add_argument("--baseline-until")
+    p.add_argument("--iterate", action="store_true", help="Phase I: drop out-of-control periods and re-estimate")
+    p.add_argument("--rules", default="WE", help="run rules: WE (1-4), NELSON (1-8) or a list like WE1,N2")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--chart", metavar="FILE.png", help="also draw the control chart to this PNG")
+    p.add_argument("--database", help="ClickHouse database (default: settings)")
+    p.set_defaults(func=run_report)
+
+
+def make_report(ex: Executor, plant: PlantSettings, by: By, filters: ReportFilters, *, kind: spc.ChartKind = "p",
+                baseline: tuple[int, int] | None = None, iterate: bool = False,
+                rules: Sequence[str] = spc.WE_RULES) -> Report:
+    """Query and judge: the library form of `defectstream report`."""
+    groups = fetch_subgroups(ex, by, filters, plant)
+    limits, note = None, ""
+    if baseline is not None:
+        bf = ReportFilters(baseline[0], baseline[1], filters.run_id, filters.line, filters.camera, filters.defect_class)
+        base = [g for g in fetch_subgroups(ex, by, bf, plant) if g.inspected > 0]
+        if base:
+            counts, sizes = _counts(kind, base)
+            limits = spc.phase_one(kind, counts, sizes, iterate=True).limits
+            note = f" from {len(base)} baseline periods"
+    rep = build_report(groups, by=by, scope=scope_text(filters), kind=kind, limits=limits, iterate=iterate,
+                       rules=rules, phase_note=note)
+    pareto = tuple((str(c), int(n)) for c, n in ex.query(pareto_sql(filters)))
+    return Report(rep.by, rep.chart_kind, rep.scope, rep.rows, rep.chart, rep.phase, pareto)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    import time
+
+    from sinks.sql import DriverExecutor
+    from streams.settings import Settings
+
+    settings = Settings()
+    now = int(time.time() * 1000)
+    plant = settings.plant
+    filters = ReportFilters(parse_time(args.since, plant, now), parse_time(args.until, plant, now), args.run_id,
+                            args.line, args.camera, args.defect_class)
+    baseline = None
+    if args.baseline_since:
+        baseline = (parse_time(args.baseline_since, plant, now), parse_time(args.baseline_until or "now", plant, now))
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    ex = DriverExecutor.connect(settings.clickhouse, database=args.database)
+    try:
+        rep = make_report(ex, plant, args.by, filters, kind=args.chart_kind, baseline=baseline,
+                          iterate=args.iterate, rules=rules)
+    finally:
+        ex.close()
+    print({"table": render_table, "csv": render_csv, "json": render_json}[args.format](rep))
+    if args.chart:
+        plot_chart(rep, args.chart)
+    return 0

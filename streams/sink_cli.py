@@ -1,0 +1,109 @@
+"""`defectstream sink` (Kafka → ClickHouse) and `defectstream db migrate|status` (ClickHouse schema)."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from streams.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sink",
+        help="store the defects, parts and alerts topics in ClickHouse (batched, idempotent)",
+        description=(
+            "Consume the defects, parts (and alerts) topics under the sink's own consumer group, "
+            "decode the Avro events, INSERT them into ClickHouse in batches and commit offsets only "
+            "after ClickHouse acknowledged. While ClickHouse is down the partitions are paused and "
+            "resumed when it answers again. Undecodable records go to the deadletter topic."
+        ),
+    )
+    p.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--until-idle", type=float, default=None, metavar="S", help="stop once nothing arrived for S seconds")
+    p.add_argument("--group-id", default=None, help="consumer group (default: settings sink.group_id)")
+    p.set_defaults(func=run_sink_command)
+
+    db = sub.add_parser("db", help="ClickHouse schema: apply migrations, show their state")
+    dbsub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    m = dbsub.add_parser("migrate", help="create the database and apply pending migrations (idempotent)")
+    m.add_argument("--database", default=None, help="database (default: settings clickhouse.database)")
+    m.add_argument("--allow-changed", action="store_true", help="do not fail on edited, already applied migrations")
+    m.set_defaults(func=run_migrate)
+    s = dbsub.add_parser("status", help="list migrations and whether they are applied")
+    s.add_argument("--database", default=None)
+    s.set_defaults(func=run_status)
+
+
+def run_sink_command(args: argparse.Namespace) -> int:
+    from sinks.runner import run_sink
+
+    settings = Settings()
+    if args.group_id:
+        settings.sink.group_id = args.group_id
+    holder: dict = {}
+
+    def _stop(signum, frame):  # noqa: ARG001
+        if "runner" in holder:
+            holder["runner"].stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    stats = run_sink(settings, max_seconds=args.max_seconds, idle_s=args.until_idle,
+                     runner_hook=lambda r: holder.setdefault("runner", r))
+    reasons = f" {dict(stats.dead_reasons)}" if stats.dead_reasons else ""
+    print(
+        f"consumed {stats.consumed}, rows written {stats.rows_written}, dead-lettered {stats.deadlettered}{reasons}, "
+        f"commits {stats.commits}, holds {stats.holds}"
+    )
+    return 0
+
+
+def open_database(settings: Settings, database: str | None = None, *, create: bool = False):
+    """An executor on the settings' (or the given) database, creating it first when asked."""
+    from sinks.sql import DriverExecutor
+
+    name = database or settings.clickhouse.database
+    if create:
+        admin = DriverExecutor.connect(settings.clickhouse, database="default")
+        try:
+            admin.query(f"CREATE DATABASE IF NOT EXISTS `{name}`")
+        finally:
+            admin.close()
+    return DriverExecutor.connect(settings.clickhouse, database=name)
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    from sinks.migrations import MigrationError, migrate
+
+    settings = Settings()
+    ex = open_database(settings, args.database, create=True)
+    try:
+        ran = migrate(ex, allow_changed=args.allow_changed)
+    except MigrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ex.close()
+    for m in ran:
+        print(f"applied {m.version:04d}_{m.name}")
+    if not ran:
+        print("nothing to apply: the schema is up to date")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from sinks.migrations import status
+
+    ex = open_database(Settings(), args.database)
+    try:
+        rows = status(ex)
+    finally:
+        ex.close()
+    print(f"{'version':>7}  {'name':<24} {'state':<8} applied_at (UTC)")
+    for r in rows:
+        when = dt.datetime.fromtimestamp(r.applied_at / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if r.applied_at else "-"
+        print(f"{r.version:>7}  {r.name:<24} {r.state:<8} {when}")
+    return 1 if any(r.state == "CHANGED" for r in rows) else 0

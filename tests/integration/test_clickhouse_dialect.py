@@ -1,0 +1,107 @@
+"""Migrations and every report/monitor query on the stack's ClickHouse 18.16 (chdb runs the same in unit tests)."""
+from __future__ import annotations
+
+import pytest
+from clickhouse_driver.errors import ServerException
+
+from schemas.events import DefectEvent, PartInspected
+from sinks.migrations import load_migrations, migrate, status
+from sinks.sql import DriverExecutor
+from sinks.testing import make_alert, query_catalog, sample_events, seed
+from streams import report
+from streams.settings import PlantSettings
+
+T0 = 1_763_700_000_000
+PLANT = PlantSettings()
+
+
+@pytest.fixture
+def ex(clickhouse_connect, fresh_database):
+    return DriverExecutor(clickhouse_connect(database=fresh_database))
+
+
+def tables(ex):
+    return ex.query("SELECT name, engine, partition_key, sorting_key FROM system.tables "
+                    "WHERE database = currentDatabase() ORDER BY name")
+
+
+def test_server_is_the_old_release(ex):
+    assert ex.query("SELECT version()")[0][0].startswith("18.16")
+
+
+def test_migrate_twice_gives_the_same_state(ex):
+    assert [m.version for m in migrate(ex)] == [m.version for m in load_migrations()]
+    first = tables(ex), ex.query("SELECT version, name, checksum FROM schema_migrations ORDER BY version")
+    assert migrate(ex) == []
+    assert (tables(ex), ex.query("SELECT version, name, checksum FROM schema_migrations ORDER BY version")) == first
+    assert {t[0] for t in first[0]} == {"alerts", "defects", "model_runs", "parts", "schema_migrations"}
+    assert all(s.state == "applied" for s in status(ex))
+    parts = next(t for t in first[0] if t[0] == "parts")
+    assert parts[1] == "ReplacingMergeTree" and parts[2] == "toYYYYMM(event_time)"
+
+
+def test_every_query_runs_and_duplicates_count_once(ex, clickhouse_connect, fresh_database):
+    migrate(ex)
+    events = list(sample_events(T0, 300))
+    seed(ex, events + events)  # every event delivered twice
+    seed(ex, [make_alert(T0 + 3_600_000)])
+    for name, sql in query_catalog(T0, T0 + 300 * 60_000).items():
+        ex.query(sql)  # raises with the server's message on a dialect problem
+    parts = [e for e in events if isinstance(e, PartInspected)]
+    defects = [e for e in events if isinstance(e, DefectEvent)]
+    assert ex.query("SELECT count() FROM parts")[0][0] in (len(parts), 2 * len(parts))  # merged or not
+    f = report.ReportFilters(T0, T0 + 300 * 60_000)
+    for by in ("shift", "hour", "day"):
+        groups = report.fetch_subgroups(ex, by, f, PLANT)
+        assert sum(g.inspected for g in groups) == len(parts)
+        assert sum(g.defective for g in groups) == sum(p.verdict == "FAIL" for p in parts)
+        assert sum(g.defects for g in groups) == len(defects)
+    # after a forced merge the engine itself folded the duplicates, and the answers are unchanged
+    ex.query("OPTIMIZE TABLE parts FINAL")
+    assert ex.query("SELECT count() FROM parts")[0][0] == len(parts)
+    assert sum(g.inspected for g in report.fetch_subgroups(ex, "day", f, PLANT)) == len(parts)
+
+
+def test_writer_inserts_but_cannot_change_schema_and_reader_only_reads(ex, clickhouse_connect, fresh_database):
+    migrate(ex)
+    writer = DriverExecutor(clickhouse_connect("writer", "writer", fresh_database))
+    seed(writer, list(sample_events(T0, 5)))
+    with pytest.raises(ServerException):
+        migrate(writer)  # schema_migrations' CREATE is DDL
+    with pytest.raises(ServerException):
+        writer.query("DROP TABLE parts")
+    reader = DriverExecutor(clickhouse_connect("reader", "reader", fresh_database))
+    assert reader.query(query_catalog(T0, T0 + 10 * 60_000)["report_shift_all"])
+    with pytest.raises(ServerException):
+        seed(reader, list(sample_events(T0, 1)))
+
+
+def test_report_cli_on_the_server(ex, stack, fresh_database, monkeypatch, capsys, tmp_path):
+    import json
+
+    from streams.cli import main
+
+    migrate(ex)
+    events = list(sample_events(T0, 24 * 60, step_ms=60_000, p=0.05))  # one day, two cameras, a part a minute each
+    seed(ex, events)
+    monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__HOST", stack.host)
+    monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__PORT", str(stack.clickhouse_port))
+    monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__DATABASE", fresh_database)
+    monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__USER", "reader")
+    monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__PASSWORD", "reader")
+    since, until = "2025-11-21T00:00+00:00", "2025-11-23T00:00+00:00"
+    chart = tmp_path / "p.png"
+    assert main(["report", "--by", "shift", "--line", "line-1", "--since", since, "--until", until,
+                 "--chart", str(chart)]) == 0
+    out = capsys.readouterr().out
+    assert "p chart (fraction defective) per shift — line line-1" in out and "early" in out
+    assert chart.read_bytes()[:4] == b"\x89PNG"
+    assert main(["report", "--by", "hour", "--camera", "cam-2", "--class", "crack", "--since", since,
+                 "--until", until, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    parts = [e for e in events if isinstance(e, PartInspected) and e.camera_id == "cam-2"]
+    assert sum(r["inspected"] for r in doc["rows"]) == len(parts)
+    assert sum(r["defective"] for r in doc["rows"]) == sum(p.defect_counts.get("crack", 0) > 0 for p in parts)
+    assert main(["report", "--by", "day", "--since", since, "--until", until, "--format", "csv",
+                 "--chart-kind", "u"]) == 0
+    assert capsys.readouterr().out.startswith("period,start_ms,inspected")

@@ -1,0 +1,129 @@
+"""ClickHouse sink without a server: event → row mapping, retries with backoff, backpressure, model_runs."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from clickhouse_driver import errors
+
+from sinks.base import SinkBackpressureError
+from sinks.clickhouse import (ALERT_COLUMNS, DEFECT_COLUMNS, PART_COLUMNS, ClickHouseSink, alert_row, defect_row,
+                              is_retryable, part_row, table_specs)
+from sinks.testing import make_alert, make_defect, make_part
+from streams.settings import KafkaSettings, PlantSettings, SinkSettings
+
+PLANT = PlantSettings()
+T = int(dt.datetime(2025, 11, 21, 23, 30, tzinfo=dt.timezone.utc).timestamp() * 1000)  # 00:30 Berlin: night shift
+
+
+def test_part_row_carries_shift_run_and_model():
+    part = make_part(1, T, fail=True, counts={"crack": 2, "dent": 1})
+    row = dict(zip(PART_COLUMNS, part_row(part, PLANT, 99)))
+    assert row["shift_name"] == "night" and row["shift_start"] == part.shift_start
+    assert row["shift_date"] == dt.date(2025, 11, 21)  # the night shift belongs to the day it started
+    assert (row["run_id"], row["model_version"]) == ("production", "m1")
+    assert row["defect_classes"] == ["crack", "dent"] and row["defect_class_counts"] == [2, 1]
+    assert row["verdict"] == "FAIL" and row["version"] == 99 == row["ingested_at"]
+
+
+def test_defect_row_applies_the_calendar_at_ingest():
+    d = make_defect(make_part(1, T), 0, "crack")
+    row = dict(zip(DEFECT_COLUMNS, defect_row(d, PLANT, 5)))
+    assert row["shift_name"] == "night" and row["shift_date"] == dt.date(2025, 11, 21)
+    assert (row["bbox_x0"], row["bbox_y1"]) == (10, 50)
+    assert row["class_votes_class"] == ["crack", "scratch"] and row["class_votes_weight"] == pytest.approx([2.4, 0.6])
+    gap = PlantSettings(shifts=[{"name": "day", "start": "08:00", "end": "16:00"}])
+    assert dict(zip(DEFECT_COLUMNS, defect_row(d, gap, 5)))["shift_name"] == ""  # stored, not dropped
+
+
+def test_alert_row_nulls_become_empty():
+    a = make_alert(T, camera=None)
+    row = dict(zip(ALERT_COLUMNS, alert_row(a, 1)))
+    assert row["camera_id"] == "" and row["defect_class"] == "" and row["limit_value"] == a.limit
+
+
+class FakeExecutor:
+    def __init__(self, fail: list[BaseException | None]):
+        self.fail = fail
+        self.inserts: list[tuple[str, list]] = []
+        self.closed = 0
+
+    def insert(self, table, columns, rows):
+        exc = self.fail.pop(0) if self.fail else None
+        if exc is not None:
+            raise exc
+        self.inserts.append((table, list(rows)))
+        return len(rows)
+
+    def query(self, sql):
+        if self.fail and self.fail[0] is not None:
+            raise self.fail.pop(0)
+        return [(1,)]
+
+    def close(self):
+        self.closed += 1
+
+
+def make_sink(fail, **kw):
+    ex = FakeExecutor(fail)
+    sleeps: list[float] = []
+    sink = ClickHouseSink(None, table_specs(KafkaSettings().topics, PLANT),  # type: ignore[arg-type]
+                          SinkSettings(**{"max_retries": 2, "backoff_initial_s": 0.1, **kw}),
+                          executor_factory=lambda: ex, sleep=sleeps.append, clock=lambda: 1000.0)
+    return sink, ex, sleeps
+
+
+def add_parts(sink, n=3):
+    for i in range(n):
+        sink.add(make_part(i, T).to_avro(), topic="parts", partition=0, offset=i)
+
+
+def test_transient_errors_are_retried_with_exponential_backoff():
+    sink, ex, sleeps = make_sink([errors.NetworkError("refused"), errors.SocketTimeoutError("slow")])
+    add_parts(sink)
+    res = sink.flush()
+    assert res.ok and res.rows == 3
+    assert [t for t, _ in ex.inserts] == ["parts", "model_runs"]
+    assert len(sleeps) == 2 and 0.05 <= sleeps[0] <= 0.1 and 0.1 <= sleeps[1] <= 0.2
+    assert sink.retries == 2 and ex.closed == 2  # a fresh connection after each failure
+
+
+def test_down_after_retries_becomes_backpressure():
+    sink, ex, sleeps = make_sink([errors.NetworkError("refused")] * 3, hold_initial_s=4.0)
+    add_parts(sink)
+    res = sink.flush()
+    assert not res.ok and res.retry_after_s == 4.0 and ex.inserts == [] and sink.buffered == 0
+    (exc,) = res.failed.values()
+    assert isinstance(exc, SinkBackpressureError) and isinstance(exc.cause, errors.NetworkError)
+
+
+def test_permanent_server_error_is_not_retried():
+    sink, ex, sleeps = make_sink([errors.ServerException("Unknown table", code=60)])
+    add_parts(sink)
+    with pytest.raises(errors.ServerException):
+        sink.flush()
+    assert sleeps == []
+
+
+def test_model_runs_recorded_once_per_pair():
+    sink, ex, _ = make_sink([])
+    add_parts(sink)
+    sink.flush()
+    add_parts(sink)
+    sink.flush()
+    runs = [rows for t, rows in ex.inserts if t == "model_runs"]
+    assert len(runs) == 1 and runs[0][0][:3] == ("production", "m1", "production")
+
+
+def test_bad_record_fails_in_add():
+    sink, _, _ = make_sink([])
+    with pytest.raises((KeyError, TypeError, ValueError)):
+        sink.add({"event_id": "x"}, topic="parts", partition=0, offset=0)
+    with pytest.raises(KeyError):
+        sink.add({}, topic="unknown", partition=0, offset=0)
+
+
+def test_retryable_classification():
+    assert is_retryable(errors.NetworkError("x")) and is_retryable(ConnectionRefusedError())
+    assert is_retryable(errors.ServerException("too many parts", code=252))
+    assert not is_retryable(errors.ServerException("syntax", code=62)) and not is_retryable(ValueError())

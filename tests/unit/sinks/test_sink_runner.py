@@ -1,0 +1,167 @@
+"""The Kafka → sink loop against in-memory doubles: commits after writes, holds, rewinds, dead letters."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import pytest
+
+from schemas.events import DeadLetter, PartInspected, deterministic_id
+from sinks.base import TP, ListSink
+from sinks.runner import SinkRunner, import_kafka
+from streams.settings import KafkaSettings, SinkSettings
+
+structs = import_kafka("kafka.structs")
+
+
+class Rec(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int = 0
+
+
+class FakeConsumer:
+    """Just enough of kafka-python's KafkaConsumer: a log per partition, positions, pause, seek, commit."""
+
+    def __init__(self, logs: dict[TP, list[bytes]]):
+        self.logs = logs
+        self.pos = {tp: 0 for tp in logs}
+        self._paused: set = set()
+        self.committed: dict[TP, int] = {}
+        self.commit_calls = 0
+        self.polls_while_paused = 0
+
+    def subscribe(self, topics, listener=None):
+        self.topics = topics
+
+    def assignment(self):
+        return {structs.TopicPartition(*tp) for tp in self.logs}
+
+    def poll(self, timeout_ms=0, max_records=None):
+        out = {}
+        for tp, log in self.logs.items():
+            if tp in self._paused:
+                self.polls_while_paused += 1
+                continue
+            recs = [Rec(tp.topic, tp.partition, o, b"k", log[o]) for o in range(self.pos[tp], len(log))]
+            if recs:
+                out[structs.TopicPartition(*tp)] = recs
+                self.pos[tp] = len(log)
+        return out
+
+    def pause(self, *tps):
+        self._paused |= {TP(t.topic, t.partition) for t in tps}
+
+    def resume(self, *tps):
+        self._paused -= {TP(t.topic, t.partition) for t in tps}
+
+    def paused(self):
+        return {structs.TopicPartition(*tp) for tp in self._paused}
+
+    def seek(self, tp, offset):
+        self.pos[TP(tp.topic, tp.partition)] = offset
+
+    def commit(self, offsets):
+        self.commit_calls += 1
+        for tp, om in offsets.items():
+            self.committed[TP(tp.topic, tp.partition)] = om.offset
+
+    def close(self, autocommit=False):
+        pass
+
+
+class FakeProducer:
+    def __init__(self):
+        self.sent: list[tuple[str, bytes]] = []
+
+    def send(self, topic, value, key=None):
+        self.sent.append((topic, value))
+
+    def flush(self):
+        pass
+
+
+def part(i: int) -> bytes:
+    ev = PartInspected(deterministic_id("part", i), "cam-1", "line-1", f"p{i}", "PASS", 0, 4, 1_000 + i, 1_100 + i,
+                       "LAST_FRAME", "m1", "production", "early", 0)
+    return PartInspected.codec().encode(ev.to_avro())
+
+
+def make(logs: dict[TP, list[bytes]], sink: Any = None, **kw: Any) -> tuple[SinkRunner, FakeConsumer, FakeProducer, ListSink]:
+    sink = sink or ListSink()
+    consumer, producer = FakeConsumer(logs), FakeProducer()
+    settings = SinkSettings(**{"flush_interval_s": 0.01, "hold_initial_s": 0.01, "hold_max_s": 0.05, **kw})
+    runner = SinkRunner(sink, KafkaSettings(), settings, {"parts": "PartInspected"}, consumer=consumer, producer=producer)
+    return runner, consumer, producer, sink
+
+
+def test_round_trip_commits_after_write_and_dead_letters_bad_bytes():
+    tp = TP("parts", 0)
+    runner, consumer, producer, sink = make({tp: [part(0), b"\x00garbage", part(1), b""]})
+    stats = runner.run(idle_s=0.05, max_seconds=5)
+    assert [v["part_id"] for v in sink.values] == ["p0", "p1"]
+    assert consumer.committed == {tp: 4}  # dead letters advance the offset too
+    assert stats.deadlettered == 2 and stats.consumed == 4
+    assert [t for t, _ in producer.sent] == ["deadletter", "deadletter"]
+    dl = DeadLetter.codec().decode(producer.sent[0][1])
+    assert dl["offset"] == 1 and dl["original"] == b"\x00garbage" and dl["error_class"].startswith("decode_error")
+
+
+def test_flush_by_size():
+    tp = TP("parts", 0)
+    runner, consumer, _, sink = make({tp: [part(i) for i in range(5)]}, batch_size=2, flush_interval_s=60)
+    runner.run(idle_s=0.05, max_seconds=5)
+    assert len(sink.values) == 5 and consumer.committed[tp] == 5
+
+
+def test_destination_down_holds_rewinds_and_resumes_without_loss():
+    a, b = TP("parts", 0), TP("parts", 1)
+    sink = ListSink()
+    sink.down = True
+    runner, consumer, _, _ = make({a: [part(0), part(1)], b: [part(2)]}, sink=sink)
+    import threading
+
+    t = threading.Thread(target=runner.run, kwargs={"idle_s": 0.3, "max_seconds": 10})
+    t.start()
+    for _ in range(200):
+        if runner.holding and consumer.polls_while_paused > 3:
+            break
+        threading.Event().wait(0.01)
+    assert runner.holding
+    assert consumer.committed == {}  # nothing acknowledged, nothing committed
+    assert consumer.pos == {a: 0, b: 0}  # rewound to the first uncommitted offset
+    assert consumer.paused() == consumer.assignment()  # fetching stopped: bounded memory
+    consumer.logs[a].append(part(3))  # more arrives while held
+    sink.down = False
+    t.join(10)
+    assert sorted(v["part_id"] for v in sink.values) == ["p0", "p1", "p2", "p3"]
+    assert consumer.committed == {a: 3, b: 1}
+    assert runner.stats.holds >= 1 and runner.stats.rewinds >= 2
+
+
+def test_permanent_error_propagates_and_commits_nothing():
+    class Broken(ListSink):
+        def write(self, batch):
+            raise RuntimeError("bug")
+
+    tp = TP("parts", 0)
+    runner, consumer, _, _ = make({tp: [part(0)]}, sink=Broken())
+    with pytest.raises(RuntimeError, match="bug"):
+        runner.run(idle_s=0.05, max_seconds=5)
+    assert consumer.committed == {}
+
+
+def test_failed_commit_does_not_stop_the_loop():
+    class NoCommit(FakeConsumer):
+        def commit(self, offsets):
+            raise RuntimeError("CommitFailedError: rebalance in progress")
+
+    tp = TP("parts", 0)
+    sink = ListSink()
+    consumer, producer = NoCommit({tp: [part(0), part(1)]}), FakeProducer()
+    runner = SinkRunner(sink, KafkaSettings(), SinkSettings(flush_interval_s=0.01), {"parts": "PartInspected"},
+                        consumer=consumer, producer=producer)
+    stats = runner.run(idle_s=0.05, max_seconds=5)
+    assert len(sink.values) == 2 and stats.commit_failures >= 1

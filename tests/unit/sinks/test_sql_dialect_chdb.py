@@ -1,0 +1,93 @@
+"""Every migration and every report/monitor query on chdb, the current ClickHouse engine in-process.
+
+tests/integration/test_clickhouse_dialect.py runs the same on the ClickHouse 18.16 server.
+"""
+from __future__ import annotations
+
+import pytest
+
+from schemas.events import DefectEvent, PartInspected
+from sinks.clickhouse import ClickHouseSink, table_specs
+from sinks.migrations import load_migrations, migrate, status
+from sinks.sql import ChdbExecutor
+from sinks.testing import make_alert, query_catalog, sample_events, seed
+from streams import monitor, report
+from streams.settings import KafkaSettings, PlantSettings, SinkSettings
+
+T0 = 1_763_700_000_000  # 2025-11-21 04:40 UTC
+PLANT = PlantSettings()
+
+
+@pytest.fixture(scope="module")
+def chdb_ex(tmp_path_factory):
+    ex = ChdbExecutor(str(tmp_path_factory.mktemp("chdb")))
+    yield ex
+    ex.close()
+
+
+@pytest.fixture(scope="module")
+def seeded(chdb_ex):
+    assert [m.version for m in migrate(chdb_ex)] == [m.version for m in load_migrations()]
+    events = list(sample_events(T0, 600))
+    # Through the sink (row mapping + INSERT), twice: every event delivered twice.
+    sink = ClickHouseSink(None, table_specs(KafkaSettings().topics, PLANT), SinkSettings(),  # type: ignore[arg-type]
+                          executor_factory=lambda: chdb_ex)
+    for rnd in range(2):
+        for off, ev in enumerate(events):
+            topic = "parts" if isinstance(ev, PartInspected) else "defects"
+            sink.add(ev.codec().decode(ev.codec().encode(ev.to_avro())), topic=topic, partition=rnd, offset=off)
+        assert sink.flush().ok
+    seed(chdb_ex, [make_alert(T0 + 3_600_000), make_alert(T0 + 3_600_000)])
+    return events
+
+
+def test_migrations_are_idempotent(chdb_ex, seeded):
+    before = chdb_ex.query("SELECT name, engine, partition_key, sorting_key FROM system.tables "
+                           "WHERE database = currentDatabase() ORDER BY name")
+    assert migrate(chdb_ex) == []
+    after = chdb_ex.query("SELECT name, engine, partition_key, sorting_key FROM system.tables "
+                          "WHERE database = currentDatabase() ORDER BY name")
+    assert before == after
+    assert {r[0] for r in after} == {"alerts", "defects", "model_runs", "parts", "schema_migrations"}
+    assert all(s.state == "applied" for s in status(chdb_ex))
+    parts = next(r for r in after if r[0] == "parts")
+    assert parts[1] == "ReplacingMergeTree" and parts[2] == "toYYYYMM(event_time)"
+
+
+@pytest.mark.parametrize("name", sorted(query_catalog(0, 1)))
+def test_every_query_runs(chdb_ex, seeded, name):
+    chdb_ex.query(query_catalog(T0, T0 + 600 * 60_000)[name])
+
+
+def test_duplicates_count_once(chdb_ex, seeded):
+    parts = [e for e in seeded if isinstance(e, PartInspected)]
+    defects = [e for e in seeded if isinstance(e, DefectEvent)]
+    assert chdb_ex.query("SELECT count() FROM parts")[0][0] == 2 * len(parts)  # stored twice (no merge yet)
+    f = report.ReportFilters(T0, T0 + 600 * 60_000)
+    groups = report.fetch_subgroups(chdb_ex, "day", f, PLANT)
+    assert sum(g.inspected for g in groups) == len(parts)
+    assert sum(g.defective for g in groups) == sum(p.verdict == "FAIL" for p in parts)
+    assert sum(g.defects for g in groups) == len(defects)
+    pareto = dict(chdb_ex.query(report.pareto_sql(f)))
+    assert pareto == {c: sum(d.defect_class == c for d in defects) for c in {d.defect_class for d in defects}}
+    cls = report.fetch_subgroups(chdb_ex, "shift", report.ReportFilters(T0, T0 + 600 * 60_000, defect_class="scratch"), PLANT)
+    assert sum(g.defects for g in cls) == sum(d.defect_class == "scratch" for d in defects)
+    assert chdb_ex.query("SELECT count() FROM model_runs")[0] == (1,)
+
+
+def test_per_shift_groups_follow_the_calendar(chdb_ex, seeded):
+    f = report.ReportFilters(T0, T0 + 600 * 60_000, line="line-1", camera="cam-1")
+    groups = report.fetch_subgroups(chdb_ex, "shift", f, PLANT)
+    parts = [e for e in seeded if isinstance(e, PartInspected) and e.camera_id == "cam-1"]
+    expect: dict[int, int] = {}
+    for p in parts:
+        expect[p.shift_start] = expect.get(p.shift_start, 0) + 1
+    assert [(g.start_ms, g.inspected) for g in groups] == sorted(expect.items())
+    assert groups[1].label.endswith(("early", "late", "night"))
+
+
+def test_monitor_queries_on_chdb(chdb_ex, seeded):
+    rows = chdb_ex.query(monitor.window_sql("production", T0, T0 + 600 * 60_000))
+    assert {(r[0], r[1]) for r in rows} == {("line-1", "cam-1"), ("line-1", "cam-2")}
+    state = chdb_ex.query(monitor.alert_state_sql("production"))
+    assert state == [("line-1", "cam-1", "SPIKE", "WE1", T0 + 3_600_000)]
