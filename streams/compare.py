@@ -1,0 +1,238 @@
+"""`defectstream compare`: a replay run against production (or another run), part by part.
+
+Reads both runs' part verdicts and confirmed defects from ClickHouse, de-duplicated by event id
+(the tables are ReplacingMergeTree: correct before merges too), restricted to the parts the
+candidate inspected, and prints the verdict confusion matrix, defects found by one side only,
+class changes, defect rates per shift (or camera or class) and, with simulator ground truth,
+each side's precision and recall. The SQL runs unchanged on ClickHouse 18.16 and current
+releases. The comparison itself is `streams.run_comparison` (pure).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from typing import Any, Sequence
+from zoneinfo import ZoneInfo
+
+from sinks.sql import Executor, render
+from streams.run_comparison import Comparison, DefectRow, PartRow, compare_runs, score_sides
+from streams.settings import PlantSettings
+
+
+def _time_filter(since_ms: int | None, until_ms: int | None) -> tuple[str, dict[str, Any]]:
+    conds, params = [], {}
+    if since_ms is not None:
+        conds.append("first_frame_ts >= {since_ms}")
+        params["since_ms"] = since_ms
+    if until_ms is not None:
+        conds.append("first_frame_ts < {until_ms}")
+        params["until_ms"] = until_ms
+    return "".join(f" AND {c}" for c in conds), params
+
+
+def _scope(run_id: str, restrict_to: str | None, cameras: Sequence[str] | None, since_ms: int | None,
+           until_ms: int | None) -> tuple[str, dict[str, Any]]:
+    """WHERE clause: the run, optionally only parts that run `restrict_to` inspected."""
+    extra, params = _time_filter(since_ms, until_ms)
+    where = "run_id = {run}" + extra
+    params["run"] = run_id
+    if cameras:
+        where += " AND camera_id IN (" + ", ".join("{cam%d}" % i for i in range(len(cameras))) + ")"
+        params.update({f"cam{i}": c for i, c in enumerate(cameras)})
+    if restrict_to is not None:
+        where += " AND part_id IN (SELECT part_id FROM parts WHERE run_id = {restrict})"
+        params["restrict"] = restrict_to
+    return where, params
+
+
+def parts_sql(run_id: str, *, restrict_to: str | None = None, cameras: Sequence[str] | None = None,
+              since_ms: int | None = None, until_ms: int | None = None) -> str:
+    """Rendered SQL: one row per part event id of `run_id` (camera, part, verdict, shift, ts, defects, model)."""
+    where, params = _scope(run_id, restrict_to, cameras, since_ms, until_ms)
+    return render(f"""
+SELECT event_id, any(camera_id) AS cam, any(part_id) AS pid, any(verdict) AS v, any(shift_name) AS s_name,
+       any(shift_start) AS s_start, any(first_frame_ts) AS ts, any(defects_total) AS n, any(model_version) AS mv
+FROM parts
+WHERE {where}
+GROUP BY event_id""", params)
+
+
+def defects_sql(run_id: str, *, restrict_to: str | None = None, cameras: Sequence[str] | None = None,
+                since_ms: int | None = None, until_ms: int | None = None) -> str:
+    """Rendered SQL: one row per defect event id of `run_id`."""
+    where, params = _scope(run_id, restrict_to, cameras, since_ms, until_ms)
+    return render(f"""
+SELECT event_id, any(camera_id) AS cam, any(part_id) AS pid, any(track_id) AS tid, any(defect_class) AS cls,
+       any(bbox_x0) AS x0, any(bbox_y0) AS y0, any(bbox_x1) AS x1, any(bbox_y1) AS y1,
+       any(best_frame_seq) AS best, any(first_frame_ts) AS t0, any(last_frame_ts) AS t1,
+       any(severity) AS sev, any(confidence) AS conf
+FROM defects
+WHERE {where}
+GROUP BY event_id""", params)
+
+
+def _shift_label(name: str, start_ms: int, tz: ZoneInfo) -> str:
+    local = dt.datetime.fromtimestamp(int(start_ms) / 1000, tz)
+    return f"{local:%Y-%m-%d %H:%M} {name}".strip()
+
+
+def fetch_parts(ex: Executor, run_id: str, plant: PlantSettings, **scope: Any) -> list[PartRow]:
+    tz = ZoneInfo(plant.timezone)
+    return [PartRow(cam, pid, v, _shift_label(s_name, s_start, tz), int(ts), int(n), mv)
+            for _id, cam, pid, v, s_name, s_start, ts, n, mv in ex.query(parts_sql(run_id, **scope))]
+
+
+def fetch_defects(ex: Executor, run_id: str, **scope: Any) -> list[DefectRow]:
+    return [DefectRow(eid, cam, pid, int(tid), cls, (int(x0), int(y0), int(x1), int(y1)), int(best), int(t0), int(t1),
+                      float(sev), float(conf))
+            for eid, cam, pid, tid, cls, x0, y0, x1, y1, best, t0, t1, sev, conf in ex.query(defects_sql(run_id, **scope))]
+
+
+def run_compare(ex: Executor, baseline: str, candidate: str, plant: PlantSettings, *, by: str = "shift",
+                cameras: Sequence[str] | None = None, since_ms: int | None = None, until_ms: int | None = None,
+                ground_truth: Sequence[Any] | None = None, iou_min: float = 0.3, travel_axis: str = "-x") -> Comparison:
+    """Fetch both runs (baseline restricted to the candidate's parts) and compare them."""
+    scope = {"cameras": cameras, "since_ms": since_ms, "until_ms": until_ms}
+    cand_parts = fetch_parts(ex, candidate, plant, **scope)
+    cand_defects = fetch_defects(ex, candidate, **scope)
+    base_parts = fetch_parts(ex, baseline, plant, restrict_to=candidate, **scope)
+    base_defects = fetch_defects(ex, baseline, restrict_to=candidate, **scope)
+    cmp = compare_runs(baseline, candidate, baseline_parts=base_parts, candidate_parts=cand_parts,
+                       baseline_defects=base_defects, candidate_defects=cand_defects, by=by,  # type: ignore[arg-type]
+                       iou_min=iou_min, travel_axis=travel_axis)
+    if ground_truth and cmp.parts:
+        cmp.ground_truth = score_sides(cmp, ground_truth, {baseline: base_defects, candidate: cand_defects})
+    return cmp
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+def _pct(v: float) -> str:
+    return f"{100 * v:6.2f}%"
+
+
+def render_table(c: Comparison) -> str:
+    """What a quality engineer reads: confusion matrix, defect diffs, rates per group, GT scores."""
+    lines = [f"compare baseline {c.baseline!r} vs candidate {c.candidate!r}",
+             f"parts compared {len(c.parts)} (only in baseline {c.only_in_baseline_parts}, "
+             f"only in candidate {c.only_in_candidate_parts}); verdict agreement {_pct(c.agreement).strip()}", ""]
+    m = c.confusion
+    lines += ["verdicts            candidate PASS  candidate FAIL",
+              f"  baseline PASS     {m['PASS']['PASS']:>14}  {m['PASS']['FAIL']:>14}",
+              f"  baseline FAIL     {m['FAIL']['PASS']:>14}  {m['FAIL']['FAIL']:>14}", ""]
+    lines.append(f"defects: matched {c.defects_matched}, only baseline {c.defects_only_baseline}, "
+                 f"only candidate {c.defects_only_candidate}")
+    if c.class_changes:
+        lines.append("class changes: " + ", ".join(f"{b} → {k} ×{n}" for (b, k), n in sorted(c.class_changes.items())))
+    for title, groups in ((f"by {c.by}", c.groups),) + ((("per shift", c.shifts),) if c.by != "shift" else ()):
+        lines += ["", title]
+        head = (f"  {'group':<24} {'parts':>6} {'base rate':>10} {'cand rate':>10} {'diff':>9} "
+                f"{'base def':>8} {'cand def':>8} {'only b':>6} {'only c':>6} {'cls chg':>7}")
+        lines += [head, "  " + "-" * (len(head) - 2)]
+        for g in groups:
+            lines.append(f"  {g.group:<24} {g.parts:>6} {_pct(g.baseline_rate):>10} {_pct(g.candidate_rate):>10} "
+                         f"{100 * g.rate_diff:+8.2f}% {g.baseline_defects:>8} {g.candidate_defects:>8} "
+                         f"{g.only_baseline:>6} {g.only_candidate:>6} {g.class_changes:>7}")
+        if not groups:
+            lines.append("  (no parts in common)")
+    if c.ground_truth:
+        lines += ["", f"against ground truth ({next(iter(c.ground_truth.values())).gt_parts} parts)",
+                  f"  {'run':<24} {'def prec':>9} {'def rec':>9} {'class acc':>9} {'part prec':>9} {'part rec':>9}"]
+        for run, s in c.ground_truth.items():
+            lines.append(f"  {run:<24} {s.defect_precision:9.3f} {s.defect_recall:9.3f} {s.class_accuracy:9.3f} "
+                         f"{s.part_precision:9.3f} {s.part_recall:9.3f}")
+    return "\n".join(lines)
+
+
+def render_json(c: Comparison) -> str:
+    return json.dumps(c.to_dict(), indent=2)
+
+
+def plot_comparison(c: Comparison, path: str) -> None:
+    """Bar chart PNG: defect rate of both runs per group, with the difference annotated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = c.groups
+    fig, ax = plt.subplots(figsize=(min(16.0, max(7.0, 0.8 * len(groups) + 4)), 4.5), dpi=110)
+    try:
+        if not groups:
+            ax.text(0.5, 0.5, "no parts in common", ha="center", va="center", transform=ax.transAxes)
+        else:
+            x = list(range(len(groups)))
+            b = [100 * g.baseline_rate for g in groups]
+            k = [100 * g.candidate_rate for g in groups]
+            ax.bar([i - 0.2 for i in x], b, width=0.4, label=c.baseline, color="tab:gray")
+            ax.bar([i + 0.2 for i in x], k, width=0.4, label=c.candidate, color="tab:blue")
+            for i, g in enumerate(groups):
+                ax.annotate(f"{100 * g.rate_diff:+.1f}", (i, max(b[i], k[i])), textcoords="offset points",
+                            xytext=(0, 4), ha="center", fontsize=7)
+            ax.set_xticks(x)
+            ax.set_xticklabels([g.group for g in groups], rotation=30, ha="right", fontsize=7)
+            ax.set_ylabel("defective parts (%)" if c.by != "class" else "parts with the class (%)")
+            ax.set_ylim(0, max(max(b), max(k), 1.0) * 1.2)
+            ax.grid(axis="y", alpha=0.3)
+            ax.legend(fontsize=8)
+        ax.set_title(f"{c.candidate} vs {c.baseline} by {c.by} — agreement {100 * c.agreement:.1f}%", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="compare a replay run with production (or another run), part by part",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", default="production", help="run id of the reference (default production)")
+    p.add_argument("--candidate", required=True, help="run id of the run to judge (e.g. a replay)")
+    p.add_argument("--by", choices=["shift", "camera", "class"], default="shift")
+    p.add_argument("--cameras", nargs="+", help="only these cameras")
+    p.add_argument("--since", help="only parts whose first frame is at/after this (now, 7d, ISO)")
+    p.add_argument("--until", help="only parts whose first frame is before this")
+    p.add_argument("--ground-truth", help="simulator ground truth JSONL: precision/recall of each side")
+    p.add_argument("--iou", type=float, default=0.3, help="IoU that matches two defects (default 0.3)")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--chart", help="also write a PNG bar chart of the rates per group here")
+    p.add_argument("--database", help="ClickHouse database (default: settings)")
+    p.set_defaults(func=cli_compare)
+
+
+def cli_compare(args: argparse.Namespace) -> int:
+    import time
+
+    from sinks.sql import DriverExecutor
+    from streams.report import parse_time
+    from streams.settings import Settings
+    from streams.simulator import read_ground_truth
+
+    settings = Settings()
+    if args.baseline == args.candidate:
+        print("compare: --baseline and --candidate are the same run", file=sys.stderr)
+        return 2
+    now = int(time.time() * 1000)
+    since = parse_time(args.since, settings.plant, now) if args.since else None
+    until = parse_time(args.until, settings.plant, now) if args.until else None
+    cams = sorted({c for v in args.cameras for c in v.split(",") if c}) if args.cameras else None
+    gts = read_ground_truth(args.ground_truth) if args.ground_truth else None
+    ex = DriverExecutor.connect(settings.clickhouse, database=args.database)
+    try:
+        cmp = run_compare(ex, args.baseline, args.candidate, settings.plant, by=args.by, cameras=cams,
+                          since_ms=since, until_ms=until, ground_truth=gts, iou_min=args.iou,
+                          travel_axis=settings.tracking.travel_axis)
+    finally:
+        ex.close()
+    print(render_json(cmp) if args.format == "json" else render_table(cmp))
+    if args.chart:
+        plot_comparison(cmp, args.chart)
+    if not cmp.parts:
+        print(f"compare: no parts of {args.candidate!r} were also inspected by {args.baseline!r}", file=sys.stderr)
+        return 1
+    return 0

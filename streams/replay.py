@@ -1,0 +1,831 @@
+"""`defectstream replay`: a time range of `frames` through another model, stored under its own run id.
+
+The replay reads the recorded frames of ``[--from, --until)`` (Kafka record timestamps) straight
+from the partitions, with no consumer group at all: nothing is committed, so the production
+worker's offsets, the production tables (rows carry the replay's ``run_id``) and the production
+alerts (the monitor only reads ``run_id = 'production'``) are untouched, also while production runs.
+
+The frames go through the production code path, :class:`streams.inspect_agent.InspectPipeline`
+(decode → inspect → track → close), with an in-memory :class:`MemoryStateStore` and a
+:class:`ClickHouseEmitter` that writes the DefectEvent/PartInspected rows directly into the
+`defects`/`parts` tables through `sinks.clickhouse` (same row mapping as the sink). Direct writes,
+not the `defects`/`parts` topics, because (1) consumers of those topics (scoring, downstream
+systems) would see replay events mixed with production, (2) the replay could not know when its
+rows are durable without waiting on the sink, and progress must only advance after they are.
+
+Range semantics (what a part-wise comparison needs):
+* start offsets come from ``offsets_for_times(--from)`` on every partition, stop offsets from
+  ``offsets_for_times(--until)``; end offsets at start bound the run, so it always terminates;
+* a camera's leading frames that continue a part begun before ``--from`` are skipped;
+* a part still open at a partition's stop offset is read to its end (up to the end offset seen at
+  start); what is still open then is closed as production does after inactivity (TIMEOUT).
+
+Resumable: rows are buffered and flushed, then the progress (next offset per partition, tracker
+state per camera, range bookkeeping, counters) is written to `model_runs` (one logical row per run,
+updated in place through ReplacingMergeTree). ``--run-id`` of an unfinished run continues from its
+last progress; ids are deterministic and, on a resumed run, rows whose ids are already stored are
+not inserted again.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
+
+from schemas.events import Event, FrameEvent, PartInspected
+from sinks.sql import Executor, quote, render
+from streams.settings import Settings
+from streams.tracking import CameraState
+
+log = logging.getLogger(__name__)
+
+PRODUCTION_RUN = "production"
+RUN_KIND = "replay"
+
+STATUS_RUNNING = "running"
+STATUS_INTERRUPTED = "interrupted"
+STATUS_FAILED = "failed"
+STATUS_DONE = "done"
+
+
+class ReplayError(RuntimeError):
+    """The replay cannot start or continue (bad run id, range removed by retention, mismatch on resume)."""
+
+
+class RangeRemovedError(ReplayError):
+    """The start of the requested range is no longer in the topic (deleted by retention)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Range planning (pure)
+# --------------------------------------------------------------------------------------------
+class OffsetAt(NamedTuple):
+    """What `offsets_for_times` found on one partition: the first record at/after a time."""
+
+    offset: int
+    timestamp: int
+
+
+class PartitionPlan(NamedTuple):
+    """Offsets of one partition: read [start, stop); parts open at stop may be finished up to `end`."""
+
+    start: int
+    stop: int
+    end: int
+
+
+def plan_partitions(
+    *,
+    from_ms: int,
+    at_from: dict[int, OffsetAt | None],
+    at_until: dict[int, OffsetAt | None],
+    beginning: dict[int, int],
+    end: dict[int, int],
+    allow_partial: bool = False,
+) -> dict[int, PartitionPlan]:
+    """Per-partition offsets of the range.
+
+    Args:
+        from_ms: the range start (record timestamp, epoch ms).
+        at_from / at_until: `offsets_for_times` results for --from / --until (None: no record at or
+            after that time, i.e. the range starts/ends at the end of the partition).
+        beginning / end: earliest retained offset and end offset (high watermark) now.
+        allow_partial: do not raise when retention removed the range's start.
+    Raises:
+        RangeRemovedError: on a partition whose log start was advanced by retention (earliest
+            retained offset > 0) and whose first retained record is later than `from_ms`: frames
+            of the range were deleted.
+    """
+    plans: dict[int, PartitionPlan] = {}
+    removed: list[str] = []
+    for p in sorted(end):
+        hi = end[p]
+        lo = beginning.get(p, 0)
+        f = at_from.get(p)
+        u = at_until.get(p)
+        start = f.offset if f is not None else hi
+        stop = u.offset if u is not None else hi
+        if f is not None and lo > 0 and f.offset <= lo and f.timestamp > from_ms:
+            removed.append(f"partition {p}: earliest retained frame at {_iso(f.timestamp)} (offset {lo})")
+        start = max(start, lo)
+        stop = max(min(stop, hi), start)
+        plans[p] = PartitionPlan(start, stop, hi)
+    if removed and not allow_partial:
+        raise RangeRemovedError(
+            f"the range start {_iso(from_ms)} was removed by retention ({'; '.join(removed)}); "
+            "replay from a later --from, or pass --allow-partial to replay what is left"
+        )
+    return plans
+
+
+def _iso(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+# --------------------------------------------------------------------------------------------
+# Which frames of the range are fed to the pipeline (pure)
+# --------------------------------------------------------------------------------------------
+SKIP_CAMERA = "other_camera"
+SKIP_PARTIAL = "part_before_range"
+SKIP_AFTER = "after_range"
+
+
+@dataclass
+class RangeGate:
+    """Decides per frame whether it belongs to the replay, keeping whole parts only.
+
+    `started`: cameras whose first part in the range has begun (frames before it continue a part
+    that started before --from). `open_part`: the part id of each camera's last admitted frame
+    while that part is open. `partitions`: camera → partition it was read from.
+    """
+
+    stop: dict[int, int]
+    cameras: frozenset[str] | None = None
+    started: set[str] = field(default_factory=set)
+    open_part: dict[str, str] = field(default_factory=dict)
+    partitions: dict[str, int] = field(default_factory=dict)
+
+    def admit(self, partition: int, offset: int, camera_id: str, part_id: str, frame_index: int,
+              last_frame: bool) -> str | None:
+        """None when the frame is to be processed, else the reason it is skipped."""
+        if self.cameras is not None and camera_id not in self.cameras:
+            return SKIP_CAMERA
+        self.partitions[camera_id] = partition
+        if offset >= self.stop.get(partition, 0):
+            if self.open_part.get(camera_id) != part_id:
+                return SKIP_AFTER
+        elif camera_id not in self.started:
+            if frame_index != 0:
+                return SKIP_PARTIAL
+            self.started.add(camera_id)
+        if last_frame:
+            self.open_part.pop(camera_id, None)
+        else:
+            self.open_part[camera_id] = part_id
+        return None
+
+    def draining_done(self, partition: int) -> bool:
+        """No camera of `partition` has a part left open (read past stop only while one has)."""
+        return not any(self.partitions.get(c) == partition for c in self.open_part)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"started": sorted(self.started), "open_part": dict(self.open_part),
+                "partitions": dict(self.partitions)}
+
+    def restore(self, d: dict[str, Any]) -> None:
+        self.started = set(d.get("started", []))
+        self.open_part = dict(d.get("open_part", {}))
+        self.partitions = {k: int(v) for k, v in d.get("partitions", {}).items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline's StateStore and Emitter for a replay
+# --------------------------------------------------------------------------------------------
+class MemoryStateStore:
+    """Tracker state per camera in a dict (the replay is the only reader); JSON-able snapshots."""
+
+    def __init__(self, data: dict[str, dict] | None = None):
+        self.data: dict[str, dict] = dict(data or {})
+
+    def load(self, camera_id: str) -> CameraState:
+        d = self.data.get(camera_id)
+        return CameraState.from_dict(d) if d else CameraState(camera_id)
+
+    def save(self, state: CameraState, event: Any) -> None:
+        self.data[state.camera_id] = state.to_dict()
+
+    def snapshot(self) -> dict[str, dict]:
+        """A copy that later saves do not change (each save stores a fresh dict)."""
+        return dict(self.data)
+
+    def open_parts(self) -> list[tuple[str, str, int]]:
+        """(camera, part id, last frame seq) of every open part."""
+        out = []
+        for cam, d in sorted(self.data.items()):
+            part = d.get("part")
+            if part and part.get("seqs"):
+                out.append((cam, part["part_id"], int(part["seqs"][-1])))
+        return out
+
+
+@dataclass
+class EmitCounts:
+    parts: int = 0
+    defects: int = 0
+    fail: int = 0
+    deadletters: dict[str, int] = field(default_factory=dict)
+    skipped_existing: int = 0
+
+
+class ClickHouseEmitter:
+    """`Emitter` of the pipeline that stores defects/parts rows in ClickHouse (sinks.clickhouse rows).
+
+    Records are held until `flush()`; `mark_complete()` (after a whole batch went through the
+    pipeline) makes them flushable, so a flush never writes half a batch. Dead letters are counted
+    per error class (not published: the production `deadletter` topic stays production's).
+    With `skip_existing`, ids already stored for this run are not inserted again (resume).
+    """
+
+    def __init__(self, ex: Executor, settings: Settings, run_id: str, *, skip_existing: bool = False,
+                 clock: Callable[[], float] = time.time):
+        from sinks.clickhouse import DEFECT_COLUMNS, PART_COLUMNS, defect_row, part_row
+
+        self.ex = ex
+        self.plant = settings.plant
+        self.run_id = run_id
+        self.skip_existing = skip_existing
+        self.clock = clock
+        self._cols = {"defects": DEFECT_COLUMNS, "parts": PART_COLUMNS}
+        self._row = {"defects": defect_row, "parts": part_row}
+        self._pending: list[tuple[str, Event]] = []
+        self._ready: list[tuple[str, Event]] = []
+        self.counts = EmitCounts()
+
+    async def send_all(self, records: Sequence[tuple[str, bytes | None, Event]]) -> None:
+        for kind, _key, ev in records:
+            if kind == "deadletter":
+                cls = getattr(ev, "error_class", "unknown")
+                self.counts.deadletters[cls] = self.counts.deadletters.get(cls, 0) + 1
+            elif kind in ("defects", "parts"):
+                self._pending.append((kind, ev))
+            else:  # pragma: no cover - the pipeline only emits these three kinds
+                raise ValueError(f"unknown record kind {kind!r}")
+
+    def mark_complete(self) -> None:
+        self._ready.extend(self._pending)
+        self._pending.clear()
+
+    def discard_incomplete(self) -> None:
+        self._pending.clear()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._ready)
+
+    @property
+    def parts_done(self) -> int:
+        """Part verdicts of completed batches, flushed or not."""
+        return self.counts.parts + sum(1 for kind, _ in self._ready if kind == "parts")
+
+    def _existing(self, table: str, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        in_list = "(" + ", ".join(quote(i) for i in ids) + ")"  # a tuple: `IN [..]` is not IN on 18.16
+        sql = render(f"SELECT DISTINCT event_id FROM {table} WHERE run_id = {{run}} AND event_id IN {in_list}",
+                     {"run": self.run_id})
+        return {r[0] for r in self.ex.query(sql)}
+
+    def flush(self) -> int:
+        """Insert the completed batches' rows (defects first, then the part verdicts); returns rows written.
+
+        Raises whatever the executor raises; the rows stay buffered then.
+        """
+        if not self._ready:
+            return 0
+        now = int(self.clock() * 1000)
+        written = 0
+        for table in ("defects", "parts"):  # a part's verdict after its defects
+            evs = list({e.event_id: e for kind, e in self._ready if kind == table}.values())  # type: ignore[attr-defined]
+            if self.skip_existing:
+                have = self._existing(table, [e.event_id for e in evs])  # type: ignore[attr-defined]
+                self.counts.skipped_existing += len(have)
+                evs = [e for e in evs if e.event_id not in have]  # type: ignore[attr-defined]
+            rows = [self._row[table](e, self.plant, now) for e in evs]
+            if rows:
+                self.ex.insert(table, self._cols[table], rows)
+                written += len(rows)
+            # written: not again when a later table fails and the flush is retried
+            done = [ev for kind, ev in self._ready if kind == table]
+            self._ready = [(kind, ev) for kind, ev in self._ready if kind != table]
+            if table == "parts":
+                self.counts.parts += len(done)
+                self.counts.fail += sum(1 for ev in done if isinstance(ev, PartInspected) and ev.verdict == "FAIL")
+            else:
+                self.counts.defects += len(done)
+        return written
+
+
+# --------------------------------------------------------------------------------------------
+# The run record in `model_runs`
+# --------------------------------------------------------------------------------------------
+@dataclass
+class RunRecord:
+    """One replay run: what it is (model, range) and how far it got; stored as JSON in `note`."""
+
+    run_id: str
+    model_version: str
+    model_path: str | None
+    model_hashes: dict[str, str]
+    from_ms: int
+    until_ms: int
+    frames_topic: str
+    cameras: list[str] | None
+    started_at: int
+    status: str = STATUS_RUNNING
+    finished_at: int | None = None
+    frames_read: int = 0
+    frames_skipped: dict[str, int] = field(default_factory=dict)
+    parts: int = 0
+    parts_fail: int = 0
+    defects: int = 0
+    deadletters: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    plan: dict[str, list[int]] = field(default_factory=dict)  # partition -> [start, stop, end]
+    offsets: dict[str, int] = field(default_factory=dict)  # partition -> next offset to read
+    gate: dict[str, Any] = field(default_factory=dict)
+    states: dict[str, dict] = field(default_factory=dict)  # camera -> CameraState dict
+    updated_at: int = 0
+
+    def note(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_note(cls, note: str) -> "RunRecord":
+        d = json.loads(note)
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def row(self, version: int) -> tuple:
+        """`model_runs` row (MODEL_RUN_COLUMNS); recorded_at = start, so updates replace one key."""
+        return (self.run_id, self.model_version, RUN_KIND, self.from_ms, self.until_ms, self.note(),
+                self.started_at, version)
+
+    def same_job(self, other: "RunRecord") -> list[str]:
+        """What differs between two records of the same run id (model, range, topic, cameras)."""
+        diffs = []
+        for name in ("model_version", "from_ms", "until_ms", "frames_topic"):
+            if getattr(self, name) != getattr(other, name):
+                diffs.append(f"{name} {getattr(other, name)!r} (stored) vs {getattr(self, name)!r}")
+        if sorted(self.cameras or []) != sorted(other.cameras or []):
+            diffs.append(f"cameras {other.cameras!r} (stored) vs {self.cameras!r}")
+        return diffs
+
+
+def run_record_sql(run_id: str) -> str:
+    """Rendered SQL: the latest note of each replay record of `run_id` (newest version wins)."""
+    return render(
+        """
+SELECT model_version, recorded_at, argMax(note, version) AS last_note, max(version) AS v
+FROM model_runs
+WHERE run_id = {run} AND kind = {kind}
+GROUP BY model_version, recorded_at
+ORDER BY v DESC""",
+        {"run": run_id, "kind": RUN_KIND},
+    )
+
+
+def load_run_record(ex: Executor, run_id: str) -> RunRecord | None:
+    """The stored record of a replay run, or None when the run id is new."""
+    rows = ex.query(run_record_sql(run_id))
+    if not rows:
+        return None
+    return RunRecord.from_note(rows[0][2])
+
+
+class RunLog:
+    """Writes record updates with strictly increasing versions."""
+
+    def __init__(self, ex: Executor, clock: Callable[[], float] = time.time):
+        self.ex = ex
+        self.clock = clock
+        self._last = 0
+
+    def write(self, rec: RunRecord) -> None:
+        from sinks.clickhouse import MODEL_RUN_COLUMNS
+
+        v = max(int(self.clock() * 1000), self._last + 1)
+        self._last = v
+        rec.updated_at = v
+        self.ex.insert("model_runs", MODEL_RUN_COLUMNS, [rec.row(v)])
+
+
+# --------------------------------------------------------------------------------------------
+# The replay
+# --------------------------------------------------------------------------------------------
+class _Message(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+
+
+class _Event(NamedTuple):
+    """What InspectPipeline reads of a Faust event: `.message`."""
+
+    message: _Message
+
+
+@dataclass
+class ReplayRequest:
+    """What to replay and where to store it."""
+
+    run_id: str
+    from_ms: int
+    until_ms: int
+    model_path: str | None
+    cameras: list[str] | None = None
+    frames_topic: str | None = None
+    allow_partial: bool = False
+    checkpoint_every_s: float = 5.0
+    poll_records: int = 64
+    progress: bool = True
+
+
+def validate_run_id(run_id: str) -> str:
+    """A replay's run id: not `production`, non-empty, printable, at most 64 characters."""
+    rid = run_id.strip()
+    if not rid:
+        raise ReplayError("--run-id must not be empty")
+    if rid.lower() == PRODUCTION_RUN:
+        raise ReplayError("--run-id production is reserved for the production workers; choose another id")
+    if len(rid) > 64 or not rid.isprintable():
+        raise ReplayError(f"--run-id {run_id!r}: use at most 64 printable characters")
+    return rid
+
+
+def _model_info(inspector: Any, path: str | None) -> tuple[str, dict[str, str]]:
+    hashes = {}
+    for name in ("det_info", "cls_info"):
+        info = getattr(inspector, name, None)
+        if info is not None:
+            hashes[info.kind] = info.content_hash
+    return str(inspector.model_version), hashes
+
+
+class Replayer:
+    """One replay run (library entry point; the CLI and the tests call `run()`).
+
+    Args:
+        settings: all settings (Kafka, ClickHouse, plant, tracking, model batch size).
+        request: what to replay.
+        executor: ClickHouse executor (tables migrated).
+        consumer: a kafka-python `KafkaConsumer` without group (built from settings when None).
+        inspector: a loaded Inspector (loaded from `request.model_path` when None).
+    """
+
+    def __init__(self, settings: Settings, request: ReplayRequest, executor: Executor, *,
+                 consumer: Any = None, inspector: Any = None, clock: Callable[[], float] = time.time):
+        self.request = request
+        self.run_id = validate_run_id(request.run_id)
+        if request.until_ms <= request.from_ms:
+            raise ReplayError("--until must be after --from")
+        self.settings = settings.model_copy(update={"run_id": self.run_id})
+        self.topic = request.frames_topic or settings.kafka.topics.frames
+        self.ex = executor
+        self.clock = clock
+        self._consumer = consumer
+        self._inspector = inspector
+        self.runlog = RunLog(executor, clock)
+        self.record: RunRecord | None = None
+
+    # -- setup -------------------------------------------------------------------------------
+    def _consumer_or_new(self) -> Any:
+        if self._consumer is None:
+            from sinks.runner import import_kafka, kafka_client_config
+
+            kafka = import_kafka()
+            self._consumer = kafka.KafkaConsumer(
+                group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
+                client_id=f"defectstream-replay-{self.run_id}", **kafka_client_config(self.settings.kafka),
+            )
+        return self._consumer
+
+    def _load_inspector(self) -> Any:
+        if self._inspector is None:
+            from models.inspector import Inspector
+
+            self._inspector = Inspector.load(path=self.request.model_path, device=self.settings.model.device)
+        return self._inspector
+
+    def _plan(self, consumer: Any) -> dict[int, PartitionPlan]:
+        from sinks.runner import import_kafka
+
+        TopicPartition = import_kafka("kafka.structs").TopicPartition  # noqa: N806
+        parts = consumer.partitions_for_topic(self.topic)
+        if not parts:
+            raise ReplayError(f"topic {self.topic!r} does not exist or has no partitions")
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+
+        def at(ts: int) -> dict[int, OffsetAt | None]:
+            found = consumer.offsets_for_times({tp: ts for tp in tps})
+            return {tp.partition: (OffsetAt(v.offset, v.timestamp) if v is not None else None)
+                    for tp, v in found.items()}
+
+        beginning = {tp.partition: o for tp, o in consumer.beginning_offsets(tps).items()}
+        end = {tp.partition: o for tp, o in consumer.end_offsets(tps).items()}
+        return plan_partitions(from_ms=self.request.from_ms, at_from=at(self.request.from_ms),
+                               at_until=at(self.request.until_ms), beginning=beginning, end=end,
+                               allow_partial=self.request.allow_partial)
+
+    # -- run ---------------------------------------------------------------------------------
+    def run(self) -> RunRecord:
+        """Replay (or continue) the run; returns its final record.
+
+        Raises:
+            ReplayError: run id refused, range removed by retention, stored run differs.
+            KeyboardInterrupt: after recording status `interrupted` with the last progress.
+            Exception: anything else after recording status `failed` (best effort).
+        """
+        inspector = self._load_inspector()
+        version, hashes = _model_info(inspector, self.request.model_path)
+        req = self.request
+        rec = RunRecord(
+            run_id=self.run_id, model_version=version, model_path=req.model_path, model_hashes=hashes,
+            from_ms=req.from_ms, until_ms=req.until_ms, frames_topic=self.topic,
+            cameras=sorted(req.cameras) if req.cameras else None, started_at=int(self.clock() * 1000),
+        )
+        stored = load_run_record(self.ex, self.run_id)
+        consumer = self._consumer_or_new()
+        resumed = stored is not None
+        if stored is not None:
+            diffs = rec.same_job(stored)
+            if diffs:
+                raise ReplayError(f"run {self.run_id!r} exists with other settings: {'; '.join(diffs)}; "
+                                  "use a new --run-id")
+            if stored.status == STATUS_DONE:
+                log.warning("run %s is already complete", self.run_id)
+                self.record = stored
+                return stored
+            rec = stored
+            rec.status, rec.error, rec.finished_at = STATUS_RUNNING, None, None
+            plans = {int(p): PartitionPlan(*v) for p, v in rec.plan.items()}
+            log.warning("resuming run %s at %s", self.run_id, rec.offsets)
+        else:
+            plans = self._plan(consumer)
+            rec.plan = {str(p): list(v) for p, v in plans.items()}
+            rec.offsets = {str(p): v.start for p, v in plans.items()}
+        self.record = rec
+        self.runlog.write(rec)
+        try:
+            asyncio.run(self._replay(consumer, inspector, plans, rec, resumed))
+        except KeyboardInterrupt:
+            self._finish(STATUS_INTERRUPTED, None)
+            raise
+        except BaseException as exc:
+            self._finish(STATUS_FAILED, f"{type(exc).__name__}: {exc}")
+            raise
+        return rec
+
+    def close(self) -> None:
+        if self._consumer is not None and hasattr(self._consumer, "close"):
+            self._consumer.close()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _finish(self, status: str, error: str | None) -> None:
+        """Record the last consistent progress with `status` (best effort when failing)."""
+        rec = self.record
+        if rec is None:
+            return
+        try:
+            self._checkpoint()
+        except Exception:  # noqa: BLE001 - `rec` still holds the previous checkpoint's progress
+            log.exception("could not store the replay's last progress; it continues from the previous one")
+        rec.status, rec.error, rec.finished_at = status, error, int(self.clock() * 1000)
+        try:
+            self.runlog.write(rec)
+        except Exception:  # noqa: BLE001
+            log.exception("could not record status %s of run %s", status, rec.run_id)
+
+    def _checkpoint(self) -> None:
+        """Flush completed rows, then store the progress they correspond to."""
+        rec, em = self.record, getattr(self, "_emitter", None)
+        if rec is None or em is None:
+            return
+        em.flush()
+        rec.offsets = {str(p): o for p, o in self._done_offsets.items()}
+        rec.states = self._done_states
+        rec.gate = self._done_gate
+        rec.frames_read, rec.frames_skipped = self._done_counts
+        rec.parts, rec.parts_fail, rec.defects = em.counts.parts, em.counts.fail, em.counts.defects
+        rec.deadletters = dict(em.counts.deadletters)
+        self.runlog.write(rec)
+        self._last_checkpoint = time.monotonic()
+
+    async def _replay(self, consumer: Any, inspector: Any, plans: dict[int, PartitionPlan], rec: RunRecord,
+                      resumed: bool) -> None:
+        from sinks.runner import import_kafka
+        from streams.camera_registry import CameraRegistry
+        from streams.frame_intake import IntakeLimits, Rejected, decode_frame
+        from streams.inference import InferenceRunner
+        from streams.inspect_agent import InspectPipeline
+
+        TopicPartition = import_kafka("kafka.structs").TopicPartition  # noqa: N806
+        settings = self.settings
+        store = MemoryStateStore(rec.states)
+        emitter = ClickHouseEmitter(self.ex, settings, self.run_id, skip_existing=resumed, clock=self.clock)
+        emitter.counts = EmitCounts(rec.parts, rec.defects, rec.parts_fail, dict(rec.deadletters))
+        self._emitter = emitter
+        registry = self._camera_registry(CameraRegistry())
+        runner = InferenceRunner(settings.model, inspector=inspector)
+        pipeline = InspectPipeline(settings, runner, registry, store, emitter, frames_topic=self.topic)
+        gate = RangeGate({p: v.stop for p, v in plans.items()},
+                         frozenset(rec.cameras) if rec.cameras else None)
+        gate.restore(rec.gate)
+        codec = FrameEvent.codec("confluent" if settings.kafka.confluent_wire_format else "single_object")
+        limits = IntakeLimits(settings.worker.max_image_bytes, settings.worker.max_pixels)
+        offsets = {int(p): int(o) for p, o in rec.offsets.items()}
+        frames_read = rec.frames_read
+        skipped = dict(rec.frames_skipped)
+        self._done_offsets, self._done_states, self._done_gate = dict(offsets), store.snapshot(), gate.to_dict()
+        self._done_counts = (frames_read, dict(skipped))
+        self._last_checkpoint = time.monotonic()
+
+        def finished(p: int) -> bool:
+            pl, o = plans[p], offsets[p]
+            return o >= pl.end or (o >= pl.stop and gate.draining_done(p))
+
+        active = [p for p in sorted(plans) if not finished(p)]
+        tps = {p: TopicPartition(self.topic, p) for p in active}
+        bar = self._bar(plans, offsets)
+        batch_size = runner.batch_size
+        try:
+            if active:
+                consumer.assign(list(tps.values()))
+                for p in active:
+                    consumer.seek(tps[p], offsets[p])
+            while active:
+                polled = consumer.poll(timeout_ms=500, max_records=self.request.poll_records)
+                if not polled:  # offsets without a record (transaction markers) never arrive: skip them
+                    for p in active:
+                        pos = consumer.position(tps[p])
+                        if pos is not None and offsets[p] < pos == plans[p].end:
+                            offsets[p] = pos
+                batch: list[_Event] = []
+                for tp, records in sorted(polled.items(), key=lambda kv: kv[0].partition):
+                    p = tp.partition
+                    for r in records:
+                        if p not in tps or r.offset < offsets[p] or finished(p):
+                            continue
+                        offsets[p] = r.offset + 1
+                        reason = None
+                        if r.offset < plans[p].end:
+                            frame = decode_frame(r.value, r.key, codec, limits)
+                            if isinstance(frame, Rejected):
+                                # bad input inside the range: the pipeline dead-letters it
+                                reason = None if r.offset < plans[p].stop else SKIP_AFTER
+                            else:
+                                reason = gate.admit(p, r.offset, frame.camera_id, frame.part_id,
+                                                    int(frame.frame_index), bool(frame.last_frame))
+                        else:
+                            reason = SKIP_AFTER
+                        if reason is None:
+                            batch.append(_Event(_Message(r.topic, p, r.offset, r.key, r.value, r.timestamp)))
+                        else:
+                            skipped[reason] = skipped.get(reason, 0) + 1
+                for i in range(0, len(batch), batch_size):
+                    chunk = batch[i:i + batch_size]
+                    await pipeline.process(chunk)
+                frames_read += len(batch)
+                # the whole poll went through the pipeline: a consistent point
+                emitter.mark_complete()
+                self._done_offsets, self._done_states, self._done_gate = dict(offsets), store.snapshot(), gate.to_dict()
+                self._done_counts = (frames_read, dict(skipped))
+                if bar is not None:
+                    bar.set_postfix(parts=emitter.parts_done, refresh=False)
+                    bar.n = sum(min(offsets[p], plans[p].stop) - plans[p].start for p in plans)
+                    bar.refresh()
+                done = [p for p in active if finished(p)]
+                if done:
+                    consumer.pause(*[tps[p] for p in done])
+                    active = [p for p in active if p not in done]
+                if time.monotonic() - self._last_checkpoint >= self.request.checkpoint_every_s:
+                    self._checkpoint()
+            # parts still open at the end of the data: closed as after inactivity (TIMEOUT)
+            for cam, part_id, last_seq in store.open_parts():
+                p = gate.partitions.get(cam, 0)
+                ev = _Event(_Message(self.topic, p, max(offsets.get(p, 1) - 1, 0), cam.encode(), None, 0))
+                await pipeline.close_idle(ev, cam, part_id, last_seq)
+                gate.open_part.pop(cam, None)
+            emitter.mark_complete()
+            self._done_offsets, self._done_states, self._done_gate = dict(offsets), store.snapshot(), gate.to_dict()
+            self._done_counts = (frames_read, dict(skipped))
+            self._checkpoint()
+            rec.status, rec.finished_at = STATUS_DONE, int(self.clock() * 1000)
+            self.runlog.write(rec)
+        except BaseException:
+            emitter.discard_incomplete()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            runner.close()
+
+    def _camera_registry(self, registry: Any) -> Any:
+        """Camera overrides as production sees them: the compacted `cameras` topic, read once."""
+        consumer = self._consumer_or_new()
+        try:
+            parts = consumer.partitions_for_topic(self.settings.kafka.topics.cameras)
+        except Exception:  # noqa: BLE001 - no cameras topic: defaults for every camera
+            parts = None
+        if not parts:
+            return registry
+        from sinks.runner import import_kafka
+
+        TopicPartition = import_kafka("kafka.structs").TopicPartition  # noqa: N806
+        tps = [TopicPartition(self.settings.kafka.topics.cameras, p) for p in sorted(parts)]
+        end = consumer.end_offsets(tps)
+        begin = consumer.beginning_offsets(tps)
+        todo = {tp for tp in tps if end[tp] > begin[tp]}
+        if not todo:
+            return registry
+        consumer.assign(list(todo))
+        for tp in todo:
+            consumer.seek(tp, begin[tp])
+        deadline = time.monotonic() + 30
+        while todo and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for r in records:
+                    if r.offset < end[tp]:
+                        registry.apply(r.key, r.value)
+            todo = {tp for tp in todo if consumer.position(tp) < end[tp]}  # compaction leaves offset gaps
+        consumer.assign([])
+        return registry
+
+    def _bar(self, plans: dict[int, PartitionPlan], offsets: dict[int, int]) -> Any:
+        if not self.request.progress:
+            return None
+        from tqdm import tqdm
+
+        total = sum(v.stop - v.start for v in plans.values())
+        done = sum(min(offsets[p], plans[p].stop) - plans[p].start for p in plans)
+        return tqdm(total=total, initial=done, unit="frame", desc=f"replay {self.run_id}", file=sys.stderr,
+                    dynamic_ncols=True, mininterval=0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="replay a time range of recorded frames through another model under its own run id",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--from", dest="since", required=True,
+                   help="range start, matched against the frames' Kafka record timestamps (publish time): "
+                        "ISO date/time (plant time if naive), now, or relative 2h/1d before now")
+    p.add_argument("--until", required=True, help="range end (exclusive), same forms")
+    p.add_argument("--model", required=True, help="checkpoint directory (or detector .pt beside classifier.pt)")
+    p.add_argument("--run-id", required=True, help="id of this run (not 'production'); the same id resumes it")
+    p.add_argument("--cameras", nargs="+", help="only these camera ids (space or comma separated)")
+    p.add_argument("--frames-topic", help="frames topic (default: settings)")
+    p.add_argument("--database", help="ClickHouse database (default: settings)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="replay what is left when retention removed the start of the range")
+    p.add_argument("--checkpoint-every", type=float, default=5.0, help="seconds between progress records")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_replay)
+
+
+def _cameras(values: Iterable[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    out = sorted({c.strip() for v in values for c in v.split(",") if c.strip()})
+    return out or None
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from sinks.sql import DriverExecutor
+    from streams.report import parse_time
+
+    settings = Settings()
+    now = int(time.time() * 1000)
+    try:
+        req = ReplayRequest(
+            run_id=validate_run_id(args.run_id), from_ms=parse_time(args.since, settings.plant, now),
+            until_ms=parse_time(args.until, settings.plant, now), model_path=args.model,
+            cameras=_cameras(args.cameras), frames_topic=args.frames_topic, allow_partial=args.allow_partial,
+            checkpoint_every_s=args.checkpoint_every, progress=not args.no_progress,
+        )
+    except (ReplayError, argparse.ArgumentTypeError) as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return 2
+    ex = DriverExecutor.connect(settings.clickhouse, database=args.database)
+    rep = None
+    try:
+        rep = Replayer(settings, req, ex)
+        rec = rep.run()
+    except ReplayError as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"replay {req.run_id} interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    finally:
+        if rep is not None:
+            rep.close()
+        ex.close()
+    summary = {k: v for k, v in asdict(rec).items() if k not in ("states", "gate", "offsets", "plan")}
+    print(json.dumps(summary, indent=2))
+    return 0
