@@ -1,0 +1,208 @@
+"""The Inspector: detector -> threshold T -> 4-px joining -> classifier vote -> `Detection`s.
+
+This is the serving side the streaming layer calls (from one executor thread): load once,
+then `inspect(frames)` per micro-batch. Pure PyTorch + OpenCV, no I/O besides loading the
+checkpoints.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from models.classifier import build_classifier, region_crops
+from models.detector import build_detector, infer_severity
+from models.postprocess import Region, regions_from_severity, upsample_severity
+from models.registry import CheckpointError, CheckpointInfo, load_checkpoint
+from models.types import Detection
+
+__all__ = ["Inspector", "DEFAULT_CHECKPOINT_DIR", "resolve_checkpoints"]
+
+DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+
+def resolve_checkpoints(path: str | Path | None, detector_arch: str | None = None) -> tuple[Path, Path]:
+    """(detector .pt, classifier .pt) from a directory, a detector file, or None (packaged).
+
+    In a directory the detector is `detector_<arch>.pt` (fast preferred when not specified).
+    """
+    p = Path(path) if path is not None else DEFAULT_CHECKPOINT_DIR
+    if p.is_file():
+        det, cls = p, p.parent / "classifier.pt"
+    else:
+        archs = [detector_arch] if detector_arch else ["fast", "paper"]
+        cands = [p / f"detector_{a}.pt" for a in archs]
+        found = [c for c in cands if c.is_file()]
+        if not found:
+            raise CheckpointError(f"no detector checkpoint ({', '.join(c.name for c in cands)}) in {p}")
+        det, cls = found[0], p / "classifier.pt"
+    if not cls.is_file():
+        raise CheckpointError(f"no classifier checkpoint {cls}")
+    return det, cls
+
+
+def _to_grey(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 2:
+        g = frame
+    elif frame.ndim == 3 and frame.shape[2] == 3:
+        g = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+    elif frame.ndim == 3 and frame.shape[2] == 1:
+        g = frame[:, :, 0]
+    else:
+        raise ValueError(f"frame must be (H, W) or (H, W, 3) uint8, got shape {frame.shape}")
+    if g.dtype != np.uint8:
+        raise ValueError(f"frame must be uint8, got {g.dtype}")
+    return np.ascontiguousarray(g)
+
+
+class Inspector:
+    """Batch defect inspection of decoded frames.
+
+    Attributes:
+        model_version: "<detector version>+<classifier version>" (content-hash based).
+        class_names: defect classes the classifier can report (never "background").
+        device: "cuda" or "cpu".
+        threshold: T on the severity map.
+    """
+
+    def __init__(self, detector: torch.nn.Module, det_info: CheckpointInfo, classifier: torch.nn.Module,
+                 cls_info: CheckpointInfo, device: str, min_area: int = 12, max_crops: int = 512) -> None:
+        self.detector = detector.to(device).eval()
+        self.classifier = classifier.to(device).eval()
+        self.det_info, self.cls_info = det_info, cls_info
+        self.device = device
+        self.amp = device.startswith("cuda")
+        self.threshold = float(det_info.threshold if det_info.threshold is not None else 1.0)
+        self.class_names = list(cls_info.class_names)
+        self.model_version = f"{det_info.model_version}+{cls_info.model_version}"
+        self.min_area = min_area
+        self.max_crops = max_crops
+        self.relative = float(det_info.postprocess.get("relative", 0.0))
+        self.in_channels = int(det_info.input_spec.get("channels", 1))
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | None = None, device: str = "auto", detector_arch: str | None = None) -> "Inspector":
+        """Load and validate detector + classifier checkpoints.
+
+        Args:
+            path: checkpoint directory (detector_<arch>.pt + classifier.pt), a detector .pt next
+                to a classifier.pt, or None for the packaged defaults in models/checkpoints/.
+            device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+            detector_arch: "fast" or "paper" when a directory holds both.
+        Raises:
+            CheckpointError: missing files, hash mismatch, wrong kind or class names disagreeing.
+        """
+        det_p, cls_p = resolve_checkpoints(path, detector_arch)
+        det = load_checkpoint(det_p, expected_kind="detector")
+        clf = load_checkpoint(cls_p, expected_kind="classifier")
+        if det.info.class_names != clf.info.class_names:
+            raise CheckpointError(f"detector {det_p} and classifier {cls_p} disagree on class names")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dm = build_detector(det.info.arch, **det.info.arch_config)
+        dm.load_state_dict(det.state_dict)
+        cm = build_classifier(**clf.info.arch_config)
+        cm.load_state_dict(clf.state_dict)
+        return cls(dm, det.info, cm, clf.info, device)
+
+    def severity_maps(self, greys: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Pixel severity maps (H, W) in [0, 12] for grey uint8 frames."""
+        stride = int(self.detector.stride)
+        imgs = list(greys) if self.in_channels == 1 else [np.repeat(g[:, :, None], 3, 2) for g in greys]
+        cells = infer_severity(self.detector, imgs, self.device, self.amp)
+        return [upsample_severity(c, stride, g.shape) for c, g in zip(cells, greys)]
+
+    @torch.inference_mode()
+    def _classify(self, crops: list[np.ndarray]) -> np.ndarray:
+        x = torch.from_numpy(np.concatenate(crops)).to(self.device)
+        out = []
+        for i in range(0, len(x), self.max_crops):
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
+                out.append(self.classifier(x[i:i + self.max_crops]).probs.float().cpu())
+        return torch.cat(out).numpy()
+
+    def tune_threshold(self, frames: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray],
+                       candidates: Sequence[float] | None = None,
+                       relatives: Sequence[float] = (0.0,)) -> tuple[float, float, float]:
+        """Set and return (T, relative) maximising mean IoU of the whole pipeline (classifier included).
+
+        Args:
+            frames: validation frames; gt_masks: their annotations (> 0 = defect).
+            candidates: thresholds T to try; relatives: per-region fractions of peak to try.
+        Returns:
+            (T, relative, mean IoU); mean IoU over images where prediction or GT holds a defect.
+        """
+        from models.postprocess import image_iou
+
+        cands = list(candidates) if candidates is not None else [0.5 * i for i in range(1, 21)]
+        greys = [_to_grey(np.asarray(f)) for f in frames]
+        with self._lock, torch.inference_mode():
+            sev = self.severity_maps(greys)
+            best = (self.threshold, self.relative, -1.0)
+            for t, rel in [(t, r) for t in cands for r in relatives]:
+                dets = self._detections(greys, sev, t, rel)
+                ious = []
+                for g, ds, gt in zip(greys, dets, gt_masks):
+                    pm = np.zeros(g.shape, bool)
+                    for d in ds:
+                        pm[d.bbox.y0:d.bbox.y1, d.bbox.x0:d.bbox.x1] |= d.mask
+                    v = image_iou(pm, gt > 0)
+                    if v is not None:
+                        ious.append(v)
+                m = float(np.mean(ious)) if ious else 1.0
+                if m > best[2]:
+                    best = (float(t), float(rel), m)
+        self.threshold, self.relative = best[0], best[1]
+        return best
+
+    def inspect(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Detections per frame, in input order.
+
+        Args:
+            frames: decoded uint8 frames, (H, W) grey or (H, W, 3) RGB; sizes may differ.
+        Returns:
+            one list of `Detection` per frame (empty when nothing is found); regions the
+            classifier calls background are dropped as false positives.
+        Raises:
+            ValueError: a frame that is not a 2-D/3-D uint8 array.
+        """
+        greys = [_to_grey(np.asarray(f)) for f in frames]
+        if not greys:
+            return []
+        with self._lock, torch.inference_mode():
+            sev = self.severity_maps(greys)
+            return self._detections(greys, sev, self.threshold, self.relative)
+
+    def _detections(self, greys: Sequence[np.ndarray], sev: Sequence[np.ndarray], threshold: float,
+                    relative: float = 0.0) -> list[list[Detection]]:
+        """Regions at `threshold` (masks cut at `relative` x peak), classified; background dropped."""
+        per_frame: list[list[Region]] = [regions_from_severity(s, threshold, self.min_area, relative=relative)
+                                         for s in sev]
+        crops, owners = [], []
+        for fi, (g, regs) in enumerate(zip(greys, per_frame)):
+            for ri, r in enumerate(regs):
+                c = region_crops(g, None, r.bbox, r.mask)
+                crops.append(c)
+                owners.append((fi, ri, len(c)))
+        probs = self._classify(crops) if crops else np.zeros((0, len(self.class_names) + 1), np.float32)
+        out: list[list[Detection]] = [[] for _ in greys]
+        k = 0
+        for fi, ri, n in owners:
+            p = probs[k:k + n].mean(axis=0)
+            k += n
+            c = int(np.argmax(p))
+            if c == 0:
+                continue  # background: a false positive removed by the classifier
+            r = per_frame[fi][ri]
+            defect_p = p[1:] / max(float(p[1:].sum()), 1e-9)
+            out[fi].append(Detection(
+                bbox=r.bbox, mask=r.mask, defect_class=self.class_names[c - 1], confidence=float(p[c]),
+                severity_mean=r.severity_mean, severity_max=r.severity_max, area_px=r.area_px,
+                class_scores=tuple(float(v) for v in defect_p),
+            ))
+        return out

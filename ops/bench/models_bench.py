@@ -1,0 +1,71 @@
+"""Benchmark: paper vs fast severity network (MPix/s on 1600x256 frames) and Inspector frames/s.
+
+Run: .venv/bin/python ops/bench/models_bench.py [--threads 2] [--repeats 5] [--checkpoint DIR]
+Prints one JSON object. Untrained weights are used for the raw network speed (speed does not
+depend on the weights); the Inspector uses the given (default: packaged) checkpoints on
+synthetic 1600x256 frames, so its speed includes post-processing and classification of the
+regions it finds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+
+    from models.detector import build_detector
+    from models.inspector import Inspector
+    from models.synthetic import render_sample
+
+    torch.set_num_threads(args.threads)
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    h, w = 256, 1600
+    result: dict = {"frame": [h, w], "batch": args.batch, "threads": args.threads, "device": device,
+                    "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
+    x = torch.rand(args.batch, 1, h, w, device=device) * 255
+    for arch in ("paper", "fast"):
+        m = build_detector(arch).to(device).eval()
+        with torch.inference_mode():
+            m(x)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(args.repeats):
+                m(x)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            dt = (time.perf_counter() - t0) / args.repeats
+        result[f"{arch}_mpix_per_s"] = round(args.batch * h * w / dt / 1e6, 3)
+        result[f"{arch}_ms_per_frame"] = round(1000 * dt / args.batch, 2)
+        result[f"{arch}_params"] = sum(p.numel() for p in m.parameters())
+    insp = Inspector.load(args.checkpoint, device=args.device)
+    frames = [render_sample(900000 + i, (h, w)).image for i in range(args.batch * 2)]
+    insp.inspect(frames[: args.batch])
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(max(1, args.repeats // 2)):
+        for i in range(0, len(frames), args.batch):
+            res = insp.inspect(frames[i:i + args.batch])
+            n += len(res)
+    dt = time.perf_counter() - t0
+    result["inspector_model_version"] = insp.model_version
+    result["inspector_frames_per_s"] = round(n / dt, 2)
+    result["inspector_mpix_per_s"] = round(n * h * w / dt / 1e6, 3)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Threshold, 4-px joining and connected components."""
+import numpy as np
+
+from models.postprocess import choose_threshold, image_iou, regions_from_severity, upsample_severity
+from models.types import BBox
+
+
+def _map(blocks):
+    m = np.zeros((40, 60), np.float32)
+    for y0, y1, x0, x1, v in blocks:
+        m[y0:y1, x0:x1] = v
+    return m
+
+
+def test_components_closer_than_4px_are_joined():
+    m = _map([(10, 20, 10, 20, 5.0), (10, 20, 24, 30, 5.0)])  # gap of 4 px (cols 20..23)
+    regs = regions_from_severity(m, 1.0)
+    assert len(regs) == 1
+    r = regs[0]
+    assert r.bbox == BBox(10, 10, 30, 20)
+    assert r.area_px == 100 + 60  # the bridge is not part of the mask
+    assert r.mask.shape == (10, 20) and r.mask.dtype == bool
+
+
+def test_components_farther_apart_stay_separate_and_small_ones_drop():
+    m = _map([(10, 20, 10, 20, 5.0), (10, 20, 26, 32, 9.0), (30, 32, 50, 52, 5.0)])
+    regs = regions_from_severity(m, 1.0, min_area=12)
+    assert [r.bbox for r in regs] == [BBox(10, 10, 20, 20), BBox(26, 10, 32, 20)]
+    assert regs[1].severity_max == 9.0 and regs[1].severity_mean == 9.0
+
+
+def test_threshold_matters():
+    m = _map([(5, 10, 5, 10, 2.0), (20, 30, 20, 30, 6.0)])
+    assert len(regions_from_severity(m, 1.0)) == 2
+    assert len(regions_from_severity(m, 3.0)) == 1
+    assert regions_from_severity(np.zeros((8, 8), np.float32), 1.0) == []
+
+
+def test_upsample_and_choose_threshold():
+    cells = np.zeros((4, 4), np.float32)
+    cells[1:3, 1:3] = 8.0
+    up = upsample_severity(cells, 4, (15, 16))
+    assert up.shape == (15, 16)
+    gt = np.zeros((15, 16), np.uint8)
+    gt[4:12, 4:12] = 1
+    t, miou = choose_threshold([up], [gt])
+    assert 0.5 < t < 8.0 and miou > 0.8
+    assert image_iou(np.zeros((3, 3), bool), np.zeros((3, 3), bool)) is None

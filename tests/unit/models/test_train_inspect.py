@@ -1,0 +1,108 @@
+"""Tiny end-to-end run: train both models for a few steps, load an Inspector, evaluate, CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.evaluate import PredictedDefect, ThresholdBaseline, evaluate_inspector, evaluate_predictions
+from models.inspector import Inspector
+from models.synthetic import CLASS_NAMES, render_sample
+from models.train import ClassifierTrainConfig, DetectorTrainConfig, train_classifier, train_detector
+from models.types import BBox, Detection
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt")
+    det = train_detector(DetectorTrainConfig(steps=40, batch=4, patch=64, n_frames=12, n_val=4, lr=3e-3,
+                                             arch_config={"width": 8}, save_every=20, threads=1), out, quiet=True,
+                         log=lambda s: None)
+    clf = train_classifier(ClassifierTrainConfig(epochs=2, n_frames=12, width=8, batch=32, threads=1),
+                           out, quiet=True, log=lambda s: None)
+    return out, det, clf
+
+
+def test_detector_and_classifier_losses_fall(tiny):
+    _, det, clf = tiny
+    assert np.mean(det.losses[-10:]) < 0.7 * np.mean(det.losses[:10])
+    assert np.mean(clf.losses[-3:]) < np.mean(clf.losses[:3])
+    assert det.info.threshold is not None and det.info.kind == "detector"
+
+
+def test_resume_continues_from_the_saved_state(tiny, tmp_path):
+    cfg = DetectorTrainConfig(steps=6, batch=2, patch=64, n_frames=4, n_val=2, arch_config={"width": 8},
+                              save_every=3, threads=1)
+    first = train_detector(cfg, tmp_path, quiet=True, log=lambda s: None)
+    again = train_detector(cfg, tmp_path, resume=True, quiet=True, log=lambda s: None)
+    assert len(first.losses) == 6 and again.losses == first.losses  # already complete: nothing retrained
+
+
+def test_inspector_output_types(tiny):
+    out, _, _ = tiny
+    insp = Inspector.load(str(out), device="cpu")
+    assert insp.device == "cpu" and insp.class_names == list(CLASS_NAMES)
+    assert insp.model_version.startswith("detector-fast-") and "+classifier-" in insp.model_version
+    insp.threshold = -1.0  # everything is a candidate ...
+    with torch.no_grad():
+        insp.classifier.head[-1].bias[0] = -100.0  # ... and nothing is background
+    frames = [render_sample(1).image, np.repeat(render_sample(2, (96, 160)).image[:, :, None], 3, 2),
+              np.zeros((40, 50), np.uint8)]
+    res = insp.inspect(frames)
+    assert len(res) == 3
+    for f, dets in zip(frames, res):
+        assert len(dets) == 1
+        d = dets[0]
+        assert isinstance(d, Detection) and isinstance(d.bbox, BBox)
+        assert d.bbox == BBox(0, 0, f.shape[1], f.shape[0])
+        assert d.mask.dtype == bool and d.mask.shape == (d.bbox.height, d.bbox.width)
+        assert d.defect_class in CLASS_NAMES and 0 <= d.confidence <= 1
+        assert 0 <= d.severity_mean <= d.severity_max <= 12 and d.area_px == d.mask.sum()
+        assert len(d.class_scores) == len(CLASS_NAMES) and sum(d.class_scores) == pytest.approx(1, abs=1e-4)
+    assert insp.inspect([]) == []
+    with pytest.raises(ValueError):
+        insp.inspect([np.zeros((4, 4, 2), np.uint8)])
+
+
+def test_evaluation_of_a_perfect_predictor_and_the_baseline():
+    samples = [render_sample(s, (96, 96)) for s in range(6)]
+    lookup = {id(s.image): s for s in samples}
+
+    def perfect(images):
+        out = []
+        for im in images:
+            s = lookup[id(im)]
+            preds = []
+            for k, (b, c) in enumerate(s.boxes):
+                m = (s.instance_mask == k + 1)[b.y0:b.y1, b.x0:b.x1]
+                preds.append(PredictedDefect(b, m, CLASS_NAMES[c - 1]))
+            out.append(preds)
+        return out
+
+    rep = evaluate_predictions(samples, perfect, CLASS_NAMES)
+    m = rep.metrics
+    for k in ("pixel_f1", "mean_iou", "ar", "defect_recall_iou50", "defect_precision_iou50",
+              "defect_recall_iou50_class", "classification_accuracy"):
+        assert m[k] == pytest.approx(1.0), k
+    base = ThresholdBaseline()
+    base.fit(samples)
+    brep = evaluate_predictions(samples, base.predict, None)
+    assert "classification_accuracy" not in brep.metrics and 0 <= brep.metrics["pixel_f1"] <= 1
+
+
+def test_cli_help_train_and_evaluate(tiny, tmp_path, capsys):
+    from streams.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--arch" in capsys.readouterr().out
+    assert main(["train", "detector", "--arch", "paper", "--out", str(tmp_path), "--steps", "2", "--batch", "2",
+                 "--frames", "2", "--val-frames", "2", "--patch", "64", "--threads", "1", "--quiet"]) == 0
+    assert (tmp_path / "detector_paper.pt").is_file()
+    out, _, _ = tiny
+    assert main(["evaluate", "--data", "synthetic:seed=9000,n=3,size=96x96", "--checkpoint", str(out),
+                 "--out", str(tmp_path / "ev"), "--threads", "1"]) == 0
+    data = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    (rep,) = data.values()
+    assert rep["metrics"]["images"] == 3 and "pixel_f1" in rep["metrics"]
+    assert "| pixel_f1 |" in (tmp_path / "ev" / "metrics.md").read_text()
