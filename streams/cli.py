@@ -16,6 +16,18 @@ import sys
 COMMAND_MODULES = [
     "streams.stack_cli",
     "streams.smoke",
+    "streams.demo",
+    "models.cli",
+    "streams.worker_cli",
+    "streams.simulator",
+    "streams.scoring",
+    "streams.camera_registry",
+    "streams.sink_cli",
+    "streams.report",
+    "streams.monitor",
+    "streams.replay",
+    "streams.compare",
+    "streams.models_cli",
 ]
 
 

@@ -123,19 +123,41 @@ class PlantSettings(BaseModel):
 class TrackingSettings(BaseModel):
     """Per-part defect tracking: association, confirmation, class vote and the part verdict.
 
+    Defaults chosen on 500 simulated parts with the packaged checkpoint (`defectstream score
+    --offline --parts 500 --sweep`): they keep the flicker rule strict (ratio > 2/3, so a track
+    seen on 2 of 3 frames in view is dropped) and remove > 80 % of frame-level false alarms; the
+    price is ~6 points of defect recall (defects the detector sees on too few of their frames).
+
     A track is confirmed when it was matched in at least ``min_hits`` of the frames in which it
     could be seen (its *opportunities*: frames where its motion-predicted box lies inside the
     view), and in at least ``min_hit_ratio`` of them; a defect that entered the view only on the
-    part's last frame needs one hit. Flickers (glints, noise) are seen in fewer frames than
-    they were in view, so they never reach the ratio.
+    part's last frame needs one hit (and ``short_track_min_confidence``). Flickers (glints,
+    noise) are seen in fewer frames than they were in view, so they never reach the ratio.
     """
 
     min_hits: int = Field(2, ge=1, description="k: hits needed when the track had >= k opportunities")
     min_hit_ratio: float = Field(0.75, gt=0.0, le=1.0, description="hits / opportunities needed")
+    short_track_min_confidence: float = Field(
+        0.7, ge=0.0, le=1.0,
+        description="a track confirmed on fewer than min_hits hits (it was in view on fewer frames, at the "
+                    "part's ends) also needs this mean detection confidence",
+    )
+    min_track_confidence: float = Field(
+        0.0, ge=0.0, le=1.0, description="a confirmed track needs this mean detection confidence over its hits"
+    )
+    merge_gap_px: float = Field(
+        0.0, ge=-1.0,
+        description="detections of one frame whose boxes overlap or are this close are one defect (split "
+                    "imprint lobes); -1 = never merge",
+    )
     max_missed: int = Field(2, ge=0, description="consecutive in-view misses before a track stops matching")
     iou_min: float = Field(0.1, ge=0.0, le=1.0, description="IoU (after motion compensation) that matches")
     center_dist_px: float = Field(24.0, ge=0.0, description="centre distance that matches, plus half the box size")
-    edge_margin_px: float = Field(8.0, ge=0.0, description="a predicted box closer than this to the edge is not an opportunity")
+    edge_margin_px: float = Field(8.0, ge=0.0, description="a track whose predicted centre is closer than this to the edge is not matched")
+    min_visible_fraction: float = Field(
+        0.9, gt=0.0, le=1.0,
+        description="a frame is an opportunity for a track when this share of its box is in the view",
+    )
     travel_axis: Literal["-x", "+x", "-y", "+y"] = Field("-x", description="direction the part moves in the image")
     part_timeout_s: float = Field(30.0, gt=0.0, description="an open part with no frame for this long closes (TIMEOUT)")
     timeout_check_s: float = Field(5.0, gt=0.0, description="how often the timer looks for idle parts")

@@ -174,11 +174,11 @@ class StreamWorker:
         import time
 
         self.starts += 1
-        log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(INTEGRATION_DIR.parent.parent),
-        )
+        with open(self.log_path, "w") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(INTEGRATION_DIR.parent.parent),
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -222,10 +222,33 @@ def stream_worker_env(prefix: str, bootstrap: str, data_dir: Path, partitions: i
         "DEFECTSTREAM_TRACKING__PART_TIMEOUT_S": "4",
         "DEFECTSTREAM_TRACKING__TIMEOUT_CHECK_S": "1",
         "DEFECTSTREAM_PLANT__TIMEZONE": "UTC",
+        "DEFECTSTREAM_WORKER__SESSION_TIMEOUT_S": "8",  # a killed worker's restart rejoins quickly
     }
     for name in ("frames", "defects", "parts", "deadletter", "cameras"):
         env[f"DEFECTSTREAM_KAFKA__TOPICS__{name.upper()}"] = f"{prefix}-{name}"
     return env
+
+
+@pytest.fixture
+def stream_worker_factory(request: pytest.FixtureRequest, kafka_admin: KafkaAdminClient, kafka_bootstrap: str,
+                          tmp_path: Path) -> Iterator[Callable[..., StreamWorker]]:
+    """Factory `make(**env)` of (not yet started) workers on fresh topics, `env` overriding
+    DEFECTSTREAM_* variables; workers are killed and their topics deleted afterwards."""
+    made: list[tuple[str, StreamWorker]] = []
+
+    def make(**env: str) -> StreamWorker:
+        prefix = unique_name(request, "ds", sep="-").lower()
+        base = stream_worker_env(prefix, kafka_bootstrap, tmp_path / f"data{len(made)}")
+        w = StreamWorker({**base, **env}, tmp_path)
+        made.append((prefix, w))
+        return w
+
+    yield make
+    for prefix, w in made:
+        w.stop(kill=True)
+        names = [t for t in kafka_admin.list_topics() if t.startswith(prefix)]
+        if names:
+            kafka_admin.delete_topics(names, timeout_ms=10_000, raise_errors=False)
 
 
 @pytest.fixture(scope="module")

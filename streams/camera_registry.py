@@ -1,0 +1,126 @@
+"""Per-camera settings from the compacted `cameras` topic (JSON values keyed by camera id).
+
+A camera with no entry runs on the defaults: new cameras need no configuration and no restart.
+An entry's settings apply from the camera's next part (the tracker snapshots them when a part
+opens). A tombstone (null value) removes the entry.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, Field, ValidationError
+
+from streams.tracking import PartPolicy
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class CameraConfig(BaseModel):
+    """One camera's overrides; every field is optional."""
+
+    camera_id: str | None = None
+    line_id: str | None = None
+    roi: tuple[int, int, int, int] | None = Field(None, description="x0, y0, x1, y1: detections outside are ignored")
+    min_confidence: float | None = Field(None, ge=0.0, le=1.0)
+    fail_severity: float | None = Field(None, ge=0.0, le=12.0)
+    model_version: str | None = Field(None, description="the model version this camera expects (checked, logged)")
+    frames_per_part: int | None = Field(None, ge=1)
+
+    def policy(self) -> PartPolicy:
+        return PartPolicy(
+            line_id=self.line_id,
+            roi=self.roi,
+            min_confidence=self.min_confidence,
+            fail_severity=self.fail_severity,
+            frames_per_part=self.frames_per_part,
+        )
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class CameraRegistry:
+    """Latest config per camera id, fed from the `cameras` topic."""
+
+    def __init__(self) -> None:
+        self._configs: dict[str, CameraConfig] = {}
+
+    def apply(self, key: bytes | str | None, value: bytes | None) -> bool:
+        """Apply one `cameras` record; returns False (and logs) when it is unusable."""
+        if key is None:
+            log.warning("cameras record without key ignored")
+            return False
+        cam = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+        if value is None:
+            self._configs.pop(cam, None)
+            return True
+        try:
+            cfg = CameraConfig.model_validate(json.loads(value))
+        except (ValueError, ValidationError) as exc:
+            log.warning("bad cameras record for %s ignored: %s", cam, exc)
+            return False
+        self._configs[cam] = cfg
+        return True
+
+    def get(self, camera_id: str) -> CameraConfig | None:
+        return self._configs.get(camera_id)
+
+    def policy(self, camera_id: str) -> PartPolicy:
+        cfg = self._configs.get(camera_id)
+        return cfg.policy() if cfg else PartPolicy()
+
+    def __len__(self) -> int:
+        return len(self._configs)
+
+
+def publish_camera_config(settings: "Settings", camera_id: str, config: CameraConfig | None) -> None:
+    """Put a camera's config on the compacted `cameras` topic (None = delete it); waits for the ack.
+
+    Workers apply it from the camera's next part.
+    """
+    from kafka import KafkaProducer
+
+    from streams.topics import ensure_topics, kafka_security
+
+    ensure_topics(settings)
+    prod = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_list, acks="all", **kafka_security(settings))
+    try:
+        value = config.to_json() if config is not None else None
+        prod.send(settings.kafka.topics.cameras, key=camera_id.encode(), value=value).get(timeout=30)
+    finally:
+        prod.close(timeout=10)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("camera-config", help="set or delete a camera's settings on the `cameras` topic",
+                       description="Writes a CameraConfig (JSON) keyed by camera id to the compacted `cameras` "
+                                   "topic; workers apply it from that camera's next part.")
+    p.add_argument("camera_id")
+    p.add_argument("--line", help="line id to report for this camera")
+    p.add_argument("--roi", help="x0,y0,x1,y1: detections outside are ignored")
+    p.add_argument("--min-confidence", type=float)
+    p.add_argument("--fail-severity", type=float)
+    p.add_argument("--model-version", help="model version this camera expects")
+    p.add_argument("--frames-per-part", type=int)
+    p.add_argument("--delete", action="store_true", help="remove the camera's entry (back to defaults)")
+    p.set_defaults(func=_run_camera_config)
+
+
+def _run_camera_config(args: argparse.Namespace) -> int:
+    from streams.settings import Settings
+
+    cfg = None
+    if not args.delete:
+        roi = tuple(int(v) for v in args.roi.split(",")) if args.roi else None
+        cfg = CameraConfig(camera_id=args.camera_id, line_id=args.line, roi=roi, min_confidence=args.min_confidence,
+                           fail_severity=args.fail_severity, model_version=args.model_version,
+                           frames_per_part=args.frames_per_part)
+    publish_camera_config(Settings(), args.camera_id, cfg)
+    print(cfg.to_json().decode() if cfg else f"deleted {args.camera_id}")
+    return 0

@@ -1,0 +1,106 @@
+"""Model inference off the event loop: one dedicated thread, batches sized for the device."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+import numpy as np
+
+from models.types import Detection
+from streams.model_selection import InspectorPool, ModelSelection
+from streams.settings import ModelSettings
+
+log = logging.getLogger(__name__)
+
+
+class InferenceRunner:
+    """Runs `Inspector.inspect` in a single-thread executor (the model is not thread-safe and a
+    single thread keeps the GPU queue ordered); the event loop keeps serving heartbeats,
+    commits and timers meanwhile.
+
+    The Inspector loads lazily on first use (in the executor) unless one is given. Promoted
+    models (`selection`, fed from the `cameras` topic) are loaded into `pool` beside it, in the
+    same thread; `inspect(frames, version)` runs the Inspector of that version.
+    """
+
+    def __init__(self, settings: ModelSettings, inspector: Any | None = None):
+        self.settings = settings
+        self._inspector = inspector
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inspector")
+        self._device: str | None = None
+        self.selection = ModelSelection()
+        self.pool: InspectorPool | None = None
+
+    def _load_path(self, path: str | None) -> Any:
+        from models.inspector import Inspector
+
+        return Inspector.load(path=path, device=self.settings.device)
+
+    def _load(self) -> Any:
+        if self._inspector is None:
+            self._inspector = self._load_path(self.settings.path)
+            log.info("inspector %s loaded on %s", self._inspector.model_version, self.device)
+        if self.pool is None:
+            self.pool = InspectorPool(self._inspector, self._load_path)
+            self.selection.default_version = str(self._inspector.model_version)
+        return self._inspector
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            self._device = self.settings.resolve_device()
+        return self._device
+
+    @property
+    def batch_size(self) -> int:
+        return self.settings.gpu_batch_size if self.device == "cuda" else self.settings.batch_size
+
+    async def ensure_loaded(self) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._load)
+
+    @property
+    def model_version(self) -> str:
+        if self._inspector is None:
+            raise RuntimeError("inspector not loaded yet (await ensure_loaded())")
+        return str(self._inspector.model_version)
+
+    def _inspect_sync(self, frames: Sequence[np.ndarray], version: str | None = None) -> list[list[Detection]]:
+        insp = self._load()
+        if version is not None and self.pool is not None:
+            insp = self.pool.get(version)
+        out: list[list[Detection]] = []
+        for i in range(0, len(frames), self.batch_size):
+            out.extend(insp.inspect(frames[i:i + self.batch_size]))
+        return out
+
+    async def inspect(self, frames: Sequence[np.ndarray], version: str | None = None) -> list[list[Detection]]:
+        """Detections per frame by the Inspector of `version` (None: the configured one), in the executor thread."""
+        if not frames:
+            return []
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._inspect_sync, list(frames), version)
+
+    @property
+    def versions(self) -> list[str]:
+        """Model versions loaded now."""
+        return self.pool.versions if self.pool is not None else []
+
+    async def refresh_models(self, in_use: Sequence[str] = ()) -> None:
+        """Load the promoted model, if one is wanted and not loaded yet (in the executor thread;
+        a checkpoint that fails to load is logged and not retried). `in_use`: versions of open parts."""
+        await self.ensure_loaded()
+        want = self.selection.wanted()
+        if want is not None and self.pool is not None and want.model_version not in self.pool.versions:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self.pool.ensure, want, list(in_use))
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        """Run another blocking step (e.g. image decoding) on the same thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

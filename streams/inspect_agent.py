@@ -1,0 +1,301 @@
+"""The `inspect` agent: decode → inspect → track → emit, plus the part-inactivity timer.
+
+`InspectPipeline` holds the per-batch logic against small interfaces (state store, emitter,
+inference runner) so it is testable without Kafka; `wire_inspect` attaches it to a Faust app.
+
+Delivery guarantee (at least once, never past work in flight): the agent consumes with
+`stream.noack().noack_take(...)`, so Faust acks nothing by itself; a batch's events are acked
+only after its DefectEvents/PartInspected/DeadLetters were delivered (awaited producer futures)
+and the tracking state was written. The agent runs with concurrency 1 and acks in offset order,
+so the committed offset never jumps over an unfinished message (faust-streaming #606). A batch
+that fails for a reason other than bad input (broker, table) stops the worker instead of letting
+Faust restart the actor past it. A crash before the ack re-delivers the batch; re-closing a part re-emits the same deterministic ids,
+which sinks de-duplicate, and frames already folded into a saved state are refused by the
+sequence guard (dead-lettered as duplicate_frame).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from schemas.events import DeadLetter, Event, FrameEvent
+from streams.camera_registry import CameraRegistry
+from streams.frame_intake import IntakeLimits, Rejected, dead_letter, decode_frame, decode_image, frame_meta
+from streams.inference import InferenceRunner
+from streams.settings import Settings
+from streams.tracking import CameraState, FrameMeta, PartOutcome, PartTracker
+
+log = logging.getLogger(__name__)
+
+
+class StateStore(Protocol):
+    def load(self, camera_id: str) -> CameraState: ...
+    def save(self, state: CameraState, event: Any) -> None: ...
+
+
+class Emitter(Protocol):
+    async def send_all(self, records: Sequence[tuple[str, bytes | None, Event]]) -> None:
+        """Send (kind, key, event) records, kind in defects|parts|deadletter; returns once all
+        are acknowledged by the broker, raises if any failed."""
+        ...
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _decode_images(frames: Sequence[FrameEvent]) -> list[np.ndarray | Rejected]:
+    return [decode_image(f) for f in frames]
+
+
+class InspectPipeline:
+    """One micro-batch of `frames` events in, outputs sent and tracker state saved."""
+
+    def __init__(self, settings: Settings, runner: InferenceRunner, registry: CameraRegistry, store: StateStore,
+                 emitter: Emitter, *, frames_topic: str | None = None):
+        self.settings = settings
+        self.runner = runner
+        self.registry = registry
+        self.store = store
+        self.emitter = emitter
+        self.tracker = PartTracker(settings.tracking)
+        self.codec = FrameEvent.codec("confluent" if settings.kafka.confluent_wire_format else "single_object")
+        self.limits = IntakeLimits(settings.worker.max_image_bytes, settings.worker.max_pixels)
+        self.frames_topic = frames_topic or settings.kafka.topics.frames
+        self.lock = asyncio.Lock()  # the batch and the timeout closer never interleave on a camera state
+        self.deadletters: Counter[str] = Counter()
+        self.parts_closed: Counter[str] = Counter()
+        self._version_warned: set[str] = set()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _dead(self, ev: Any, rej: Rejected) -> tuple[str, bytes | None, Event]:
+        msg = ev.message
+        self.deadletters[rej.error_class] += 1
+        log.warning("deadletter %s p%s@%s: %s %s", msg.topic, msg.partition, msg.offset, rej.error_class, rej.reason)
+        dl: DeadLetter = dead_letter(rej, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                                     value=msg.value, key=msg.key)
+        return ("deadletter", msg.key, dl)
+
+    def _outputs(self, outcomes: Sequence[PartOutcome]) -> list[tuple[str, bytes | None, Event]]:
+        out: list[tuple[str, bytes | None, Event]] = []
+        for o in outcomes:
+            key = o.part.camera_id.encode()
+            out.extend(("defects", key, d) for d in o.defects)
+            out.append(("parts", key, o.part))
+            self.parts_closed[o.part.closed_reason] += 1
+        return out
+
+    def _check_model_version(self, camera_id: str, version: str) -> None:
+        cfg = self.registry.get(camera_id)
+        if cfg and cfg.model_version and cfg.model_version != version and camera_id not in self._version_warned:
+            self._version_warned.add(camera_id)
+            log.warning("camera %s expects model %s, the worker runs %s", camera_id, cfg.model_version, version)
+
+    async def _inspect(self, images: list[np.ndarray], version: str | None = None) -> list[list[Any] | Exception]:
+        """Detections per image; when a batch fails, frames are retried one by one so that one
+        poisonous frame goes to dead-letter instead of stopping the worker."""
+        try:
+            return list(await self.runner.inspect(images, version))
+        except Exception as exc:  # noqa: BLE001 - isolate the bad frame below
+            log.exception("inference failed on a batch of %d, retrying frame by frame: %r", len(images), exc)
+        out: list[list[Any] | Exception] = []
+        for img in images:
+            try:
+                out.append((await self.runner.inspect([img], version))[0])
+            except Exception as exc:  # noqa: BLE001
+                out.append(exc)
+        return out
+
+    def _version_for(self, state: CameraState, meta: FrameMeta) -> str:
+        """A part keeps the model it opened with; a new part takes the selected one (promotions)."""
+        open_part = (state.part.part_id, state.part.model_version) if state.part is not None else None
+        cfg = self.registry.get(meta.camera_id)
+        return self.runner.selection.version_for_frame(meta.part_id, open_part, cfg.model_version if cfg else None,
+                                                       self.runner.versions)
+
+    async def _inspect_by_version(self, images: list[np.ndarray], versions: list[str]) -> list[list[Any] | Exception]:
+        out: list[list[Any] | Exception] = [[] for _ in images]
+        for v in dict.fromkeys(versions):
+            idx = [i for i, x in enumerate(versions) if x == v]
+            for i, dets in zip(idx, await self._inspect([images[i] for i in idx], v)):
+                out[i] = dets
+        return out
+
+    # -- the batch ---------------------------------------------------------------------------
+    async def process(self, events: Sequence[Any]) -> None:
+        """decode → inspect → track → emit for one micro-batch (events in offset order)."""
+        async with self.lock:
+            await self._process(events)
+
+    async def _process(self, events: Sequence[Any]) -> None:
+        await self.runner.ensure_loaded()
+        records: list[tuple[str, bytes | None, Event]] = []
+        states: dict[str, CameraState] = {}
+        last_event: dict[str, Any] = {}
+        # decode + sequence guard
+        admitted: list[tuple[Any, FrameEvent, FrameMeta]] = []
+        for ev in events:
+            frame = decode_frame(ev.message.value, ev.message.key, self.codec, self.limits)
+            if isinstance(frame, Rejected):
+                records.append(self._dead(ev, frame))
+                continue
+            meta = frame_meta(frame)
+            state = states.get(meta.camera_id)
+            if state is None:
+                state = states[meta.camera_id] = self.store.load(meta.camera_id)
+            last_event[meta.camera_id] = ev
+            rej = state.admit(meta)
+            if rej is not None:
+                records.append(self._dead(ev, Rejected(rej.error_class, rej.reason, meta.camera_id)))
+                continue
+            admitted.append((ev, frame, meta))
+        # inspect (off the loop)
+        images = await self.runner.run(_decode_images, [f for _, f, _ in admitted])
+        ok: list[tuple[Any, FrameMeta, np.ndarray]] = []
+        for (ev, _f, meta), img in zip(admitted, images):
+            if isinstance(img, Rejected):
+                records.append(self._dead(ev, img))
+            else:
+                ok.append((ev, meta, img))
+        # model per frame (a promotion takes effect at each camera's next part), then inspect
+        await self.runner.refresh_models([s.part.model_version for s in states.values() if s.part is not None])
+        versions = [self._version_for(states[meta.camera_id], meta) for _, meta, _ in ok]
+        detections = await self._inspect_by_version([img for _, _, img in ok], versions)
+        # track
+        now = _now_ms()
+        outcomes: list[PartOutcome] = []
+        for (ev, meta, _img), dets, version in zip(ok, detections, versions):
+            if isinstance(dets, Exception):
+                records.append(self._dead(ev, Rejected("inference_error", f"{type(dets).__name__}: {dets}", meta.camera_id)))
+                continue
+            self._check_model_version(meta.camera_id, version)
+            outcomes += states[meta.camera_id].observe(
+                self.tracker, meta, dets, model_version=version, run_id=self.settings.run_id,
+                plant=self.settings.plant, policy=self.registry.policy(meta.camera_id), now_ms=now,
+            )
+        # emit, then persist the state; the caller acks afterwards
+        records.extend(self._outputs(outcomes))
+        if records:
+            await self.emitter.send_all(records)
+        for cam, state in states.items():
+            self.store.save(state, last_event[cam])
+
+    async def close_idle(self, event: Any, camera_id: str, part_id: str, last_seq: int) -> PartOutcome | None:
+        """Close `part_id` on `camera_id` with reason TIMEOUT if it got no frame since `last_seq`."""
+        async with self.lock:
+            state = self.store.load(camera_id)
+            out = state.close_if_idle(self.tracker, part_id, last_seq, run_id=self.settings.run_id,
+                                      plant=self.settings.plant)
+            if out is None:
+                return None
+            await self.emitter.send_all(self._outputs([out]))
+            self.store.save(state, event)
+            return out
+
+
+class FaustEmitter:
+    """Sends to the app's output topics and waits for the broker's acknowledgement."""
+
+    def __init__(self, topics: Any):
+        self.topics = {"defects": topics.defects, "parts": topics.parts, "deadletter": topics.deadletter}
+
+    async def send_all(self, records: Sequence[tuple[str, bytes | None, Event]]) -> None:
+        # force=True: publish now instead of attaching to the current event, so the futures
+        # below resolve before we ack.
+        futs = [await self.topics[kind].send(key=key, value=value, force=True) for kind, key, value in records]
+        await asyncio.gather(*futs)
+
+
+def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline: InspectPipeline) -> dict[str, Any]:
+    """Attach the agents, the inactivity timer and the cameras follower to `app`."""
+    batch_max = settings.worker.batch_max or pipeline.runner.batch_size
+    within = settings.worker.batch_within_s
+    requested: set[tuple[str, str, int]] = set()
+
+    @app.agent(topics.frames, name="inspect", concurrency=1)
+    async def inspect(stream: Any) -> None:
+        manual = stream.noack()
+        async for events in manual.noack_take(batch_max, within=within):
+            try:
+                await pipeline.process(events)
+            except Exception as exc:
+                # Not bad input (that is dead-lettered): the broker or the table failed. A
+                # restarted actor would go on past this unacked batch, so stop the worker instead;
+                # its successor re-reads from the last committed offset.
+                log.critical("batch of %d frames failed, stopping the worker: %r", len(events), exc)
+                await app.crash(exc)
+                return
+            for ev in events:  # in offset order, after outputs and state are durable
+                await manual.ack(ev)
+
+    @app.agent(topics.part_timeouts, name="close-idle-parts", concurrency=1)
+    async def close_idle_parts(stream: Any) -> None:
+        async for event in stream.events():
+            v = event.value or {}
+            cam = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
+            out = await pipeline.close_idle(event, cam, str(v.get("part_id")), int(v.get("last_seq", -1)))
+            if out is not None:
+                log.info("part %s of %s closed after inactivity", out.part.part_id, cam)
+
+    @app.timer(interval=settings.tracking.timeout_check_s)
+    async def find_idle_parts() -> None:
+        now = _now_ms()
+        for op in table.idle_parts(now, settings.tracking.part_timeout_s):
+            key = (op.camera_id, op.part_id, op.last_seq)
+            if key in requested:
+                continue
+            requested.add(key)
+            await topics.part_timeouts.send(key=op.camera_id.encode(), value={"part_id": op.part_id, "last_seq": op.last_seq})
+        if len(requested) > 10_000:
+            requested.clear()
+
+    @app.task
+    async def load_model() -> None:
+        # fail fast on a missing/corrupt checkpoint, and have the model warm before the first frames
+        try:
+            await pipeline.runner.ensure_loaded()
+        except Exception as exc:
+            log.critical("cannot load the Inspector: %r", exc)
+            await app.crash(exc)
+
+    @app.task
+    async def follow_cameras() -> None:
+        await follow_camera_topic(settings, pipeline.registry, pipeline.runner.selection)
+
+    @app.timer(interval=60.0)
+    async def report_counters() -> None:
+        if pipeline.deadletters or pipeline.parts_closed:
+            log.info("parts closed %s, deadletters %s", dict(pipeline.parts_closed), dict(pipeline.deadletters))
+
+    return {"inspect": inspect, "close_idle_parts": close_idle_parts, "find_idle_parts": find_idle_parts}
+
+
+async def follow_camera_topic(settings: Settings, registry: CameraRegistry, selection: Any = None) -> None:
+    """Read the compacted `cameras` topic from the start and keep following it (no consumer
+    group: every worker holds every camera's config). Model promotions (key ``*``) go to
+    `selection` (a `streams.model_selection.ModelSelection`)."""
+    from aiokafka import AIOKafkaConsumer
+
+    k = settings.kafka
+    consumer = AIOKafkaConsumer(
+        k.topics.cameras, bootstrap_servers=k.bootstrap_servers, group_id=None, auto_offset_reset="earliest",
+        enable_auto_commit=False, security_protocol=k.security_protocol,
+    )
+    await consumer.start()
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for r in records:
+                    if selection is not None and selection.apply(r.key, r.value):
+                        log.info("model promotion: %s", r.value)
+                        continue
+                    if registry.apply(r.key, r.value):
+                        log.info("camera config %s: %s", r.key, r.value)
+    finally:
+        await consumer.stop()

@@ -1,0 +1,443 @@
+"""Scoring against simulator ground truth: frame-by-frame detection vs tracked/confirmed defects.
+
+Two inputs are scored the same way:
+
+* pipeline output — DefectEvents read from the `defects` topic (or a JSONL file of them) and
+  the simulator's ground-truth JSONL (`defectstream score --ground-truth gt.jsonl --defects-topic`);
+* the offline path — render part sequences, run the Inspector and the tracker directly, no Kafka
+  (`defectstream score --offline --parts 500`); it also scores every raw detection
+  ("frame-by-frame": what reporting each detection would give) and can sweep tracker settings.
+
+A reported defect matches a ground-truth defect of the same part when, on the reported frame,
+their boxes overlap with IoU ≥ 0.2 or the reported box's centre lies in the ground-truth box
+(thin scratches: partial detections have a low IoU). Matching is one-to-one, greedy by IoU. A
+DefectEvent carries the box of its best frame only; offline, a confirmed track may match on any
+of the frames it was seen on.
+
+Metrics: false alarms per 100 parts (reported defects matching no ground-truth defect; for
+frame-by-frame every unmatched detection on every frame counts), defect recall (ground-truth
+defects matched at least once), class accuracy over matched defects, and imprint class
+accuracy (mild vs severe) over matched imprint defects.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple, Sequence
+
+from streams.settings import Settings, TrackingSettings
+from streams.simulator import GroundTruthPart, gt_defects, gt_nuisances, read_ground_truth
+from streams.tracking import FrameMeta, PartTracker, iou, track_part_offline
+
+IMPRINT = ("imprint_mild", "imprint_severe")
+IOU_MATCH = 0.2
+
+
+class Reported(NamedTuple):
+    """One reported defect on one frame of a part (a confirmed track, or a raw detection)."""
+
+    part_id: str
+    frame_index: int
+    box: tuple[int, int, int, int]
+    defect_class: str
+    # other frames where the same track was seen (offline tracked path): a match on any counts
+    more: tuple[tuple[int, tuple[int, int, int, int]], ...] = ()
+
+
+@dataclass
+class Score:
+    """Scores of one way of reporting (frame-by-frame or tracked)."""
+
+    parts: int = 0
+    gt_defects: int = 0
+    reported: int = 0
+    false_alarms: int = 0
+    matched_gt: int = 0
+    class_correct: int = 0
+    class_total: int = 0
+    imprint_correct: int = 0
+    imprint_total: int = 0
+    clear_imprint_correct: int = 0  # imprints the generator does not flag as borderline
+    clear_imprint_total: int = 0
+
+    @property
+    def false_alarms_per_100_parts(self) -> float:
+        return 100.0 * self.false_alarms / self.parts if self.parts else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.matched_gt / self.gt_defects if self.gt_defects else 1.0
+
+    @property
+    def class_accuracy(self) -> float:
+        return self.class_correct / self.class_total if self.class_total else 1.0
+
+    @property
+    def imprint_class_accuracy(self) -> float:
+        return self.imprint_correct / self.imprint_total if self.imprint_total else 1.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "parts": self.parts,
+            "gt_defects": self.gt_defects,
+            "reported": self.reported,
+            "false_alarms": self.false_alarms,
+            "false_alarms_per_100_parts": round(self.false_alarms_per_100_parts, 2),
+            "defect_recall": round(self.recall, 4),
+            "class_accuracy": round(self.class_accuracy, 4),
+            "imprint_class_accuracy": round(self.imprint_class_accuracy, 4),
+            "imprint_defects_matched": self.imprint_total,
+            "clear_imprint_class_accuracy": (round(self.clear_imprint_correct / self.clear_imprint_total, 4)
+                                             if self.clear_imprint_total else None),
+        }
+
+
+def _center_in(box: Sequence[float], gt: Sequence[float]) -> bool:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return gt[0] <= cx <= gt[2] and gt[1] <= cy <= gt[3]
+
+
+def _match_score(box: Sequence[float], gt: Sequence[float]) -> float:
+    """> 0 when the reported box matches the ground-truth box (IoU, or 0.01 when only the centre
+    falls inside)."""
+    ov = iou(tuple(box), tuple(gt))  # type: ignore[arg-type]
+    if ov >= IOU_MATCH:
+        return ov
+    return 0.01 if _center_in(box, gt) else 0.0
+
+
+def score_part(gt: GroundTruthPart, reported: Sequence[Reported], score: Score, *,
+               per_frame: bool) -> list[tuple[int, int]]:
+    """Add one part's matches to `score`; returns the (reported index, gt index) matches.
+
+    per_frame: frame-by-frame reporting — each (defect, frame) may match one detection; a
+        ground-truth defect counts as found when matched on any frame.
+    """
+    score.parts += 1
+    score.gt_defects += len(gt.defects)
+    score.reported += len(reported)
+    pairs = []
+    for ri, r in enumerate(reported):
+        for gi, d in enumerate(gt.defects):
+            best = 0.0
+            for fi, box in ((r.frame_index, r.box),) + r.more:
+                b = d["boxes"].get(str(fi))
+                if b is not None:
+                    best = max(best, _match_score(box, b))
+            if best > 0:
+                pairs.append((best, ri, gi))
+    pairs.sort(reverse=True)
+    used_r: set[int] = set()
+    used_g: set[tuple[int, int]] = set()  # (gt index, frame) for per-frame, (gt index, -1) otherwise
+    found: set[int] = set()
+    matches: list[tuple[int, int]] = []
+    for _s, ri, gi in pairs:
+        slot = (gi, reported[ri].frame_index if per_frame else -1)
+        if ri in used_r or slot in used_g:
+            continue
+        matches.append((ri, gi))
+        used_r.add(ri)
+        used_g.add(slot)
+        found.add(gi)
+        gcls = gt.defects[gi]["defect_class"]
+        pcls = reported[ri].defect_class
+        score.class_total += 1
+        score.class_correct += int(pcls == gcls)
+        if gcls in IMPRINT:
+            score.imprint_total += 1
+            score.imprint_correct += int(pcls == gcls)
+            if gt.defects[gi].get("borderline") is False:
+                score.clear_imprint_total += 1
+                score.clear_imprint_correct += int(pcls == gcls)
+    score.matched_gt += len(found)
+    score.false_alarms += len(reported) - len(used_r)
+    return matches
+
+
+def score_defect_events(gt_parts: Iterable[GroundTruthPart], defects: Iterable[dict[str, Any]]) -> Score:
+    """Score pipeline DefectEvents (as Avro dicts) against the ground truth of the same parts.
+
+    Parts with no ground truth are ignored; duplicates (same event_id) count once.
+    """
+    gts = {g.part_id: g for g in gt_parts}
+    by_part: dict[str, dict[str, Reported]] = {pid: {} for pid in gts}
+    for d in defects:
+        g = gts.get(d["part_id"])
+        if g is None:
+            continue
+        try:
+            fi = g.frame_seqs.index(int(d["best_frame_seq"]))
+        except ValueError:
+            fi = -1
+        b = d["bbox"]
+        by_part[g.part_id][d["event_id"]] = Reported(g.part_id, fi, (b["x0"], b["y0"], b["x1"], b["y1"]), d["defect_class"])
+    score = Score()
+    for pid, g in gts.items():
+        score_part(g, list(by_part[pid].values()), score, per_frame=False)
+    return score
+
+
+# --------------------------------------------------------------------------------------------
+# Offline path: Inspector + tracker on rendered sequences, no Kafka
+# --------------------------------------------------------------------------------------------
+@dataclass
+class OfflineConfig:
+    parts: int = 500
+    seed: int = 1000
+    frames_per_part: int = 6
+    frame_shape: tuple[int, int] = (256, 512)
+    defect_rate: float = 0.5
+    frame_ms: float = 100.0
+    use_speed: bool = True  # give the tracker the conveyor speed; False = estimate from detections
+    progress: bool = True
+
+
+@dataclass
+class OfflineRun:
+    """Cached detections of an offline run, so tracker settings can be swept without the model."""
+
+    gts: list[GroundTruthPart] = field(default_factory=list)
+    detections: list[list[list[Any]]] = field(default_factory=list)  # part -> frame -> detections
+    model_version: str = ""
+    inference_s: float = 0.0
+    frames: int = 0
+
+
+def run_offline(inspector: Any, cfg: OfflineConfig) -> OfflineRun:
+    """Render `cfg.parts` sequences and run the Inspector on every frame."""
+    from models.synthetic import render_part_sequence
+
+    run = OfflineRun(model_version=str(inspector.model_version))
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.parts, unit="part", desc="offline", file=sys.stderr)
+    for j in range(cfg.parts):
+        ps = cfg.seed + j
+        seq = render_part_sequence(ps, n_frames=cfg.frames_per_part, frame_shape=cfg.frame_shape,
+                                   defect_rate=cfg.defect_rate)
+        t0 = time.perf_counter()
+        dets = inspector.inspect(seq.frames)
+        run.inference_s += time.perf_counter() - t0
+        run.frames += len(seq.frames)
+        ts = [int(i * cfg.frame_ms) for i in range(cfg.frames_per_part)]
+        run.gts.append(GroundTruthPart(
+            camera_id="offline", line_id="offline", part_id=f"part-{ps}", seed=ps, family=seq.family,
+            frames=cfg.frames_per_part, frame_seqs=ts, capture_ts=ts, speed_px_per_frame=seq.speed_px_per_frame,
+            defects=gt_defects(seq), nuisance_boxes=gt_nuisances(seq),
+            width=cfg.frame_shape[1], height=cfg.frame_shape[0],
+        ))
+        run.detections.append([list(d) for d in dets])
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return run
+
+
+def score_offline(run: OfflineRun, tracking: TrackingSettings, *, frame_ms: float = 100.0,
+                  use_speed: bool = True) -> dict[str, Any]:
+    """Frame-by-frame vs tracked scores of a cached offline run under `tracking` settings."""
+    tracker = PartTracker(tracking)
+    frame_score, tracked_score = Score(), Score()
+    # imprint class accuracy of tracks whose frames all agreed vs tracks that flipped mild/severe
+    imprint = {"consistent": [0, 0], "flipping": [0, 0]}
+    for gt, dets in zip(run.gts, run.detections):
+        frame_reports = []
+        for i, ds in enumerate(dets):
+            for d in ds:
+                frame_reports.append(Reported(gt.part_id, i, tuple(d.bbox), d.defect_class))
+        score_part(gt, frame_reports, frame_score, per_frame=True)
+        speed = gt.speed_px_per_frame / (frame_ms / 1000.0) if use_speed else None
+        metas = [FrameMeta("offline", "offline", gt.part_id, i, int(i * frame_ms), gt.width, gt.height, i,
+                           i == len(dets) - 1, speed) for i in range(len(dets))]
+        _part, summaries = track_part_offline(tracker, metas, dets, model_version=run.model_version)
+        confirmed = [s for s in summaries if s.confirmed]
+        tracked = [Reported(gt.part_id, s.best_frame_index, s.best_box, s.defect_class, tuple(s.boxes.items()))
+                   for s in confirmed]
+        for ri, gi in score_part(gt, tracked, tracked_score, per_frame=False):
+            gcls = gt.defects[gi]["defect_class"]
+            if gcls in IMPRINT:
+                kind = "flipping" if len(set(confirmed[ri].class_votes) & set(IMPRINT)) == 2 else "consistent"
+                imprint[kind][0] += int(confirmed[ri].defect_class == gcls)
+                imprint[kind][1] += 1
+    f, t = frame_score.summary(), tracked_score.summary()
+    removed = 1.0 - (t["false_alarms"] / f["false_alarms"]) if f["false_alarms"] else 0.0
+    return {
+        "tracking": {"min_hits": tracking.min_hits, "min_hit_ratio": tracking.min_hit_ratio,
+                     "short_track_min_confidence": tracking.short_track_min_confidence, "use_speed": use_speed},
+        "frame_by_frame": f,
+        "tracked": t,
+        "false_alarms_removed": round(removed, 4),
+        "recall_change_points": round(100 * (t["defect_recall"] - f["defect_recall"]), 2),
+        "imprint_tracks": {k: {"correct": c, "total": n, "accuracy": round(c / n, 4) if n else None}
+                           for k, (c, n) in imprint.items()},
+        "goal_met": bool(removed >= 0.8 and (f["defect_recall"] - t["defect_recall"]) <= 0.01
+                         and t["imprint_class_accuracy"] >= 0.95),
+    }
+
+
+def sweep_table(rows: Sequence[dict[str, Any]], top: int = 15) -> str:
+    """The `top` configurations that remove >= 80 % of false alarms, best recall first (then the rest)."""
+    def key(r: dict[str, Any]) -> tuple:
+        return (r["false_alarms_removed"] >= 0.8, r["recall_change_points"], r["false_alarms_removed"])
+
+    lines = ["| k | ratio | short-track conf. | FA/100 parts (tracked) | FA removed | recall (pt) | imprint acc. |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=key, reverse=True)[:top]:
+        tr, t = r["tracking"], r["tracked"]
+        lines.append(f"| {tr['min_hits']} | {tr['min_hit_ratio']} | {tr['short_track_min_confidence']} | "
+                     f"{t['false_alarms_per_100_parts']} | {r['false_alarms_removed']:.1%} | "
+                     f"{r['recall_change_points']:+} | {t['imprint_class_accuracy']} |")
+    return "\n".join(lines)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One line per scored configuration."""
+    head = ("| tracking (k, ratio, short-track conf.) | reporting | FA / 100 parts | defect recall | class acc. | imprint class acc. |\n"
+            "|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        tr = r["tracking"]
+        k = f"k={tr['min_hits']}, r={tr['min_hit_ratio']}, c={tr['short_track_min_confidence']}"
+        for name in ("frame_by_frame", "tracked"):
+            s = r[name]
+            lines.append(f"| {k} | {name} | {s['false_alarms_per_100_parts']} | {s['defect_recall']} | "
+                         f"{s['class_accuracy']} | {s['imprint_class_accuracy']} |")
+        lines.append(f"| {k} | **FA removed {r['false_alarms_removed']:.1%}, recall {r['recall_change_points']:+} pt** "
+                     f"| | | | goal met: {r['goal_met']} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading pipeline output
+# --------------------------------------------------------------------------------------------
+def verdict_check(gt_parts: Iterable[GroundTruthPart], verdicts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Exactly one PartInspected per ground-truth part? (re-deliveries of the same event id are
+    not duplicates: sinks de-duplicate them)."""
+    want = {g.part_id for g in gt_parts}
+    ids: dict[str, set[str]] = {}
+    for v in verdicts:
+        if v["part_id"] in want:
+            ids.setdefault(v["part_id"], set()).add(v["event_id"])
+    return {
+        "parts_in_ground_truth": len(want),
+        "parts_with_verdict": len(ids),
+        "missing": sorted(want - set(ids))[:20],
+        "more_than_one_verdict": sorted(p for p, e in ids.items() if len(e) > 1)[:20],
+    }
+
+
+def read_topic_events(settings: Settings, topic: str, idle_s: float = 5.0, event: str = "DefectEvent") -> list[dict[str, Any]]:
+    """Every DefectEvent (or `event`) on `topic` (from the beginning, until no record arrives for `idle_s`)."""
+    from kafka import KafkaConsumer
+
+    from schemas.codec import AvroCodec
+    from streams.topics import kafka_security
+
+    codec = AvroCodec(event, "confluent" if settings.kafka.confluent_wire_format else "single_object")
+    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_list, group_id=None,
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             consumer_timeout_ms=int(idle_s * 1000), **kafka_security(settings))
+    try:
+        return [codec.decode(m.value) for m in consumer]
+    finally:
+        consumer.close()
+
+
+def read_defects_file(path: str | Path) -> list[dict[str, Any]]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="score pipeline output (or an offline Inspector+tracker run) against ground truth",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--defects-topic", nargs="?", const="", help="read DefectEvents from this topic (default: settings)")
+    src.add_argument("--from-file", type=Path, help="JSONL of DefectEvent dicts")
+    src.add_argument("--offline", action="store_true", help="render parts and run Inspector + tracker directly")
+    p.add_argument("--ground-truth", type=Path, help="simulator ground truth JSONL (topic/file modes)")
+    p.add_argument("--parts-topic", nargs="?", const="", help="topic mode: also check one verdict per part on this topic")
+    p.add_argument("--parts", type=int, default=500, help="offline: parts to render")
+    p.add_argument("--seed", type=int, default=1000, help="offline: first part seed")
+    p.add_argument("--frames-per-part", type=int, default=6)
+    p.add_argument("--defect-rate", type=float, default=0.5)
+    p.add_argument("--no-speed", action="store_true", help="offline: estimate motion from detections")
+    p.add_argument("--sweep", action="store_true", help="offline: also score a grid of (min_hits, min_hit_ratio)")
+    p.add_argument("--model-path", help="checkpoint (default: settings / packaged)")
+    p.add_argument("--cache", type=Path, help="offline: keep the detections in this file (re-score without the model)")
+    p.add_argument("--json-out", type=Path, help="also write the JSON result here")
+    p.set_defaults(func=run_score)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    settings = Settings()
+    if args.offline:
+        from models.inspector import Inspector
+
+        cfg = OfflineConfig(parts=args.parts, seed=args.seed, frames_per_part=args.frames_per_part,
+                            defect_rate=args.defect_rate, use_speed=not args.no_speed)
+        model_path = args.model_path or settings.model.path
+        # what the cached detections depend on (delete the cache after retraining a checkpoint)
+        key = (cfg.parts, cfg.seed, cfg.frames_per_part, cfg.frame_shape, cfg.defect_rate, model_path)
+        run = None
+        if args.cache and args.cache.exists():
+            with open(args.cache, "rb") as fh:
+                cached = pickle.load(fh)  # our own file, written below
+            run = cached["run"] if cached.get("key") == key else None
+        if run is None:
+            insp = Inspector.load(path=model_path, device=settings.model.device)
+            run = run_offline(insp, cfg)
+            if args.cache:
+                with open(args.cache, "wb") as fh:
+                    pickle.dump({"key": key, "run": run}, fh)
+        t = settings.tracking
+        grid = [(t.min_hits, t.min_hit_ratio, t.short_track_min_confidence)]
+        if args.sweep:
+            grid += [(k, r, c) for k in (2, 3) for r in (0.5, 0.6, 0.67, 0.75, 0.8, 1.0)
+                     for c in (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)]
+        rows = []
+        seen = set()
+        for k, r, c in grid:
+            if (k, r, c) in seen:
+                continue
+            seen.add((k, r, c))
+            ts = t.model_copy(update={"min_hits": k, "min_hit_ratio": r, "short_track_min_confidence": c})
+            rows.append(score_offline(run, ts, frame_ms=cfg.frame_ms, use_speed=cfg.use_speed))
+        result = {"model_version": run.model_version, "parts": cfg.parts, "frames": run.frames,
+                  "inference_ms_per_frame": round(1000 * run.inference_s / max(1, run.frames), 2),
+                  "defaults": rows[0], "rows": rows}
+        print(markdown_table(rows[:1]))
+        if args.sweep:
+            print()
+            print(sweep_table(rows))
+    else:
+        if not args.ground_truth:
+            print("--ground-truth is required with --defects-topic/--from-file", file=sys.stderr)
+            return 2
+        gts = read_ground_truth(args.ground_truth)
+        if args.from_file:
+            defects = read_defects_file(args.from_file)
+        else:
+            defects = read_topic_events(settings, args.defects_topic or settings.kafka.topics.defects)
+        s = score_defect_events(gts, defects)
+        result = {"tracked": s.summary()}
+        if args.parts_topic is not None:
+            verdicts = read_topic_events(settings, args.parts_topic or settings.kafka.topics.parts, event="PartInspected")
+            result["verdicts"] = verdict_check(gts, verdicts)
+        print(json.dumps(result, indent=2))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2))
+    elif args.offline:
+        print(json.dumps(result["defaults"], indent=2))
+    return 0

@@ -1,0 +1,94 @@
+"""The pipeline's Kafka topics: Faust declarations and idempotent creation on the broker."""
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Topics(NamedTuple):
+    """Faust topic objects of one app."""
+
+    frames: Any  # raw bytes: the agent decodes, so bad Avro reaches the dead-letter topic
+    defects: Any  # DefectEvent (avro-defect), key = camera id
+    parts: Any  # PartInspected (avro-part), key = camera id
+    deadletter: Any  # DeadLetter (avro-deadletter), key = the original key
+    cameras: Any  # compacted, JSON CameraConfig, key = camera id
+    part_timeouts: Any  # internal: JSON {part_id, last_seq}, key = camera id, co-partitioned with frames
+
+
+def part_timeouts_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-part-timeouts"
+
+
+def declare_topics(app: Any, settings: Settings) -> Topics:
+    """Declare the topics on `app` (frames and the timeouts topic share the partition count)."""
+    names = settings.kafka.topics
+    n = settings.kafka.partitions
+    return Topics(
+        frames=app.topic(names.frames, key_serializer="raw", value_serializer="raw", partitions=n),
+        defects=app.topic(names.defects, key_serializer="raw", value_serializer="avro-defect"),
+        parts=app.topic(names.parts, key_serializer="raw", value_serializer="avro-part"),
+        deadletter=app.topic(names.deadletter, key_serializer="raw", value_serializer="avro-deadletter"),
+        cameras=app.topic(names.cameras, key_serializer="raw", value_serializer="raw", compacting=True, deleting=False),
+        part_timeouts=app.topic(
+            part_timeouts_topic(settings), key_serializer="raw", value_serializer="json", partitions=n, internal=True
+        ),
+    )
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Create the pipeline's topics that do not exist yet; returns the names created.
+
+    `frames` and the timeouts topic get `kafka.partitions` partitions (the tracking table is
+    co-partitioned with them); `cameras` is compacted. Existing topics are left as they are.
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    k = settings.kafka
+    admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_list, client_id=f"{settings.app_id}-admin",
+                             request_timeout_ms=int(timeout_s * 1000), **kafka_security(settings))
+    try:
+        existing = set(admin.list_topics())
+        want = {
+            k.topics.frames: (k.partitions, {}),
+            part_timeouts_topic(settings): (k.partitions, {}),
+            k.topics.defects: (k.partitions, {}),
+            k.topics.parts: (k.partitions, {}),
+            k.topics.deadletter: (1, {}),
+            k.topics.alerts: (1, {}),
+            k.topics.cameras: (1, {"cleanup.policy": "compact"}),
+        }
+        new = [
+            NewTopic(name, num_partitions=p, replication_factor=k.replication_factor, topic_configs=cfg)
+            for name, (p, cfg) in want.items() if name not in existing
+        ]
+        created = []
+        for t in new:
+            try:
+                admin.create_topics([t], timeout_ms=int(timeout_s * 1000))
+                created.append(t.name)
+            except TopicAlreadyExistsError:
+                pass
+        if created:
+            log.info("created topics %s", created)
+        return created
+    finally:
+        admin.close()
+
+
+def kafka_security(settings: Settings) -> dict[str, Any]:
+    """kafka-python keyword arguments for the configured security protocol."""
+    k = settings.kafka
+    out: dict[str, Any] = {"security_protocol": k.security_protocol}
+    if k.security_protocol.startswith("SASL"):
+        out.update(
+            sasl_mechanism=k.sasl_mechanism,
+            sasl_plain_username=k.sasl_username,
+            sasl_plain_password=k.sasl_password.get_secret_value() if k.sasl_password else None,
+        )
+    return out

@@ -1,0 +1,74 @@
+"""The tracking table: Faust Table camera id -> CameraState dict (changelog in Kafka, rocksdict).
+
+Co-partitioned with `frames` (same partition count, key = camera id), so the worker that owns a
+camera's partition owns its state; after a restart or a rebalance the state is restored from the
+changelog and open parts continue. When a part closes, the camera's value is reset to the
+sequence guard alone (a few hundred bytes).
+"""
+from __future__ import annotations
+
+import weakref
+from contextlib import contextmanager
+from typing import Any, Iterator, NamedTuple
+
+# Faust keeps the event being processed in this context variable; table writes use its
+# partition. A micro-batch mixes cameras (and partitions), so each camera's write runs under one
+# of that camera's own events (see `event_context`).
+from faust.streams import _current_event
+
+from streams.settings import Settings
+from streams.tracking import CameraState
+
+
+class OpenPart(NamedTuple):
+    """An open part as the inactivity timer sees it."""
+
+    camera_id: str
+    part_id: str
+    last_seq: int
+    touched_ms: int
+
+
+@contextmanager
+def event_context(event: Any) -> Iterator[None]:
+    """Make `event` Faust's current event (table writes go to its partition)."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class TrackingTable:
+    """Load/save per-camera tracker state in a Faust table."""
+
+    def __init__(self, app: Any, settings: Settings, name: str = "tracking"):
+        options = {"driver": "rocksdict"} if settings.worker.store.startswith("rocksdb") else None
+        self.table = app.Table(
+            name,
+            default=None,
+            partitions=settings.kafka.partitions,
+            key_type=bytes,  # raw camera id bytes, hashed like the frames' keys
+            options=options,
+        )
+
+    def load(self, camera_id: str) -> CameraState:
+        raw = self.table.get(camera_id.encode())
+        return CameraState.from_dict(raw) if raw else CameraState(camera_id)
+
+    def save(self, state: CameraState, event: Any) -> None:
+        """Store `state` under the partition of `event` (a frame of that camera)."""
+        with event_context(event):
+            self.table[state.camera_id.encode()] = state.to_dict()
+
+    def idle_parts(self, now_ms: int, timeout_s: float) -> list[OpenPart]:
+        """Open parts (in the locally held partitions) with no frame for `timeout_s`."""
+        out = []
+        for _key, raw in list(self.table.items()):
+            if not raw or not raw.get("part"):
+                continue
+            state = CameraState.from_dict(raw)
+            if state.part is not None and state.idle_part(now_ms, timeout_s) is not None:
+                p = state.part
+                out.append(OpenPart(state.camera_id, p.part_id, p.seqs[-1], p.touched_ms))
+        return out

@@ -1,0 +1,62 @@
+"""A worker killed in the middle of a part: the restarted worker continues the open part from the
+tracking table's changelog (and re-delivered frames are not lost)."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from schemas.events import FrameEvent, PartInspected
+from streams.simulator import SimulationConfig, generate
+
+T0 = 1_790_000_000_000
+
+
+def read_parts(bootstrap: str, topic: str, want: int, timeout_s: float = 60.0) -> list[dict]:
+    from kafka import KafkaConsumer
+
+    codec = PartInspected.codec()
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=1000)
+    rows: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and len(rows) < want:
+            rows.extend(codec.decode(m.value) for m in consumer)
+    finally:
+        consumer.close()
+    return rows
+
+
+def test_open_part_survives_a_worker_crash(stream_worker_factory):
+    from kafka import KafkaProducer
+
+    from models.inspector import resolve_checkpoints
+
+    try:
+        resolve_checkpoints(os.environ.get("DEFECTSTREAM_MODEL__PATH"))
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"no Inspector checkpoint yet ({exc})")
+    cfg = SimulationConfig(cameras=1, parts=1, frames_per_part=4, frame_shape=(128, 256), seed=41,
+                           camera_prefix="r", start_time_ms=T0, progress=False)
+    frames = [ev for ev, _gt in generate(cfg)]
+    codec = FrameEvent.codec()
+    worker = stream_worker_factory(DEFECTSTREAM_TRACKING__PART_TIMEOUT_S="300")
+    s = worker.settings
+    worker.start()
+    prod = KafkaProducer(bootstrap_servers=s.kafka.bootstrap_list, acks="all", enable_idempotence=True)
+    for ev in frames[:2]:
+        prod.send(s.kafka.topics.frames, key=ev.camera_id.encode(), value=codec.encode(ev.to_avro())).get(30)
+    time.sleep(8)  # processed, state saved, offsets committed (commit interval ~3 s)
+    worker.stop(kill=True)
+    worker.start()
+    for ev in frames[2:]:
+        prod.send(s.kafka.topics.frames, key=ev.camera_id.encode(), value=codec.encode(ev.to_avro())).get(30)
+    prod.close()
+    parts = read_parts(s.kafka.bootstrap_servers, s.kafka.topics.parts, 1)
+    assert len(parts) == 1, worker.log_tail()
+    p = parts[0]
+    assert p["part_id"] == frames[0].part_id and p["closed_reason"] == "LAST_FRAME"
+    assert p["frames"] == 4, "the restarted worker lost the open part's first frames"
+    assert p["first_frame_ts"] == frames[0].capture_ts

@@ -1,0 +1,157 @@
+"""The agent's batch logic (streams.inspect_agent.InspectPipeline) with fakes: no Kafka, no model."""
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from models.types import BBox, Detection
+from schemas.events import FrameEvent
+from streams.camera_registry import CameraConfig, CameraRegistry
+from streams.inference import InferenceRunner
+from streams.inspect_agent import InspectPipeline
+from streams.settings import ModelSettings, PlantSettings, Settings
+from streams.tracking import CameraState
+
+CODEC = FrameEvent.codec()
+
+
+class FakeInspector:
+    """Finds one 'scratch' wherever the frame has a bright square; raises on an all-255 frame."""
+
+    model_version = "fake-1"
+    class_names = ["scratch"]
+
+    def inspect(self, frames):
+        out = []
+        for f in frames:
+            if f.min() == 255:
+                raise RuntimeError("poisonous frame")
+            ys, xs = np.nonzero(f > 200)
+            if len(xs) == 0:
+                out.append([])
+                continue
+            b = BBox(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+            out.append([Detection(b, np.ones((b.height, b.width), bool), "scratch", 0.9, 4.0, 5.0, b.area)])
+        return out
+
+
+class MemoryStore:
+    def __init__(self):
+        self.data: dict[str, dict] = {}
+        self.saves = 0
+
+    def load(self, cam):
+        d = self.data.get(cam)
+        return CameraState.from_dict(d) if d else CameraState(cam)
+
+    def save(self, state, event):
+        self.saves += 1
+        self.data[state.camera_id] = state.to_dict()
+
+
+class ListEmitter:
+    def __init__(self, fail: bool = False):
+        self.sent = []
+        self.fail = fail
+
+    async def send_all(self, records):
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.sent.extend(records)
+
+
+def png(x: int | None, fill: int = 100) -> bytes:
+    img = np.full((64, 128), fill, np.uint8)
+    if x is not None:
+        img[20:30, max(0, x):max(0, x) + 10] = 250
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+def frame_value(cam="cam-1", part="p1", seq=0, idx=0, last=False, image=None, x=100) -> bytes:
+    ev = FrameEvent(camera_id=cam, line_id="l1", part_id=part, frame_seq=seq, capture_ts=1_700_000_000_000 + seq * 100,
+                    encoding="PNG", width=128, height=64, channels=1, image=image if image is not None else png(x),
+                    frame_index=idx, last_frame=last, conveyor_speed_mm_s=100.0, pixels_per_mm=1.0)
+    return CODEC.encode(ev.to_avro())
+
+
+def event(value, key=b"cam-1", offset=0):
+    return SimpleNamespace(message=SimpleNamespace(topic="frames", partition=0, offset=offset, key=key, value=value))
+
+
+def make(emitter=None, registry=None):
+    settings = Settings(plant=PlantSettings(timezone="UTC"))
+    store = MemoryStore()
+    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=FakeInspector())
+    pipe = InspectPipeline(settings, runner, registry if registry is not None else CameraRegistry(), store, emitter if emitter is not None else ListEmitter())
+    return pipe, store
+
+
+def kinds(records):
+    return [(k, getattr(v, "error_class", None) or getattr(v, "closed_reason", None)) for k, _key, v in records]
+
+
+def test_batch_tracks_and_emits_on_last_frame():
+    pipe, store = make()
+    evs = [event(frame_value(seq=i, idx=i, last=i == 2, x=100 - 10 * i), offset=i) for i in range(3)]
+    asyncio.run(pipe.process(evs))
+    sent = pipe.emitter.sent
+    assert kinds(sent) == [("defects", None), ("parts", "LAST_FRAME")]
+    part = sent[-1][2]
+    assert part.frames == 3 and part.model_version == "fake-1" and part.defects_total == 1
+    assert sent[0][2].frames_seen == 3
+    assert store.data["cam-1"]["part"] is None and store.data["cam-1"]["last_seq"] == 2
+
+
+def test_bad_input_goes_to_deadletter_and_the_rest_is_processed():
+    pipe, _ = make()
+    evs = [
+        event(b"garbage", offset=0),
+        event(frame_value(seq=1, image=b"\x89PNG broken"), offset=1),
+        event(frame_value(seq=2, idx=0), offset=2),
+        event(frame_value(seq=2, idx=0), offset=3),  # duplicate
+        event(frame_value(seq=0, idx=1), offset=4),  # out of order
+        event(frame_value(seq=3, idx=1, image=png(None, fill=255)), offset=5),  # model raises on it
+        event(frame_value(seq=4, idx=2, last=True), offset=6),
+    ]
+    asyncio.run(pipe.process(evs))
+    assert kinds(pipe.emitter.sent) == [
+        ("deadletter", "decode_error"),
+        ("deadletter", "duplicate_frame"),
+        ("deadletter", "out_of_order_frame"),
+        ("deadletter", "bad_image"),
+        ("deadletter", "inference_error"),
+        ("defects", None),
+        ("parts", "LAST_FRAME"),
+    ]
+    assert pipe.deadletters == {"decode_error": 1, "duplicate_frame": 1, "out_of_order_frame": 1, "bad_image": 1,
+                                "inference_error": 1}
+    dl = pipe.emitter.sent[0][2]
+    assert dl.original == b"garbage" and dl.offset == 0 and dl.topic == "frames"
+
+
+def test_failed_send_saves_no_state_so_the_batch_can_be_redelivered():
+    pipe, store = make(emitter=ListEmitter(fail=True))
+    evs = [event(frame_value(seq=0, idx=0, last=True), offset=0)]
+    with pytest.raises(ConnectionError):
+        asyncio.run(pipe.process(evs))
+    assert store.saves == 0
+    pipe.emitter = ListEmitter()
+    asyncio.run(pipe.process(evs))  # redelivery: processed, not a duplicate
+    assert kinds(pipe.emitter.sent)[-1] == ("parts", "LAST_FRAME")
+
+
+def test_timeout_close_and_camera_config_from_next_part():
+    reg = CameraRegistry()
+    pipe, store = make(registry=reg)
+    asyncio.run(pipe.process([event(frame_value(part="A", seq=0))]))
+    reg.apply(b"cam-1", CameraConfig(line_id="line-7").to_json())
+    asyncio.run(pipe.process([event(frame_value(part="A", seq=1, idx=1))]))
+    assert asyncio.run(pipe.close_idle(event(None), "cam-1", "A", 0)) is None  # stale
+    out = asyncio.run(pipe.close_idle(event(None), "cam-1", "A", 1))
+    assert out.part.closed_reason == "TIMEOUT" and out.part.line_id == "l1"  # config applies from the next part
+    asyncio.run(pipe.process([event(frame_value(part="B", seq=2, last=True))]))
+    assert pipe.emitter.sent[-1][2].line_id == "line-7"
