@@ -28,7 +28,7 @@ stack-status:
 
 demo: venv
 	ops/stack up
-	$(BIN)/defectstream smoke
+	$(BIN)/defectstream demo
 
 # Runs unit + integration tests against the real local stack. If the stack was not running
 # before, it is stopped again afterwards (data is kept under .stack/).
