@@ -60,6 +60,7 @@ class GTDefect:
     defect_id: int
     defect_class: str
     boxes: dict[int, BBox]  # frame index -> box where visible
+    borderline: bool = False  # an imprint that takes the other class's look in some frames
 
 
 @dataclass
@@ -508,8 +509,9 @@ def render_part_sequence(seed: int, n_frames: int = 6, frame_shape=(256, 512), d
     round(i * speed) px. Defects are fixed on the part, so one defect is visible in several
     frames (GT box per frame where at least 30 % of its mask, or 40 px, is in view). Glints
     flicker: each is visible in 1-2 consecutive frames only. With probability 0.4 a defective
-    part also carries a borderline imprint whose apparent contrast changes with the frame
-    (looks mild in some frames, severe in others); its GT class follows its true depth.
+    part also carries a borderline imprint: a real mild or severe imprint that takes the other
+    class's look in a strict minority of the frames it is seen in; its GT class follows its
+    true depth, so a vote over the frames can recover it and a single frame may not.
 
     Args:
         seed: same seed and arguments -> identical sequence.
@@ -534,6 +536,7 @@ def render_part_sequence(seed: int, n_frames: int = 6, frame_shape=(256, 512), d
     # (defect_id, class, mask in part coords) and imprints drawn per frame
     placed: list[tuple[int, str, np.ndarray, int, int]] = []
     imprints: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, float, list[float]]] = []
+    borderline_ids: set[int] = set()
     if rng.random() < defect_rate:
         n_def = int(rng.integers(1, 1 + max(1, int(round(2 * L / W)))))
         plan = [_pick_class(rng) for _ in range(n_def)]
@@ -543,25 +546,34 @@ def render_part_sequence(seed: int, n_frames: int = 6, frame_shape=(256, 512), d
             if cls in ("imprint_mild", "imprint_severe", "borderline"):
                 prof, gx, gy, _ = _imprint_shape(rng)
                 if cls == "borderline":
-                    depth = float(rng.uniform(0.44, 0.56))
-                    # apparent contrast alternates so that both looks occur in the sequence
-                    lo, hi = 0.34 / depth, 0.65 / depth  # apparent depth 0.34 (mild look) / 0.65 (severe)
-                    gains = [hi if (i + int(rng.integers(2))) % 2 else lo for i in range(n_frames)]
-                    gains = [g * rng.uniform(0.97, 1.03) for g in gains]
-                    cls = "imprint_severe" if depth >= IMPRINT_SEVERE_DEPTH else "imprint_mild"
+                    # A real mild or severe imprint that takes the other class's look in a minority
+                    # of the frames it is seen in (reflections change with the viewing angle); the
+                    # gains are set once its position, hence the frames it is seen in, is known.
+                    severe = bool(rng.random() < 0.5)
+                    depth = float(rng.uniform(0.6, 0.7) if severe else rng.uniform(0.3, 0.4))
+                    gains = [float(rng.uniform(0.97, 1.03)) for _ in range(n_frames)]
+                    flip_to = (0.34 if severe else 0.65) / depth
+                    cls = "imprint_severe" if severe else "imprint_mild"
                 else:
+                    flip_to = None
                     depth = rng.uniform(0.2, 0.4) if cls == "imprint_mild" else rng.uniform(0.6, 1.0)
                     gains = [float(rng.uniform(0.93, 1.07)) for _ in range(n_frames)]
                 loc = _imprint_render(prof, gx, gy, depth, light)
             else:
                 loc, depth = _random_defect(rng, cls, light)
-                gains = []
+                gains, flip_to = [], None
             pos = _place(rng, loc, (H, L), taken)
             if pos is None:
                 continue
             y0, x0, box = pos
             taken.append(box)
             did = len(placed) + 1
+            if gains and flip_to is not None:
+                borderline_ids.add(did)
+                seen = [i for i, o in enumerate(offsets) if o < x0 + loc.mask.shape[1] and x0 < o + W]
+                # strictly fewer flipped frames than true-looking ones: the vote can recover the class
+                for i in rng.permutation(seen)[: (len(seen) - 1) // 2]:
+                    gains[int(i)] *= flip_to
             if gains:
                 imprints.append((y0, x0, prof, gx, gy, depth, gains))
             else:
@@ -594,7 +606,8 @@ def render_part_sequence(seed: int, n_frames: int = 6, frame_shape=(256, 512), d
     frames: list[np.ndarray] = []
     cmasks: list[np.ndarray] = []
     nuisance: dict[int, list[BBox]] = {}
-    gt = [GTDefect(defect_id=did, defect_class=cls, boxes={}) for did, cls, *_ in placed]
+    gt = [GTDefect(defect_id=did, defect_class=cls, boxes={}, borderline=did in borderline_ids)
+          for did, cls, *_ in placed]
     for i, o in enumerate(offsets):
         view = part[:, o:o + W].copy()
         for y0, x0, prof, gx, gy, depth, gains in imprints:

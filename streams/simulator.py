@@ -108,7 +108,7 @@ class SimulationReport:
 def gt_defects(seq: Any) -> list[dict[str, Any]]:
     """A PartSequence's defects as JSON-able dicts (frame index keys are strings).
 
-    A generator flag ``borderline`` (an imprint whose looks do not tell its class) is kept when
+    A generator flag ``borderline`` (an imprint that takes the other class's look in some frames) is kept when
     the generator provides it, so scoring can report imprint accuracy with and without them.
     """
     out = []
