@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from models.postprocess import Region, choose_threshold, image_iou, regions_from_severity
-from models.types import BBox, Detection, InspectionSample
+from models.types import BBox, Detection, InspectionSample, box_iou
 
 __all__ = ["PredictedDefect", "evaluate_predictions", "evaluate_inspector", "ThresholdBaseline",
            "EvalReport", "to_markdown", "run_evaluation_cli"]
@@ -47,13 +47,6 @@ class EvalReport:
         return {"metrics": self.metrics, "confusion": self.confusion, "meta": self.meta}
 
 
-def _box_iou(a: BBox, b: BBox) -> float:
-    ix = max(0, min(a.x1, b.x1) - max(a.x0, b.x0))
-    iy = max(0, min(a.y1, b.y1) - max(a.y0, b.y0))
-    inter = ix * iy
-    u = a.area + b.area - inter
-    return inter / u if u else 0.0
-
 
 def _mask_iou(gt_full: np.ndarray, p: PredictedDefect) -> float:
     b = p.bbox
@@ -72,9 +65,9 @@ def _iou_matrix(sample: InspectionSample, preds: Sequence[PredictedDefect]) -> n
     for i, (gb, _) in enumerate(sample.boxes):
         gt_full = (sample.instance_mask == i + 1) if use_masks else None
         for j, p in enumerate(preds):
-            if _box_iou(gb, p.bbox) == 0:
+            if box_iou(gb, p.bbox) == 0:
                 continue
-            m[i, j] = _mask_iou(gt_full, p) if use_masks else _box_iou(gb, p.bbox)
+            m[i, j] = _mask_iou(gt_full, p) if use_masks else box_iou(gb, p.bbox)
     return m
 
 

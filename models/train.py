@@ -28,7 +28,7 @@ from models.postprocess import choose_threshold, regions_from_severity, upsample
 from models.registry import save_checkpoint
 from models.severity_labels import severity_labels
 from models.synthetic import CLASS_NAMES, render_scene
-from models.types import BBox
+from models.types import BBox, box_iou
 
 __all__ = ["DetectorTrainConfig", "ClassifierTrainConfig", "train_detector", "train_classifier", "TrainResult"]
 
@@ -191,13 +191,6 @@ def train_detector(cfg: DetectorTrainConfig, out_dir: str | os.PathLike[str], re
 # --------------------------------------------------------------------------------------------
 # Classifier
 # --------------------------------------------------------------------------------------------
-def _box_iou(a: BBox, b: BBox) -> float:
-    ix = max(0, min(a.x1, b.x1) - max(a.x0, b.x0))
-    iy = max(0, min(a.y1, b.y1) - max(a.y0, b.y0))
-    inter = ix * iy
-    u = a.area + b.area - inter
-    return inter / u if u else 0.0
-
 
 def _classifier_samples(rng: np.random.Generator, scenes: list, detector: Any, quiet: bool) -> tuple[np.ndarray, np.ndarray]:
     """Crops and labels: GT regions (class id), nuisances and random windows (0), and, when a
@@ -236,7 +229,7 @@ def _classifier_samples(rng: np.random.Generator, scenes: list, detector: Any, q
             r = int(rng.integers(4, 20))
             cy, cx = int(rng.integers(r, H - r)), int(rng.integers(r, W - r))
             bb = BBox(cx - r, cy - r, cx + r, cy + r)
-            if not any(_box_iou(bb, b) > 0 for b, _ in s.boxes):
+            if not any(box_iou(bb, b) > 0 for b, _ in s.boxes):
                 m = np.zeros((H, W), bool)
                 yy, xx = np.ogrid[:H, :W]
                 m[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = True
@@ -246,7 +239,7 @@ def _classifier_samples(rng: np.random.Generator, scenes: list, detector: Any, q
                 sev = upsample_severity(cells, int(det_model.stride), grey.shape)
                 regs = regions_from_severity(sev, thr) + regions_from_severity(sev, 0.5 * thr)
                 for reg in regs:
-                    ious = [(_box_iou(reg.bbox, b), c) for b, c in s.boxes]
+                    ious = [(box_iou(reg.bbox, b), c) for b, c in s.boxes]
                     best = max(ious, default=(0.0, 0))
                     if best[0] >= 0.3:
                         label = best[1]

@@ -31,6 +31,17 @@ class BBox(NamedTuple):
         return ((self.x0 + self.x1) / 2.0, (self.y0 + self.y1) / 2.0)
 
 
+def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes; 0 when they do not overlap or are empty."""
+    ix = min(a[2], b[2]) - max(a[0], b[0])
+    iy = min(a[3], b[3]) - max(a[1], b[1])
+    if ix <= 0 or iy <= 0:
+        return 0.0
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 class Detection(NamedTuple):
     """One defect candidate found on one frame by the Inspector."""
 

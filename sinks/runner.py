@@ -61,18 +61,6 @@ def import_kafka(module: str = "kafka") -> Any:
         return importlib.import_module(module)
 
 
-def kafka_client_config(kafka: KafkaSettings) -> dict[str, Any]:
-    """kafka-python connection settings (bootstrap + security) from `KafkaSettings`."""
-    cfg: dict[str, Any] = {"bootstrap_servers": kafka.bootstrap_list, "security_protocol": kafka.security_protocol}
-    if kafka.security_protocol.startswith("SASL"):
-        cfg.update(
-            sasl_mechanism=kafka.sasl_mechanism,
-            sasl_plain_username=kafka.sasl_username,
-            sasl_plain_password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
-        )
-    return cfg
-
-
 class SinkRunner:
     """Consumes topics into a `BatchingSink` (one thread; `stop()` may be called from another)."""
 
@@ -121,11 +109,11 @@ class SinkRunner:
             enable_auto_commit=False,
             auto_offset_reset=self.settings.auto_offset_reset,
             max_poll_records=self.settings.max_poll_records,
-            **kafka_client_config(self.kafka),
+            **self.kafka.client_kwargs(),
         )
 
     def _make_producer(self) -> Any:
-        return import_kafka().KafkaProducer(acks="all", linger_ms=5, **kafka_client_config(self.kafka))
+        return import_kafka().KafkaProducer(acks="all", linger_ms=5, **self.kafka.client_kwargs())
 
     @property
     def producer(self) -> Any:

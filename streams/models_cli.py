@@ -120,11 +120,11 @@ def promote(settings: Settings, ref: str, roots: Sequence[str | Path], *, execut
 
 
 def _publish(settings: Settings, key: bytes, value: bytes) -> None:
-    from sinks.runner import import_kafka, kafka_client_config
+    from sinks.runner import import_kafka
     from streams.topics import ensure_topics
 
     ensure_topics(settings)  # the compacted `cameras` topic, when it does not exist yet
-    producer = import_kafka().KafkaProducer(acks="all", **kafka_client_config(settings.kafka))
+    producer = import_kafka().KafkaProducer(acks="all", **settings.kafka.client_kwargs())
     try:
         producer.send(settings.kafka.topics.cameras, key=key, value=value).get(timeout=30)
     finally:

@@ -307,12 +307,12 @@ class Monitor:
 
 def kafka_publisher(settings) -> tuple[Callable[[Alert], None], Callable[[], None]]:
     """A function publishing Alerts (Avro) to the alerts topic, keyed by line, and a close()."""
-    from sinks.runner import import_kafka, kafka_client_config
+    from sinks.runner import import_kafka
 
     KafkaProducer = import_kafka().KafkaProducer  # noqa: N806
 
     codec = Alert.codec("confluent" if settings.kafka.confluent_wire_format else "single_object")
-    producer = KafkaProducer(acks="all", **kafka_client_config(settings.kafka))
+    producer = KafkaProducer(acks="all", **settings.kafka.client_kwargs())
 
     def publish(alert: Alert) -> None:
         producer.send(settings.kafka.topics.alerts, value=codec.encode(alert.to_avro()), key=alert.line_id.encode())

@@ -490,13 +490,13 @@ class Replayer:
     # -- setup -------------------------------------------------------------------------------
     def _consumer_or_new(self) -> Any:
         if self._consumer is None:
-            from sinks.runner import import_kafka, kafka_client_config
+            from sinks.runner import import_kafka
 
             kafka = import_kafka()
             self._consumer = kafka.KafkaConsumer(
                 group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                 max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
-                client_id=f"defectstream-replay-{self.run_id}", **kafka_client_config(self.settings.kafka),
+                client_id=f"defectstream-replay-{self.run_id}", **self.settings.kafka.client_kwargs(),
             )
         return self._consumer
 

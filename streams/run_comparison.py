@@ -18,6 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, NamedTuple, Sequence
 
+from models.types import box_iou
+
 GroupBy = Literal["shift", "camera", "class"]
 VERDICTS = ("PASS", "FAIL")
 
@@ -190,16 +192,6 @@ class Comparison:
 # --------------------------------------------------------------------------------------------
 # Matching
 # --------------------------------------------------------------------------------------------
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = min(a[2], b[2]) - max(a[0], b[0])
-    iy = min(a[3], b[3]) - max(a[1], b[1])
-    if ix <= 0 or iy <= 0:
-        return 0.0
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _iou_1d(a0: float, a1: float, b0: float, b1: float) -> float:
     inter = min(a1, b1) - max(a0, b0)
     if inter <= 0:

@@ -7,7 +7,7 @@ working directory is read too. Build the settings once (`Settings()`) and pass t
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -43,6 +43,21 @@ class KafkaSettings(BaseModel):
     @property
     def bootstrap_list(self) -> list[str]:
         return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+    def security_kwargs(self) -> dict[str, Any]:
+        """kafka-python keyword arguments for the configured security protocol."""
+        out: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            out.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password.get_secret_value() if self.sasl_password else None,
+            )
+        return out
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """kafka-python connection keyword arguments: bootstrap servers plus security."""
+        return {"bootstrap_servers": self.bootstrap_list, **self.security_kwargs()}
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> "KafkaSettings":

@@ -83,12 +83,4 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
 
 def kafka_security(settings: Settings) -> dict[str, Any]:
     """kafka-python keyword arguments for the configured security protocol."""
-    k = settings.kafka
-    out: dict[str, Any] = {"security_protocol": k.security_protocol}
-    if k.security_protocol.startswith("SASL"):
-        out.update(
-            sasl_mechanism=k.sasl_mechanism,
-            sasl_plain_username=k.sasl_username,
-            sasl_plain_password=k.sasl_password.get_secret_value() if k.sasl_password else None,
-        )
-    return out
+    return settings.kafka.security_kwargs()

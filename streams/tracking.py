@@ -30,7 +30,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from models.types import Detection
+from models.types import Detection, box_iou
 from schemas.events import DefectEvent, PartInspected, deterministic_id
 from streams.settings import PlantSettings, TrackingSettings
 from streams.shifts import shift_at
@@ -106,15 +106,7 @@ class TrackSummary(NamedTuple):
 # --------------------------------------------------------------------------------------------
 # Geometry helpers
 # --------------------------------------------------------------------------------------------
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two boxes (0 when either is empty)."""
-    ix = min(a[2], b[2]) - max(a[0], b[0])
-    iy = min(a[3], b[3]) - max(a[1], b[1])
-    if ix <= 0 or iy <= 0:
-        return 0.0
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+iou = box_iou  # intersection over union of two boxes (0 when either is empty)
 
 
 def _center(b: Box) -> tuple[float, float]:

@@ -67,3 +67,14 @@ def test_calendar_gap_is_reported():
     plant = PlantSettings(timezone="UTC", shifts=[Shift(name="day", start=dt.time(8), end=dt.time(16))])
     with pytest.raises(LookupError, match="no shift"):
         shift_at(ms("2026-11-21T20:00:00+00:00"), plant)
+
+
+def test_kafka_client_kwargs_carry_sasl_credentials(monkeypatch):
+    monkeypatch.setenv("DEFECTSTREAM_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("DEFECTSTREAM_KAFKA__SASL_USERNAME", "line-7")
+    monkeypatch.setenv("DEFECTSTREAM_KAFKA__SASL_PASSWORD", "pw")
+    kw = Settings().kafka.client_kwargs()
+    assert kw["bootstrap_servers"] == ["127.0.0.1:19092"]
+    assert kw["security_protocol"] == "SASL_SSL" and kw["sasl_plain_username"] == "line-7"
+    assert kw["sasl_plain_password"] == "pw"
+    assert "sasl_mechanism" not in Settings.model_construct().kafka.security_kwargs()
