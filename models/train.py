@@ -79,6 +79,22 @@ class TrainResult:
     info: Any
 
 
+
+def _save_state(path: Path, model: Any, opt: Any, sched: Any, rng: np.random.Generator, **progress: Any) -> None:
+    """Write everything `--resume` needs (weights, optimiser, schedule, sampler RNG, progress)."""
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "rng": rng.bit_generator.state, **progress}, path)
+
+
+def _load_state(path: Path, model: Any, opt: Any, sched: Any, rng: np.random.Generator) -> dict:
+    """Restore what `_save_state` wrote into the given objects; returns the saved dict (progress)."""
+    st = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["opt"])
+    sched.load_state_dict(st["sched"])
+    rng.bit_generator.state = st["rng"]
+    return st
+
 def _progress(total: int, desc: str, initial: int = 0, disable: bool = False):
     from tqdm import tqdm
 
@@ -137,11 +153,7 @@ def train_detector(cfg: DetectorTrainConfig, out_dir: str | os.PathLike[str], re
     rng = np.random.default_rng(cfg.seed)
     step, losses = 0, []
     if resume and state_path.is_file():
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        sched.load_state_dict(st["sched"])
-        rng.bit_generator.state = st["rng"]
+        st = _load_state(state_path, model, opt, sched, rng)
         step, losses = int(st["step"]), list(st["losses"])
         log(f"resumed detector training at step {step}")
     t0 = time.time()
@@ -162,8 +174,7 @@ def train_detector(cfg: DetectorTrainConfig, out_dir: str | os.PathLike[str], re
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
             if step % cfg.save_every == 0 or step == cfg.steps:
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "rng": rng.bit_generator.state, "step": step, "losses": losses}, state_path)
+                _save_state(state_path, model, opt, sched, rng, step=step, losses=losses)
     model.eval()
     val = _render(range(VAL_SEED_BASE, VAL_SEED_BASE + cfg.n_val), cfg.frame_shape, "render val frames", quiet)
     cells = infer_severity(model, [s.sample.image for s in val])
@@ -297,11 +308,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | os.PathLike[str]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
     epoch, losses = 0, []
     if resume and state_path.is_file():
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        sched.load_state_dict(st["sched"])
-        rng.bit_generator.state = st["rng"]
+        st = _load_state(state_path, model, opt, sched, rng)
         epoch, losses = int(st["epoch"]), list(st["losses"])
         log(f"resumed classifier training at epoch {epoch}")
     model.train()
@@ -322,8 +329,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | os.PathLike[str]
                 bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-50:]):.3f}")
             epoch += 1
             if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "rng": rng.bit_generator.state, "epoch": epoch, "losses": losses}, state_path)
+                _save_state(state_path, model, opt, sched, rng, epoch=epoch, losses=losses)
     model.eval()
     with torch.inference_mode():
         pred = torch.cat([model(torch.from_numpy(X[i:i + 256])).logits.argmax(1) for i in range(0, len(X), 256)])

@@ -251,3 +251,23 @@ class Settings(BaseSettings):
     app_id: str = "defectstream"
     run_id: str = "production"
     data_dir: str = ".stack/worker"
+
+
+def settings_with_env(env: dict[str, str]) -> Settings:
+    """Settings as read with `env` added to the environment; the process environment is left as it was.
+
+    For code that configures a child process through DEFECTSTREAM_* variables and needs the same
+    settings in-process (tests, the demo's supervisor).
+    """
+    import os
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return Settings()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from streams.demo import demo_env
+from streams.settings import settings_with_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CAMERAS = 3
@@ -48,21 +49,6 @@ def webhook():
     yield f"http://127.0.0.1:{server.server_port}/alerts", _Hook.received
     server.shutdown()
     server.server_close()
-
-
-def _settings(env: dict[str, str]):
-    from streams.settings import Settings
-
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        return Settings()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _shift_counts(summary: dict, settings) -> tuple[Counter, Counter]:
@@ -120,7 +106,7 @@ def test_demo_day_with_a_spike(stack_up, webhook, tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     summary["out"] = str(out)
-    settings = _settings(demo_env(prefix, database, out / "worker-data"))
+    settings = settings_with_env(demo_env(prefix, database, out / "worker-data"))
     try:
         assert summary["parts_stored"] == summary["parts_simulated"] == CAMERAS * 22
 

@@ -147,22 +147,13 @@ class StreamWorker:
     def __init__(self, env: dict[str, str], log_dir: Path):
         import os
 
-        from streams.settings import Settings
+        from streams.settings import settings_with_env
 
         self.env = {**os.environ, **env}
         self.log_dir = log_dir
         self.proc = None
         self.starts = 0
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            self.settings = Settings()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        self.settings = settings_with_env(env)
 
     @property
     def log_path(self) -> Path:

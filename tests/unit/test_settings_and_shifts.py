@@ -78,3 +78,14 @@ def test_kafka_client_kwargs_carry_sasl_credentials(monkeypatch):
     assert kw["security_protocol"] == "SASL_SSL" and kw["sasl_plain_username"] == "line-7"
     assert kw["sasl_plain_password"] == "pw"
     assert "sasl_mechanism" not in Settings.model_construct().kafka.security_kwargs()
+
+
+def test_settings_with_env_leaves_the_environment_alone(monkeypatch):
+    import os
+
+    from streams.settings import settings_with_env
+
+    monkeypatch.delenv("DEFECTSTREAM_APP_ID", raising=False)
+    s = settings_with_env({"DEFECTSTREAM_APP_ID": "plant-9", "DEFECTSTREAM_KAFKA__TOPICS__FRAMES": "p9-frames"})
+    assert s.app_id == "plant-9" and s.kafka.topics.frames == "p9-frames"
+    assert "DEFECTSTREAM_APP_ID" not in os.environ and Settings().app_id == "defectstream"
