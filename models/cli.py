@@ -86,43 +86,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=_evaluate)
 
 
+def _apply_overrides(cfg: object, args: argparse.Namespace, **fields: str) -> None:
+    """Set cfg.<field> from args.<option> for every option given on the command line (not None)."""
+    for field, option in fields.items():
+        value = getattr(args, option)
+        if value is not None:
+            setattr(cfg, field, value)
+
+
 def _train(args: argparse.Namespace) -> int:
     from models.train import ClassifierTrainConfig, DetectorTrainConfig, train_classifier, train_detector
 
     if args.what == "detector":
         cfg = DetectorTrainConfig(arch=args.arch, seed=args.seed, threads=args.threads)
-        if args.steps:
-            cfg.steps = args.steps
-        if args.batch:
-            cfg.batch = args.batch
-        if args.frames:
-            cfg.n_frames = args.frames
-        if args.seed_base is not None:
-            cfg.seed_base = args.seed_base
-        if args.val_frames:
-            cfg.n_val = args.val_frames
-        if args.patch:
-            cfg.patch = args.patch
-        if args.lr:
-            cfg.lr = args.lr
-        if args.defect_weight is not None:
-            cfg.defect_weight = args.defect_weight
+        _apply_overrides(cfg, args, steps="steps", batch="batch", n_frames="frames", seed_base="seed_base",
+                         n_val="val_frames", patch="patch", lr="lr", defect_weight="defect_weight")
         cfg.init = args.init
         res = train_detector(cfg, args.out, resume=args.resume, quiet=args.quiet)
     elif args.what == "threshold":
         return _tune_threshold(args)
     else:
         ccfg = ClassifierTrainConfig(seed=args.seed, threads=args.threads, detector=args.detector)
-        if args.epochs:
-            ccfg.epochs = args.epochs
-        if args.lr:
-            ccfg.lr = args.lr
-        if args.batch:
-            ccfg.batch = args.batch
-        if args.frames:
-            ccfg.n_frames = args.frames
-        if args.seed_base is not None:
-            ccfg.seed_base = args.seed_base
+        _apply_overrides(ccfg, args, epochs="epochs", lr="lr", batch="batch", n_frames="frames",
+                         seed_base="seed_base")
         res = train_classifier(ccfg, args.out, resume=args.resume, quiet=args.quiet)
     print(f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s")
     return 0

@@ -1,0 +1,26 @@
+"""`defectstream train`: command-line options reach the training config; a tiny run writes a checkpoint."""
+from __future__ import annotations
+
+import json
+
+from models.cli import _apply_overrides
+from models.train import DetectorTrainConfig
+from streams.cli import main
+
+
+def test_only_given_options_override_the_defaults():
+    import argparse
+
+    cfg = DetectorTrainConfig()
+    default_patch = cfg.patch
+    _apply_overrides(cfg, argparse.Namespace(steps=7, patch=None, lr=0.0), steps="steps", patch="patch", lr="lr")
+    assert cfg.steps == 7 and cfg.patch == default_patch and cfg.lr == 0.0  # 0.0 is a value, not "unset"
+
+
+def test_tiny_detector_run_writes_a_checkpoint_with_the_options(tmp_path, capsys):
+    rc = main(["train", "detector", "--out", str(tmp_path), "--steps", "3", "--frames", "4", "--val-frames", "2",
+               "--patch", "64", "--batch", "2", "--quiet", "--threads", "1"])
+    assert rc == 0 and "wrote" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "detector_fast.json").read_text())
+    blob = json.dumps(meta)
+    assert '"steps": 3' in blob and '"patch": 64' in blob and '"n_frames": 4' in blob
