@@ -48,6 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--lr", type=float, default=None, help="peak learning rate (one-cycle schedule)")
     tr.add_argument("--defect-weight", type=float, default=None,
                     help="detector: extra L2 weight of defect cells against class imbalance (default 3)")
+    tr.add_argument("--arch-config", type=_json_object, default=None, metavar="JSON",
+                    help="architecture options as JSON: for the fast detector e.g. "
+                         "'{\"width\": 48, \"stem\": 24, \"stem_blocks\": 1}', for the classifier "
+                         "'{\"width\": 24}' (default: the architecture's own defaults)")
+    tr.add_argument("--label-floor", type=float, default=None,
+                    help="detector: minimum severity label of annotated cells (default 8; the paper's rule is 0)")
+    tr.add_argument("--label-lambda", type=float, default=None,
+                    help="detector: truncation lambda of the severity labels in grey levels (default 24)")
     tr.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     tr.add_argument("--resume", action="store_true", help="continue from the training state in --out")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -86,6 +94,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=_evaluate)
 
 
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"width\": 48}'")
+    return value
+
+
 def _apply_overrides(cfg: object, args: argparse.Namespace, **fields: str) -> None:
     """Set cfg.<field> from args.<option> for every option given on the command line (not None)."""
     for field, option in fields.items():
@@ -100,13 +120,18 @@ def _train(args: argparse.Namespace) -> int:
     if args.what == "detector":
         cfg = DetectorTrainConfig(arch=args.arch, seed=args.seed, threads=args.threads)
         _apply_overrides(cfg, args, steps="steps", batch="batch", n_frames="frames", seed_base="seed_base",
-                         n_val="val_frames", patch="patch", lr="lr", defect_weight="defect_weight")
+                         n_val="val_frames", patch="patch", lr="lr", defect_weight="defect_weight",
+                         label_floor="label_floor", label_lambda="label_lambda", arch_config="arch_config")
         cfg.init = args.init
         res = train_detector(cfg, args.out, resume=args.resume, quiet=args.quiet)
     elif args.what == "threshold":
         return _tune_threshold(args)
     else:
         ccfg = ClassifierTrainConfig(seed=args.seed, threads=args.threads, detector=args.detector)
+        unknown = set(args.arch_config or {}) - {"width"}
+        if unknown:
+            raise SystemExit(f"--arch-config for the classifier takes only 'width', not {sorted(unknown)}")
+        ccfg.width = int((args.arch_config or {}).get("width", ccfg.width))
         _apply_overrides(ccfg, args, epochs="epochs", lr="lr", batch="batch", n_frames="frames",
                          seed_base="seed_base")
         res = train_classifier(ccfg, args.out, resume=args.resume, quiet=args.quiet)
@@ -128,7 +153,7 @@ def _tune_threshold(args: argparse.Namespace) -> int:
     val = [render_sample(VAL_SEED_BASE + i) for i in range(n)]
     old = insp.threshold
     t, rel, miou = insp.tune_threshold([s.image for s in val], [s.class_mask for s in val],
-                                       candidates=[0.5 * i for i in range(3, 17)],
+                                       candidates=[0.5 * i for i in range(3, 23)],
                                        relatives=[0.0, 0.5])
     det_p, _ = resolve_checkpoints(args.out, args.arch)
     update_metrics(det_p, {"val_pipeline_mean_iou": miou,

@@ -109,18 +109,25 @@ class FastSeverityNet(nn.Module):
     stride = 2
     pad_multiple = 8
 
-    def __init__(self, in_channels: int = 1, width: int = 24) -> None:
+    def __init__(self, in_channels: int = 1, width: int = 24, stem: int = 16, stem_blocks: int = 0) -> None:
+        """
+        Args:
+            width: channels at 1/4 (twice that at 1/8); 24 is the original default.
+            stem: channels at 1/2, where thin defects (2-3 px scratches) are still resolved.
+            stem_blocks: depthwise-separable blocks at 1/2 (0 = the original design).
+        """
         super().__init__()
         self.in_channels = in_channels
         w = width
-        self.s2 = _cbr(in_channels, 16, 3, 2)
-        self.s4 = nn.Sequential(_cbr(16, w, 3, 2), _DSBlock(w, 1), _DSBlock(w, 2))
+        self.s2 = nn.Sequential(_cbr(in_channels, stem, 3, 2), *[_DSBlock(stem, 1) for _ in range(stem_blocks)]) \
+            if stem_blocks else _cbr(in_channels, stem, 3, 2)
+        self.s4 = nn.Sequential(_cbr(stem, w, 3, 2), _DSBlock(w, 1), _DSBlock(w, 2))
         self.s8 = nn.Sequential(_cbr(w, 2 * w, 3, 2), _DSBlock(2 * w, 1), _DSBlock(2 * w, 2), _DSBlock(2 * w, 4),
                                 _DSBlock(2 * w, 8))
         self.up8 = _cbr(2 * w, w, 1)
         self.dec4 = nn.Sequential(_cbr(2 * w, w, 1), _DSBlock(w, 1))
         self.up4 = _cbr(w, 16, 1)
-        self.dec2 = nn.Sequential(_cbr(32, 16, 1), _DSBlock(16, 1))
+        self.dec2 = nn.Sequential(_cbr(stem + 16, 16, 1), _DSBlock(16, 1))
         self.head = nn.Conv2d(16, 1, 1)
 
     def forward(self, x: torch.Tensor) -> SeverityOutput:

@@ -90,11 +90,11 @@ def choose_threshold(severity_maps: Sequence[np.ndarray], gt_masks: Sequence[np.
     Args:
         severity_maps: pixel severity maps (H, W) in [0, 12].
         gt_masks: matching ground-truth masks (> 0 = defect).
-        candidates: thresholds to try (default 0.25 .. 8 in steps of 0.25).
+        candidates: thresholds to try (default 0.25 .. 11 in steps of 0.25).
     Returns:
         (T, mean IoU at T); mean IoU over images where prediction or GT has a defect.
     """
-    cands = list(candidates) if candidates is not None else [0.25 * i for i in range(1, 33)]
+    cands = list(candidates) if candidates is not None else [0.25 * i for i in range(1, 45)]
     best = (cands[0], -1.0)
     for t in cands:
         ious = [image_iou(s > t, g > 0) for s, g in zip(severity_maps, gt_masks)]

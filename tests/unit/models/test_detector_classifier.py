@@ -21,6 +21,15 @@ def test_detectors_are_fully_convolutional(arch, channels):
             assert float(out.severity.min()) >= 0 and float(out.severity.max()) <= 12
 
 
+def test_fast_variant_with_a_stem_block_keeps_stride_and_shapes():
+    m = build_detector("fast", width=8, stem=12, stem_blocks=1).eval()
+    with torch.inference_mode():
+        out = m(torch.rand(1, 1, 64, 96) * 255)
+    assert out.stride == 2 and out.severity.shape == (1, 1, 32, 48)
+    # the original layout (no stem blocks) keeps its parameter names, so older checkpoints still load
+    assert "s2.0.weight" in build_detector("fast").state_dict()
+
+
 def test_paper_network_runs_on_a_1600x256_frame_and_has_the_papers_layout():
     m = build_detector("paper").eval()
     convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]

@@ -24,3 +24,26 @@ def test_tiny_detector_run_writes_a_checkpoint_with_the_options(tmp_path, capsys
     meta = json.loads((tmp_path / "detector_fast.json").read_text())
     blob = json.dumps(meta)
     assert '"steps": 3' in blob and '"patch": 64' in blob and '"n_frames": 4' in blob
+
+
+def test_architecture_and_label_options_reach_the_checkpoint(tmp_path, capsys):
+    rc = main(["train", "detector", "--out", str(tmp_path), "--steps", "2", "--frames", "3", "--val-frames", "2",
+               "--patch", "64", "--batch", "2", "--quiet", "--threads", "1", "--label-floor", "5.5",
+               "--arch-config", '{"width": 8, "stem": 8, "stem_blocks": 1}'])
+    assert rc == 0
+    meta = json.loads((tmp_path / "detector_fast.json").read_text())
+    assert meta["arch_config"] == {"width": 8, "stem": 8, "stem_blocks": 1}
+    assert meta["input_spec"]["label_floor"] == 5.5
+    from models.detector import build_detector
+    from models.registry import load_checkpoint
+
+    ck = load_checkpoint(tmp_path / "detector_fast.pt", expected_kind="detector")
+    build_detector(ck.info.arch, **ck.info.arch_config).load_state_dict(ck.state_dict)
+
+
+def test_arch_config_must_be_a_json_object(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["train", "detector", "--out", "x", "--arch-config", "[1, 2]"])
+    assert "must be a JSON object" in capsys.readouterr().err
