@@ -82,6 +82,7 @@ class Inspector:
         self.min_area = min_area
         self.max_crops = max_crops
         self.relative = float(det_info.postprocess.get("relative", 0.0))
+        self.low = float(det_info.postprocess.get("low", 1.0))
         self.in_channels = int(det_info.input_spec.get("channels", 1))
         self._lock = threading.Lock()
 
@@ -128,14 +129,16 @@ class Inspector:
 
     def tune_threshold(self, frames: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray],
                        candidates: Sequence[float] | None = None,
-                       relatives: Sequence[float] = (0.0,)) -> tuple[float, float, float]:
-        """Set and return (T, relative) maximising mean IoU of the whole pipeline (classifier included).
+                       relatives: Sequence[float] = (0.0,), lows: Sequence[float] = (1.0,)
+                       ) -> tuple[float, float, float, float]:
+        """Set and return (T, relative, low) maximising mean IoU of the whole pipeline (classifier included).
 
         Args:
             frames: validation frames; gt_masks: their annotations (> 0 = defect).
-            candidates: thresholds T to try; relatives: per-region fractions of peak to try.
+            candidates: thresholds T to try; relatives: per-region fractions of peak to try;
+            lows: hysteresis low thresholds (fractions of T; 1 = none) to try.
         Returns:
-            (T, relative, mean IoU); mean IoU over images where prediction or GT holds a defect.
+            (T, relative, low, mean IoU); mean IoU over images where prediction or GT holds a defect.
         """
         from models.postprocess import image_iou
 
@@ -143,9 +146,9 @@ class Inspector:
         greys = [_to_grey(np.asarray(f)) for f in frames]
         with self._lock, torch.inference_mode():
             sev = self.severity_maps(greys)
-            best = (self.threshold, self.relative, -1.0)
-            for t, rel in [(t, r) for t in cands for r in relatives]:
-                dets = self._detections(greys, sev, t, rel)
+            best = (self.threshold, self.relative, self.low, -1.0)
+            for t, rel, lo in [(t, r, lo) for t in cands for r in relatives for lo in lows]:
+                dets = self._detections(greys, sev, t, rel, lo)
                 ious = []
                 for g, ds, gt in zip(greys, dets, gt_masks):
                     pm = np.zeros(g.shape, bool)
@@ -155,9 +158,9 @@ class Inspector:
                     if v is not None:
                         ious.append(v)
                 m = float(np.mean(ious)) if ious else 1.0
-                if m > best[2]:
-                    best = (float(t), float(rel), m)
-        self.threshold, self.relative = best[0], best[1]
+                if m > best[3]:
+                    best = (float(t), float(rel), float(lo), m)
+        self.threshold, self.relative, self.low = best[0], best[1], best[2]
         return best
 
     def inspect(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
@@ -176,12 +179,13 @@ class Inspector:
             return []
         with self._lock, torch.inference_mode():
             sev = self.severity_maps(greys)
-            return self._detections(greys, sev, self.threshold, self.relative)
+            return self._detections(greys, sev, self.threshold, self.relative, self.low)
 
     def _detections(self, greys: Sequence[np.ndarray], sev: Sequence[np.ndarray], threshold: float,
-                    relative: float = 0.0) -> list[list[Detection]]:
-        """Regions at `threshold` (masks cut at `relative` x peak), classified; background dropped."""
-        per_frame: list[list[Region]] = [regions_from_severity(s, threshold, self.min_area, relative=relative)
+                    relative: float = 0.0, low: float = 1.0) -> list[list[Detection]]:
+        """Regions seeded above `threshold`, grown above `low` x threshold, masks cut at `relative`
+        x peak; classified; background dropped."""
+        per_frame: list[list[Region]] = [regions_from_severity(s, threshold, self.min_area, relative=relative, low=low)
                                          for s in sev]
         crops, owners = [], []
         for fi, (g, regs) in enumerate(zip(greys, per_frame)):

@@ -41,7 +41,7 @@ def binary_from_severity(sev_px: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def regions_from_severity(sev_px: np.ndarray, threshold: float, min_area: int = 12,
-                          join_px: int = JOIN_DISTANCE_PX, relative: float = 0.0) -> list[Region]:
+                          join_px: int = JOIN_DISTANCE_PX, relative: float = 0.0, low: float = 1.0) -> list[Region]:
     """Threshold a pixel severity map and split it into regions.
 
     Components whose pixels are at most `join_px` apart are joined (a dilation by join_px/2 on
@@ -49,17 +49,27 @@ def regions_from_severity(sev_px: np.ndarray, threshold: float, min_area: int = 
     bridge. With `relative` > 0 a region's mask further keeps only pixels above
     relative * (the region's max severity): a per-region "fraction of peak" boundary, so that a
     low T can find faint defects without bloating the masks of strong ones (our addition to
-    the paper's single T; relative=0 is the paper's rule). Regions under `min_area` pixels are
-    dropped.
+    the paper's single T; relative=0 is the paper's rule). With `low` < 1 the threshold is a
+    hysteresis pair (as in Canny's edge linking): a region is seeded only where the severity
+    exceeds T, then grows over the connected pixels above low * T, so the faint stretches of a
+    scratch whose strongest part is found stay in its mask, while faint blobs with no pixel
+    above T are still dropped (low=1 is the paper's single T). Regions under `min_area` pixels
+    are dropped.
     """
-    binary = (sev_px > threshold).astype(np.uint8)
-    if not binary.any():
+    if not 0.0 < low <= 1.0:
+        raise ValueError(f"low must be in (0, 1], got {low}")
+    seeds = sev_px > threshold
+    if not seeds.any():
         return []
+    binary = (sev_px > low * threshold).astype(np.uint8) if low < 1.0 else seeds.astype(np.uint8)
     r = max(1, (join_px + 1) // 2)
     grown = cv2.dilate(binary, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
+    seeded = set(np.unique(labels[seeds]).tolist()) if low < 1.0 else None
     out: list[Region] = []
     for k in range(1, n):
+        if seeded is not None and k not in seeded:
+            continue
         x, y, w, h = (int(v) for v in stats[k, :4])
         sub = (labels[y:y + h, x:x + w] == k) & (binary[y:y + h, x:x + w] > 0)
         if relative > 0 and sub.any():

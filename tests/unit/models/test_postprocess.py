@@ -1,5 +1,6 @@
 """Threshold, 4-px joining and connected components."""
 import numpy as np
+import pytest
 
 from models.postprocess import choose_threshold, image_iou, regions_from_severity, upsample_severity
 from models.types import BBox
@@ -34,6 +35,18 @@ def test_threshold_matters():
     assert len(regions_from_severity(m, 1.0)) == 2
     assert len(regions_from_severity(m, 3.0)) == 1
     assert regions_from_severity(np.zeros((8, 8), np.float32), 1.0) == []
+
+
+def test_hysteresis_grows_seeded_regions_only():
+    # a "scratch": a strong stretch (8) continuing as a faint one (4), and a separate faint blob (4)
+    m = _map([(10, 13, 5, 20, 8.0), (10, 13, 20, 45, 4.0), (25, 35, 10, 20, 4.0)])
+    single = regions_from_severity(m, 6.0)
+    assert [r.bbox for r in single] == [BBox(5, 10, 20, 13)]
+    grown = regions_from_severity(m, 6.0, low=0.5)
+    assert [r.bbox for r in grown] == [BBox(5, 10, 45, 13)]  # the faint blob has no seed: still dropped
+    assert grown[0].area_px == 3 * 40 and grown[0].severity_max == 8.0
+    with pytest.raises(ValueError):
+        regions_from_severity(m, 6.0, low=0.0)
 
 
 def test_upsample_and_choose_threshold():
