@@ -152,15 +152,16 @@ def _tune_threshold(args: argparse.Namespace) -> int:
     n = args.val_frames or 100
     val = [render_sample(VAL_SEED_BASE + i) for i in range(n)]
     old = insp.threshold
-    t, rel, low, miou = insp.tune_threshold([s.image for s in val], [s.class_mask for s in val],
-                                            candidates=[0.5 * i for i in range(3, 23)],
-                                            relatives=[0.0, 0.5], lows=[1.0, 0.7, 0.5, 0.35])
+    t, rel, low, holes, miou = insp.tune_threshold([s.image for s in val], [s.class_mask for s in val],
+                                                   candidates=[0.5 * i for i in range(3, 23)],
+                                                   relatives=[0.0, 0.5], lows=[1.0, 0.7, 0.5, 0.35],
+                                                   hole_areas=[0, 64, 256])
     det_p, _ = resolve_checkpoints(args.out, args.arch)
     update_metrics(det_p, {"val_pipeline_mean_iou": miou,
                            "threshold_tuned_on": f"synthetic:seed={VAL_SEED_BASE},n={n} (detector+classifier)"},
-                   threshold=t, postprocess={"relative": rel, "low": low})
-    print(f"{det_p}: T {old:.2f} -> {t:.2f}, relative {rel:.2f}, hysteresis low {low:.2f} x T "
-          f"(validation pipeline mean IoU {miou:.3f})")
+                   threshold=t, postprocess={"relative": rel, "low": low, "hole_area": holes})
+    print(f"{det_p}: T {old:.2f} -> {t:.2f}, relative {rel:.2f}, hysteresis low {low:.2f} x T, "
+          f"holes up to {holes} px filled (validation pipeline mean IoU {miou:.3f})")
     return 0
 
 

@@ -83,6 +83,7 @@ class Inspector:
         self.max_crops = max_crops
         self.relative = float(det_info.postprocess.get("relative", 0.0))
         self.low = float(det_info.postprocess.get("low", 1.0))
+        self.hole_area = int(det_info.postprocess.get("hole_area", 0))
         self.in_channels = int(det_info.input_spec.get("channels", 1))
         self._lock = threading.Lock()
 
@@ -129,16 +130,20 @@ class Inspector:
 
     def tune_threshold(self, frames: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray],
                        candidates: Sequence[float] | None = None,
-                       relatives: Sequence[float] = (0.0,), lows: Sequence[float] = (1.0,)
-                       ) -> tuple[float, float, float, float]:
-        """Set and return (T, relative, low) maximising mean IoU of the whole pipeline (classifier included).
+                       relatives: Sequence[float] = (0.0,), lows: Sequence[float] = (1.0,),
+                       hole_areas: Sequence[int] = (0,)) -> tuple[float, float, float, int, float]:
+        """Set and return (T, relative, low, hole_area) maximising mean IoU of the whole pipeline
+        (classifier included).
 
         Args:
             frames: validation frames; gt_masks: their annotations (> 0 = defect).
             candidates: thresholds T to try; relatives: per-region fractions of peak to try;
-            lows: hysteresis low thresholds (fractions of T; 1 = none) to try.
+            lows: hysteresis low thresholds (fractions of T; 1 = none) to try;
+            hole_areas: largest enclosed holes filled in region masks (px; 0 = none) to try,
+            each at the best (T, relative, low) found with the first of them.
         Returns:
-            (T, relative, low, mean IoU); mean IoU over images where prediction or GT holds a defect.
+            (T, relative, low, hole_area, mean IoU); mean IoU over images where prediction or GT
+            holds a defect.
         """
         from models.postprocess import image_iou
 
@@ -146,21 +151,30 @@ class Inspector:
         greys = [_to_grey(np.asarray(f)) for f in frames]
         with self._lock, torch.inference_mode():
             sev = self.severity_maps(greys)
-            best = (self.threshold, self.relative, self.low, -1.0)
-            for t, rel, lo in [(t, r, lo) for t in cands for r in relatives for lo in lows]:
-                dets = self._detections(greys, sev, t, rel, lo)
+            cache: dict = {}  # many settings give identical regions: classify each distinct one once
+
+            def mean_iou(t: float, rel: float, lo: float, holes: int) -> float:
                 ious = []
-                for g, ds, gt in zip(greys, dets, gt_masks):
+                for g, ds, gt in zip(greys, self._detections(greys, sev, t, rel, lo, cache, holes), gt_masks):
                     pm = np.zeros(g.shape, bool)
                     for d in ds:
                         pm[d.bbox.y0:d.bbox.y1, d.bbox.x0:d.bbox.x1] |= d.mask
                     v = image_iou(pm, gt > 0)
                     if v is not None:
                         ious.append(v)
-                m = float(np.mean(ious)) if ious else 1.0
-                if m > best[3]:
-                    best = (float(t), float(rel), float(lo), m)
-        self.threshold, self.relative, self.low = best[0], best[1], best[2]
+                return float(np.mean(ious)) if ious else 1.0
+
+            holes0 = int(hole_areas[0])
+            best = (self.threshold, self.relative, self.low, holes0, -1.0)
+            for t, rel, lo in [(t, r, lo) for t in cands for r in relatives for lo in lows]:
+                m = mean_iou(t, rel, lo, holes0)
+                if m > best[4]:
+                    best = (float(t), float(rel), float(lo), holes0, m)
+            for holes in hole_areas[1:]:
+                m = mean_iou(best[0], best[1], best[2], int(holes))
+                if m > best[4]:
+                    best = (best[0], best[1], best[2], int(holes), m)
+        self.threshold, self.relative, self.low, self.hole_area = best[0], best[1], best[2], best[3]
         return best
 
     def inspect(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
@@ -179,26 +193,39 @@ class Inspector:
             return []
         with self._lock, torch.inference_mode():
             sev = self.severity_maps(greys)
-            return self._detections(greys, sev, self.threshold, self.relative, self.low)
+            return self._detections(greys, sev, self.threshold, self.relative, self.low, hole_area=self.hole_area)
 
     def _detections(self, greys: Sequence[np.ndarray], sev: Sequence[np.ndarray], threshold: float,
-                    relative: float = 0.0, low: float = 1.0) -> list[list[Detection]]:
+                    relative: float = 0.0, low: float = 1.0, cache: dict | None = None,
+                    hole_area: int = 0) -> list[list[Detection]]:
         """Regions seeded above `threshold`, grown above `low` x threshold, masks cut at `relative`
-        x peak; classified; background dropped."""
-        per_frame: list[list[Region]] = [regions_from_severity(s, threshold, self.min_area, relative=relative, low=low)
+        x peak, holes up to `hole_area` px filled; classified; background dropped. `cache` (frame index, box, mask) -> vote lets
+        repeated calls over the same frames classify each distinct region once."""
+        per_frame: list[list[Region]] = [regions_from_severity(s, threshold, self.min_area, relative=relative, low=low,
+                                                               hole_area=hole_area)
                                          for s in sev]
-        crops, owners = [], []
+        crops, owners, keys = [], [], []
         for fi, (g, regs) in enumerate(zip(greys, per_frame)):
             for ri, r in enumerate(regs):
+                key = (fi, tuple(r.bbox), np.packbits(r.mask).tobytes()) if cache is not None else None
+                keys.append(key)
+                if key is not None and key in cache:
+                    owners.append((fi, ri, 0))
+                    continue
                 c = region_crops(g, None, r.bbox, r.mask)
                 crops.append(c)
                 owners.append((fi, ri, len(c)))
         probs = self._classify(crops) if crops else np.zeros((0, len(self.class_names) + 1), np.float32)
         out: list[list[Detection]] = [[] for _ in greys]
         k = 0
-        for fi, ri, n in owners:
-            p = probs[k:k + n].mean(axis=0)
-            k += n
+        for (fi, ri, n), key in zip(owners, keys):
+            if n == 0:
+                p = cache[key]
+            else:
+                p = probs[k:k + n].mean(axis=0)
+                k += n
+                if key is not None:
+                    cache[key] = p
             c = int(np.argmax(p))
             if c == 0:
                 continue  # background: a false positive removed by the classifier

@@ -1,8 +1,9 @@
 """Benchmark: paper vs fast severity network (MPix/s on 1600x256 frames) and Inspector frames/s.
 
 Run: .venv/bin/python ops/bench/models_bench.py [--threads 2] [--repeats 5] [--checkpoint DIR]
-Prints one JSON object. Untrained weights are used for the raw network speed (speed does not
-depend on the weights); the Inspector uses the given (default: packaged) checkpoints on
+Prints one JSON object. The raw network speed uses each architecture with the config of its
+checkpoint in --checkpoint (default: packaged; the architecture's defaults where there is none)
+and untrained weights (speed does not depend on the weights); the Inspector uses the given (default: packaged) checkpoints on
 synthetic 1600x256 frames, so its speed includes post-processing and classification of the
 regions it finds.
 """
@@ -12,6 +13,7 @@ import argparse
 import json
 import platform
 import time
+from pathlib import Path
 
 
 def main() -> None:
@@ -27,7 +29,8 @@ def main() -> None:
     import torch
 
     from models.detector import build_detector
-    from models.inspector import Inspector
+    from models.inspector import DEFAULT_CHECKPOINT_DIR, Inspector
+    from models.registry import load_checkpoint
     from models.synthetic import render_sample
 
     torch.set_num_threads(args.threads)
@@ -36,8 +39,13 @@ def main() -> None:
     result: dict = {"frame": [h, w], "batch": args.batch, "threads": args.threads, "device": device,
                     "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
     x = torch.rand(args.batch, 1, h, w, device=device) * 255
+    ck_dir = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT_DIR
+    ck_dir = ck_dir.parent if ck_dir.is_file() else ck_dir
     for arch in ("paper", "fast"):
-        m = build_detector(arch).to(device).eval()
+        ck = ck_dir / f"detector_{arch}.pt"
+        config = load_checkpoint(ck, expected_kind="detector").info.arch_config if ck.is_file() else {}
+        result[f"{arch}_arch_config"] = config
+        m = build_detector(arch, **config).to(device).eval()
         with torch.inference_mode():
             m(x)
             if device.startswith("cuda"):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from models.postprocess import choose_threshold, image_iou, regions_from_severity, upsample_severity
+from models.postprocess import choose_threshold, fill_holes, image_iou, regions_from_severity, upsample_severity
 from models.types import BBox
 
 
@@ -59,3 +59,17 @@ def test_upsample_and_choose_threshold():
     t, miou = choose_threshold([up], [gt])
     assert 0.5 < t < 8.0 and miou > 0.8
     assert image_iou(np.zeros((3, 3), bool), np.zeros((3, 3), bool)) is None
+
+
+def test_small_enclosed_holes_are_filled_and_open_bays_are_not():
+    ring = _map([(10, 30, 10, 30, 8.0)])
+    ring[17:23, 17:23] = 0.0  # a 36 px hole in the middle (a dent's flat centre)
+    ring[10:20, 27:30] = 0.0  # a bay open to the outside
+    plain = regions_from_severity(ring, 4.0)
+    filled = regions_from_severity(ring, 4.0, hole_area=50)
+    assert plain[0].area_px + 36 == filled[0].area_px
+    assert regions_from_severity(ring, 4.0, hole_area=20)[0].area_px == plain[0].area_px  # hole too large
+    m = np.zeros((5, 5), bool)
+    m[0, :] = m[-1, :] = m[:, 0] = m[:, -1] = True
+    assert fill_holes(m, 9).all() and not fill_holes(m, 8)[2, 2]
+    assert not fill_holes(np.zeros((3, 3), bool), 5).any()

@@ -64,6 +64,21 @@ def test_inspector_output_types(tiny):
         insp.inspect([np.zeros((4, 4, 2), np.uint8)])
 
 
+def test_threshold_tuning_cache_changes_no_detection(tiny):
+    out, _, _ = tiny
+    insp = Inspector.load(str(out), device="cpu")
+    greys = [render_sample(s).image for s in (3, 4, 5)]
+    sev = insp.severity_maps(greys)
+    t = float(np.quantile(np.concatenate([m.ravel() for m in sev]), 0.97))  # some regions on every frame
+    cache: dict = {}
+    for low in (1.0, 0.7, 1.0):  # the third call is answered from the cache
+        plain = insp._detections(greys, sev, t, 0.0, low)
+        cached = insp._detections(greys, sev, t, 0.0, low, cache)
+        assert [[(d.bbox, d.defect_class, round(d.confidence, 6)) for d in f] for f in plain] == \
+            [[(d.bbox, d.defect_class, round(d.confidence, 6)) for d in f] for f in cached]
+    assert cache, "regions were classified and cached"
+
+
 def test_evaluation_of_a_perfect_predictor_and_the_baseline():
     samples = [render_sample(s, (96, 96)) for s in range(6)]
     lookup = {id(s.image): s for s in samples}
