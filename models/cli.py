@@ -24,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tr.add_argument("what", choices=("detector", "classifier", "threshold"),
-                    help="which model to train; 'threshold' re-chooses T of detector_<arch>.pt in --out by mean IoU "
-                         "of the whole pipeline (detector + classifier) on synthetic validation frames")
+                    help="which model to train; 'threshold' re-chooses T (and the hysteresis, hole filling and "
+                         "flip TTA settings) of detector_<arch>.pt in --out by mean IoU of the whole pipeline "
+                         "(detector + classifier) on synthetic validation frames")
     tr.add_argument("--arch", choices=("paper", "fast"), default="fast",
                     help="detector architecture: the paper's network (4x4 cells) or the fast CPU variant (2x2 cells)")
     tr.add_argument("--out", required=True, help="output directory for checkpoints and training state")
@@ -152,16 +153,17 @@ def _tune_threshold(args: argparse.Namespace) -> int:
     n = args.val_frames or 100
     val = [render_sample(VAL_SEED_BASE + i) for i in range(n)]
     old = insp.threshold
-    t, rel, low, holes, miou = insp.tune_threshold([s.image for s in val], [s.class_mask for s in val],
-                                                   candidates=[0.5 * i for i in range(3, 23)],
-                                                   relatives=[0.0, 0.5], lows=[1.0, 0.7, 0.5, 0.35],
-                                                   hole_areas=[0, 64, 256])
+    best = insp.tune_threshold([s.image for s in val], [s.class_mask for s in val],
+                               candidates=[0.5 * i for i in range(8, 24)],
+                               relatives=[0.0, 0.5], lows=[1.0, 0.8, 0.7, 0.6, 0.5],
+                               hole_areas=[0, 64, 256], flip_ttas=[False, True])
     det_p, _ = resolve_checkpoints(args.out, args.arch)
-    update_metrics(det_p, {"val_pipeline_mean_iou": miou,
+    update_metrics(det_p, {"val_pipeline_mean_iou": best.mean_iou,
                            "threshold_tuned_on": f"synthetic:seed={VAL_SEED_BASE},n={n} (detector+classifier)"},
-                   threshold=t, postprocess={"relative": rel, "low": low, "hole_area": holes})
-    print(f"{det_p}: T {old:.2f} -> {t:.2f}, relative {rel:.2f}, hysteresis low {low:.2f} x T, "
-          f"holes up to {holes} px filled (validation pipeline mean IoU {miou:.3f})")
+                   threshold=best.threshold, postprocess=best.postprocess())
+    print(f"{det_p}: T {old:.2f} -> {best.threshold:.2f}, relative {best.relative:.2f}, hysteresis low "
+          f"{best.low:.2f} x T, holes up to {best.hole_area} px filled, flip TTA {'on' if best.flip_tta else 'off'} "
+          f"(validation pipeline mean IoU {best.mean_iou:.3f})")
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -20,7 +20,7 @@ from models.postprocess import Region, regions_from_severity, upsample_severity
 from models.registry import CheckpointError, CheckpointInfo, load_checkpoint
 from models.types import Detection
 
-__all__ = ["Inspector", "DEFAULT_CHECKPOINT_DIR", "resolve_checkpoints"]
+__all__ = ["Inspector", "TunedPostprocess", "DEFAULT_CHECKPOINT_DIR", "resolve_checkpoints"]
 
 DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
@@ -43,6 +43,21 @@ def resolve_checkpoints(path: str | Path | None, detector_arch: str | None = Non
     if not cls.is_file():
         raise CheckpointError(f"no classifier checkpoint {cls}")
     return det, cls
+
+
+class TunedPostprocess(NamedTuple):
+    """Post-processing chosen on validation frames (stored in the detector checkpoint)."""
+
+    threshold: float  # T on the severity map (seeds)
+    relative: float  # per-region cut at this fraction of the region's peak (0 = none)
+    low: float  # hysteresis: regions grow over pixels above low x T (1 = none)
+    hole_area: int  # enclosed holes up to this many px are filled (0 = none)
+    flip_tta: bool  # mean of the maps of the frame and its mirrors
+    mean_iou: float  # validation mean IoU of the whole pipeline with these settings
+
+    def postprocess(self) -> dict:
+        """The checkpoint's `postprocess` entry (T is stored apart, as `threshold`)."""
+        return {"relative": self.relative, "low": self.low, "hole_area": self.hole_area, "flip_tta": self.flip_tta}
 
 
 def _to_grey(frame: np.ndarray) -> np.ndarray:
@@ -84,6 +99,7 @@ class Inspector:
         self.relative = float(det_info.postprocess.get("relative", 0.0))
         self.low = float(det_info.postprocess.get("low", 1.0))
         self.hole_area = int(det_info.postprocess.get("hole_area", 0))
+        self.flip_tta = bool(det_info.postprocess.get("flip_tta", False))
         self.in_channels = int(det_info.input_spec.get("channels", 1))
         self._lock = threading.Lock()
 
@@ -112,8 +128,22 @@ class Inspector:
         cm.load_state_dict(clf.state_dict)
         return cls(dm, det.info, cm, clf.info, device)
 
-    def severity_maps(self, greys: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Pixel severity maps (H, W) in [0, 12] for grey uint8 frames."""
+    def severity_maps(self, greys: Sequence[np.ndarray], flip_tta: bool | None = None) -> list[np.ndarray]:
+        """Pixel severity maps (H, W) in [0, 12] for grey uint8 frames.
+
+        With flip test-time augmentation (`flip_tta`, default: the checkpoint's setting) the map
+        is the mean of the detector's maps of the frame, its left-right and its up-down mirror
+        (3 detector passes): texture noise that does not survive mirroring averages out.
+        """
+        flip = self.flip_tta if flip_tta is None else flip_tta
+        maps = self._severity_once(greys)
+        if not flip:
+            return maps
+        lr = self._severity_once([np.ascontiguousarray(g[:, ::-1]) for g in greys])
+        ud = self._severity_once([np.ascontiguousarray(g[::-1, :]) for g in greys])
+        return [(a + b[:, ::-1] + c[::-1, :]) * np.float32(1.0 / 3.0) for a, b, c in zip(maps, lr, ud)]
+
+    def _severity_once(self, greys: Sequence[np.ndarray]) -> list[np.ndarray]:
         stride = int(self.detector.stride)
         imgs = list(greys) if self.in_channels == 1 else [np.repeat(g[:, :, None], 3, 2) for g in greys]
         cells = infer_severity(self.detector, imgs, self.device, self.amp)
@@ -131,50 +161,56 @@ class Inspector:
     def tune_threshold(self, frames: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray],
                        candidates: Sequence[float] | None = None,
                        relatives: Sequence[float] = (0.0,), lows: Sequence[float] = (1.0,),
-                       hole_areas: Sequence[int] = (0,)) -> tuple[float, float, float, int, float]:
-        """Set and return (T, relative, low, hole_area) maximising mean IoU of the whole pipeline
-        (classifier included).
+                       hole_areas: Sequence[int] = (0,), flip_ttas: Sequence[bool] = (False,)) -> TunedPostprocess:
+        """Set and return the post-processing maximising mean IoU of the whole pipeline
+        (classifier included) on validation frames.
 
         Args:
             frames: validation frames; gt_masks: their annotations (> 0 = defect).
             candidates: thresholds T to try; relatives: per-region fractions of peak to try;
             lows: hysteresis low thresholds (fractions of T; 1 = none) to try;
             hole_areas: largest enclosed holes filled in region masks (px; 0 = none) to try,
-            each at the best (T, relative, low) found with the first of them.
+            each at the best (T, relative, low) found with the first of them;
+            flip_ttas: with/without flip test-time augmentation (each gets the full search).
         Returns:
-            (T, relative, low, hole_area, mean IoU); mean IoU over images where prediction or GT
-            holds a defect.
+            the chosen settings and their mean IoU (over images where prediction or GT holds a
+            defect); the Inspector uses them from then on.
         """
         from models.postprocess import image_iou
 
         cands = list(candidates) if candidates is not None else [0.5 * i for i in range(1, 21)]
         greys = [_to_grey(np.asarray(f)) for f in frames]
+        best = TunedPostprocess(self.threshold, self.relative, self.low, self.hole_area, self.flip_tta, -1.0)
         with self._lock, torch.inference_mode():
-            sev = self.severity_maps(greys)
-            cache: dict = {}  # many settings give identical regions: classify each distinct one once
+            for flip in flip_ttas:
+                sev = self.severity_maps(greys, flip_tta=bool(flip))
+                cache: dict = {}  # many settings give identical regions: classify each distinct one once
 
-            def mean_iou(t: float, rel: float, lo: float, holes: int) -> float:
-                ious = []
-                for g, ds, gt in zip(greys, self._detections(greys, sev, t, rel, lo, cache, holes), gt_masks):
-                    pm = np.zeros(g.shape, bool)
-                    for d in ds:
-                        pm[d.bbox.y0:d.bbox.y1, d.bbox.x0:d.bbox.x1] |= d.mask
-                    v = image_iou(pm, gt > 0)
-                    if v is not None:
-                        ious.append(v)
-                return float(np.mean(ious)) if ious else 1.0
+                def mean_iou(t: float, rel: float, lo: float, holes: int) -> float:
+                    ious = []
+                    for g, ds, gt in zip(greys, self._detections(greys, sev, t, rel, lo, cache, holes), gt_masks):
+                        pm = np.zeros(g.shape, bool)
+                        for d in ds:
+                            pm[d.bbox.y0:d.bbox.y1, d.bbox.x0:d.bbox.x1] |= d.mask
+                        v = image_iou(pm, gt > 0)
+                        if v is not None:
+                            ious.append(v)
+                    return float(np.mean(ious)) if ious else 1.0
 
-            holes0 = int(hole_areas[0])
-            best = (self.threshold, self.relative, self.low, holes0, -1.0)
-            for t, rel, lo in [(t, r, lo) for t in cands for r in relatives for lo in lows]:
-                m = mean_iou(t, rel, lo, holes0)
-                if m > best[4]:
-                    best = (float(t), float(rel), float(lo), holes0, m)
-            for holes in hole_areas[1:]:
-                m = mean_iou(best[0], best[1], best[2], int(holes))
-                if m > best[4]:
-                    best = (best[0], best[1], best[2], int(holes), m)
-        self.threshold, self.relative, self.low, self.hole_area = best[0], best[1], best[2], best[3]
+                holes0 = int(hole_areas[0])
+                here = TunedPostprocess(self.threshold, self.relative, self.low, holes0, bool(flip), -1.0)
+                for t, rel, lo in [(t, r, lo) for t in cands for r in relatives for lo in lows]:
+                    m = mean_iou(t, rel, lo, holes0)
+                    if m > here.mean_iou:
+                        here = here._replace(threshold=float(t), relative=float(rel), low=float(lo), mean_iou=m)
+                for holes in hole_areas[1:]:
+                    m = mean_iou(here.threshold, here.relative, here.low, int(holes))
+                    if m > here.mean_iou:
+                        here = here._replace(hole_area=int(holes), mean_iou=m)
+                if here.mean_iou > best.mean_iou:
+                    best = here
+        self.threshold, self.relative, self.low = best.threshold, best.relative, best.low
+        self.hole_area, self.flip_tta = best.hole_area, best.flip_tta
         return best
 
     def inspect(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:

@@ -47,3 +47,9 @@ def test_arch_config_must_be_a_json_object(capsys):
     with pytest.raises(SystemExit):
         main(["train", "detector", "--out", "x", "--arch-config", "[1, 2]"])
     assert "must be a JSON object" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    rc = main(["evaluate", "--data", "synthetic:seed=1,n=2", "--checkpoint", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: no detector checkpoint") and "Traceback" not in err

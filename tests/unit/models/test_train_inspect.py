@@ -79,6 +79,23 @@ def test_threshold_tuning_cache_changes_no_detection(tiny):
     assert cache, "regions were classified and cached"
 
 
+def test_flip_tta_is_the_mean_over_mirrors_and_tuning_stores_its_choice(tiny):
+    out, _, _ = tiny
+    insp = Inspector.load(str(out), device="cpu")
+    g = render_sample(7, (64, 96)).image
+    plain = insp.severity_maps([g], flip_tta=False)[0]
+    lr = insp.severity_maps([np.ascontiguousarray(g[:, ::-1])], flip_tta=False)[0][:, ::-1]
+    ud = insp.severity_maps([np.ascontiguousarray(g[::-1])], flip_tta=False)[0][::-1]
+    np.testing.assert_allclose(insp.severity_maps([g], flip_tta=True)[0], (plain + lr + ud) / 3, atol=1e-5)
+    val = [render_sample(s) for s in (8, 9)]
+    best = insp.tune_threshold([s.image for s in val], [s.class_mask for s in val], candidates=[1.0, 3.0],
+                               lows=[1.0, 0.5], hole_areas=[0, 64], flip_ttas=[False, True])
+    assert best.threshold in (1.0, 3.0) and best.low in (1.0, 0.5) and best.hole_area in (0, 64)
+    assert (insp.threshold, insp.low, insp.hole_area, insp.flip_tta) == \
+        (best.threshold, best.low, best.hole_area, best.flip_tta)  # the Inspector uses what was chosen
+    assert set(best.postprocess()) == {"relative", "low", "hole_area", "flip_tta"}
+
+
 def test_evaluation_of_a_perfect_predictor_and_the_baseline():
     samples = [render_sample(s, (96, 96)) for s in range(6)]
     lookup = {id(s.image): s for s in samples}
