@@ -23,6 +23,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--flip-tta", choices=("checkpoint", "on", "off"), default="checkpoint",
+                    help="Inspector: flip test-time augmentation as the checkpoint says, or forced on/off")
     args = ap.parse_args()
 
     import numpy as np
@@ -60,6 +62,9 @@ def main() -> None:
         result[f"{arch}_ms_per_frame"] = round(1000 * dt / args.batch, 2)
         result[f"{arch}_params"] = sum(p.numel() for p in m.parameters())
     insp = Inspector.load(args.checkpoint, device=args.device)
+    if args.flip_tta != "checkpoint":
+        insp.flip_tta = args.flip_tta == "on"
+    result["inspector_flip_tta"] = insp.flip_tta
     frames = [render_sample(900000 + i, (h, w)).image for i in range(args.batch * 2)]
     insp.inspect(frames[: args.batch])
     t0 = time.perf_counter()
