@@ -16,7 +16,7 @@ import torch
 
 from models.classifier import build_classifier, region_crops
 from models.detector import build_detector, infer_severity
-from models.postprocess import Region, regions_from_severity, upsample_severity
+from models.postprocess import Region, image_iou, regions_from_severity, upsample_severity
 from models.registry import CheckpointError, CheckpointInfo, load_checkpoint
 from models.types import Detection
 
@@ -58,6 +58,19 @@ class TunedPostprocess(NamedTuple):
     def postprocess(self) -> dict:
         """The checkpoint's `postprocess` entry (T is stored apart, as `threshold`)."""
         return {"relative": self.relative, "low": self.low, "hole_area": self.hole_area, "flip_tta": self.flip_tta}
+
+
+def _mean_iou(dets: Sequence[Sequence[Detection]], gt_masks: Sequence[np.ndarray]) -> float:
+    """Mean defect IoU over the frames where detections or ground truth hold a defect (1 if none)."""
+    ious = []
+    for ds, gt in zip(dets, gt_masks):
+        pm = np.zeros(gt.shape, bool)
+        for d in ds:
+            pm[d.bbox.y0:d.bbox.y1, d.bbox.x0:d.bbox.x1] |= d.mask
+        v = image_iou(pm, gt > 0)
+        if v is not None:
+            ious.append(v)
+    return float(np.mean(ious)) if ious else 1.0
 
 
 def _to_grey(frame: np.ndarray) -> np.ndarray:
@@ -176,8 +189,6 @@ class Inspector:
             the chosen settings and their mean IoU (over images where prediction or GT holds a
             defect); the Inspector uses them from then on.
         """
-        from models.postprocess import image_iou
-
         cands = list(candidates) if candidates is not None else [0.5 * i for i in range(1, 21)]
         greys = [_to_grey(np.asarray(f)) for f in frames]
         best = TunedPostprocess(self.threshold, self.relative, self.low, self.hole_area, self.flip_tta, -1.0)
@@ -187,15 +198,7 @@ class Inspector:
                 cache: dict = {}  # many settings give identical regions: classify each distinct one once
 
                 def mean_iou(t: float, rel: float, lo: float, holes: int) -> float:
-                    ious = []
-                    for g, ds, gt in zip(greys, self._detections(greys, sev, t, rel, lo, cache, holes), gt_masks):
-                        pm = np.zeros(g.shape, bool)
-                        for d in ds:
-                            pm[d.bbox.y0:d.bbox.y1, d.bbox.x0:d.bbox.x1] |= d.mask
-                        v = image_iou(pm, gt > 0)
-                        if v is not None:
-                            ious.append(v)
-                    return float(np.mean(ious)) if ious else 1.0
+                    return _mean_iou(self._detections(greys, sev, t, rel, lo, cache, holes), gt_masks)
 
                 holes0 = int(hole_areas[0])
                 here = TunedPostprocess(self.threshold, self.relative, self.low, holes0, bool(flip), -1.0)

@@ -3,8 +3,8 @@
 Run: .venv/bin/python ops/bench/models_bench.py [--threads 2] [--repeats 5] [--checkpoint DIR]
 Prints one JSON object. The raw network speed uses each architecture with the config of its
 checkpoint in --checkpoint (default: packaged; the architecture's defaults where there is none)
-and untrained weights (speed does not depend on the weights); the Inspector uses the given (default: packaged) checkpoints on
-synthetic 1600x256 frames, so its speed includes post-processing and classification of the
+and untrained weights (speed does not depend on the weights); the Inspector uses the given
+(default: packaged) checkpoints on synthetic 1600x256 frames, so its speed includes post-processing and classification of the
 regions it finds.
 """
 from __future__ import annotations
