@@ -143,13 +143,13 @@ def _train(args: argparse.Namespace) -> int:
 def _tune_threshold(args: argparse.Namespace) -> int:
     import torch
 
-    from models.inspector import Inspector, resolve_checkpoints
+    from models.inspector import SeverityInspector, resolve_checkpoints
     from models.registry import update_metrics
     from models.synthetic import render_sample
     from models.train import VAL_SEED_BASE
 
     torch.set_num_threads(args.threads)
-    insp = Inspector.load(args.out, device="cpu", detector_arch=args.arch)
+    insp = SeverityInspector.load(args.out, device="cpu", detector_arch=args.arch)
     n = args.val_frames or 100
     val = [render_sample(VAL_SEED_BASE + i) for i in range(n)]
     old = insp.threshold

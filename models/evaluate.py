@@ -269,11 +269,11 @@ def run_evaluation_cli(args: Any) -> int:
     import torch
 
     from models.datasets import open_dataset
-    from models.inspector import Inspector, resolve_checkpoints
+    from models.inspector import SeverityInspector, resolve_checkpoints
     from models.registry import update_metrics
 
     torch.set_num_threads(args.threads)
-    insp = Inspector.load(args.checkpoint, device=args.device, detector_arch=args.detector_arch)
+    insp = SeverityInspector.load(args.checkpoint, device=args.device, detector_arch=args.detector_arch)
     samples = list(open_dataset(args.format, args.data, limit=args.limit))
     reports: dict[str, EvalReport] = {}
     rep = evaluate_inspector(insp, samples)

@@ -20,7 +20,7 @@ from models.postprocess import Region, image_iou, regions_from_severity, upsampl
 from models.registry import CheckpointError, CheckpointInfo, load_checkpoint
 from models.types import Detection
 
-__all__ = ["Inspector", "TunedPostprocess", "DEFAULT_CHECKPOINT_DIR", "resolve_checkpoints"]
+__all__ = ["SeverityInspector", "TunedPostprocess", "DEFAULT_CHECKPOINT_DIR", "resolve_checkpoints"]
 
 DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
@@ -87,8 +87,8 @@ def _to_grey(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(g)
 
 
-class Inspector:
-    """Batch defect inspection of decoded frames.
+class SeverityInspector:
+    """He & Liu's pipeline as an `Inspector` (models.types): batch defect inspection of decoded frames.
 
     Attributes:
         model_version: "<detector version>+<classifier version>" (content-hash based).
@@ -96,6 +96,8 @@ class Inspector:
         device: "cuda" or "cpu".
         threshold: T on the severity map.
     """
+
+    family = "severity"
 
     def __init__(self, detector: torch.nn.Module, det_info: CheckpointInfo, classifier: torch.nn.Module,
                  cls_info: CheckpointInfo, device: str, min_area: int = 12, max_crops: int = 512) -> None:
@@ -117,7 +119,7 @@ class Inspector:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | None = None, device: str = "auto", detector_arch: str | None = None) -> "Inspector":
+    def load(cls, path: str | None = None, device: str = "auto", detector_arch: str | None = None) -> "SeverityInspector":
         """Load and validate detector + classifier checkpoints.
 
         Args:
@@ -215,6 +217,10 @@ class Inspector:
         self.threshold, self.relative, self.low = best.threshold, best.relative, best.low
         self.hole_area, self.flip_tta = best.hole_area, best.flip_tta
         return best
+
+    def image_scores(self, frames: Sequence[np.ndarray]) -> list[float]:
+        """Per-frame defect score: the highest confidence of its detections (0 when none)."""
+        return [max((d.confidence for d in ds), default=0.0) for ds in self.inspect(frames)]
 
     def inspect(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
         """Detections per frame, in input order.

@@ -1,7 +1,7 @@
 """Typed results that cross the border between the models and the streaming layer."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -71,3 +71,28 @@ class InspectionSample(NamedTuple):
     instance_mask: np.ndarray | None = None
     severity: np.ndarray | None = None
     source: str = ""
+
+
+@runtime_checkable
+class Inspector(Protocol):
+    """What every model family offers the streaming layer, replay, evaluation and promotion.
+
+    Implementations: `models.inspector.SeverityInspector` (He & Liu severity regression + region
+    classifier, family "severity"), `models.segmenter.SegmenterInspector` ("segmenter"),
+    `models.image_classifier.ImageClassifierInspector` ("classifier") and
+    `models.gate.GatedInspector` (any of them behind an image-level defect/no-defect gate).
+    `models.loading.load_inspector` loads any of them from a checkpoint directory.
+    """
+
+    model_version: str  # content-hash based; equal weights and settings give the same version
+    class_names: list[str]  # defect classes it can report (never "background")
+    device: str  # "cpu" or "cuda[:N]"
+    family: str  # "severity" | "segmenter" | "classifier" (+ "gate+" prefix when gated)
+
+    def inspect(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Detections per frame (uint8 (H, W) grey or (H, W, 3) RGB, any size), in input order."""
+        ...
+
+    def image_scores(self, frames: Sequence[np.ndarray]) -> list[float]:
+        """Per-frame defect score in [0, 1] (image-level AUROC/AP and the gate use it)."""
+        ...

@@ -34,9 +34,9 @@ class InferenceRunner:
         self.pool: InspectorPool | None = None
 
     def _load_path(self, path: str | None) -> Any:
-        from models.inspector import Inspector
+        from models.loading import load_inspector
 
-        return Inspector.load(path=path, device=self.settings.device)
+        return load_inspector(path, device=self.settings.device)
 
     def _load(self) -> Any:
         if self._inspector is None:

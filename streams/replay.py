@@ -502,9 +502,9 @@ class Replayer:
 
     def _load_inspector(self) -> Any:
         if self._inspector is None:
-            from models.inspector import Inspector
+            from models.loading import load_inspector
 
-            self._inspector = Inspector.load(path=self.request.model_path, device=self.settings.model.device)
+            self._inspector = load_inspector(self.request.model_path, device=self.settings.model.device)
         return self._inspector
 
     def _plan(self, consumer: Any) -> dict[int, PartitionPlan]:

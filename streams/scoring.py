@@ -383,7 +383,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_score(args: argparse.Namespace) -> int:
     settings = Settings()
     if args.offline:
-        from models.inspector import Inspector
+        from models.loading import load_inspector
 
         cfg = OfflineConfig(parts=args.parts, seed=args.seed, frames_per_part=args.frames_per_part,
                             defect_rate=args.defect_rate, use_speed=not args.no_speed)
@@ -396,7 +396,7 @@ def run_score(args: argparse.Namespace) -> int:
                 cached = pickle.load(fh)  # our own file, written below
             run = cached["run"] if cached.get("key") == key else None
         if run is None:
-            insp = Inspector.load(path=model_path, device=settings.model.device)
+            insp = load_inspector(model_path, device=settings.model.device)
             run = run_offline(insp, cfg)
             if args.cache:
                 with open(args.cache, "wb") as fh:

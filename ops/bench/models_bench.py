@@ -31,7 +31,7 @@ def main() -> None:
     import torch
 
     from models.detector import build_detector
-    from models.inspector import DEFAULT_CHECKPOINT_DIR, Inspector
+    from models.inspector import DEFAULT_CHECKPOINT_DIR, SeverityInspector
     from models.registry import load_checkpoint
     from models.synthetic import render_sample
 
@@ -61,7 +61,7 @@ def main() -> None:
         result[f"{arch}_mpix_per_s"] = round(args.batch * h * w / dt / 1e6, 3)
         result[f"{arch}_ms_per_frame"] = round(1000 * dt / args.batch, 2)
         result[f"{arch}_params"] = sum(p.numel() for p in m.parameters())
-    insp = Inspector.load(args.checkpoint, device=args.device)
+    insp = SeverityInspector.load(args.checkpoint, device=args.device)
     if args.flip_tta != "checkpoint":
         insp.flip_tta = args.flip_tta == "on"
     result["inspector_flip_tta"] = insp.flip_tta

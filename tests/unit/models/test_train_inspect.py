@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.evaluate import PredictedDefect, ThresholdBaseline, evaluate_inspector, evaluate_predictions
-from models.inspector import Inspector
+from models.inspector import SeverityInspector
 from models.synthetic import CLASS_NAMES, render_sample
 from models.train import ClassifierTrainConfig, DetectorTrainConfig, train_classifier, train_detector
 from models.types import BBox, Detection
@@ -40,7 +40,7 @@ def test_resume_continues_from_the_saved_state(tiny, tmp_path):
 
 def test_inspector_output_types(tiny):
     out, _, _ = tiny
-    insp = Inspector.load(str(out), device="cpu")
+    insp = SeverityInspector.load(str(out), device="cpu")
     assert insp.device == "cpu" and insp.class_names == list(CLASS_NAMES)
     assert insp.model_version.startswith("detector-fast-") and "+classifier-" in insp.model_version
     insp.threshold = -1.0  # everything is a candidate ...
@@ -66,7 +66,7 @@ def test_inspector_output_types(tiny):
 
 def test_threshold_tuning_cache_changes_no_detection(tiny):
     out, _, _ = tiny
-    insp = Inspector.load(str(out), device="cpu")
+    insp = SeverityInspector.load(str(out), device="cpu")
     greys = [render_sample(s).image for s in (3, 4, 5)]
     sev = insp.severity_maps(greys)
     t = float(np.quantile(np.concatenate([m.ravel() for m in sev]), 0.97))  # some regions on every frame
@@ -81,7 +81,7 @@ def test_threshold_tuning_cache_changes_no_detection(tiny):
 
 def test_flip_tta_is_the_mean_over_mirrors_and_tuning_stores_its_choice(tiny):
     out, _, _ = tiny
-    insp = Inspector.load(str(out), device="cpu")
+    insp = SeverityInspector.load(str(out), device="cpu")
     g = render_sample(7, (64, 96)).image
     plain = insp.severity_maps([g], flip_tta=False)[0]
     lr = insp.severity_maps([np.ascontiguousarray(g[:, ::-1])], flip_tta=False)[0][:, ::-1]
