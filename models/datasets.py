@@ -22,7 +22,7 @@ import csv
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import cv2
 import numpy as np
@@ -31,7 +31,7 @@ from models.types import BBox, InspectionSample
 
 __all__ = ["open_dataset", "read_plain", "read_dagm", "read_neu", "read_severstal", "read_mvtec",
            "read_magnetic_tile", "read_synthetic", "rle_decode", "rle_encode", "instances_from_class_mask",
-           "NEU_CLASSES", "MAGNETIC_TILE_CLASSES", "DatasetError"]
+           "NEU_CLASSES", "MAGNETIC_TILE_CLASSES", "DatasetError", "SplitData", "load_split"]
 
 NEU_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
 MAGNETIC_TILE_CLASSES = ("Blowhole", "Break", "Crack", "Fray", "Uneven")
@@ -72,6 +72,12 @@ def instances_from_class_mask(class_mask: np.ndarray) -> tuple[np.ndarray, tuple
 
 
 def _mask_sample(image: np.ndarray, class_mask: np.ndarray, names: tuple[str, ...], source: str) -> InspectionSample:
+    if class_mask.shape[:2] != image.shape[:2]:
+        raise DatasetError(f"mask of {source} is {class_mask.shape[1]}x{class_mask.shape[0]} but the image is "
+                           f"{image.shape[1]}x{image.shape[0]} (width x height); masks must match their images")
+    if int(class_mask.max(initial=0)) > len(names):
+        raise DatasetError(f"mask of {source} holds class id {int(class_mask.max())} but only {len(names)} classes "
+                           f"are known ({', '.join(names)}); ids run from 1 to {len(names)}")
     inst, boxes = instances_from_class_mask(class_mask)
     return InspectionSample(image, class_mask.astype(np.uint8), boxes, names, inst, None, source)
 
@@ -107,8 +113,6 @@ def read_plain(root: str | Path) -> Iterator[InspectionSample]:
         img = _imread(p)
         mp = r / "masks" / (p.stem + ".png")
         cm = _imread(mp, cv2.IMREAD_GRAYSCALE) if mp.is_file() else np.zeros(img.shape[:2], np.uint8)
-        if cm.max() > len(names):
-            raise DatasetError(f"mask {mp} has class id {int(cm.max())} > {len(names)} classes")
         yield _mask_sample(img, cm, names, str(p))
 
 
@@ -289,4 +293,48 @@ def open_dataset(fmt: str, data: str, limit: int | None = None) -> Iterator[Insp
         raise DatasetError(f"unknown dataset format {fmt!r}; known: synthetic, {', '.join(_READERS)}")
     if not Path(data).exists():
         raise DatasetError(f"dataset path {data} does not exist")
-    return _limit(_READERS[fmt](data), limit)
+    return _nonempty(_limit(_READERS[fmt](data), limit), fmt, data)
+
+
+def _nonempty(it: Iterator[InspectionSample], fmt: str, data: str) -> Iterator[InspectionSample]:
+    n = 0
+    for s in it:
+        n += 1
+        yield s
+    if n == 0:
+        raise DatasetError(f"no images found in {data} as format {fmt!r} (check the path and --format)")
+
+
+class SplitData(NamedTuple):
+    """Training and validation samples and how they were split (stored in checkpoint metadata)."""
+
+    train: list[InspectionSample]
+    val: list[InspectionSample]
+    meta: dict
+
+
+def load_split(fmt: str, data: str, val_data: str | None = None, val_split: float = 0.2, seed: int = 0,
+               limit: int | None = None) -> SplitData:
+    """Read a training set and its validation set: `val_data` (same format) when given, else a
+    seeded random `val_split` fraction of `data` (at least one image each side).
+
+    Raises:
+        DatasetError: unreadable layout, an empty set, or a set too small to split.
+    """
+    train = list(open_dataset(fmt, data, limit=limit))
+    if val_data:
+        val = list(open_dataset(fmt, val_data))
+        return SplitData(train, val, {"format": fmt, "data": str(data), "val_data": str(val_data),
+                                      "train_images": len(train), "val_images": len(val)})
+    if not 0.0 < val_split < 1.0:
+        raise DatasetError(f"--val-split must lie in (0, 1), got {val_split}")
+    if len(train) < 2:
+        raise DatasetError(f"{data} holds {len(train)} image(s); at least 2 are needed to split off a validation set")
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_val = min(len(train) - 1, max(1, int(round(val_split * len(train)))))
+    val_idx = set(order[:n_val].tolist())
+    tr = [s for i, s in enumerate(train) if i not in val_idx]
+    va = [s for i, s in enumerate(train) if i in val_idx]
+    return SplitData(tr, va, {"format": fmt, "data": str(data), "val_split": val_split, "split_seed": seed,
+                              "train_images": len(tr), "val_images": len(va),
+                              "val_sources": sorted(s.source for s in va)[:5000]})

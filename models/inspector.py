@@ -218,9 +218,10 @@ class SeverityInspector:
         self.hole_area, self.flip_tta = best.hole_area, best.flip_tta
         return best
 
-    def image_scores(self, frames: Sequence[np.ndarray]) -> list[float]:
-        """Per-frame defect score: the highest confidence of its detections (0 when none)."""
-        return [max((d.confidence for d in ds), default=0.0) for ds in self.inspect(frames)]
+    def inspect_scored(self, frames: Sequence[np.ndarray]) -> tuple[list[list[Detection]], list[float]]:
+        """`inspect` plus a per-frame score: the highest confidence of its detections (0 when none)."""
+        dets = self.inspect(frames)
+        return dets, [max((d.confidence for d in ds), default=0.0) for ds in dets]
 
     def inspect(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
         """Detections per frame, in input order.

@@ -93,6 +93,6 @@ class Inspector(Protocol):
         """Detections per frame (uint8 (H, W) grey or (H, W, 3) RGB, any size), in input order."""
         ...
 
-    def image_scores(self, frames: Sequence[np.ndarray]) -> list[float]:
-        """Per-frame defect score in [0, 1] (image-level AUROC/AP and the gate use it)."""
+    def inspect_scored(self, frames: Sequence[np.ndarray]) -> tuple[list[list[Detection]], list[float]]:
+        """`inspect` plus a per-frame defect score in [0, 1] (image-level AUROC/AP use it), in one pass."""
         ...
