@@ -1,10 +1,27 @@
-"""Evaluation of the Inspector (or a trivial intensity-threshold baseline) on annotated samples.
+"""Evaluation of any Inspector (or a trivial intensity-threshold baseline) on annotated samples.
 
-Metrics (He & Liu 2020, section on evaluation):
+Metrics (He & Liu 2020, section on evaluation, plus the figures the dataset targets use):
 - pixel precision / recall / F1 over all pixels of the split (defect vs background);
+  `dice_defect` is the same binary Dice (= F1) under the name segmentation papers use;
 - mean IoU: per-image defect IoU averaged over the images where ground truth or prediction
   holds a defect (clean images predicted clean are skipped); `miou_2class` is the usual
   mean of background and defect IoU over the split;
+- per-class pixel IoU and Dice (`iou[<class>]`, `dice[<class>]`) for every dataset class and
+  `iou_background`, from one class confusion accumulated over the whole split (not per image).
+  The predicted class map paints each detection's mask with the id of its `defect_class`
+  (higher confidence painted last, so it wins overlaps); a class the dataset does not know
+  counts as a wrong class. `miou_classes_with_background` is the mean over background and every
+  class (the NEU-Seg figure), `miou_classes` and `mean_dice_classes` the means over the defect
+  classes; a class absent from both ground truth and prediction has no IoU/Dice (None) and is
+  left out of the means. Class-agnostic predictors get none of these;
+- image-level AUROC and AP (`image_auroc`, `image_ap`) of the per-image defect score against
+  "the image has a ground-truth defect": AUROC is the Mann-Whitney statistic with ties counted
+  1/2, AP the step-wise area of the precision-recall curve with tied scores as one threshold
+  (as sklearn's `average_precision_score`); None without scores or when only one label occurs;
+- `image_accuracy` for one-class-per-image data (every image holds boxes of at most one class):
+  the share of images whose predicted class (the class of the highest-confidence detection,
+  "good" when none) equals the ground-truth class ("good" without boxes); None otherwise.
+  `image_defect_accuracy`: share of images where "any detection" equals "any ground truth";
 - AR: defect-level recall averaged over IoU thresholds 0.50:0.05:0.95 (COCO-style average
   recall; our reading of the paper's eq. 3, class-agnostic);
 - defect-level recall / precision at IoU >= 0.5, class-agnostic and with class (greedy
@@ -12,14 +29,20 @@ Metrics (He & Liu 2020, section on evaluation):
 - confusion matrix (rows ground truth + "background" for false positives, columns
   prediction + "missed") over class-agnostic matches, classification accuracy on them;
 - images/s of the whole pipeline.
+
+On box-only data (no class mask) every pixel metric takes the ground truth from the filled
+boxes (meta `pixel_metrics_from: boxes`).
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence, Union
 
 import cv2
 import numpy as np
@@ -27,14 +50,30 @@ import numpy as np
 from models.postprocess import Region, choose_threshold, image_iou, regions_from_severity
 from models.types import BBox, Detection, InspectionSample, box_iou
 
-__all__ = ["PredictedDefect", "evaluate_predictions", "evaluate_inspector", "ThresholdBaseline",
-           "EvalReport", "to_markdown", "run_evaluation_cli"]
+__all__ = ["PredictedDefect", "ScoredPredictions", "evaluate_predictions", "evaluate_inspector",
+           "ThresholdBaseline", "EvalReport", "ExampleCollector", "image_auroc", "average_precision",
+           "to_markdown", "run_evaluation_cli"]
+
+GOOD = "good"  # image class of an image without defects
 
 
 class PredictedDefect(NamedTuple):
     bbox: BBox
     mask: np.ndarray  # bool, bbox-cropped
     defect_class: str | None  # None for class-agnostic predictors
+    confidence: float | None = None  # None where the predictor has none
+
+
+class ScoredPredictions(NamedTuple):
+    """What a scored predictor returns: detections per image and a defect score per image."""
+
+    preds: list[list[PredictedDefect]]
+    scores: list[float]
+
+
+# A predictor: images -> detections per image, or (detections, scores) for image-level AUROC/AP.
+Predictor = Callable[[list[np.ndarray]], Union[list[list[PredictedDefect]], ScoredPredictions,
+                                                tuple[list[list[PredictedDefect]], list[float]]]]
 
 
 @dataclass
@@ -47,7 +86,52 @@ class EvalReport:
         return {"metrics": self.metrics, "confusion": self.confusion, "meta": self.meta}
 
 
+# ------------------------------------------------------------------ image-level ranking metrics
+def _labels_scores(labels: Sequence[bool | int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels, dtype=bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"{y.size} labels but {s.size} scores")
+    return y, s
 
+
+def image_auroc(labels: Sequence[bool | int], scores: Sequence[float]) -> float | None:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties counted 1/2
+    (Mann-Whitney U / (n_pos * n_neg), from average ranks). None when only one label occurs."""
+    y, s = _labels_scores(labels, scores)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    ranks = np.empty(s.size, np.float64)
+    # average rank (1-based) of each run of equal scores
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
+    ends = np.r_[starts[1:], s.size]
+    for a, b in zip(starts, ends):
+        ranks[order[a:b]] = (a + 1 + b) / 2.0
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def average_precision(labels: Sequence[bool | int], scores: Sequence[float]) -> float | None:
+    """AP = sum over distinct score thresholds (descending) of (R_k - R_{k-1}) * P_k, tied scores
+    forming one threshold (sklearn's `average_precision_score`). None when only one label occurs."""
+    y, s = _labels_scores(labels, scores)
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == y.size:
+        return None
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    last_of_run = np.r_[np.flatnonzero(np.diff(s_sorted)), s.size - 1]
+    tps = np.cumsum(y_sorted)[last_of_run]
+    precision = tps / (last_of_run + 1)
+    recall = tps / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+# ------------------------------------------------------------------ matching helpers
 def _mask_iou(gt_full: np.ndarray, p: PredictedDefect) -> float:
     b = p.bbox
     sub = gt_full[b.y0:b.y1, b.x0:b.x1]
@@ -87,11 +171,36 @@ def _greedy(iou: np.ndarray, thr: float, allowed: np.ndarray | None = None) -> l
     return pairs
 
 
+def _by_confidence(preds: Sequence[PredictedDefect]) -> list[PredictedDefect]:
+    """Ascending confidence (None first), stable: painting in this order lets the most confident win."""
+    return sorted(preds, key=lambda p: -1.0 if p.confidence is None else float(p.confidence))
+
+
 def _pred_mask(shape: tuple[int, int], preds: Sequence[PredictedDefect]) -> np.ndarray:
     m = np.zeros(shape, bool)
     for p in preds:
         b = p.bbox
         m[b.y0:b.y1, b.x0:b.x1] |= p.mask
+    return m
+
+
+def _pred_class_map(shape: tuple[int, int], preds: Sequence[PredictedDefect], names: Sequence[str]) -> np.ndarray:
+    """0 = background, i+1 = names[i], len(names)+1 = a class the dataset does not know."""
+    ids = {n: i + 1 for i, n in enumerate(names)}
+    unknown = len(names) + 1
+    m = np.zeros(shape, np.int64)
+    for p in _by_confidence(preds):
+        b = p.bbox
+        m[b.y0:b.y1, b.x0:b.x1][p.mask.astype(bool)] = ids.get(p.defect_class, unknown) if p.defect_class else unknown
+    return m
+
+
+def _gt_class_map(sample: InspectionSample) -> np.ndarray:
+    if sample.class_mask is not None:
+        return sample.class_mask.astype(np.int64)
+    m = np.zeros(sample.image.shape[:2], np.int64)
+    for b, c in sample.boxes:
+        m[b.y0:b.y1, b.x0:b.x1] = c
     return m
 
 
@@ -104,10 +213,156 @@ def _gt_mask(sample: InspectionSample) -> np.ndarray:
     return m
 
 
-def evaluate_predictions(samples: Iterable[InspectionSample],
-                         predict: Callable[[list[np.ndarray]], list[list[PredictedDefect]]],
-                         model_class_names: Sequence[str] | None, batch: int = 8) -> EvalReport:
-    """Run `predict` over samples (in batches) and compute every metric of the module doc."""
+def _image_class(preds: Sequence[PredictedDefect]) -> str:
+    """Class of the highest-confidence detection (the first on equal confidence); GOOD when none."""
+    if not preds:
+        return GOOD
+    def rank(j: int) -> tuple[float, int]:
+        c = preds[j].confidence
+        return (-1.0 if c is None else float(c), -j)
+
+    return str(preds[max(range(len(preds)), key=rank)].defect_class)
+
+
+def _class_metrics(conf: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """Per-class IoU/Dice from a (K+1) x (K+2) pixel confusion (rows gt 0..K, columns pred 0..K+1)."""
+    k = len(names)
+    out: dict[str, Any] = {}
+    ious: list[float] = []
+    dices: list[float] = []
+    for c in range(k + 1):
+        inter = float(conf[c, c])
+        gt_n = float(conf[c, :].sum())
+        pr_n = float(conf[:, c].sum())
+        union = gt_n + pr_n - inter
+        iou = inter / union if union else None
+        dice = 2 * inter / (gt_n + pr_n) if gt_n + pr_n else None
+        if c == 0:
+            out["iou_background"] = iou
+            bg_iou = iou
+            continue
+        out[f"iou[{names[c - 1]}]"] = iou
+        out[f"dice[{names[c - 1]}]"] = dice
+        if iou is not None:
+            ious.append(iou)
+        if dice is not None:
+            dices.append(dice)
+    with_bg = ious + ([bg_iou] if bg_iou is not None else [])
+    out["miou_classes_with_background"] = float(np.mean(with_bg)) if with_bg else None
+    out["miou_classes"] = float(np.mean(ious)) if ious else None
+    out["mean_dice_classes"] = float(np.mean(dices)) if dices else None
+    return out
+
+
+# ------------------------------------------------------------------ worst examples
+class _Example(NamedTuple):
+    image: np.ndarray
+    gt: np.ndarray  # bool (H, W)
+    preds: list[PredictedDefect]
+    score: float | None
+    source: str
+    pixels: int  # false-positive or missed pixels
+
+
+class ExampleCollector:
+    """Keeps the `n` worst false-positive and the `n` worst false-negative images while streaming.
+
+    Worst false positive: most predicted defect pixels outside the ground truth (then the higher
+    image score). Worst false negative: most ground-truth defect pixels the prediction misses
+    (then the lower image score). Images without such pixels are never candidates. At most 2n
+    images are held (two bounded min-heaps).
+    """
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"the number of examples must be >= 1, got {n}")
+        self.n = n
+        self._fp: list[tuple[tuple[float, float], int, _Example]] = []
+        self._fn: list[tuple[tuple[float, float], int, _Example]] = []
+        self._tick = itertools.count()
+
+    def _push(self, heap: list, key: tuple[float, float], ex: _Example) -> None:
+        item = (key, -next(self._tick), ex)  # on equal keys the earlier image ranks higher
+        if len(heap) < self.n:
+            heapq.heappush(heap, item)
+        elif item[:2] > heap[0][:2]:
+            heapq.heapreplace(heap, item)
+
+    def offer(self, sample: InspectionSample, gt: np.ndarray, pm: np.ndarray, preds: list[PredictedDefect],
+              score: float | None) -> None:
+        """Consider one evaluated image (ground-truth and predicted defect masks of the same shape)."""
+        fp_px = int(np.logical_and(pm, ~gt).sum())
+        fn_px = int(np.logical_and(gt, ~pm).sum())
+        sc = 0.0 if score is None else float(score)
+        if fp_px:
+            self._push(self._fp, (fp_px, sc), _Example(sample.image, gt, list(preds), score, sample.source, fp_px))
+        if fn_px:
+            self._push(self._fn, (fn_px, -sc), _Example(sample.image, gt, list(preds), score, sample.source, fn_px))
+
+    def worst(self) -> dict[str, list[_Example]]:
+        """{"fp": [...], "fn": [...]}, worst first."""
+        return {k: [e for _, _, e in sorted(h, key=lambda t: t[:2], reverse=True)]
+                for k, h in (("fp", self._fp), ("fn", self._fn))}
+
+    def write(self, folder: str | Path) -> list[dict[str, Any]]:
+        """Write `fp_<rank>_<stem>.png` / `fn_<rank>_<stem>.png` overlays and `index.json` into folder.
+
+        Returns:
+            one entry per written file (file, kind, source, pixels, score), also stored in index.json.
+        """
+        d = Path(folder)
+        d.mkdir(parents=True, exist_ok=True)
+        index = []
+        for kind, exs in self.worst().items():
+            for rank, ex in enumerate(exs, 1):
+                stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(ex.source).stem)[:60] or "image"
+                name = f"{kind}_{rank:02d}_{stem}.png"
+                if not cv2.imwrite(str(d / name), overlay(ex.image, ex.gt, ex.preds)):
+                    raise OSError(f"cannot write {d / name}")
+                index.append({"file": name, "kind": kind, "source": ex.source,
+                              "pixels": ex.pixels, "score": ex.score})
+        (d / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+        return index
+
+
+def overlay(image: np.ndarray, gt: np.ndarray, preds: Sequence[PredictedDefect]) -> np.ndarray:
+    """BGR picture: the image in grey, predictions filled translucent red with class and
+    confidence, the ground-truth contour in green."""
+    g = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    out = cv2.cvtColor(g.astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    pm = _pred_mask(g.shape[:2], preds)
+    red = out.copy()
+    red[pm] = (0, 0, 255)
+    out = cv2.addWeighted(red, 0.45, out, 0.55, 0.0)
+    contours, _ = cv2.findContours(gt.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, (0, 255, 0), 1)
+    scale = max(0.3, min(g.shape[:2]) / 500.0)
+    for p in preds:
+        b = p.bbox
+        text = str(p.defect_class) + ("" if p.confidence is None else f" {float(p.confidence):.2f}")
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        x = int(min(max(0, b.x0), max(0, out.shape[1] - tw)))
+        y = int(b.y0 - 3 if b.y0 - 3 >= th else min(out.shape[0] - 1, b.y1 + th + 2))
+        cv2.putText(out, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2, cv2.LINE_AA)
+        cv2.putText(out, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (80, 80, 255), 1, cv2.LINE_AA)
+    return out
+
+
+# ------------------------------------------------------------------ evaluation
+def evaluate_predictions(samples: Iterable[InspectionSample], predict: Predictor,
+                         model_class_names: Sequence[str] | None, batch: int = 8,
+                         examples: ExampleCollector | None = None) -> EvalReport:
+    """Run `predict` over samples (in batches) and compute every metric of the module doc.
+
+    Args:
+        samples: annotated images, streamed (only one batch is held at a time).
+        predict: images -> one list of `PredictedDefect` per image (a plain list), or a
+            `ScoredPredictions` / `(preds, scores)` tuple that adds a per-image defect score
+            (image-level AUROC/AP are None without scores).
+        model_class_names: the classes the predictor can report; None for a class-agnostic one
+            (no class metrics then).
+        examples: when given, offered every image (worst false positives / negatives kept).
+    """
     tp = fp = fn = 0
     ious: list[float] = []
     bg_inter = bg_union = 0
@@ -121,6 +376,12 @@ def evaluate_predictions(samples: Iterable[InspectionSample],
     conf: dict[str, dict[str, int]] = {}
     with_class = model_class_names is not None
     box_only = False
+    labels: list[bool] = []
+    scores: list[float] = []
+    scored = True
+    class_conf: np.ndarray | None = None
+    one_class_per_image = True
+    img_cls_hits = img_def_hits = 0
 
     def bump(r: str, c: str) -> None:
         conf.setdefault(r, {})
@@ -132,11 +393,23 @@ def evaluate_predictions(samples: Iterable[InspectionSample],
         if not chunk:
             break
         t0 = time.perf_counter()
-        preds_all = predict([s.image for s in chunk])
+        out = predict([s.image for s in chunk])
         seconds += time.perf_counter() - t0
-        for s, preds in zip(chunk, preds_all):
+        if isinstance(out, tuple):
+            preds_all, chunk_scores = out
+            chunk_scores = [float(v) for v in chunk_scores]
+            if len(chunk_scores) != len(chunk):
+                raise ValueError(f"predictor returned {len(chunk_scores)} scores for {len(chunk)} images")
+        else:
+            preds_all, chunk_scores = out, [None] * len(chunk)
+            scored = False
+        if len(preds_all) != len(chunk):
+            raise ValueError(f"predictor returned {len(preds_all)} results for {len(chunk)} images")
+        for s, preds, score in zip(chunk, preds_all, chunk_scores):
+            preds = [p if isinstance(p, PredictedDefect) else PredictedDefect(*p) for p in preds]
             n_img += 1
-            data_names = s.class_names
+            if not data_names:
+                data_names = s.class_names
             box_only |= s.class_mask is None
             gt = _gt_mask(s)
             pm = _pred_mask(gt.shape, preds)
@@ -148,11 +421,32 @@ def evaluate_predictions(samples: Iterable[InspectionSample],
             v = image_iou(pm, gt)
             if v is not None:
                 ious.append(v)
+            has_defect = bool(s.boxes) or bool(gt.any())
+            labels.append(has_defect)
+            if score is not None:
+                scores.append(score)
+            img_def_hits += int(bool(preds) == has_defect)
+            if with_class:
+                k = len(data_names)
+                if class_conf is None:
+                    class_conf = np.zeros((k + 1, k + 2), np.int64)
+                gcm = np.clip(_gt_class_map(s), 0, k)
+                pcm = _pred_class_map(gt.shape, preds, data_names)
+                pair_ids = (gcm * (k + 2) + pcm).ravel()
+                class_conf += np.bincount(pair_ids, minlength=(k + 1) * (k + 2)).reshape(k + 1, k + 2)
+            gt_ids = {c for _, c in s.boxes}
+            one_class_per_image &= len(gt_ids) <= 1
+            if one_class_per_image and with_class:
+                (cid,) = gt_ids or {0}
+                gt_cls = GOOD if cid == 0 else (s.class_names[cid - 1] if cid <= len(s.class_names) else str(cid))
+                img_cls_hits += int(_image_class(preds) == gt_cls)
+            if examples is not None:
+                examples.offer(s, gt, pm, preds, score)
             iou = _iou_matrix(s, preds)
             n_gt += len(s.boxes)
             n_pred += len(preds)
-            for k, t in enumerate(ar_thr):
-                ar_hits[k] += len(_greedy(iou, float(t)))
+            for kk, t in enumerate(ar_thr):
+                ar_hits[kk] += len(_greedy(iou, float(t)))
             pairs = _greedy(iou, 0.5)
             hit_any += len(pairs)
             gt_names = [s.class_names[c - 1] if 0 < c <= len(s.class_names) else str(c) for _, c in s.boxes]
@@ -177,37 +471,55 @@ def evaluate_predictions(samples: Iterable[InspectionSample],
     f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
     iou_def = tp / (tp + fp + fn) if tp + fp + fn else 0.0
     iou_bg = bg_inter / bg_union if bg_union else 1.0
+    scored = scored and n_img > 0
     metrics: dict[str, Any] = {
         "images": n_img,
         "pixel_precision": prec, "pixel_recall": rec, "pixel_f1": f1,
+        "dice_defect": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
         "mean_iou": float(np.mean(ious)) if ious else 1.0,
         "iou_defect": iou_def, "miou_2class": (iou_def + iou_bg) / 2,
+        "image_auroc": image_auroc(labels, scores) if scored else None,
+        "image_ap": average_precision(labels, scores) if scored else None,
+        "image_defect_accuracy": img_def_hits / n_img if n_img else None,
         "ar": float(ar_hits.mean() / n_gt) if n_gt else 1.0,
         "gt_defects": n_gt, "predicted_defects": n_pred,
         "defect_recall_iou50": hit_any / n_gt if n_gt else 1.0,
         "defect_precision_iou50": pred_any / n_pred if n_pred else 1.0,
         "images_per_s": n_img / seconds if seconds else 0.0,
     }
+    if with_class:
+        metrics["image_accuracy"] = img_cls_hits / n_img if one_class_per_image and n_img else None
+        if class_conf is not None:
+            metrics.update(_class_metrics(class_conf, data_names))
     if with_class and set(model_class_names or ()) >= set(data_names):
         metrics["defect_recall_iou50_class"] = hit_cls / n_gt if n_gt else 1.0
         metrics["defect_precision_iou50_class"] = hit_cls / n_pred if n_pred else 1.0
         metrics["classification_accuracy"] = pred_cls / hit_any if hit_any else 0.0
     meta = {"pixel_metrics_from": "boxes" if box_only else "masks",
             "dataset_class_names": list(data_names),
-            "model_class_names": list(model_class_names) if model_class_names else None}
+            "model_class_names": list(model_class_names) if model_class_names else None,
+            "image_scores": scored,
+            "one_class_per_image": one_class_per_image}
     return EvalReport(metrics, conf, meta)
 
 
 def _detections_to_preds(dets: list[Detection]) -> list[PredictedDefect]:
-    return [PredictedDefect(d.bbox, d.mask, d.defect_class) for d in dets]
+    return [PredictedDefect(d.bbox, d.mask, d.defect_class, float(d.confidence)) for d in dets]
 
 
-def evaluate_inspector(inspector: Any, samples: Iterable[InspectionSample], batch: int = 8) -> EvalReport:
-    """Evaluate an `Inspector` end to end on annotated samples."""
-    rep = evaluate_predictions(samples, lambda ims: [_detections_to_preds(d) for d in inspector.inspect(ims)],
-                               inspector.class_names, batch)
-    rep.meta.update({"model_version": inspector.model_version, "threshold": inspector.threshold,
+def evaluate_inspector(inspector: Any, samples: Iterable[InspectionSample], batch: int = 8,
+                       examples: ExampleCollector | None = None) -> EvalReport:
+    """Evaluate an `Inspector` (models.types) end to end on annotated samples, scored through
+    `inspect_scored` (one pass gives detections and the image-level score)."""
+    def predict(ims: list[np.ndarray]) -> ScoredPredictions:
+        dets, scores = inspector.inspect_scored(ims)
+        return ScoredPredictions([_detections_to_preds(d) for d in dets], [float(v) for v in scores])
+
+    rep = evaluate_predictions(samples, predict, list(inspector.class_names), batch, examples)
+    rep.meta.update({"family": getattr(inspector, "family", None), "model_version": inspector.model_version,
                      "device": inspector.device})
+    if getattr(inspector, "threshold", None) is not None:
+        rep.meta["threshold"] = inspector.threshold
     return rep
 
 
@@ -239,18 +551,23 @@ class ThresholdBaseline:
         return out
 
 
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
 def to_markdown(title: str, reports: dict[str, EvalReport]) -> str:
-    """One Markdown document: a metrics table (one column per report) and confusion matrices."""
+    """One Markdown document: a metrics table (one column per report; None and missing as "—")
+    and confusion matrices."""
     keys: list[str] = []
     for r in reports.values():
         keys += [k for k in r.metrics if k not in keys]
     lines = [f"# {title}", "", "| metric | " + " | ".join(reports) + " |", "|---|" + "---|" * len(reports)]
     for k in keys:
-        vals = []
-        for r in reports.values():
-            v = r.metrics.get(k)
-            vals.append("—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)))
-        lines.append(f"| {k} | " + " | ".join(vals) + " |")
+        lines.append(f"| {k} | " + " | ".join(_fmt(r.metrics.get(k)) for r in reports.values()) + " |")
     for name, r in reports.items():
         if not r.confusion:
             continue
@@ -265,23 +582,40 @@ def to_markdown(title: str, reports: dict[str, EvalReport]) -> str:
 
 
 def run_evaluation_cli(args: Any) -> int:
-    """Handler of `defectstream evaluate` (see models/cli.py for the arguments)."""
+    """Handler of `defectstream evaluate` (see models/cli.py for the arguments).
+
+    Returns 0, or 2 (message on stderr) for options that do not fit together. Raises
+    CheckpointError for a missing/invalid model (the CLI prints it).
+    """
     import torch
 
     from models.datasets import open_dataset
-    from models.inspector import SeverityInspector, resolve_checkpoints
+    from models.loading import load_inspector, model_files
     from models.registry import update_metrics
 
+    n_examples = getattr(args, "save_examples", None)
+    if n_examples is not None and n_examples < 1:
+        print(f"error: --save-examples must be at least 1, got {n_examples}", file=sys.stderr)
+        return 2
+    if n_examples and not args.out:
+        print("error: --save-examples needs --out (the overlays go to <out>/examples/)", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
-    insp = SeverityInspector.load(args.checkpoint, device=args.device, detector_arch=args.detector_arch)
-    samples = list(open_dataset(args.format, args.data, limit=args.limit))
-    reports: dict[str, EvalReport] = {}
-    rep = evaluate_inspector(insp, samples)
-    reports[f"inspector ({insp.det_info.arch})"] = rep
+    insp = load_inspector(args.checkpoint, device=args.device, detector_arch=args.detector_arch)
+    # stream the data unless the baseline needs it twice (fit + evaluate)
+    data: Iterable[InspectionSample] = open_dataset(args.format, args.data, limit=args.limit)
+    if args.baseline:
+        data = list(data)
+    collector = ExampleCollector(n_examples) if n_examples else None
+    rep = evaluate_inspector(insp, data, examples=collector)
+    det_info = getattr(insp, "det_info", None)
+    label = f"{insp.family}, {det_info.arch}" if det_info is not None else insp.family
+    reports: dict[str, EvalReport] = {f"inspector ({label})": rep}
     if args.baseline:
         from models.synthetic import render_sample
         from models.train import VAL_SEED_BASE
 
+        samples = data
         base = ThresholdBaseline()
         val = [render_sample(VAL_SEED_BASE + i) for i in range(100)] if args.format == "synthetic" else samples
         t = base.fit(val)
@@ -289,17 +623,21 @@ def run_evaluation_cli(args: Any) -> int:
         brep.meta["threshold"] = t
         brep.meta["fitted_on"] = "synthetic validation seeds" if args.format == "synthetic" else "the evaluated data"
         reports["intensity threshold baseline"] = brep
+    out = Path(args.out) if args.out else None
+    if collector is not None and out is not None:
+        index = collector.write(out / "examples")
+        rep.meta["examples"] = {"folder": str(out / "examples"), "written": len(index),
+                                "fp": "most predicted defect pixels outside the ground truth",
+                                "fn": "most ground-truth defect pixels missed"}
     md = to_markdown(f"Evaluation on {args.format}: {args.data}", reports)
     print(md)
-    if args.out:
-        out = Path(args.out)
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps({k: v.to_dict() for k, v in reports.items()}, indent=2) + "\n")
         (out / "metrics.md").write_text(md)
         print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
     if args.record:
-        det_p, cls_p = resolve_checkpoints(args.checkpoint, args.detector_arch)
         key = f"eval[{args.data}]"
-        update_metrics(det_p, {key: rep.metrics})
-        update_metrics(cls_p, {key: {k: v for k, v in rep.metrics.items() if "class" in k}})
+        for p in model_files(args.checkpoint, args.detector_arch).files.values():
+            update_metrics(p, {key: rep.metrics})
     return 0
