@@ -31,7 +31,7 @@ from models.types import BBox, InspectionSample
 
 __all__ = ["open_dataset", "read_plain", "read_dagm", "read_neu", "read_severstal", "read_mvtec",
            "read_magnetic_tile", "read_synthetic", "rle_decode", "rle_encode", "instances_from_class_mask",
-           "NEU_CLASSES", "MAGNETIC_TILE_CLASSES", "DatasetError", "SplitData", "load_split"]
+           "NEU_CLASSES", "MAGNETIC_TILE_CLASSES", "DatasetError", "SplitData", "load_split", "tile_samples"]
 
 NEU_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
 MAGNETIC_TILE_CLASSES = ("Blowhole", "Break", "Crack", "Fray", "Uneven")
@@ -338,3 +338,32 @@ def load_split(fmt: str, data: str, val_data: str | None = None, val_split: floa
     return SplitData(tr, va, {"format": fmt, "data": str(data), "val_split": val_split, "split_seed": seed,
                               "train_images": len(tr), "val_images": len(va),
                               "val_sources": sorted(s.source for s in va)[:5000]})
+
+
+def tile_samples(samples: list[InspectionSample], tile: int) -> list[InspectionSample]:
+    """Cut every image into non-overlapping `tile` x `tile` tiles (remainders dropped; an image
+    smaller than a tile is kept whole). Masks and boxes are cut with it; a box-only sample keeps
+    the clipped parts of its boxes that hold at least a quarter of the box or of the tile."""
+    if tile < 16:
+        raise DatasetError(f"--tile must be at least 16 px, got {tile}")
+    out: list[InspectionSample] = []
+    for s in samples:
+        h, w = s.image.shape[:2]
+        if h < tile or w < tile:
+            out.append(s)
+            continue
+        for y in range(0, h - tile + 1, tile):
+            for x in range(0, w - tile + 1, tile):
+                img = np.ascontiguousarray(s.image[y:y + tile, x:x + tile])
+                src = f"{s.source}#tile={x},{y},{tile}"
+                if s.class_mask is not None:
+                    out.append(_mask_sample(img, np.ascontiguousarray(s.class_mask[y:y + tile, x:x + tile]),
+                                            tuple(s.class_names), src))
+                    continue
+                boxes = []
+                for b, c in s.boxes:
+                    cb = BBox(max(b.x0, x) - x, max(b.y0, y) - y, min(b.x1, x + tile) - x, min(b.y1, y + tile) - y)
+                    if cb.width > 0 and cb.height > 0 and cb.area * 4 >= min(b.area, tile * tile):
+                        boxes.append((cb, c))
+                out.append(InspectionSample(img, None, tuple(boxes), s.class_names, None, None, src))
+    return out
