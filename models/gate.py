@@ -76,7 +76,7 @@ class GatedInspector:
         g = self.gate_scores(frames)
         passing = [i for i, s in enumerate(g) if s >= self.threshold]
         dets: list[list[Detection]] = [[] for _ in frames]
-        scores = [0.5 * min(1.0, float(s) / self.threshold) * (1 - 1e-6) for s in g]
+        scores = [0.5 * min(1.0, float(s) / max(self.threshold, 1e-9)) * (1 - 1e-6) for s in g]
         if passing:
             inner_d, inner_s = self.inner.inspect_scored([frames[i] for i in passing])
             for i, d, s in zip(passing, inner_d, inner_s):
