@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, ValidationError
 
+from streams.model_selection import is_promotion_key
 from streams.tracking import PartPolicy
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ class CameraConfig(BaseModel):
     roi: tuple[int, int, int, int] | None = Field(None, description="x0, y0, x1, y1: detections outside are ignored")
     min_confidence: float | None = Field(None, ge=0.0, le=1.0)
     fail_severity: float | None = Field(None, ge=0.0, le=12.0)
-    model_version: str | None = Field(None, description="the model version this camera expects (checked, logged)")
+    model_version: str | None = Field(None, description="pinned model version: runs whenever it is loaded, ahead of "
+                                                        "line/plant promotions; a camera promotion wins "
+                                                        "(streams.model_selection)")
     frames_per_part: int | None = Field(None, ge=1)
 
     def policy(self) -> PartPolicy:
@@ -52,10 +55,13 @@ class CameraRegistry:
         self._configs: dict[str, CameraConfig] = {}
 
     def apply(self, key: bytes | str | None, value: bytes | None) -> bool:
-        """Apply one `cameras` record; returns False (and logs) when it is unusable."""
+        """Apply one `cameras` record; returns False (and logs) when it is unusable, and False for
+        model promotion keys (``*``, ``*line:…``, ``*camera:…``), which are not cameras."""
         if key is None:
             log.warning("cameras record without key ignored")
             return False
+        if is_promotion_key(key):
+            return False  # a model promotion scope (streams.model_selection), not a camera
         cam = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
         if value is None:
             self._configs.pop(cam, None)
@@ -70,6 +76,10 @@ class CameraRegistry:
 
     def get(self, camera_id: str) -> CameraConfig | None:
         return self._configs.get(camera_id)
+
+    def cameras(self) -> list[str]:
+        """Ids of the cameras that have a config."""
+        return sorted(self._configs)
 
     def policy(self, camera_id: str) -> PartPolicy:
         cfg = self._configs.get(camera_id)
@@ -106,7 +116,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--roi", help="x0,y0,x1,y1: detections outside are ignored")
     p.add_argument("--min-confidence", type=float)
     p.add_argument("--fail-severity", type=float)
-    p.add_argument("--model-version", help="model version this camera expects")
+    p.add_argument("--model-version",
+                   help="pin this camera to a model version (used while loaded; a `models promote --camera` wins)")
     p.add_argument("--frames-per-part", type=int)
     p.add_argument("--delete", action="store_true", help="remove the camera's entry (back to defaults)")
     p.set_defaults(func=_run_camera_config)

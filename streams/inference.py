@@ -89,13 +89,18 @@ class InferenceRunner:
         return self.pool.versions if self.pool is not None else []
 
     async def refresh_models(self, in_use: Sequence[str] = ()) -> None:
-        """Load the promoted model, if one is wanted and not loaded yet (in the executor thread;
-        a checkpoint that fails to load is logged and not retried). `in_use`: versions of open parts."""
+        """Load every promoted model (plant, line and camera scopes) that is not loaded yet, in the
+        executor thread; a checkpoint that fails to load is logged and not retried. Models no open
+        part (`in_use`) and no current promotion needs may be evicted beyond the pool's bound."""
         await self.ensure_loaded()
-        want = self.selection.wanted()
-        if want is not None and self.pool is not None and want.model_version not in self.pool.versions:
+        if self.pool is None:
+            return
+        wanted = self.selection.wanted()
+        if self.pool.missing(wanted):
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self.pool.ensure, want, list(in_use))
+            await loop.run_in_executor(self._executor, self.pool.sync, wanted, list(in_use))
+        else:
+            self.pool.release(set(in_use) | {p.model_version for p in wanted})
 
     async def run(self, fn: Any, *args: Any) -> Any:
         """Run another blocking step (e.g. image decoding) on the same thread."""

@@ -71,6 +71,12 @@ class InspectPipeline:
         self.deadletters: Counter[str] = Counter()
         self.parts_closed: Counter[str] = Counter()
         self._version_warned: set[str] = set()
+        self.open_part_versions: dict[str, str] = {}  # camera id -> model version of its open part
+        # Set once the `cameras` topic has been read up to its end (wire_inspect); until then a
+        # batch waits (at most `cameras_wait_s`), so a restarted worker knows the promotions and
+        # camera configs before it opens or continues a part.
+        self.cameras_ready: asyncio.Event | None = None
+        self.cameras_wait_s = 15.0
 
     # -- helpers -----------------------------------------------------------------------------
     def _dead(self, ev: Any, rej: Rejected) -> tuple[str, bytes | None, Event]:
@@ -112,11 +118,22 @@ class InspectPipeline:
         return out
 
     def _version_for(self, state: CameraState, meta: FrameMeta) -> str:
-        """A part keeps the model it opened with; a new part takes the selected one (promotions)."""
+        """A part keeps the model it opened with; a new part takes the selected one (camera, pinned,
+        line, plant promotion, default). The line is the one the part is reported under."""
         open_part = (state.part.part_id, state.part.model_version) if state.part is not None else None
         cfg = self.registry.get(meta.camera_id)
+        line = (cfg.line_id if cfg is not None and cfg.line_id else None) or meta.line_id
         return self.runner.selection.version_for_frame(meta.part_id, open_part, cfg.model_version if cfg else None,
-                                                       self.runner.versions)
+                                                       self.runner.versions, camera_id=meta.camera_id, line_id=line)
+
+    def _note_open_parts(self, states: dict[str, CameraState] | Sequence[CameraState]) -> None:
+        """Remember which model each camera's open part runs (cameras of earlier batches too), so
+        that no model an open part needs is evicted."""
+        for state in (states.values() if isinstance(states, dict) else states):
+            if state.part is not None:
+                self.open_part_versions[state.camera_id] = state.part.model_version
+            else:
+                self.open_part_versions.pop(state.camera_id, None)
 
     async def _inspect_by_version(self, images: list[np.ndarray], versions: list[str]) -> list[list[Any] | Exception]:
         out: list[list[Any] | Exception] = [[] for _ in images]
@@ -132,7 +149,17 @@ class InspectPipeline:
         async with self.lock:
             await self._process(events)
 
+    async def _await_cameras(self) -> None:
+        if self.cameras_ready is None or self.cameras_ready.is_set():
+            return
+        try:
+            await asyncio.wait_for(self.cameras_ready.wait(), self.cameras_wait_s)
+        except asyncio.TimeoutError:
+            log.warning("the cameras topic is not read after %.0fs; going on with what is known", self.cameras_wait_s)
+            self.cameras_ready.set()
+
     async def _process(self, events: Sequence[Any]) -> None:
+        await self._await_cameras()
         await self.runner.ensure_loaded()
         records: list[tuple[str, bytes | None, Event]] = []
         states: dict[str, CameraState] = {}
@@ -163,7 +190,8 @@ class InspectPipeline:
             else:
                 ok.append((ev, meta, img))
         # model per frame (a promotion takes effect at each camera's next part), then inspect
-        await self.runner.refresh_models([s.part.model_version for s in states.values() if s.part is not None])
+        self._note_open_parts(states)
+        await self.runner.refresh_models(sorted(set(self.open_part_versions.values())))
         versions = [self._version_for(states[meta.camera_id], meta) for _, meta, _ in ok]
         detections = await self._inspect_by_version([img for _, _, img in ok], versions)
         # track
@@ -184,6 +212,7 @@ class InspectPipeline:
             await self.emitter.send_all(records)
         for cam, state in states.items():
             self.store.save(state, last_event[cam])
+        self._note_open_parts(states)
 
     async def close_idle(self, event: Any, camera_id: str, part_id: str, last_seq: int) -> PartOutcome | None:
         """Close `part_id` on `camera_id` with reason TIMEOUT if it got no frame since `last_seq`."""
@@ -195,6 +224,7 @@ class InspectPipeline:
                 return None
             await self.emitter.send_all(self._outputs([out]))
             self.store.save(state, event)
+            self._note_open_parts([state])
             return out
 
 
@@ -263,9 +293,11 @@ def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline
             log.critical("cannot load the Inspector: %r", exc)
             await app.crash(exc)
 
+    pipeline.cameras_ready = asyncio.Event()
+
     @app.task
     async def follow_cameras() -> None:
-        await follow_camera_topic(settings, pipeline.registry, pipeline.runner.selection)
+        await follow_camera_topic(settings, pipeline.registry, pipeline.runner.selection, pipeline.cameras_ready)
 
     @app.timer(interval=60.0)
     async def report_counters() -> None:
@@ -275,10 +307,13 @@ def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline
     return {"inspect": inspect, "close_idle_parts": close_idle_parts, "find_idle_parts": find_idle_parts}
 
 
-async def follow_camera_topic(settings: Settings, registry: CameraRegistry, selection: Any = None) -> None:
+async def follow_camera_topic(settings: Settings, registry: CameraRegistry, selection: Any = None,
+                              ready: asyncio.Event | None = None) -> None:
     """Read the compacted `cameras` topic from the start and keep following it (no consumer
-    group: every worker holds every camera's config). Model promotions (key ``*``) go to
-    `selection` (a `streams.model_selection.ModelSelection`)."""
+    group: every worker holds every camera's config). Model promotions (keys ``*``,
+    ``*line:<id>``, ``*camera:<id>``) go to `selection` (a `streams.model_selection.ModelSelection`).
+    `ready` is set after the first poll that returns nothing (the topic is read up to its end),
+    and when following stops."""
     from aiokafka import AIOKafkaConsumer
 
     k = settings.kafka
@@ -286,16 +321,25 @@ async def follow_camera_topic(settings: Settings, registry: CameraRegistry, sele
         k.topics.cameras, bootstrap_servers=k.bootstrap_servers, group_id=None, auto_offset_reset="earliest",
         enable_auto_commit=False, security_protocol=k.security_protocol,
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        if ready is not None:
+            ready.set()  # batches go on with what is known instead of waiting for the timeout
+        raise
     try:
         while True:
             batches = await consumer.getmany(timeout_ms=1000)
+            if not batches and ready is not None and not ready.is_set():
+                ready.set()
             for records in batches.values():
                 for r in records:
                     if selection is not None and selection.apply(r.key, r.value):
-                        log.info("model promotion: %s", r.value)
+                        log.info("model promotion %s: %s", r.key, r.value)
                         continue
                     if registry.apply(r.key, r.value):
                         log.info("camera config %s: %s", r.key, r.value)
     finally:
+        if ready is not None:
+            ready.set()
         await consumer.stop()

@@ -177,8 +177,9 @@ class TrackingSettings(BaseModel):
     part_timeout_s: float = Field(30.0, gt=0.0, description="an open part with no frame for this long closes (TIMEOUT)")
     timeout_check_s: float = Field(5.0, gt=0.0, description="how often the timer looks for idle parts")
     fail_classes: list[str] = Field(
-        default_factory=lambda: ["crack", "imprint_severe", "inclusion"],
-        description="a confirmed defect of one of these classes fails the part",
+        default_factory=lambda: ["crack", "imprint_severe", "inclusion", "defect"],
+        description="a confirmed defect of one of these classes fails the part ('defect': the one class of a "
+                    "binary segmenter/classifier)",
     )
     fail_severity: float = Field(6.0, ge=0.0, le=12.0, description="a confirmed defect this severe fails the part")
     min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="detections below this are ignored")

@@ -9,7 +9,7 @@ import numpy as np
 
 from models.types import BBox, Detection
 from schemas.events import FrameEvent
-from streams.camera_registry import CameraRegistry
+from streams.camera_registry import CameraConfig, CameraRegistry
 from streams.inference import InferenceRunner
 from streams.inspect_agent import InspectPipeline
 from streams.model_selection import Promotion
@@ -51,13 +51,13 @@ class Emitter:
         self.sent.extend(records)
 
 
-def ev(part, seq, idx, last, off):
+def ev(part, seq, idx, last, off, cam="cam-1", line="l1"):
     img = np.full((64, 128), 100, np.uint8)
     img[20:30, 80 - 10 * idx:90 - 10 * idx] = 250
-    fe = FrameEvent(camera_id="cam-1", line_id="l1", part_id=part, frame_seq=seq, capture_ts=1_700_000_000_000 + seq * 100,
+    fe = FrameEvent(camera_id=cam, line_id=line, part_id=part, frame_seq=seq, capture_ts=1_700_000_000_000 + seq * 100,
                     encoding="PNG", width=128, height=64, channels=1, image=cv2.imencode(".png", img)[1].tobytes(),
                     frame_index=idx, last_frame=last, conveyor_speed_mm_s=100.0, pixels_per_mm=1.0)
-    return SimpleNamespace(message=SimpleNamespace(topic="frames", partition=0, offset=off, key=b"cam-1",
+    return SimpleNamespace(message=SimpleNamespace(topic="frames", partition=0, offset=off, key=cam.encode(),
                                                    value=CODEC.encode(fe.to_avro())))
 
 
@@ -74,3 +74,86 @@ def test_promotion_applies_from_the_next_part():
     parts = {r[2].part_id: r[2].model_version for r in emitter.sent if r[0] == "parts"}
     assert parts == {"p1": "v1", "p2": "v2"}
     assert set(runner.versions) == {"v1", "v2"}
+
+
+def _part(cam, part, seq0, off0, frames=2, line="l1"):
+    return [ev(part, seq0 + i, i, i == frames - 1, off0 + i, cam, line) for i in range(frames)]
+
+
+def test_scoped_promotions_per_camera_and_line_and_clearing():
+    settings = Settings(plant=PlantSettings(timezone="UTC"))
+    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=Insp("v1"))
+    loaded = []
+    runner._load_path = lambda path: loaded.append(path) or Insp(path.rsplit("/", 1)[-1])
+    registry = CameraRegistry()
+    registry.apply(b"cam-4", CameraConfig(line_id="l2").to_json())  # its frames say l1; its config moves it to l2
+    emitter = Emitter()
+    pipe = InspectPipeline(settings, runner, registry, Store(), emitter)
+
+    def run(*events):
+        asyncio.run(pipe.process(list(events)))
+
+    run(ev("a1", 1, 0, False, 0, "cam-1"))  # cam-1 opens a1 on v1
+    sel = runner.selection
+    sel.apply(b"*camera:cam-1", Promotion("seg", "/models/seg", 1, scope="*camera:cam-1").to_json())
+    sel.apply(b"*line:l2", Promotion("lineB", "/models/lineB", 1).to_json())
+    run(ev("a1", 2, 1, True, 1, "cam-1"), *_part("cam-1", "a2", 10, 2), *_part("cam-2", "b1", 20, 4),
+        *_part("cam-4", "d1", 30, 6), *_part("cam-3", "c1", 40, 8, line="l2"))
+    # clear the camera scope and promote the plant: cam-1 falls back at its next part
+    sel.apply(b"*camera:cam-1", None)
+    sel.apply(b"*", Promotion("plantC", "/models/plantC", 2).to_json())
+    run(*_part("cam-1", "a3", 50, 10), *_part("cam-2", "b2", 60, 12), *_part("cam-4", "d2", 70, 14))
+    parts = {r[2].part_id: r[2].model_version for r in emitter.sent if r[0] == "parts"}
+    assert parts == {"a1": "v1", "a2": "seg", "b1": "v1", "d1": "lineB", "c1": "lineB",
+                     "a3": "plantC", "b2": "plantC", "d2": "lineB"}
+    defects = {r[2].part_id: r[2].model_version for r in emitter.sent if r[0] == "defects"}
+    assert all(parts[p] == v for p, v in defects.items()) and defects
+    assert sorted(loaded) == ["/models/lineB", "/models/plantC", "/models/seg"]  # each loaded once
+    assert {"v1", "lineB", "plantC"} <= set(runner.versions)
+
+
+def test_a_model_an_open_part_needs_is_not_evicted_by_other_cameras_batches():
+    settings = Settings(plant=PlantSettings(timezone="UTC"))
+    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=Insp("v1"))
+    runner._load_path = lambda path: Insp(path.rsplit("/", 1)[-1])
+    emitter = Emitter()
+    pipe = InspectPipeline(settings, runner, CameraRegistry(), Store(), emitter)
+    asyncio.run(runner.ensure_loaded())
+    runner.pool.max_loaded = 1  # only the default beyond what is needed
+    sel = runner.selection
+    sel.apply(b"*camera:cam-1", Promotion("v2", "/models/v2", 1).to_json())
+    asyncio.run(pipe.process([ev("a1", 1, 0, False, 0, "cam-1")]))  # a1 opens on v2
+    sel.apply(b"*camera:cam-1", None)
+    sel.apply(b"*", Promotion("v3", "/models/v3", 2).to_json())
+    asyncio.run(pipe.process(_part("cam-2", "b1", 10, 1)))  # a batch without cam-1 loads v3
+    assert {"v2", "v3"} <= set(runner.versions)
+    asyncio.run(pipe.process([ev("a1", 2, 1, True, 3, "cam-1")] + _part("cam-1", "a2", 20, 4)))
+    parts = {r[2].part_id: r[2].model_version for r in emitter.sent if r[0] == "parts"}
+    assert parts == {"a1": "v2", "b1": "v3", "a2": "v3"}
+    assert not [r for r in emitter.sent if r[0] == "deadletter"]
+    asyncio.run(pipe.process(_part("cam-2", "b2", 30, 6)))  # no part needs v2 any more: evicted
+    assert "v2" not in runner.versions and "v3" in runner.versions
+
+
+def test_a_batch_waits_until_the_cameras_topic_is_read():
+    settings = Settings(plant=PlantSettings(timezone="UTC"))
+    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=Insp("v1"))
+    runner._load_path = lambda path: Insp(path.rsplit("/", 1)[-1])
+    emitter = Emitter()
+    pipe = InspectPipeline(settings, runner, CameraRegistry(), Store(), emitter)
+
+    async def scenario():
+        pipe.cameras_ready = asyncio.Event()
+        batch = asyncio.create_task(pipe.process(_part("cam-1", "a1", 1, 0)))
+        await asyncio.sleep(0.05)
+        assert not batch.done() and not emitter.sent  # a restarted worker does not run ahead of its promotions
+        runner.selection.apply(b"*camera:cam-1", Promotion("v2", "/models/v2", 1).to_json())
+        pipe.cameras_ready.set()
+        await batch
+        # a topic that cannot be read holds a batch at most `cameras_wait_s`
+        pipe.cameras_ready, pipe.cameras_wait_s = asyncio.Event(), 0.05
+        await pipe.process(_part("cam-2", "b1", 10, 2))
+
+    asyncio.run(scenario())
+    parts = {r[2].part_id: r[2].model_version for r in emitter.sent if r[0] == "parts"}
+    assert parts == {"a1": "v2", "b1": "v1"} and pipe.cameras_ready.is_set()
