@@ -7,6 +7,9 @@ they write a registry checkpoint (`detector_<arch>.pt` / `classifier.pt`) with t
 
 Seeds: training frames use `seed_base + i` with defaults (detector 100000+, classifier 200000+,
 validation 50000+) that never overlap the evaluation seeds of the README (9000+).
+
+Training on a plant's annotated images lives in `models.train_real`; it shares the optimiser,
+loss and augmentation steps defined here (`detector_step`, `classifier_step`, ...).
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ from models.severity_labels import severity_labels
 from models.synthetic import CLASS_NAMES, render_scene
 from models.types import BBox, box_iou
 
-__all__ = ["DetectorTrainConfig", "ClassifierTrainConfig", "train_detector", "train_classifier", "TrainResult"]
+__all__ = ["DetectorTrainConfig", "ClassifierTrainConfig", "train_detector", "train_classifier", "TrainResult",
+           "detector_optimiser", "detector_step", "classifier_step", "class_weights", "augment_crops"]
 
 VAL_SEED_BASE = 50000
 
@@ -110,6 +114,32 @@ def _progress(total: int, desc: str, initial: int = 0, disable: bool = False):
 # --------------------------------------------------------------------------------------------
 # Detector
 # --------------------------------------------------------------------------------------------
+def detector_optimiser(model: torch.nn.Module, cfg: DetectorTrainConfig) -> tuple[Any, Any]:
+    """AdamW with a one-cycle schedule over `cfg.steps` (shared by synthetic and real-data training)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    # OneCycleLR divides by (pct_start * steps - 1): a warm-up of exactly one step (10 steps) is refused
+    pct = 0.2 if abs(0.1 * cfg.steps - 1.0) < 1e-9 else 0.1
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=pct)
+    return opt, sched
+
+
+def detector_step(model: torch.nn.Module, opt: Any, sched: Any, x: torch.Tensor, t: torch.Tensor,
+                  defect_weight: float) -> float:
+    """One optimisation step of the severity regression; returns the loss.
+
+    The loss is L2 against the per-cell severity labels with defect cells weighted
+    1 + defect_weight (against the imbalance of the few defect cells).
+    """
+    pred = model(x).raw
+    w = 1.0 + defect_weight * (t > 0).float()
+    loss = (w * (pred - t) ** 2).sum() / w.sum()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 def _detector_batch(rng: np.random.Generator, scenes: list, cfg: DetectorTrainConfig, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
     imgs, labels = [], []
     for _ in range(cfg.batch):
@@ -154,8 +184,7 @@ def train_detector(cfg: DetectorTrainConfig, out_dir: str | os.PathLike[str], re
         model.load_state_dict(ck.state_dict)
         prior_seconds = float(ck.info.train_data.get("train_seconds_total", ck.info.train_data.get("train_seconds", 0.0)))
     stride = int(model.stride)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    opt, sched = detector_optimiser(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     step, losses = 0, []
     if resume and state_path.is_file():
@@ -168,15 +197,8 @@ def train_detector(cfg: DetectorTrainConfig, out_dir: str | os.PathLike[str], re
     with _progress(cfg.steps, f"train detector[{cfg.arch}]", initial=step, disable=quiet) as bar:
         while step < cfg.steps:
             x, t = _detector_batch(rng, scenes, cfg, stride)
-            pred = model(x).raw
-            w = 1.0 + cfg.defect_weight * (t > 0).float()
-            loss = (w * (pred - t) ** 2).sum() / w.sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            losses.append(detector_step(model, opt, sched, x, t, cfg.defect_weight))
             step += 1
-            losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
             if step % cfg.save_every == 0 or step == cfg.steps:
@@ -269,7 +291,25 @@ def _classifier_samples(rng: np.random.Generator, scenes: list, detector: Any, q
     return np.stack(xs).astype(np.float32), np.asarray(ys, np.int64)
 
 
-def _aug_batch(rng: np.random.Generator, x: np.ndarray) -> torch.Tensor:
+def class_weights(counts: np.ndarray) -> torch.Tensor:
+    """Cross-entropy weights against class imbalance: (total / count) ** 0.5, mean 1."""
+    w = torch.tensor((counts.sum() / np.maximum(counts, 1)) ** 0.5, dtype=torch.float32)
+    return w / w.mean()
+
+
+def classifier_step(model: torch.nn.Module, opt: Any, sched: Any, x: torch.Tensor, y: torch.Tensor,
+                    weights: torch.Tensor) -> float:
+    """One optimisation step of the region classifier (class-weighted cross-entropy); returns the loss."""
+    loss = F.cross_entropy(model(x).logits, y, weight=weights)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
+def augment_crops(rng: np.random.Generator, x: np.ndarray) -> torch.Tensor:
+    """Training augmentation of a batch of 2-channel region crops (rotation, flip, gain, noise)."""
     k = int(rng.integers(4))
     t = torch.from_numpy(x)
     t = torch.rot90(t, k, dims=(2, 3))
@@ -304,8 +344,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | os.PathLike[str]
     X, Y = _classifier_samples(rng, scenes, detector, quiet)
     n_cls = len(CLASS_NAMES)
     counts = np.bincount(Y, minlength=n_cls + 1).astype(np.float64)
-    weights = torch.tensor((counts.sum() / np.maximum(counts, 1)) ** 0.5, dtype=torch.float32)
-    weights = weights / weights.mean()
+    weights = class_weights(counts)
     log(f"classifier crops per class (background first): {counts.astype(int).tolist()}")
     model = build_classifier(n_cls, width=cfg.width)
     steps_per_epoch = int(math.ceil(len(X) / cfg.batch))
@@ -323,14 +362,8 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | os.PathLike[str]
             order = rng.permutation(len(X))
             for i in range(steps_per_epoch):
                 idx = order[i * cfg.batch:(i + 1) * cfg.batch]
-                xb = _aug_batch(rng, X[idx])
-                yb = torch.from_numpy(Y[idx])
-                loss = F.cross_entropy(model(xb).logits, yb, weight=weights)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(float(loss.detach()))
+                losses.append(classifier_step(model, opt, sched, augment_crops(rng, X[idx]), torch.from_numpy(Y[idx]),
+                                              weights))
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-50:]):.3f}")
             epoch += 1

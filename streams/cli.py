@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from models.datasets import DatasetError
     from models.registry import CheckpointError
 
     try:
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except CheckpointError as e:  # a missing or invalid checkpoint is a user error, not a crash
+    except (CheckpointError, DatasetError) as e:  # a missing/invalid checkpoint or data set is a user error, not a crash
         print(f"error: {e}", file=sys.stderr)
         return 2
 
