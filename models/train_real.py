@@ -551,7 +551,7 @@ def train_classifier_on_data(cfg: RealClassifierConfig, spec: DataSpec, out_dir:
             epoch += 1
             acc, bal = _accuracies(model, Xv, Yv)
             history.append([epoch, round(acc, 4), round(bal, 4)])
-            if bal > best["balanced"]:
+            if (bal, acc) > (best["balanced"], best["accuracy"]):  # ties: the better plain accuracy
                 best = {"balanced": bal, "accuracy": acc, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
             bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-50:]):.3f}", val_acc=f"{acc:.3f}",
                             best=f"{best['balanced']:.3f}")
