@@ -126,6 +126,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="also evaluate a trivial intensity-threshold detector (data honesty check)")
     ev.add_argument("--record", action="store_true",
                     help="store the metrics in the metadata of every checkpoint of the model")
+    ev.add_argument("--held-out", action="store_true",
+                    help="evaluate only the images that training split off for validation (--val-split; their names "
+                         "are in the checkpoint): they chose the best epoch and thresholds but were never trained on")
+    ev.add_argument("--tile", type=int, default=None,
+                    help="cut the images into TILE x TILE tiles first (as a gate trained with --tile sees them)")
     ev.add_argument("--save-examples", type=int, default=None, metavar="N",
                     help="write the N worst false-positive images (most predicted defect pixels outside "
                          "the ground truth) and the N worst false-negative images (most ground-truth "

@@ -337,7 +337,15 @@ def load_split(fmt: str, data: str, val_data: str | None = None, val_split: floa
     va = [s for i, s in enumerate(train) if i in val_idx]
     return SplitData(tr, va, {"format": fmt, "data": str(data), "val_split": val_split, "split_seed": seed,
                               "train_images": len(tr), "val_images": len(va),
-                              "val_sources": sorted(s.source for s in va)[:5000]})
+                              "val_sources": sorted(source_name(s.source, data) for s in va)[:5000]})
+
+
+def source_name(source: str, data: str) -> str:
+    """An image's name relative to its data set's root (what checkpoints record of a split)."""
+    try:
+        return str(Path(source).resolve().relative_to(Path(data).resolve()))
+    except ValueError:
+        return source
 
 
 def tile_samples(samples: list[InspectionSample], tile: int) -> list[InspectionSample]:

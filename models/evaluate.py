@@ -581,6 +581,26 @@ def to_markdown(title: str, reports: dict[str, EvalReport]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _held_out(data: Iterable[InspectionSample], root: str, checkpoint: Any, detector_arch: Any) -> list[InspectionSample]:
+    """The samples that the model's training split held out for validation (names recorded in the checkpoint)."""
+    from models.datasets import DatasetError, source_name
+    from models.loading import model_files
+    from models.registry import read_info
+
+    mf = model_files(checkpoint, detector_arch)
+    role = next(r for r in ("segmenter", "detector", "classifier", "gate") if r in mf.files)
+    td = read_info(mf.files[role]).train_data
+    names = set(td.get("val_sources") or ())
+    if not names or len(names) < int(td.get("val_images", 0)):
+        raise DatasetError(f"{mf.files[role]} records no complete list of held-out images (trained with --val-data "
+                           f"or on a split of more than 5000 validation images); evaluate on a separate folder")
+    held = [s for s in data if source_name(s.source, root) in names]
+    if len(held) != len(names):
+        raise DatasetError(f"{len(names)} held-out images recorded in {mf.files[role]}, {len(held)} found in the data "
+                           f"(use the same --data path and --format as for training)")
+    return held
+
+
 def run_evaluation_cli(args: Any) -> int:
     """Handler of `defectstream evaluate` (see models/cli.py for the arguments).
 
@@ -604,10 +624,20 @@ def run_evaluation_cli(args: Any) -> int:
     insp = load_inspector(args.checkpoint, device=args.device, detector_arch=args.detector_arch)
     # stream the data unless the baseline needs it twice (fit + evaluate)
     data: Iterable[InspectionSample] = open_dataset(args.format, args.data, limit=args.limit)
+    if getattr(args, "held_out", False):
+        data = _held_out(data, args.data, args.checkpoint, args.detector_arch)
+    if getattr(args, "tile", None):
+        from models.datasets import tile_samples
+
+        data = tile_samples(list(data), int(args.tile))
     if args.baseline:
         data = list(data)
     collector = ExampleCollector(n_examples) if n_examples else None
     rep = evaluate_inspector(insp, data, examples=collector)
+    if isinstance(getattr(insp, "stats", None), dict) and insp.stats.get("frames"):
+        st = insp.stats
+        rep.meta["gate"] = {"threshold": getattr(insp, "threshold", None), "frames": st["frames"],
+                            "skipped": st["skipped"], "skipped_share": st["skipped"] / st["frames"]}
     det_info = getattr(insp, "det_info", None)
     label = f"{insp.family}, {det_info.arch}" if det_info is not None else insp.family
     reports: dict[str, EvalReport] = {f"inspector ({label})": rep}

@@ -163,3 +163,17 @@ def test_gate_threshold_is_recall_first():
     t = choose_gate_threshold(scores, labels, min_recall=1.0)
     assert 0.02 < t <= 0.05  # every defective image passes; two of three good ones are skipped
     assert choose_gate_threshold([0.9], [False]) == 1e-3
+
+
+def test_evaluate_held_out_and_tiles(blobs, tmp_path):
+    train_lite0(LiteTrainConfig(task="classifier", epochs=1, batch=8, size=64, threads=1), tmp_path / "c",
+                data=str(blobs), fmt="plain", quiet=True)
+    common = ["evaluate", "--data", str(blobs), "--format", "plain", "--checkpoint", str(tmp_path / "c"),
+              "--threads", "1"]
+    assert cli([*common, "--held-out", "--out", str(tmp_path / "e1")]) == 0
+    rep = next(iter(json.loads((tmp_path / "e1" / "metrics.json").read_text()).values()))
+    assert rep["metrics"]["images"] == 4  # the 20 % recorded at training
+    assert rep["meta"]["family"] == "classifier" and rep["metrics"]["image_accuracy"] is not None
+    assert cli([*common, "--tile", "32", "--limit", "5", "--out", str(tmp_path / "e2")]) == 0
+    rep = next(iter(json.loads((tmp_path / "e2" / "metrics.json").read_text()).values()))
+    assert rep["metrics"]["images"] == 20
