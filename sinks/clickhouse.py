@@ -4,6 +4,19 @@ Rows carry the event's deterministic id; the tables are ReplacingMergeTree on it
 de-duplicates by id, so a batch written twice (a retry after a lost acknowledgement, a rewind
 after an outage, a rebalance) counts once. Offsets are committed by the runner only after
 `write()` returned, i.e. after ClickHouse acknowledged the INSERT.
+
+Why not ClickHouse's own insert deduplication: ClickHouse 18.16 deduplicates identical blocks on
+Replicated* tables only (no `insert_deduplication_token`, no `non_replicated_deduplication_window`),
+and on a current server the token needs that table setting, which an 18.16 migration cannot
+declare. Besides, a re-read batch is never byte-identical (`ingested_at`/`version` are the time of
+ingest). Reading one row per id is the guarantee on both (`tests/*/test_*dialect*`: a re-sent
+batch changes no answer of the report or the monitor).
+
+Errors: a network/overload error is retried, then reported as backpressure (the runner holds); a
+value ClickHouse can never store (type mismatch, out of range, unparsable) is a `SinkRejectedError`
+(the batch is split and the row dead-lettered); any other error (unknown table, access denied) is
+reported as backpressure with the longest hold: the pipeline waits for an operator, it neither
+crashes nor drops rows.
 """
 from __future__ import annotations
 
@@ -16,7 +29,7 @@ from typing import Any, Callable, Sequence
 from zoneinfo import ZoneInfo
 
 from schemas.events import Alert, DefectEvent, PartInspected
-from sinks.base import BatchingSink, SinkBackpressureError, SinkBatch
+from sinks.base import BatchingSink, FlushResult, SinkBackpressureError, SinkBatch, SinkRejectedError
 from sinks.sql import DriverExecutor, Executor
 from streams.settings import ClickHouseSettings, PlantSettings, SinkSettings
 from streams.shifts import shift_at
@@ -130,12 +143,50 @@ def is_retryable(exc: BaseException) -> bool:
                             OSError, EOFError, ConnectionError, TimeoutError))
 
 
+# Server error codes that mean "this value does not fit": the row's fault, not the server's.
+_ROW_ERROR_CODES = {
+    6,    # CANNOT_PARSE_TEXT
+    26,   # CANNOT_PARSE_QUOTED_STRING
+    27,   # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    38,   # CANNOT_PARSE_DATE
+    41,   # CANNOT_PARSE_DATETIME
+    53,   # TYPE_MISMATCH (also clickhouse-driver's client-side TypeMismatchError)
+    69,   # ARGUMENT_OUT_OF_BOUND
+    70,   # CANNOT_CONVERT_TYPE
+    72,   # CANNOT_PARSE_NUMBER
+    117,  # INCORRECT_DATA
+    131,  # TOO_LARGE_STRING_SIZE
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+}
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """Whether a failed INSERT was refused for a value in it (retrying the same rows never helps).
+
+    clickhouse-driver serialises rows on the client and raises `TypeMismatchError` (code 53) for a
+    value its column cannot hold (e.g. a negative UInt64); plain ValueError/OverflowError come from
+    serialising (or, for chdb, quoting) a value. TypeError is left out on purpose: it is far more
+    often a bug, and a bug must not dead-letter a whole stream row by row.
+    """
+    import struct
+
+    from clickhouse_driver import errors
+
+    if isinstance(exc, (errors.ServerException, errors.TypeMismatchError)):
+        return getattr(exc, "code", None) in _ROW_ERROR_CODES
+    return isinstance(exc, (ValueError, OverflowError, struct.error))
+
+
 class ClickHouseSink(BatchingSink):
     """Batches decoded events per topic partition and INSERTs them into their table.
 
     `write()` retries a failed INSERT `settings.max_retries` times with exponential backoff and
-    jitter, then raises `SinkBackpressureError` so the runner holds the partitions. Errors that a
-    retry cannot fix (unknown table, type mismatch) propagate.
+    jitter, then raises `SinkBackpressureError` so the runner holds the partitions; no retry of one
+    `flush()` starts after `settings.flush_budget_s` (the consumer must poll again within its
+    max.poll.interval). A value that can never be stored raises `SinkRejectedError` (the base class
+    splits the batch to find the row); other errors a retry cannot fix (unknown table, access
+    denied) raise `SinkBackpressureError` with `hold_max_s`, logged as errors.
     """
 
     def __init__(
@@ -147,6 +198,7 @@ class ClickHouseSink(BatchingSink):
         executor_factory: Callable[[], Executor] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         super().__init__()
         self.clickhouse = clickhouse
@@ -156,6 +208,8 @@ class ClickHouseSink(BatchingSink):
         self._ex: Executor | None = None
         self._clock = clock
         self._sleep = sleep
+        self._monotonic = monotonic
+        self._deadline: float | None = None  # no retry starts after this (set per flush)
         self._runs_seen: set[tuple[str, str]] = set()
         self.rows_written: dict[str, int] = {spec.table: 0 for spec in specs.values()}
         self.retries = 0
@@ -174,6 +228,13 @@ class ClickHouseSink(BatchingSink):
         spec = self.specs[topic]
         row = spec.to_row(value, int(self._clock() * 1000))
         super().add(row, topic=topic, partition=partition, offset=offset, timestamp_ms=timestamp_ms)
+
+    def flush(self) -> FlushResult:
+        self._deadline = self._monotonic() + self.settings.flush_budget_s
+        try:
+            return super().flush()
+        finally:
+            self._deadline = None
 
     def write(self, batch: SinkBatch) -> None:
         spec = self.specs[batch.topic]
@@ -217,15 +278,24 @@ class ClickHouseSink(BatchingSink):
             try:
                 return op(self._executor())
             except Exception as exc:
+                self._reset()  # a failed INSERT may leave the connection mid-protocol
+                if is_row_error(exc):
+                    raise SinkRejectedError(f"INSERT {what} rejected: {type(exc).__name__}: {exc}", cause=exc) from exc
                 if not is_retryable(exc):
-                    raise
-                self._reset()
-                if attempt == s.max_retries:
+                    log.error("INSERT %s failed with an error a retry cannot fix (%s: %s); holding until it is "
+                              "fixed (next probe in %.0fs)", what, type(exc).__name__, exc, s.hold_max_s)
+                    raise SinkBackpressureError(
+                        s.hold_max_s, f"INSERT {what} failed: {type(exc).__name__}: {exc}", cause=exc
+                    ) from exc
+                out_of_time = self._deadline is not None and self._monotonic() >= self._deadline
+                if attempt == s.max_retries or out_of_time:
                     raise SinkBackpressureError(
                         s.hold_initial_s, f"INSERT {what} failed {attempt + 1} times: {exc}", cause=exc
                     ) from exc
                 self.retries += 1
                 wait = min(delay, s.backoff_max_s) * (0.5 + random.random() / 2)
+                if self._deadline is not None:
+                    wait = max(0.0, min(wait, self._deadline - self._monotonic()))
                 log.warning("INSERT %s failed (%s); retry %d/%d in %.2fs", what, exc, attempt + 1, s.max_retries, wait)
                 self._sleep(wait)
                 delay *= 2

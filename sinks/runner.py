@@ -8,7 +8,14 @@ Guarantees:
   rewound to the first uncommitted offset, and the sink is probed with growing waits; once it
   answers, the partitions resume and the rewound records are read and written again.
 * Undecodable or unfitting records go to the dead-letter topic with a reason and are counted;
-  the loop never dies on bad input.
+  the loop never dies on bad input. A record ClickHouse refuses on its own (a value its column
+  cannot hold) is isolated by splitting its batch, dead-lettered (`sink_rejected`), and committed
+  past; the rest of its batch is written.
+* Dead letters are acknowledged by Kafka before any offset of their flush is committed; when they
+  cannot be delivered the flush's partitions are rewound and held like a refused batch.
+* A flush never keeps the loop from polling longer than the consumer's max.poll.interval: the
+  sink stops retrying after `flush_budget_s`, and once one partition is refused the others are
+  not tried; while held, every partition is paused and the loop keeps polling.
 
 `SinkRunner.run(max_seconds=..., idle_s=...)` is the library entry point tests call in-process.
 """
@@ -25,7 +32,7 @@ from typing import Any
 
 from schemas.codec import AvroCodec, DecodeError
 from schemas.events import DeadLetter
-from sinks.base import TP, BatchingSink
+from sinks.base import TP, BatchingSink, SinkBackpressureError
 from streams.settings import KafkaSettings, SinkSettings
 
 log = logging.getLogger(__name__)
@@ -98,7 +105,8 @@ class SinkRunner:
         self.holding = False
         self._next_offset: dict[TP, int] = {}  # tp → offset after the last record handled
         self._first_uncommitted: dict[TP, int] = {}  # tp → first offset handled since the last commit
-        self._dead_pending = False
+        self._raw: dict[tuple[TP, int], Any] = {}  # records in the sink's buffer, to dead-letter a rejected one
+        self._dead_futures: list[Any] = []  # sends of dead letters not yet acknowledged
         self._hold_wait = settings.hold_initial_s
         self._next_probe = 0.0
 
@@ -109,6 +117,7 @@ class SinkRunner:
             enable_auto_commit=False,
             auto_offset_reset=self.settings.auto_offset_reset,
             max_poll_records=self.settings.max_poll_records,
+            max_poll_interval_ms=int(self.settings.max_poll_interval_s * 1000),
             **self.kafka.client_kwargs(),
         )
 
@@ -200,6 +209,8 @@ class SinkRunner:
             self.sink.add(value, topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp_ms=rec.timestamp)
         except (ValueError, TypeError, KeyError, LookupError) as exc:
             self._dead(rec, "bad_record", f"{type(exc).__name__}: {exc}")
+            return
+        self._raw[(tp, rec.offset)] = rec
 
     def _dead(self, rec: Any, error_class: str, reason: str) -> None:
         log.warning("dead-letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
@@ -209,8 +220,15 @@ class SinkRunner:
             topic=rec.topic, partition=rec.partition, offset=rec.offset, original=rec.value or b"",
             reason=reason[:2000], error_class=error_class, failed_at=int(time.time() * 1000), key=rec.key,
         )
-        self.producer.send(self.kafka.topics.deadletter, value=self._dead_codec.encode(dl.to_avro()), key=rec.key)
-        self._dead_pending = True
+        self._dead_futures.append(
+            self.producer.send(self.kafka.topics.deadletter, value=self._dead_codec.encode(dl.to_avro()), key=rec.key))
+
+    def _await_dead_letters(self) -> None:
+        """Wait until Kafka acknowledged every dead letter sent; raise the first send error."""
+        futures, self._dead_futures = self._dead_futures, []
+        self.producer.flush()
+        for fut in futures:
+            fut.get(timeout=30)
 
     def _pending(self) -> bool:
         return bool(self._next_offset) or self.sink.buffered > 0
@@ -227,16 +245,24 @@ class SinkRunner:
         structs = import_kafka("kafka.structs")
         OffsetAndMetadata, TopicPartition = structs.OffsetAndMetadata, structs.TopicPartition  # noqa: N806
 
-        if self._dead_pending:
-            self.producer.flush()  # dead letters durable before their offsets are committed
-            self._dead_pending = False
         result = self.sink.flush()
         self.stats.flushes += 1
         self.stats.rows_written += result.rows
+        for rej in result.rejected:
+            self._dead(self._raw[(rej.tp, rej.item.offset)], "sink_rejected", rej.reason)
+        failed: dict[TP, SinkBackpressureError] = dict(result.failed)
+        if self._dead_futures:
+            try:
+                self._await_dead_letters()  # dead letters durable before their offsets are committed
+            except Exception as exc:  # noqa: BLE001 - Kafka refused or timed out: re-read, do not lose them
+                log.error("dead letters not acknowledged (%s); rewinding and holding", exc)
+                down = SinkBackpressureError(self.settings.hold_initial_s, f"dead letters not delivered: {exc}", cause=exc)
+                for tp in self._next_offset:
+                    failed.setdefault(tp, down)
         commits = {
             TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(nxt, "", -1)
             for tp, nxt in self._next_offset.items()
-            if tp not in result.failed
+            if tp not in failed
         }
         if commits:
             try:
@@ -247,13 +273,14 @@ class SinkRunner:
                 # commit and the idempotent tables count them once.
                 self.stats.commit_failures += 1
                 log.warning("offset commit failed (%s); records will be re-delivered and de-duplicated", exc)
-        if result.failed:
-            for tp in result.failed:
+        if failed:
+            for tp in failed:
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition), self._first_uncommitted[tp])
                 self.stats.rewinds += 1
-            self._hold(result.retry_after_s, next(iter(result.failed.values())))
+            self._hold(max(e.retry_after_s for e in failed.values()), next(iter(failed.values())))
         self._next_offset.clear()
         self._first_uncommitted.clear()
+        self._raw.clear()
 
     def _hold(self, retry_after_s: float, why: BaseException) -> None:
         assigned = list(self.consumer.assignment())
@@ -290,6 +317,8 @@ class SinkRunner:
         for tp in revoked:
             self._next_offset.pop(tp, None)
             self._first_uncommitted.pop(tp, None)
+        for key in [k for k in self._raw if k[0] in revoked]:
+            del self._raw[key]
 
 
 def run_sink(settings: Any, *, max_seconds: float | None = None, idle_s: float | None = None,

@@ -110,3 +110,33 @@ def seed(ex, events, plant: PlantSettings | None = None, *, ingested_at: int = 1
         else:
             raise TypeError(f"cannot seed {type(ev).__name__}")
     return {t: ex.insert(t, cols, rows) for t, (cols, rows) in tables.items() if rows}
+
+
+def catalog_answers(ex, start_ms: int, end_ms: int) -> dict[str, list[tuple]]:
+    """The answer of every catalogue query (rows sorted), to compare a database before and after a change."""
+    return {name: sorted(ex.query(sql), key=repr) for name, sql in query_catalog(start_ms, end_ms).items()}
+
+
+def write_through_sink(ex, events, *, ingested_at_s: float = 1_000_000.0, repeat: int = 1):
+    """Write events as the ClickHouse sink does (row mapping, one batch per topic), each batch `repeat` times.
+
+    `repeat=2` is an INSERT whose acknowledgement was lost and which was sent again, byte for byte.
+    Returns the sink (its `rows_written` counts every write).
+    """
+    from sinks.base import SinkBatch
+    from sinks.clickhouse import ClickHouseSink, table_specs
+    from streams.settings import KafkaSettings, SinkSettings
+
+    topics = KafkaSettings().topics
+    sink = ClickHouseSink(None, table_specs(topics, PlantSettings()), SinkSettings(),  # type: ignore[arg-type]
+                          executor_factory=lambda: ex, clock=lambda: ingested_at_s)
+    for off, ev in enumerate(events):
+        topic = (topics.parts if isinstance(ev, PartInspected) else topics.defects if isinstance(ev, DefectEvent)
+                 else topics.alerts)
+        sink.add(ev.codec().decode(ev.codec().encode(ev.to_avro())), topic=topic, partition=0, offset=off)
+    batches: list[SinkBatch] = list(sink._batches.values())  # noqa: SLF001 - the exact batches flush() would send
+    sink._batches.clear()  # noqa: SLF001
+    for batch in batches:
+        for _ in range(repeat):
+            sink.write(batch)
+    return sink

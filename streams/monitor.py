@@ -7,6 +7,11 @@ dropped), applies the run rules to the scope's recent points, and on an upward b
 an `Alert` (Kafka `alerts`, ClickHouse `alerts`, optional webhook). A scope that is alerting
 stays quiet until it recovers (one RECOVERY alert); a new spike within the cool-down of the last
 one is not announced again. The decision (`judge`) is pure; `Monitor` only does the I/O.
+
+Delivery: a scope's new state is kept only after its alert was stored in ClickHouse and
+acknowledged by Kafka; when either fails the scope keeps its old state and the next tick decides
+(and delivers) again. The webhook is a notification on top: its failures are counted and logged,
+and its URL (which often carries a token) is never logged, only its scheme and host.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import argparse
 import json
 import logging
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, NamedTuple, Sequence
@@ -199,6 +205,17 @@ GROUP BY a_line, a_camera""",
     )
 
 
+def redact_url(url: str) -> str:
+    """`scheme://host[:port]/…`: what may be logged of a URL whose user info, path or query may hold a secret."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<webhook url>"
+    return f"{parts.scheme or '?'}://{host}{port}/…"
+
+
 class Monitor:
     """The monitor loop around `judge`: query, decide, publish."""
 
@@ -207,11 +224,14 @@ class Monitor:
         self.ex = ex
         self.settings = settings
         self.publish = publish
-        self.webhook_url = webhook_url if webhook_url is not None else settings.webhook_url
+        if webhook_url is None and settings.webhook_url is not None:
+            webhook_url = settings.webhook_url.get_secret_value()
+        self.webhook_url = webhook_url
         self.clock = clock
         self.limits: dict[Scope, spc.Limits] = {}
         self.states: dict[Scope, ScopeState] = {}
         self.webhook_failures = 0
+        self.delivery_failures = 0
 
     def freeze(self, baseline_start_ms: int, baseline_end_ms: int) -> dict[Scope, spc.Limits]:
         """Phase I on the baseline period; the limits stay frozen until `freeze` is called again."""
@@ -255,20 +275,31 @@ class Monitor:
         seen = {w.scope for w in windows}
         # A scope with limits but no parts in the window is judged as an empty window (not at all).
         alerts = []
+        failed: Exception | None = None
         for w in windows:
             limits = self.limits.get(w.scope)
             if limits is None:
                 continue
             dec = judge(w, limits, self.states.get(w.scope, ScopeState()), window_start=start, window_end=now_ms,
                         now_ms=now_ms, rules=s.rules, cooldown_s=s.cooldown_s, min_window_parts=s.min_window_parts)
-            self.states[w.scope] = dec.state
             if dec.alert is not None:
-                self._emit(dec.alert, w.model_version)
+                try:
+                    self._emit(dec.alert, w.model_version)
+                except Exception as exc:  # noqa: BLE001 - this scope decides again next tick; others go on
+                    self.delivery_failures += 1
+                    failed = failed or exc
+                    log.error("%s alert for %s not delivered (%s); it is decided again next tick",
+                              dec.alert.kind, w.scope, exc)
+                    continue
                 alerts.append(dec.alert)
+            self.states[w.scope] = dec.state  # only once the alert (if any) was delivered
         log.debug("tick: %d scopes with parts, %d alerts", len(seen), len(alerts))
+        if failed is not None:
+            raise failed
         return alerts
 
     def _emit(self, alert: Alert, model_version: str) -> None:
+        """Store the alert in ClickHouse, publish it to Kafka (raising when either fails), then POST the webhook."""
         from sinks.clickhouse import ALERT_COLUMNS, alert_row
 
         log.warning("%s %s", alert.kind, alert.message)
@@ -288,7 +319,8 @@ class Monitor:
                 resp.read()
         except Exception as exc:  # noqa: BLE001 - a dead webhook must not stop the monitor
             self.webhook_failures += 1
-            log.error("webhook %s failed: %s", self.webhook_url, exc)
+            why = str(exc).replace(self.webhook_url, redact_url(self.webhook_url))
+            log.error("webhook %s failed: %s: %s", redact_url(self.webhook_url), type(exc).__name__, why)
 
     def run(self, *, once: bool = False, stop: Callable[[], bool] = lambda: False) -> None:
         """Tick every `interval_s` (or once)."""
@@ -305,8 +337,12 @@ class Monitor:
             time.sleep(max(0.0, self.settings.interval_s - (self.clock() - started)))
 
 
-def kafka_publisher(settings) -> tuple[Callable[[Alert], None], Callable[[], None]]:
-    """A function publishing Alerts (Avro) to the alerts topic, keyed by line, and a close()."""
+def kafka_publisher(settings, *, timeout_s: float = 30.0) -> tuple[Callable[[Alert], None], Callable[[], None]]:
+    """A function publishing Alerts (Avro) to the alerts topic, keyed by line, and a close().
+
+    `publish` returns once the broker acknowledged the alert (acks=all) and raises the send's error
+    otherwise (e.g. KafkaTimeoutError, MessageSizeTooLargeError), so the monitor can decide again.
+    """
     from sinks.runner import import_kafka
 
     KafkaProducer = import_kafka().KafkaProducer  # noqa: N806
@@ -315,8 +351,10 @@ def kafka_publisher(settings) -> tuple[Callable[[Alert], None], Callable[[], Non
     producer = KafkaProducer(acks="all", **settings.kafka.client_kwargs())
 
     def publish(alert: Alert) -> None:
-        producer.send(settings.kafka.topics.alerts, value=codec.encode(alert.to_avro()), key=alert.line_id.encode())
-        producer.flush()
+        future = producer.send(settings.kafka.topics.alerts, value=codec.encode(alert.to_avro()),
+                               key=alert.line_id.encode())
+        producer.flush(timeout=timeout_s)
+        future.get(timeout=timeout_s)
 
     return publish, producer.close
 
@@ -331,7 +369,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--interval", type=float, help="seconds between evaluations (default: settings monitor.interval_s)")
     p.add_argument("--window", type=float, help="seconds of parts in each evaluated window")
-    p.add_argument("--webhook", help="also POST each alert as JSON to this URL")
+    p.add_argument("--webhook", help="also POST each alert as JSON to this URL (a URL holding a token is better set "
+                                     "in DEFECTSTREAM_MONITOR__WEBHOOK_URL: arguments show in process lists)")
     p.add_argument("--once", action="store_true", help="evaluate one window and exit")
     p.add_argument("--baseline-since", help="baseline start (now, 7d, ISO); default: window start − baseline_s")
     p.add_argument("--baseline-until", help="baseline end; default: start of the first window")

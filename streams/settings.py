@@ -208,12 +208,29 @@ class SinkSettings(BaseModel):
     flush_interval_s: float = Field(1.0, gt=0.0, description="flush at least this often while records wait")
     max_poll_records: int = Field(1000, ge=1)
     max_retries: int = Field(3, ge=0, description="INSERT retries (exponential backoff) before holding")
+    flush_budget_s: float = Field(
+        60.0, gt=0.0,
+        description="no INSERT retry of one flush starts after this long (the loop must poll Kafka again "
+                    "within max_poll_interval_s, or the group evicts the sink)",
+    )
+    max_poll_interval_s: float = Field(300.0, gt=0.0, description="the consumer's max.poll.interval.ms, in seconds")
     backoff_initial_s: float = Field(0.2, gt=0.0)
     backoff_max_s: float = Field(5.0, gt=0.0)
     hold_initial_s: float = Field(1.0, gt=0.0, description="first wait of a hold before probing ClickHouse")
     hold_max_s: float = Field(30.0, gt=0.0, description="longest wait between probes while ClickHouse is down")
     include_alerts: bool = Field(True, description="also store the `alerts` topic (alerts are deduplicated by id)")
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+
+    @model_validator(mode="after")
+    def _flush_fits_the_poll_interval(self) -> "SinkSettings":
+        # One INSERT attempt started just before the budget ends may still take a connect plus a
+        # send/receive timeout (~35 s) and the longest backoff.
+        if self.flush_budget_s + self.backoff_max_s + 60.0 > self.max_poll_interval_s:
+            raise ValueError(
+                f"flush_budget_s ({self.flush_budget_s}) + backoff_max_s + 60 s must stay below "
+                f"max_poll_interval_s ({self.max_poll_interval_s})"
+            )
+        return self
 
 
 class MonitorSettings(BaseModel):
@@ -229,7 +246,7 @@ class MonitorSettings(BaseModel):
     rules: list[str] = Field(default_factory=lambda: ["WE1", "WE2", "WE3", "WE4"])
     cooldown_s: float = Field(3600.0, ge=0.0, description="no second SPIKE for a scope within this time")
     scopes: list[Literal["line", "camera"]] = Field(default_factory=lambda: ["line", "camera"])
-    webhook_url: str | None = None
+    webhook_url: SecretStr | None = Field(None, description="POST each alert here (often carries a token: never logged)")
     webhook_timeout_s: float = Field(5.0, gt=0.0)
     run_id: str = "production"
 

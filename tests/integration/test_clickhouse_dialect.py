@@ -105,3 +105,26 @@ def test_report_cli_on_the_server(ex, stack, fresh_database, monkeypatch, capsys
     assert main(["report", "--by", "day", "--since", since, "--until", until, "--format", "csv",
                  "--chart-kind", "u"]) == 0
     assert capsys.readouterr().out.startswith("period,start_ms,inspected")
+
+
+def test_a_resent_batch_changes_no_answer_of_the_report_or_monitor(ex, clickhouse_connect, fresh_database):
+    """18.16 deduplicates identical INSERT blocks on Replicated* tables only (no insert_deduplication_token,
+    no non_replicated_deduplication_window): one row per id in every query is the equivalent."""
+    from sinks.testing import catalog_answers, write_through_sink
+
+    settings = {r[0] for r in ex.query("SELECT name FROM system.settings WHERE name LIKE '%dedup%'")}
+    assert "insert_deduplication_token" not in settings  # why the sink cannot simply pass a token here
+    migrate(ex)
+    for table in ("parts", "defects", "alerts", "model_runs"):
+        ex.query(f"SYSTEM STOP MERGES {table}")  # keep every copy: the queries, not a merge, must fold them
+    writer = DriverExecutor(clickhouse_connect("writer", "writer", fresh_database))
+    events = list(sample_events(T0, 200, p=0.2)) + [make_alert(T0 + 3_600_000)]
+    span = (T0, T0 + 200 * 60_000)
+    write_through_sink(writer, events)
+    once = catalog_answers(ex, *span)
+    parts = sum(isinstance(e, PartInspected) for e in events)
+    write_through_sink(writer, events, repeat=2)  # the same block again, twice: a lost acknowledgement
+    write_through_sink(writer, events, ingested_at_s=2_000_000.0)  # re-read after a rewind: newer version
+    assert ex.query("SELECT count() FROM parts")[0][0] == 4 * parts  # a MergeTree keeps identical blocks
+    assert catalog_answers(ex, *span) == once
+    assert sum(len(rows) for rows in once.values()) > 50

@@ -272,3 +272,31 @@ def test_db_migrate_cli_is_idempotent(stack, clickhouse_connect, fresh_database,
     assert "up to date" in capsys.readouterr().out
     assert main(["db", "status"]) == 0
     assert capsys.readouterr().out.count(" applied ") == 4
+
+
+def test_a_row_clickhouse_refuses_is_dead_lettered_and_its_batch_stored(
+        stack, kafka_bootstrap, fresh_topic, clickhouse_connect, fresh_database):
+    """A negative capture time (UInt64 column) used to kill the sink on every run; now only that row is set aside."""
+    from dataclasses import replace
+
+    migrate(DriverExecutor(clickhouse_connect(database=fresh_database)))
+    names = topics(fresh_topic, 1)
+    good = [e for e in sample_events(T0, 6) if isinstance(e, PartInspected)]
+    bad = replace(good[5], event_id="bad-capture-ts", part_id="bad", first_frame_ts=-5000)
+    produce(kafka_bootstrap, names, good[:5] + [bad] + good[5:])  # the bad row in the middle of one batch
+    settings = settings_for(kafka_bootstrap, names, stack.host, stack.clickhouse_port, fresh_database,
+                            flush_interval_s=1.0)
+
+    stats = run_sink(settings, idle_s=2.0, max_seconds=60)
+
+    ch = clickhouse_connect(database=fresh_database)
+    assert sorted(r[0] for r in ch.execute("SELECT part_id FROM parts")) == sorted(p.part_id for p in good)
+    assert stats.dead_reasons == {"sink_rejected": 1} and stats.holds == 0
+    assert committed(kafka_bootstrap, settings.sink.group_id)[(names.parts, 0)] == len(good) + 1
+    consumer = kafka.KafkaConsumer(names.deadletter, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                                   consumer_timeout_ms=5000)
+    (dead,) = [DeadLetter.codec().decode(m.value) for m in consumer]
+    consumer.close()
+    assert dead["error_class"] == "sink_rejected" and "first_frame_ts" in dead["reason"]
+    assert dead["topic"] == names.parts and dead["offset"] == 5
+    assert PartInspected.codec().decode(dead["original"])["first_frame_ts"] == -5000

@@ -134,3 +134,33 @@ def test_monitor_cli_once(scenario, monkeypatch, capsys, stack, fresh_database):
     assert main(["monitor", "--once", "--no-kafka", "--window", str(window // 1000 + 60)]) == 0
     assert "line line-1 camera cam-3" in capsys.readouterr().out
     assert ex.query("SELECT camera_id FROM alerts") == [("cam-3",)]
+
+
+def test_an_alert_clickhouse_refused_is_delivered_by_the_next_tick(scenario, clickhouse_connect, fresh_database):
+    """The monitor's INSERT fails (here: a read-only ClickHouse user); the alert must not be lost."""
+    ex, now, window, (b0, b1) = scenario
+    ms = MonitorSettings(window_s=window / 1000, scopes=["camera"])
+    readonly = DriverExecutor(clickhouse_connect("reader", "reader", fresh_database))
+    mon = Monitor(readonly, ms)
+    mon.freeze(b0, b1)
+    with pytest.raises(Exception, match="(?i)readonly"):
+        mon.tick(now)
+    assert ex.query("SELECT count() FROM alerts") == [(0,)] and mon.delivery_failures == 1
+    mon.ex = DriverExecutor(clickhouse_connect("writer", "writer", fresh_database))  # writes work again
+    fired = mon.tick(now + 30_000)
+    assert [(a.kind, a.camera_id) for a in fired] == [("SPIKE", "cam-3")]
+    assert ex.query("SELECT kind, camera_id FROM alerts") == [("SPIKE", "cam-3")]
+
+
+def test_kafka_publish_raises_when_the_broker_refuses(kafka_bootstrap, fresh_topic):
+    """A send error used to vanish in flush(); the publisher waits for the acknowledgement and raises."""
+    tiny = fresh_topic(1, {"max.message.bytes": "64"})  # an Alert record is larger: the broker refuses it
+    settings = Settings(kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topics=TopicNames(alerts=tiny)))
+    publish, close = kafka_publisher(settings, timeout_s=20)
+    from sinks.testing import make_alert
+
+    try:
+        with pytest.raises(kafka.errors.KafkaError):
+            publish(make_alert(1_763_700_000_000))
+    finally:
+        close()

@@ -1,6 +1,8 @@
 """The plant deployment (docker-compose.yml) parses and references files that exist."""
 from __future__ import annotations
 
+import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import yaml
@@ -48,3 +50,73 @@ def test_compose_commands_are_real_subcommands():
         cmd = svc.get("command")
         if cmd and "build" in svc:
             assert cmd[0] in subcommands, f"{name}: {cmd[0]} is not a defectstream subcommand"
+
+
+ONE_SHOT = {"migrate"}
+# `${VAR:?message}`: compose refuses to start without the variable; no default secret in the file.
+REQUIRED_ENV = re.compile(r"^\$\{([A-Z0-9_]+):\?[^}]*\}$")
+
+
+def test_every_long_running_service_restarts():
+    for name, svc in _compose()["services"].items():
+        if name in ONE_SHOT:
+            assert svc.get("restart") == "on-failure", name  # retried only when it failed
+        else:
+            assert svc.get("restart") in ("unless-stopped", "always"), f"{name} has no restart policy"
+
+
+def test_grafana_needs_a_login_and_bakes_in_no_password():
+    grafana = _compose()["services"]["grafana"]
+    env = grafana["environment"]
+    assert grafana.get("ports")  # published: so nobody may get in anonymously
+    assert str(env.get("GF_AUTH_ANONYMOUS_ENABLED", "false")).lower() == "false"
+    assert str(env.get("GF_USERS_ALLOW_SIGN_UP", "true")).lower() == "false"
+    assert REQUIRED_ENV.match(env["GF_SECURITY_ADMIN_PASSWORD"]), env["GF_SECURITY_ADMIN_PASSWORD"]
+
+
+def test_no_password_has_a_default_in_compose():
+    services = _compose()["services"]
+    for name, svc in services.items():
+        for key, value in (svc.get("environment") or {}).items():
+            if "PASSWORD" in key:
+                assert REQUIRED_ENV.match(str(value)), f"{name}: {key}={value!r} is a baked-in secret"
+
+
+def _users(path: Path) -> dict[str, ET.Element]:
+    return {u.tag: u for u in ET.parse(path).getroot().find("users")}
+
+
+def _loopback_only(user: ET.Element) -> bool:
+    nets = [e.text.strip() for e in user.find("networks")]
+    return all(n in ("127.0.0.1", "::1") for n in nets)
+
+
+def test_compose_clickhouse_users_let_the_other_containers_log_in():
+    services = _compose()["services"]
+    ch = services["clickhouse"]
+    (mounted,) = [v.split(":")[0] for v in ch["volumes"] if "users.d" in v]
+    users = _users(ROOT / mounted)
+    ch_env = ch["environment"]
+    assert str(ch_env.get("CLICKHOUSE_SKIP_USER_SETUP")) == "1"  # the image adds no user of its own
+    clients = {  # service → (user, password value) as the service logs in
+        name: (svc["environment"]["DEFECTSTREAM_CLICKHOUSE__USER"], svc["environment"]["DEFECTSTREAM_CLICKHOUSE__PASSWORD"])
+        for name, svc in services.items() if "DEFECTSTREAM_CLICKHOUSE__USER" in (svc.get("environment") or {})
+    }
+    clients["grafana"] = ("reader", services["grafana"]["environment"]["CLICKHOUSE_READER_PASSWORD"])
+    assert {"sink", "monitor", "migrate", "grafana"} <= set(clients)
+    for service, (user, password) in clients.items():
+        assert user in users, f"{service} logs in as {user}, which {mounted} does not define"
+        u = users[user]
+        assert not _loopback_only(u), f"{service}: {user} may only log in from loopback"
+        assert u.find("networks").get("replace") == "replace"  # not merged with the image's defaults
+        pw = u.find("password")
+        assert pw is not None and not (pw.text or "").strip(), f"{user}: literal password in {mounted}"
+        var = pw.get("from_env")
+        assert var and REQUIRED_ENV.match(str(ch_env[var])), f"{user}: password not from a required variable"
+        assert REQUIRED_ENV.match(password).group(1) == var, f"{service} and ClickHouse disagree on {user}'s password"
+
+
+def test_the_local_stack_keeps_its_loopback_users():
+    users = _users(ROOT / "ops" / "clickhouse" / "users.xml")
+    assert set(users) == {"default", "writer", "reader"}
+    assert all(_loopback_only(u) for u in users.values())

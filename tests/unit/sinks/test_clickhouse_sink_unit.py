@@ -6,9 +6,9 @@ import datetime as dt
 import pytest
 from clickhouse_driver import errors
 
-from sinks.base import SinkBackpressureError
+from sinks.base import TP, SinkBackpressureError
 from sinks.clickhouse import (ALERT_COLUMNS, DEFECT_COLUMNS, PART_COLUMNS, ClickHouseSink, alert_row, defect_row,
-                              is_retryable, part_row, table_specs)
+                              is_retryable, is_row_error, part_row, table_specs)
 from sinks.testing import make_alert, make_defect, make_part
 from streams.settings import KafkaSettings, PlantSettings, SinkSettings
 
@@ -97,12 +97,69 @@ def test_down_after_retries_becomes_backpressure():
     assert isinstance(exc, SinkBackpressureError) and isinstance(exc.cause, errors.NetworkError)
 
 
-def test_permanent_server_error_is_not_retried():
-    sink, ex, sleeps = make_sink([errors.ServerException("Unknown table", code=60)])
+def test_permanent_server_error_is_not_retried_and_holds_instead_of_crashing():
+    sink, ex, sleeps = make_sink([errors.ServerException("Unknown table", code=60)], hold_max_s=20.0)
     add_parts(sink)
-    with pytest.raises(errors.ServerException):
-        sink.flush()
-    assert sleeps == []
+    res = sink.flush()  # the sink waits for an operator (e.g. `db migrate`); it neither dies nor drops rows
+    assert sleeps == [] and not res.ok and res.retry_after_s == 20.0 and not res.rejected
+    (exc,) = res.failed.values()
+    assert isinstance(exc.cause, errors.ServerException) and exc.cause.code == 60
+
+
+class RejectingExecutor(FakeExecutor):
+    """Refuses (like clickhouse-driver's client-side check) any INSERT holding a negative first_frame_ts."""
+
+    def insert(self, table, columns, rows):
+        rows = list(rows)
+        if table == "parts" and any(r[columns.index("first_frame_ts")] < 0 for r in rows):
+            raise errors.TypeMismatchError("Type mismatch in VALUES section. Column first_frame_ts: argument out of range")
+        return super().insert(table, columns, rows)
+
+
+def test_a_row_clickhouse_can_never_store_is_isolated_not_retried():
+    ex = RejectingExecutor([])
+    sleeps: list[float] = []
+    sink = ClickHouseSink(None, table_specs(KafkaSettings().topics, PLANT), SinkSettings(),  # type: ignore[arg-type]
+                          executor_factory=lambda: ex, sleep=sleeps.append, clock=lambda: 1000.0)
+    for i in range(7):
+        sink.add(make_part(i, -5000 if i == 4 else T).to_avro(), topic="parts", partition=0, offset=i)
+    res = sink.flush()
+    assert res.ok and res.written == {TP("parts", 0): 7} and res.rows == 6
+    assert [r.item.offset for r in res.rejected] == [4] and "first_frame_ts" in res.rejected[0].reason
+    stored = sorted(r[PART_COLUMNS.index("part_id")] for t, rows in ex.inserts if t == "parts" for r in rows)
+    assert stored == sorted(make_part(i, T).part_id for i in range(7) if i != 4)
+    assert sleeps == [] and sink.retries == 0
+
+
+def test_retries_of_one_flush_stop_at_the_flush_budget():
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(s):
+        sleeps.append(s)
+        now[0] += s
+
+    ex = FakeExecutor([errors.NetworkError("refused")] * 100)
+    sink = ClickHouseSink(None, table_specs(KafkaSettings().topics, PLANT),  # type: ignore[arg-type]
+                          SinkSettings(max_retries=50, backoff_initial_s=1.0, backoff_max_s=5.0, flush_budget_s=12.0),
+                          executor_factory=lambda: ex, sleep=sleep, clock=lambda: 1000.0, monotonic=lambda: now[0])
+    for p in range(4):
+        sink.add(make_part(p, T).to_avro(), topic="parts", partition=p, offset=0)
+    res = sink.flush()
+    assert set(res.failed) == {TP("parts", p) for p in range(4)}
+    assert now[0] <= 12.0  # not 4 partitions x 50 retries x up to 5 s
+    assert 100 - len(ex.fail) == len(sleeps) + 1  # one partition tried; the others follow its refusal
+
+
+def test_settings_keep_the_flush_budget_under_the_poll_interval():
+    with pytest.raises(ValueError, match="max_poll_interval_s"):
+        SinkSettings(flush_budget_s=280.0, max_poll_interval_s=300.0)
+
+
+def test_row_error_classification():
+    assert is_row_error(errors.TypeMismatchError("x")) and is_row_error(errors.ServerException("range", code=321))
+    assert not is_row_error(errors.ServerException("Unknown table", code=60))
+    assert not is_row_error(errors.NetworkError("x")) and not is_row_error(TypeError("bug"))
 
 
 def test_model_runs_recorded_once_per_pair():

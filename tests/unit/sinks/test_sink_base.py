@@ -55,3 +55,34 @@ def test_drop_revoked_partitions_only():
     s.add(2, topic="t", partition=1, offset=0)
     s.drop({TP("t", 1)})
     assert s.buffered == 1 and s.oldest_age_s() >= 0
+
+
+def test_rejected_rows_are_isolated_and_the_rest_written():
+    s = ListSink(reject=lambda v: v < 0)
+    for off, v in enumerate([1, 2, -3, 4, 5, 6, -7, 8]):
+        s.add(v, topic="t", partition=0, offset=10 + off)
+    res = s.flush()
+    assert res.ok and res.written == {TP("t", 0): 18}  # committed past the rejected rows
+    assert sorted(s.values) == [1, 2, 4, 5, 6, 8] and res.rows == 6
+    assert [(r.tp, r.item.offset, r.item.value) for r in res.rejected] == [(TP("t", 0), 12, -3), (TP("t", 0), 16, -7)]
+    assert all("rejects" in r.reason for r in res.rejected)
+    assert s.write_calls <= 2 * 2 * 3 + 1  # ~2·k·log2(n) extra writes, not one per row
+
+
+def test_a_batch_of_only_rejected_rows_still_advances():
+    s = ListSink(reject=lambda v: True)
+    s.add(1, topic="t", partition=0, offset=0)
+    res = s.flush()
+    assert res.written == {TP("t", 0): 1} and res.rows == 0 and [r.item.value for r in res.rejected] == [1]
+
+
+def test_after_one_refusal_the_other_partitions_are_not_tried():
+    # ClickHouse down: trying every partition (each with its own retries) could keep the consumer
+    # from polling past max.poll.interval.ms; one refusal stands for all.
+    s = ListSink()
+    s.down = True
+    for p in range(6):
+        s.add(p, topic="t", partition=p, offset=0)
+    res = s.flush()
+    assert s.write_calls == 1
+    assert set(res.failed) == {TP("t", p) for p in range(6)} and not res.written

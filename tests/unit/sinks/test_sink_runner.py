@@ -72,12 +72,20 @@ class FakeConsumer:
         pass
 
 
+class Acked:
+    """A send future Kafka acknowledged."""
+
+    def get(self, timeout=None):
+        return None
+
+
 class FakeProducer:
     def __init__(self):
         self.sent: list[tuple[str, bytes]] = []
 
     def send(self, topic, value, key=None):
         self.sent.append((topic, value))
+        return Acked()
 
     def flush(self):
         pass
@@ -165,3 +173,42 @@ def test_failed_commit_does_not_stop_the_loop():
                         consumer=consumer, producer=producer)
     stats = runner.run(idle_s=0.05, max_seconds=5)
     assert len(sink.values) == 2 and stats.commit_failures >= 1
+
+
+def bad_part(i: int) -> bytes:
+    ev = PartInspected(deterministic_id("part", i), "cam-1", "line-1", f"p{i}", "PASS", 0, 4, -5000, 1_100 + i,
+                       "LAST_FRAME", "m1", "production", "early", 0)
+    return PartInspected.codec().encode(ev.to_avro())
+
+
+def test_a_row_the_destination_rejects_is_dead_lettered_and_the_batch_goes_on():
+    tp = TP("parts", 0)
+    sink = ListSink(reject=lambda v: v["first_frame_ts"] < 0)
+    runner, consumer, producer, _ = make({tp: [part(0), bad_part(1), part(2), part(3)]}, sink=sink)
+    stats = runner.run(idle_s=0.05, max_seconds=5)
+    assert sorted(v["part_id"] for v in sink.values) == ["p0", "p2", "p3"]
+    assert consumer.committed == {tp: 4}  # past the rejected row
+    assert stats.dead_reasons == {"sink_rejected": 1} and stats.rows_written == 3 and stats.holds == 0
+    (topic, raw), = producer.sent
+    dl = DeadLetter.codec().decode(raw)
+    assert topic == "deadletter" and dl["offset"] == 1 and dl["original"] == bad_part(1)
+    assert dl["error_class"] == "sink_rejected" and dl["reason"]
+
+
+def test_dead_letters_kafka_refuses_hold_and_commit_nothing():
+    class Failing:
+        def get(self, timeout=None):
+            raise RuntimeError("KafkaTimeoutError: deadletter not acknowledged")
+
+    class RefusingProducer(FakeProducer):
+        def send(self, topic, value, key=None):
+            super().send(topic, value, key)
+            return Failing()
+
+    tp = TP("parts", 0)
+    sink = ListSink()
+    consumer, producer = FakeConsumer({tp: [part(0), b"\x00garbage", part(2)]}), RefusingProducer()
+    runner = SinkRunner(sink, KafkaSettings(), SinkSettings(flush_interval_s=0.01, hold_initial_s=5),
+                        {"parts": "PartInspected"}, consumer=consumer, producer=producer)
+    runner.run(max_seconds=0.5)
+    assert consumer.committed == {} and runner.holding and consumer.pos == {tp: 0}  # rewound, re-read later

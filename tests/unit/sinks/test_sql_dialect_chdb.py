@@ -91,3 +91,32 @@ def test_monitor_queries_on_chdb(chdb_ex, seeded):
     assert {(r[0], r[1]) for r in rows} == {("line-1", "cam-1"), ("line-1", "cam-2")}
     state = chdb_ex.query(monitor.alert_state_sql("production"))
     assert state == [("line-1", "cam-1", "SPIKE", "WE1", T0 + 3_600_000)]
+
+
+def test_a_resent_batch_changes_no_answer_of_the_report_or_monitor(chdb_ex):
+    """ClickHouse's insert deduplication does not exist for these tables on 18.16 (and needs a table
+    setting 18.16 cannot declare on a current server); one row per id in every query is the
+    equivalent: a batch sent again after a lost acknowledgement doubles no count."""
+    from sinks.testing import catalog_answers, write_through_sink
+
+    home = chdb_ex.query("SELECT currentDatabase()")[0][0]
+    chdb_ex.query("CREATE DATABASE IF NOT EXISTS resent")
+    chdb_ex.query("USE resent")
+    try:
+        migrate(chdb_ex)
+        for table in ("parts", "defects", "alerts", "model_runs"):
+            chdb_ex.query(f"SYSTEM STOP MERGES {table}")  # the queries, not a merge, must fold the copies
+        events = list(sample_events(T0, 200, p=0.2)) + [make_alert(T0 + 3_600_000)]
+        span = (T0, T0 + 200 * 60_000)
+        write_through_sink(chdb_ex, events)
+        once = catalog_answers(chdb_ex, *span)
+        parts = sum(isinstance(e, PartInspected) for e in events)
+        assert chdb_ex.query("SELECT count() FROM parts")[0][0] == parts
+        write_through_sink(chdb_ex, events, repeat=2)  # the same batch again, twice (a lost ack, resent)
+        write_through_sink(chdb_ex, events, ingested_at_s=2_000_000.0)  # re-read after a rewind: newer version
+        assert chdb_ex.query("SELECT count() FROM parts")[0][0] == 4 * parts  # stored 4 times, not merged yet
+        assert catalog_answers(chdb_ex, *span) == once
+        assert any(rows for rows in once.values() if rows)  # the answers are not all empty
+    finally:
+        chdb_ex.query(f"USE {home}")
+        chdb_ex.query("DROP DATABASE IF EXISTS resent")
