@@ -96,10 +96,10 @@ def publish_camera_config(settings: "Settings", camera_id: str, config: CameraCo
     """
     from kafka import KafkaProducer
 
-    from streams.topics import ensure_topics, kafka_security
+    from streams.topics import ensure_topics
 
     ensure_topics(settings)
-    prod = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_list, acks="all", **kafka_security(settings))
+    prod = KafkaProducer(acks="all", **settings.kafka.client_kwargs())
     try:
         value = config.to_json() if config is not None else None
         prod.send(settings.kafka.topics.cameras, key=camera_id.encode(), value=value).get(timeout=30)

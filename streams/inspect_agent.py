@@ -318,8 +318,8 @@ async def follow_camera_topic(settings: Settings, registry: CameraRegistry, sele
 
     k = settings.kafka
     consumer = AIOKafkaConsumer(
-        k.topics.cameras, bootstrap_servers=k.bootstrap_servers, group_id=None, auto_offset_reset="earliest",
-        enable_auto_commit=False, security_protocol=k.security_protocol,
+        k.topics.cameras, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
+        **k.aiokafka_kwargs(),  # SASL/SSL as for every other client
     )
     try:
         await consumer.start()

@@ -339,12 +339,10 @@ def read_topic_events(settings: Settings, topic: str, idle_s: float = 5.0, event
     from kafka import KafkaConsumer
 
     from schemas.codec import AvroCodec
-    from streams.topics import kafka_security
 
     codec = AvroCodec(event, "confluent" if settings.kafka.confluent_wire_format else "single_object")
-    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_list, group_id=None,
-                             auto_offset_reset="earliest", enable_auto_commit=False,
-                             consumer_timeout_ms=int(idle_s * 1000), **kafka_security(settings))
+    consumer = KafkaConsumer(topic, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
+                             consumer_timeout_ms=int(idle_s * 1000), **settings.kafka.client_kwargs())
     try:
         return [codec.decode(m.value) for m in consumer]
     finally:

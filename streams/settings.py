@@ -56,8 +56,27 @@ class KafkaSettings(BaseModel):
         return out
 
     def client_kwargs(self) -> dict[str, Any]:
-        """kafka-python connection keyword arguments: bootstrap servers plus security."""
+        """kafka-python connection keyword arguments: bootstrap servers plus security.
+
+        Every kafka-python producer, consumer and admin client of defectstream is built with these
+        (`tests/unit/test_kafka_clients.py` checks the call sites), so one setting secures them all.
+        """
         return {"bootstrap_servers": self.bootstrap_list, **self.security_kwargs()}
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """The same connection for aiokafka clients (the worker's asyncio side): SSL needs an `ssl_context`."""
+        out: dict[str, Any] = {"bootstrap_servers": self.bootstrap_list, "security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            out["ssl_context"] = create_ssl_context()
+        if self.security_protocol.startswith("SASL"):
+            out.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password.get_secret_value() if self.sasl_password else None,
+            )
+        return out
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> "KafkaSettings":

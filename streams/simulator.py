@@ -222,12 +222,12 @@ def simulate(settings: Settings, cfg: SimulationConfig,
     if send is None:
         from kafka import KafkaProducer
 
-        from streams.topics import ensure_topics, kafka_security
+        from streams.topics import ensure_topics
 
         ensure_topics(settings)
         producer = KafkaProducer(
-            bootstrap_servers=settings.kafka.bootstrap_list, acks="all", enable_idempotence=True, linger_ms=5,
-            max_request_size=16 * 1024 * 1024, **kafka_security(settings),
+            acks="all", enable_idempotence=True, linger_ms=5, max_request_size=16 * 1024 * 1024,
+            **settings.kafka.client_kwargs(),
         )
         topic = settings.kafka.topics.frames
         futures: list[Any] = []

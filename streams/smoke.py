@@ -51,8 +51,8 @@ async def _consume(settings: Settings, topic: str, n: int) -> list[dict]:
     from schemas.events import FrameEvent
 
     codec = FrameEvent.codec()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers,
-                                auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+                                **settings.kafka.aiokafka_kwargs())
     await consumer.start()
     got: list[dict] = []
     try:
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     run_id = uuid.uuid4().hex[:8]
     topic = args.topic or f"smoke-{run_id}"
     t0 = time.monotonic()
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_list, acks="all", enable_idempotence=True)
+    producer = KafkaProducer(acks="all", enable_idempotence=True, **settings.kafka.client_kwargs())
     for value in _frames(args.frames, run_id):
         producer.send(topic, key=b"smoke-cam", value=value)
     producer.flush()

@@ -50,8 +50,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     from kafka.errors import TopicAlreadyExistsError
 
     k = settings.kafka
-    admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_list, client_id=f"{settings.app_id}-admin",
-                             request_timeout_ms=int(timeout_s * 1000), **kafka_security(settings))
+    admin = KafkaAdminClient(client_id=f"{settings.app_id}-admin", request_timeout_ms=int(timeout_s * 1000),
+                             **k.client_kwargs())
     try:
         existing = set(admin.list_topics())
         want = {
@@ -82,5 +82,5 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
 
 
 def kafka_security(settings: Settings) -> dict[str, Any]:
-    """kafka-python keyword arguments for the configured security protocol."""
+    """kafka-python keyword arguments for the configured security protocol (clients take `KafkaSettings.client_kwargs()`)."""
     return settings.kafka.security_kwargs()
