@@ -54,6 +54,7 @@ class SinkStats:
     commit_failures: int = 0
     holds: int = 0  # times the pipeline was held because the sink refused a batch
     rewinds: int = 0  # partitions rewound to re-read refused batches
+    revoked_dropped: int = 0  # buffered records of revoked partitions left to their next owner
 
 
 def import_kafka(module: str = "kafka") -> Any:
@@ -304,15 +305,16 @@ class SinkRunner:
         log.warning("sink still down; next probe in %.1fs", self._hold_wait)
 
     def _on_revoked(self, revoked: set[TP]) -> None:
-        """Before partitions move to another member: write and commit what we have, or forget it."""
+        """Before partitions move to another member: forget their uncommitted records.
+
+        kafka-python (3.x) calls rebalance listeners on the consumer's IO loop, the one that sends
+        heartbeats: an INSERT there (with its retries) would stall the heartbeats and get the sink
+        evicted, and a commit from there cannot complete at all. So nothing is written here; the new
+        owner re-reads the records from the last commit and the tables count them once.
+        """
         if not revoked:
             return
-        if not self.holding and self._pending():
-            try:
-                self._flush_and_commit()
-                return
-            except Exception:  # noqa: BLE001 - the new owner re-reads from the last commit
-                log.exception("flush on revoke failed")
+        self.stats.revoked_dropped += sum(1 for k in self._raw if k[0] in revoked)
         self.sink.drop(revoked)
         for tp in revoked:
             self._next_offset.pop(tp, None)

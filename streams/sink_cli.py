@@ -15,8 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Consume the defects, parts (and alerts) topics under the sink's own consumer group, "
             "decode the Avro events, INSERT them into ClickHouse in batches and commit offsets only "
-            "after ClickHouse acknowledged. While ClickHouse is down the partitions are paused and "
-            "resumed when it answers again. Undecodable records go to the deadletter topic."
+            "after ClickHouse acknowledged. While ClickHouse is down (or refuses every INSERT, e.g. a "
+            "missing table) the partitions are paused and resumed when it answers again. Undecodable "
+            "records, and rows ClickHouse can never store (isolated by splitting their batch), go to the "
+            "deadletter topic with a reason."
         ),
     )
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds")

@@ -212,3 +212,18 @@ def test_dead_letters_kafka_refuses_hold_and_commit_nothing():
                         {"parts": "PartInspected"}, consumer=consumer, producer=producer)
     runner.run(max_seconds=0.5)
     assert consumer.committed == {} and runner.holding and consumer.pos == {tp: 0}  # rewound, re-read later
+
+
+def test_a_revoke_writes_and_commits_nothing_it_only_drops_the_revoked_partitions():
+    # kafka-python runs rebalance listeners on its IO loop (heartbeats): no INSERT, no commit there.
+    a, b = TP("parts", 0), TP("parts", 1)
+    runner, consumer, _, sink = make({a: [part(0), part(1)], b: [part(2)]}, flush_interval_s=60)
+    runner.consumer = consumer
+    for ktp, recs in consumer.poll().items():
+        for rec in recs:
+            runner._handle(rec)
+    runner._on_revoked({a})
+    assert sink.write_calls == 0 and consumer.commit_calls == 0
+    assert sink.buffered == 1 and set(runner._next_offset) == {b} and runner.stats.revoked_dropped == 2
+    runner._flush_and_commit()
+    assert [v["part_id"] for v in sink.values] == ["p2"] and consumer.committed == {b: 1}
