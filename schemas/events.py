@@ -102,7 +102,7 @@ class PartInspected(Event):
     shift_name: str
     shift_start: int
     defect_counts: dict[str, int] = field(default_factory=dict)
-    schema_version: int = 1
+    schema_version: int = 2
 
 
 @dataclass
@@ -139,4 +139,7 @@ class DeadLetter(Event):
     failed_at: int
     key: bytes | None = None
     camera_id: str | None = None
-    schema_version: int = 1
+    original_kept: bool = True  # False: `original` left out for its size (see size and sha256)
+    original_size: int | None = None
+    original_sha256: str | None = None
+    schema_version: int = 2

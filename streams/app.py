@@ -16,7 +16,7 @@ from streams.camera_registry import CameraRegistry
 from streams.inference import InferenceRunner
 from streams.inspect_agent import FaustEmitter, InspectPipeline, wire_inspect
 from streams.settings import Settings
-from streams.topics import Topics, declare_topics
+from streams.topics import FRAME_OVERHEAD_BYTES, Topics, declare_topics
 from streams.tracking_table import TrackingTable
 
 
@@ -56,6 +56,10 @@ def create_app(settings: Settings | None = None, *, inspector: Any | None = None
         key_serializer="raw",
         value_serializer="raw",
         producer_acks=-1,
+        # Dead letters are bounded (worker.deadletter_original_max_bytes) to fit this request size;
+        # a consumer must fetch a whole frame of up to worker.max_image_bytes.
+        producer_max_request_size=settings.worker.producer_max_request_bytes,
+        consumer_max_fetch_size=max(1_048_576, settings.worker.max_image_bytes + FRAME_OVERHEAD_BYTES),
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         broker_session_timeout=settings.worker.session_timeout_s,

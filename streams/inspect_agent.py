@@ -8,10 +8,37 @@ Delivery guarantee (at least once, never past work in flight): the agent consume
 only after its DefectEvents/PartInspected/DeadLetters were delivered (awaited producer futures)
 and the tracking state was written. The agent runs with concurrency 1 and acks in offset order,
 so the committed offset never jumps over an unfinished message (faust-streaming #606). A batch
-that fails for a reason other than bad input (broker, table) stops the worker instead of letting
-Faust restart the actor past it. A crash before the ack re-delivers the batch; re-closing a part re-emits the same deterministic ids,
-which sinks de-duplicate, and frames already folded into a saved state are refused by the
-sequence guard (dead-lettered as duplicate_frame).
+that fails for a reason other than bad input (broker, table, model) stops the worker instead of
+letting Faust restart the actor past it. A crash before the ack re-delivers the batch; re-closing
+a part re-emits the same deterministic ids, which sinks de-duplicate, and frames already folded
+into a saved state are refused by the sequence guard (dead-lettered as duplicate_frame).
+
+Only input that can never be processed is dead-lettered (see `streams.frame_intake`). A model
+call that fails is judged by a probe: the same model on a blank frame of the same size. When
+the probe passes the model is healthy and the frame is at fault (``inference_error``); when it
+fails, or the error is one of a sick model (CUDA out of memory, MemoryError, a model version
+that is not loaded), the call is retried with exponential backoff (`inference_retries`,
+`inference_backoff_s`) and then :class:`ModelUnavailable` stops the worker, so the frames are
+re-delivered to its successor instead of being lost.
+
+Dead letters are bounded (`deadletter_original_max_bytes` of the original, else a pointer with
+size and SHA-256) so that one never exceeds the producer's request limit.
+
+Part-inactivity timeout (finding 1 of issue 12). A part is idle when the camera published no
+frame of it for `part_timeout_s`, and that is judged on the stream: the timer only considers a
+partition whose frames are all processed, i.e. the offset after the last processed frame (this
+process's, or the group's committed offset) has reached the partition's high watermark. Then
+every frame published up to that high watermark has been folded into the state, so a part whose
+last frame was processed `part_timeout_s` ago got nothing since from its camera. While a
+partition has a backlog — after a restart, a rebalance, a slow model, a broker outage — none of
+its parts times out, whatever the wall clock says; their remaining frames are read first. A line
+that truly stops mid-part for longer than `part_timeout_s` on a caught-up worker still closes
+the part (TIMEOUT): on the stream that is indistinguishable from a dead camera; a plant with long
+stops sets `part_timeout_s` above them or has the camera send `last_frame`.
+
+A timeout request (topic `<app>-part-timeouts`, keyed and partitioned like the camera) is
+acked only after its part is closed and the outputs are durable; a failed close stops the
+worker and the request is re-delivered (finding 8).
 """
 from __future__ import annotations
 
@@ -25,7 +52,8 @@ import numpy as np
 
 from schemas.events import DeadLetter, Event, FrameEvent
 from streams.camera_registry import CameraRegistry
-from streams.frame_intake import IntakeLimits, Rejected, dead_letter, decode_frame, decode_image, frame_meta
+from streams.frame_intake import (IntakeLimits, Rejected, dead_letter, decode_frame, decode_image, expected_partition,
+                                  frame_meta)
 from streams.inference import InferenceRunner
 from streams.settings import Settings
 from streams.tracking import CameraState, FrameMeta, PartOutcome, PartTracker
@@ -43,6 +71,25 @@ class Emitter(Protocol):
         """Send (kind, key, event) records, kind in defects|parts|deadletter; returns once all
         are acknowledged by the broker, raises if any failed."""
         ...
+
+
+class ModelUnavailable(RuntimeError):
+    """The model failed on healthy input after every retry: stop the worker (frames are re-delivered)."""
+
+
+# Errors that say the model (or the device) is unwell, never the input.
+_MODEL_ERROR_TEXT = ("out of memory", "cuda error", "cudnn", "cublas", "device-side assert", "not loaded",
+                     "no default model version", "nccl")
+
+
+def is_model_failure(exc: BaseException) -> bool:
+    """True for errors of a sick model or device (CUDA OOM, MemoryError, a model version not loaded)."""
+    if isinstance(exc, (MemoryError, KeyError, ModelUnavailable)):
+        return True  # KeyError: InspectorPool.get of a version that is not (or no longer) loaded
+    if type(exc).__name__ in ("OutOfMemoryError", "AcceleratorError", "CudaError"):
+        return True
+    text = str(exc).lower()
+    return any(t in text for t in _MODEL_ERROR_TEXT)
 
 
 def _now_ms() -> int:
@@ -65,7 +112,8 @@ class InspectPipeline:
         self.emitter = emitter
         self.tracker = PartTracker(settings.tracking)
         self.codec = FrameEvent.codec("confluent" if settings.kafka.confluent_wire_format else "single_object")
-        self.limits = IntakeLimits(settings.worker.max_image_bytes, settings.worker.max_pixels)
+        self.limits = IntakeLimits.from_settings(settings.worker)
+        self.processed_next: dict[int, int] = {}  # frames partition -> offset after the last processed frame
         self.frames_topic = frames_topic or settings.kafka.topics.frames
         self.lock = asyncio.Lock()  # the batch and the timeout closer never interleave on a camera state
         self.deadletters: Counter[str] = Counter()
@@ -84,8 +132,18 @@ class InspectPipeline:
         self.deadletters[rej.error_class] += 1
         log.warning("deadletter %s p%s@%s: %s %s", msg.topic, msg.partition, msg.offset, rej.error_class, rej.reason)
         dl: DeadLetter = dead_letter(rej, topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                                     value=msg.value, key=msg.key)
-        return ("deadletter", msg.key, dl)
+                                     value=msg.value, key=msg.key,
+                                     max_original_bytes=self.settings.worker.deadletter_original_max_bytes)
+        return ("deadletter", dl.key, dl)
+
+    def enforce_partitions(self, partitions: int) -> None:
+        """Refuse frames read from another partition than their key's (see `streams.frame_intake`)."""
+        self.limits = self.limits._replace(partitions=partitions)
+
+    def camera_partition(self, camera_id: str) -> int | None:
+        """The frames partition holding `camera_id`'s frames and state (None when not enforced)."""
+        n = self.limits.partitions
+        return expected_partition(camera_id.encode(), n) if n else None
 
     def _outputs(self, outcomes: Sequence[PartOutcome]) -> list[tuple[str, bytes | None, Event]]:
         out: list[tuple[str, bytes | None, Event]] = []
@@ -102,20 +160,57 @@ class InspectPipeline:
             self._version_warned.add(camera_id)
             log.warning("camera %s expects model %s, the worker runs %s", camera_id, cfg.model_version, version)
 
+    async def _retry_model(self, call: Any, what: str) -> Any:
+        """`call()` with exponential backoff on failure; ModelUnavailable after the last retry."""
+        w = self.settings.worker
+        delay = w.inference_backoff_s
+        for attempt in range(w.inference_retries + 1):
+            try:
+                return await call()
+            except Exception as exc:  # noqa: BLE001 - judged below
+                last = exc
+                if attempt == w.inference_retries:
+                    break
+                log.error("model failed on %s (attempt %d of %d), retrying in %.1fs: %r", what, attempt + 1,
+                          w.inference_retries + 1, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, w.inference_backoff_max_s)
+        raise ModelUnavailable(f"model failed on {what} after {w.inference_retries + 1} attempts: "
+                               f"{type(last).__name__}: {last}") from last
+
+    async def _model_healthy(self, img: np.ndarray, version: str | None) -> bool:
+        """Does the model inspect a blank frame of `img`'s size and type? (Not the input's fault if not.)"""
+        try:
+            await self.runner.inspect([np.zeros_like(img)], version)
+            return True
+        except Exception as exc:  # noqa: BLE001
+            log.error("model probe failed on a blank %s frame: %r", img.shape, exc)
+            return False
+
+    async def _inspect_one(self, img: np.ndarray, version: str | None) -> list[Any] | Exception:
+        """One frame: its detections, or the exception when the frame (not the model) is at fault.
+        Raises ModelUnavailable when the model stays unwell."""
+        async def call() -> list[Any] | Exception:
+            try:
+                return (await self.runner.inspect([img], version))[0]
+            except Exception as exc:  # noqa: BLE001
+                if is_model_failure(exc) or not await self._model_healthy(img, version):
+                    raise
+                return exc  # the model works on a blank frame of this size: this input is poisonous
+        return await self._retry_model(call, f"a frame (model {version})")
+
     async def _inspect(self, images: list[np.ndarray], version: str | None = None) -> list[list[Any] | Exception]:
-        """Detections per image; when a batch fails, frames are retried one by one so that one
-        poisonous frame goes to dead-letter instead of stopping the worker."""
+        """Detections per image, or an exception for a frame the model can never process.
+
+        When a batch fails, frames are retried one by one so that one poisonous frame goes to
+        dead-letter; a failure of the model itself (see the module doc) is retried with backoff
+        and then raises ModelUnavailable, which stops the worker: nothing is dead-lettered for it.
+        """
         try:
             return list(await self.runner.inspect(images, version))
         except Exception as exc:  # noqa: BLE001 - isolate the bad frame below
             log.exception("inference failed on a batch of %d, retrying frame by frame: %r", len(images), exc)
-        out: list[list[Any] | Exception] = []
-        for img in images:
-            try:
-                out.append((await self.runner.inspect([img], version))[0])
-            except Exception as exc:  # noqa: BLE001
-                out.append(exc)
-        return out
+        return [await self._inspect_one(img, version) for img in images]
 
     def _version_for(self, state: CameraState, meta: FrameMeta) -> str:
         """A part keeps the model it opened with; a new part takes the selected one (camera, pinned,
@@ -167,7 +262,8 @@ class InspectPipeline:
         # decode + sequence guard
         admitted: list[tuple[Any, FrameEvent, FrameMeta]] = []
         for ev in events:
-            frame = decode_frame(ev.message.value, ev.message.key, self.codec, self.limits)
+            frame = decode_frame(ev.message.value, ev.message.key, self.codec, self.limits,
+                                 partition=ev.message.partition)
             if isinstance(frame, Rejected):
                 records.append(self._dead(ev, frame))
                 continue
@@ -201,6 +297,10 @@ class InspectPipeline:
             if isinstance(dets, Exception):
                 records.append(self._dead(ev, Rejected("inference_error", f"{type(dets).__name__}: {dets}", meta.camera_id)))
                 continue
+            late = states[meta.camera_id].closed_rejection(meta)
+            if late is not None:  # its part closed earlier in this batch (last frame, frame cap)
+                records.append(self._dead(ev, Rejected(late.error_class, late.reason, meta.camera_id)))
+                continue
             self._check_model_version(meta.camera_id, version)
             outcomes += states[meta.camera_id].observe(
                 self.tracker, meta, dets, model_version=version, run_id=self.settings.run_id,
@@ -213,6 +313,10 @@ class InspectPipeline:
         for cam, state in states.items():
             self.store.save(state, last_event[cam])
         self._note_open_parts(states)
+        for ev in events:
+            m = ev.message
+            if m.topic == self.frames_topic and m.offset + 1 > self.processed_next.get(m.partition, -1):
+                self.processed_next[m.partition] = m.offset + 1
 
     async def close_idle(self, event: Any, camera_id: str, part_id: str, last_seq: int) -> PartOutcome | None:
         """Close `part_id` on `camera_id` with reason TIMEOUT if it got no frame since `last_seq`."""
@@ -241,8 +345,53 @@ class FaustEmitter:
         await asyncio.gather(*futs)
 
 
+def partition_caught_up(consumer: Any, pipeline: InspectPipeline, partition: int) -> bool:
+    """Has every frame of `partition` up to its high watermark been processed?
+
+    Processed means: by this process (`pipeline.processed_next`), or before it, as far as the
+    group's committed offset says. False when the high watermark is not known yet (no fetch
+    since the partition was assigned) or the partition is not assigned here.
+    """
+    from faust.types import TP
+
+    tp = TP(pipeline.frames_topic, partition)
+    try:
+        hw = consumer.highwater(tp)
+    except Exception:  # noqa: BLE001 - not assigned (any more) / consumer not started: not ours to judge
+        return False
+    if hw is None:
+        return False
+    committed = getattr(consumer, "_committed_offset", {}).get(tp)  # next offset to read, set at assignment
+    done = max(pipeline.processed_next.get(partition, 0), committed or 0)
+    return done >= hw
+
+
+async def handle_timeout_requests(pipeline: InspectPipeline, events: Any, ack: Any, crash: Any) -> None:
+    """Serve part-timeout requests: close the part, then ack the request.
+
+    A request is acked only after its part was closed and the outputs are durable (or the part
+    is no longer idle). A close that fails (broker, table) stops the worker through `crash`
+    without acking, so the request is re-delivered to its successor instead of being lost.
+    """
+    async for event in events:
+        v = event.value or {}
+        cam = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
+        try:
+            out = await pipeline.close_idle(event, cam, str(v.get("part_id")), int(v.get("last_seq", -1)))
+        except Exception as exc:  # noqa: BLE001
+            log.critical("closing the idle part %s of %s failed, stopping the worker: %r", v.get("part_id"), cam, exc)
+            await crash(exc)
+            return
+        if out is not None:
+            log.info("part %s of %s closed after inactivity", out.part.part_id, cam)
+        await ack(event)
+
+
 def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline: InspectPipeline) -> dict[str, Any]:
-    """Attach the agents, the inactivity timer and the cameras follower to `app`."""
+    """Attach the agents, the inactivity timer and the cameras follower to `app`.
+
+    The pipeline enforces that a camera's frames arrive on its key's partition (`kafka.partitions`)."""
+    pipeline.enforce_partitions(settings.kafka.partitions)
     batch_max = settings.worker.batch_max or pipeline.runner.batch_size
     within = settings.worker.batch_within_s
     requested: set[tuple[str, str, int]] = set()
@@ -265,17 +414,17 @@ def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline
 
     @app.agent(topics.part_timeouts, name="close-idle-parts", concurrency=1)
     async def close_idle_parts(stream: Any) -> None:
-        async for event in stream.events():
-            v = event.value or {}
-            cam = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
-            out = await pipeline.close_idle(event, cam, str(v.get("part_id")), int(v.get("last_seq", -1)))
-            if out is not None:
-                log.info("part %s of %s closed after inactivity", out.part.part_id, cam)
+        manual = stream.noack()
+        await handle_timeout_requests(pipeline, manual.events(), manual.ack, app.crash)
+
+    def caught_up(camera_id: str) -> bool:
+        p = pipeline.camera_partition(camera_id)
+        return p is not None and partition_caught_up(app.consumer, pipeline, p)
 
     @app.timer(interval=settings.tracking.timeout_check_s)
     async def find_idle_parts() -> None:
         now = _now_ms()
-        for op in table.idle_parts(now, settings.tracking.part_timeout_s):
+        for op in table.idle_parts(now, settings.tracking.part_timeout_s, caught_up):
             key = (op.camera_id, op.part_id, op.last_seq)
             if key in requested:
                 continue

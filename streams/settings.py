@@ -202,6 +202,12 @@ class TrackingSettings(BaseModel):
     )
     fail_severity: float = Field(6.0, ge=0.0, le=12.0, description="a confirmed defect this severe fails the part")
     min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="detections below this are ignored")
+    max_frames_per_part: int = Field(
+        300, ge=1,
+        description="a part closes (MAX_FRAMES) when it reaches this many frames, so a camera stuck on one part_id "
+                    "cannot grow its state (and its changelog record) without bound; later frames of that part are "
+                    "dead-lettered as part_frame_limit",
+    )
 
 
 class WorkerSettings(BaseModel):
@@ -217,6 +223,37 @@ class WorkerSettings(BaseModel):
     session_timeout_s: float = Field(
         30.0, ge=6.0, description="consumer group session timeout: how soon a crashed worker's partitions move"
     )
+    capture_ts_max_future_s: float = Field(
+        86_400.0, gt=0.0, description="frames whose capture_ts lies further ahead of the worker's clock go to deadletter"
+    )
+    capture_ts_max_age_days: float = Field(
+        3650.0, gt=0.0,
+        description="frames whose capture_ts lies further back go to deadletter (raise it to replay older recordings); "
+                    "capture_ts before 2000-01-01 or negative is always refused (seconds, not milliseconds)",
+    )
+    deadletter_original_max_bytes: int = Field(
+        256 * 1024, ge=0,
+        description="a dead letter keeps the original message up to this size; a larger one is referenced by "
+                    "topic/partition/offset, size and SHA-256 (the frame stays in `frames` for its retention)",
+    )
+    producer_max_request_bytes: int = Field(
+        1_048_576, ge=65_536, description="largest request the worker's producer sends (Kafka max.request.size)"
+    )
+    inference_retries: int = Field(
+        4, ge=0, description="retries of a failed model call (not the input's fault) before the worker stops"
+    )
+    inference_backoff_s: float = Field(0.5, gt=0.0, description="first wait between inference retries (doubles)")
+    inference_backoff_max_s: float = Field(8.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _deadletters_fit_the_producer(self) -> "WorkerSettings":
+        # a dead letter is its original bytes plus a few hundred bytes of metadata
+        if self.deadletter_original_max_bytes + 16_384 > self.producer_max_request_bytes:
+            raise ValueError(
+                f"deadletter_original_max_bytes={self.deadletter_original_max_bytes} does not fit a producer request "
+                f"of producer_max_request_bytes={self.producer_max_request_bytes} (leave 16 KiB for the rest)"
+            )
+        return self
 
 
 class SinkSettings(BaseModel):

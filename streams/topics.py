@@ -20,6 +20,10 @@ class Topics(NamedTuple):
     part_timeouts: Any  # internal: JSON {part_id, last_seq}, key = camera id, co-partitioned with frames
 
 
+# A frame record is its image plus the Avro header fields and Kafka's record overhead.
+FRAME_OVERHEAD_BYTES = 64 * 1024
+
+
 def part_timeouts_topic(settings: Settings) -> str:
     return f"{settings.app_id}-part-timeouts"
 
@@ -44,7 +48,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create the pipeline's topics that do not exist yet; returns the names created.
 
     `frames` and the timeouts topic get `kafka.partitions` partitions (the tracking table is
-    co-partitioned with them); `cameras` is compacted. Existing topics are left as they are.
+    co-partitioned with them); `frames` takes records up to `worker.max_image_bytes` plus 64 KiB;
+    `cameras` is compacted. Existing topics are left as they are.
     """
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -55,7 +60,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     try:
         existing = set(admin.list_topics())
         want = {
-            k.topics.frames: (k.partitions, {}),
+            # the broker's default record limit (~1 MB) would refuse frames that max_image_bytes allows
+            k.topics.frames: (k.partitions, {"max.message.bytes": str(settings.worker.max_image_bytes + FRAME_OVERHEAD_BYTES)}),
             part_timeouts_topic(settings): (k.partitions, {}),
             k.topics.defects: (k.partitions, {}),
             k.topics.parts: (k.partitions, {}),

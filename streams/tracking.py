@@ -23,6 +23,7 @@ enters the view on the last frame needs a single hit, made with a mean confidenc
 """
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -38,7 +39,10 @@ from streams.shifts import shift_at
 CLOSE_NEXT_PART = "NEXT_PART"
 CLOSE_LAST_FRAME = "LAST_FRAME"
 CLOSE_TIMEOUT = "TIMEOUT"
+CLOSE_MAX_FRAMES = "MAX_FRAMES"  # the part reached TrackingSettings.max_frames_per_part
 UNSCHEDULED_SHIFT = "unscheduled"  # shift name of a part captured in a gap of the plant calendar
+
+log = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 (x1/y1 exclusive), floats in part coords
 
@@ -541,7 +545,12 @@ class PartTracker:
             shift_name, shift_start = shift_at(first_ts, plant)[:2]
         except LookupError:
             # a gap in the plant calendar must not stop the line's verdicts; the name says why
-            shift_name, shift_start = UNSCHEDULED_SHIFT, first_ts
+            shift_name, shift_start = UNSCHEDULED_SHIFT, max(0, first_ts)
+        except Exception as exc:  # noqa: BLE001 - any calendar error (a timestamp out of datetime's range, a
+            # broken zone) must not make the close raise: the worker would stop on this part at every restart
+            log.error("shift calendar failed for part %s of %s at capture_ts %s: %r; shift %r",
+                      part.part_id, part.camera_id, first_ts, exc, UNSCHEDULED_SHIFT)
+            shift_name, shift_start = UNSCHEDULED_SHIFT, min(max(0, first_ts), 2**63 - 1)
         verdict = PartInspected(
             event_id=deterministic_id(part.camera_id, part.part_id, part.model_version, run_id),
             camera_id=part.camera_id,
@@ -582,13 +591,15 @@ class CameraState:
     recent_seqs: list[int] = field(default_factory=list)
     closed_parts: list[str] = field(default_factory=list)
     part: PartState | None = None
+    capped_parts: list[str] = field(default_factory=list)  # recent parts closed for max_frames_per_part
 
     def admit(self, meta: FrameMeta) -> FrameRejection | None:
         """Sequence guard; records the frame as seen when it is admitted.
 
         Returns a rejection for a frame_seq already seen (``duplicate_frame``, e.g. a replay
-        after a crash), one older than the newest seen (``out_of_order_frame``), or a frame of a
-        part this camera already closed (``late_frame``).
+        after a crash), one older than the newest seen (``out_of_order_frame``), a frame of a part
+        closed at the frames-per-part limit (``part_frame_limit``), or a frame of a part this
+        camera already closed (``late_frame``).
         """
         seq = meta.frame_seq
         if seq in self.recent_seqs or seq == self.last_seq:
@@ -597,10 +608,23 @@ class CameraState:
             return FrameRejection(
                 "out_of_order_frame", f"frame_seq {seq} arrived after {self.last_seq} on camera {self.camera_id}"
             )
-        if meta.part_id in self.closed_parts:
-            return FrameRejection("late_frame", f"part {meta.part_id} of camera {self.camera_id} is already closed")
+        rej = self.closed_rejection(meta)
+        if rej is not None:
+            return rej
         self.last_seq = seq
         self.recent_seqs = (self.recent_seqs + [seq])[-_RECENT_SEQS:]
+        return None
+
+    def closed_rejection(self, meta: FrameMeta) -> FrameRejection | None:
+        """Why a frame of an already closed part is refused (None if its part is not closed).
+
+        Checked at admission and again right before a frame is tracked: a part can close between
+        (its last frame, or the frame cap, earlier in the same micro-batch)."""
+        if meta.part_id in self.capped_parts:
+            return FrameRejection("part_frame_limit", f"part {meta.part_id} of camera {self.camera_id} was closed "
+                                                      f"({CLOSE_MAX_FRAMES}) when it reached the frames-per-part limit")
+        if meta.part_id in self.closed_parts:
+            return FrameRejection("late_frame", f"part {meta.part_id} of camera {self.camera_id} is already closed")
         return None
 
     def _close(self, tracker: PartTracker, reason: str, run_id: str, plant: PlantSettings) -> PartOutcome:
@@ -622,7 +646,8 @@ class CameraState:
         policy: PartPolicy | None = None,
         now_ms: int = 0,
     ) -> list[PartOutcome]:
-        """Feed an admitted frame; returns the parts it closed (NEXT_PART before, LAST_FRAME after).
+        """Feed an admitted frame; returns the parts it closed (NEXT_PART before, LAST_FRAME or
+        MAX_FRAMES after: a part closes when it reaches `max_frames_per_part`).
 
         `policy` (camera overrides) is applied when this frame opens a new part, so a camera's
         new settings take effect from its next part.
@@ -642,6 +667,10 @@ class CameraState:
         tracker.observe(self.part, meta, detections, now_ms=now_ms)
         if meta.last_frame:
             outcomes.append(self._close(tracker, CLOSE_LAST_FRAME, run_id, plant))
+        elif self.part.frames >= tracker.s.max_frames_per_part:
+            # a camera stuck on one part_id must not grow the state (and its changelog record) without bound
+            self.capped_parts = (self.capped_parts + [self.part.part_id])[-_RECENT_PARTS:]
+            outcomes.append(self._close(tracker, CLOSE_MAX_FRAMES, run_id, plant))
         return outcomes
 
     def idle_part(self, now_ms: int, timeout_s: float) -> str | None:
@@ -671,6 +700,7 @@ class CameraState:
             "recent_seqs": self.recent_seqs,
             "closed_parts": self.closed_parts,
             "part": self.part.to_dict() if self.part is not None else None,
+            "capped_parts": self.capped_parts,
         }
 
     @classmethod
@@ -681,6 +711,7 @@ class CameraState:
             recent_seqs=[int(s) for s in d.get("recent_seqs", [])],
             closed_parts=[str(p) for p in d.get("closed_parts", [])],
             part=PartState.from_dict(d["part"]) if d.get("part") else None,
+            capped_parts=[str(p) for p in d.get("capped_parts", [])],
         )
 
 

@@ -2,14 +2,17 @@
 
 Co-partitioned with `frames` (same partition count, key = camera id), so the worker that owns a
 camera's partition owns its state; after a restart or a rebalance the state is restored from the
-changelog and open parts continue. When a part closes, the camera's value is reset to the
+changelog and open parts continue; an open part times out only once its camera's partition has
+no unprocessed frame left (the `caught_up` gate of `idle_parts`, see `streams.inspect_agent`).
+The frames partition of a camera is the one its key hashes to (frames read elsewhere are
+dead-lettered), so the table entry, the frames and the timeout requests share it. When a part closes, the camera's value is reset to the
 sequence guard alone (a few hundred bytes).
 """
 from __future__ import annotations
 
 import weakref
 from contextlib import contextmanager
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 # Faust keeps the event being processed in this context variable; table writes use its
 # partition. A micro-batch mixes cameras (and partitions), so each camera's write runs under one
@@ -61,14 +64,26 @@ class TrackingTable:
         with event_context(event):
             self.table[state.camera_id.encode()] = state.to_dict()
 
-    def idle_parts(self, now_ms: int, timeout_s: float) -> list[OpenPart]:
-        """Open parts (in the locally held partitions) with no frame for `timeout_s`."""
-        out = []
-        for _key, raw in list(self.table.items()):
-            if not raw or not raw.get("part"):
-                continue
-            state = CameraState.from_dict(raw)
-            if state.part is not None and state.idle_part(now_ms, timeout_s) is not None:
-                p = state.part
-                out.append(OpenPart(state.camera_id, p.part_id, p.seqs[-1], p.touched_ms))
-        return out
+    def idle_parts(self, now_ms: int, timeout_s: float, caught_up: Callable[[str], bool] | None = None) -> list[OpenPart]:
+        """Open parts (in the locally held partitions) with no frame for `timeout_s`.
+
+        `caught_up(camera_id)`: whether every frame of the camera's partition has been processed;
+        parts of cameras for which it is False are never idle (their frames may wait in the
+        backlog). None: no such gate."""
+        return idle_parts(self.table.items(), now_ms, timeout_s, caught_up)
+
+
+def idle_parts(items: Iterable[tuple[Any, Any]], now_ms: int, timeout_s: float,
+               caught_up: Callable[[str], bool] | None = None) -> list[OpenPart]:
+    """The idle open parts among table `items` (key, CameraState dict); see `TrackingTable.idle_parts`."""
+    out = []
+    for _key, raw in list(items):
+        if not raw or not raw.get("part"):
+            continue
+        state = CameraState.from_dict(raw)
+        if state.part is None or (caught_up is not None and not caught_up(state.camera_id)):
+            continue
+        if state.idle_part(now_ms, timeout_s) is not None:
+            p = state.part
+            out.append(OpenPart(state.camera_id, p.part_id, p.seqs[-1], p.touched_ms))
+    return out
