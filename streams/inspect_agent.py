@@ -16,10 +16,11 @@ into a saved state are refused by the sequence guard (dead-lettered as duplicate
 Only input that can never be processed is dead-lettered (see `streams.frame_intake`). A model
 call that fails is judged by a probe: the same model on a blank frame of the same size. When
 the probe passes the model is healthy and the frame is at fault (``inference_error``); when it
-fails, or the error is one of a sick model (CUDA out of memory, MemoryError, a model version
-that is not loaded), the call is retried with exponential backoff (`inference_retries`,
-`inference_backoff_s`) and then :class:`ModelUnavailable` stops the worker, so the frames are
-re-delivered to its successor instead of being lost.
+fails (a model version that is not, or no longer, loaded fails it too), or the error is one of
+a sick device (CUDA out of memory or another CUDA error, MemoryError), the call is retried with
+exponential backoff (`inference_retries`, `inference_backoff_s`) and then
+:class:`ModelUnavailable` stops the worker, so the frames are re-delivered to its successor
+instead of being lost.
 
 Dead letters are bounded (`deadletter_original_max_bytes` of the original, else a pointer with
 size and SHA-256) so that one never exceeds the producer's request limit.
@@ -77,15 +78,16 @@ class ModelUnavailable(RuntimeError):
     """The model failed on healthy input after every retry: stop the worker (frames are re-delivered)."""
 
 
-# Errors that say the model (or the device) is unwell, never the input.
-_MODEL_ERROR_TEXT = ("out of memory", "cuda error", "cudnn", "cublas", "device-side assert", "not loaded",
-                     "no default model version", "nccl")
+# Errors of a sick device, never of the input, even when a probe right after them passes (memory
+# freed meanwhile). Anything else is judged by the probe: a model version that is not (or no
+# longer) loaded fails the probe too (InspectorPool.get raises KeyError), a poisonous frame does not.
+_MODEL_ERROR_TEXT = ("out of memory", "cuda error", "cudnn", "cublas", "device-side assert", "nccl")
 
 
 def is_model_failure(exc: BaseException) -> bool:
-    """True for errors of a sick model or device (CUDA OOM, MemoryError, a model version not loaded)."""
-    if isinstance(exc, (MemoryError, KeyError, ModelUnavailable)):
-        return True  # KeyError: InspectorPool.get of a version that is not (or no longer) loaded
+    """True for errors of a sick device (CUDA out of memory or other CUDA errors, MemoryError)."""
+    if isinstance(exc, (MemoryError, ModelUnavailable)):
+        return True
     if type(exc).__name__ in ("OutOfMemoryError", "AcceleratorError", "CudaError"):
         return True
     text = str(exc).lower()

@@ -274,7 +274,8 @@ def test_input_the_model_can_never_process_is_dead_lettered():
 def test_model_failure_classes():
     assert is_model_failure(RuntimeError("CUDA out of memory. Tried to allocate"))
     assert is_model_failure(MemoryError())
-    assert is_model_failure(KeyError("v2"))
+    # judged by the probe instead: an evicted version fails it (test above), a poisonous frame does not
+    assert not is_model_failure(KeyError("v2"))
     assert not is_model_failure(ValueError("operands could not be broadcast"))
 
 
