@@ -33,6 +33,7 @@ from typing import Any
 from schemas.codec import AvroCodec, DecodeError
 from schemas.events import DeadLetter
 from sinks.base import TP, BatchingSink, SinkBackpressureError
+from streams.metrics import SinkMetrics
 from streams.settings import KafkaSettings, SinkSettings
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class SinkRunner:
         *,
         consumer: Any = None,
         producer: Any = None,
+        metrics: SinkMetrics | None = None,
     ):
         """
         Args:
@@ -89,7 +91,9 @@ class SinkRunner:
             settings: group id, batch size, flush interval, hold waits.
             topics: topic → Avro schema key; default the `defects`, `parts` (and `alerts`) topics.
             consumer / producer: injected kafka-python clients (tests); built from settings otherwise.
+            metrics: where the run's Prometheus metrics go (a fresh `SinkMetrics` when None).
         """
+        self.metrics = metrics or SinkMetrics()
         self.sink = sink
         self.kafka = kafka
         self.settings = settings
@@ -177,6 +181,7 @@ class SinkRunner:
                     last_activity = now
                 if self._due():
                     self._flush_and_commit()
+                self.metrics.queue.set(self.sink.buffered)
                 if idle_s is not None and not polled and not self._pending() and now - last_activity >= idle_s:
                     break
             if not self.holding and self._pending():
@@ -199,6 +204,7 @@ class SinkRunner:
     def _handle(self, rec: Any) -> None:
         tp = TP(rec.topic, rec.partition)
         self.stats.consumed += 1
+        self.metrics.consumed.inc()
         self._first_uncommitted.setdefault(tp, rec.offset)
         self._next_offset[tp] = rec.offset + 1
         try:
@@ -217,6 +223,7 @@ class SinkRunner:
         log.warning("dead-letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
         self.stats.deadlettered += 1
         self.stats.dead_reasons[error_class] += 1
+        self.metrics.deadletters.labels(reason=error_class).inc()
         dl = DeadLetter(
             topic=rec.topic, partition=rec.partition, offset=rec.offset, original=rec.value or b"",
             reason=reason[:2000], error_class=error_class, failed_at=int(time.time() * 1000), key=rec.key,
@@ -246,9 +253,13 @@ class SinkRunner:
         structs = import_kafka("kafka.structs")
         OffsetAndMetadata, TopicPartition = structs.OffsetAndMetadata, structs.TopicPartition  # noqa: N806
 
+        started = time.perf_counter()
         result = self.sink.flush()
+        self.metrics.flush_seconds.observe(time.perf_counter() - started)
         self.stats.flushes += 1
         self.stats.rows_written += result.rows
+        self.metrics.rows_written.inc(result.rows)
+        self.metrics.rows_rejected.inc(len(result.rejected))
         for rej in result.rejected:
             self._dead(self._raw[(rej.tp, rej.item.offset)], "sink_rejected", rej.reason)
         failed: dict[TP, SinkBackpressureError] = dict(result.failed)
@@ -282,11 +293,26 @@ class SinkRunner:
         self._next_offset.clear()
         self._first_uncommitted.clear()
         self._raw.clear()
+        self._update_lag()
+
+    def _update_lag(self) -> None:
+        """Refresh the per-partition lag gauge: high watermark minus the consumer's position."""
+        lags: dict[tuple[str, int], int] = {}
+        try:
+            for ktp in self.consumer.assignment():
+                hw = self.consumer.highwater(ktp)
+                if hw is not None:  # known once a fetch returned for it; then the position is known too
+                    lags[(ktp.topic, ktp.partition)] = hw - self.consumer.position(ktp)
+        except Exception as exc:  # noqa: BLE001 - a gauge is not worth a stopped sink
+            log.debug("sink lag not measured: %r", exc)
+            return
+        self.metrics.set_lag(lags)
 
     def _hold(self, retry_after_s: float, why: BaseException) -> None:
         assigned = list(self.consumer.assignment())
         self.consumer.pause(*assigned)
         self.holding = True
+        self.metrics.holding.set(1)
         self.stats.holds += 1
         self._hold_wait = max(retry_after_s, self.settings.hold_initial_s)
         self._next_probe = time.monotonic() + self._hold_wait
@@ -298,6 +324,7 @@ class SinkRunner:
         if self.sink.healthy():
             self.consumer.resume(*self.consumer.paused())
             self.holding = False
+            self.metrics.holding.set(0)
             log.warning("sink answers again; resuming")
             return
         self._hold_wait = min(self._hold_wait * 2, self.settings.hold_max_s)
@@ -328,11 +355,19 @@ def run_sink(settings: Any, *, max_seconds: float | None = None, idle_s: float |
     """Build the ClickHouse sink and its runner from `Settings` and run it (see `SinkRunner.run`).
 
     `runner_hook(runner)` is called before the loop starts (tests keep the runner to stop it).
+    The run's metrics are served on `sink.metrics_port` while it runs (see `streams.metrics`).
     """
     from sinks.clickhouse import ClickHouseSink, table_specs
+    from streams.metrics import serve
 
     sink = ClickHouseSink(settings.clickhouse, table_specs(settings.kafka.topics, settings.plant), settings.sink)
     runner = SinkRunner(sink, settings.kafka, settings.sink)
     if runner_hook is not None:
         runner_hook(runner)
-    return runner.run(max_seconds=max_seconds, idle_s=idle_s)
+    server = serve(runner.metrics.registry, settings.sink.metrics_port)
+    try:
+        return runner.run(max_seconds=max_seconds, idle_s=idle_s)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()

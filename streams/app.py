@@ -15,6 +15,7 @@ from streams.avro_serializers import register_avro_codecs
 from streams.camera_registry import CameraRegistry
 from streams.inference import InferenceRunner
 from streams.inspect_agent import FaustEmitter, InspectPipeline, wire_inspect
+from streams.metrics import WorkerMetrics, serve
 from streams.settings import Settings
 from streams.topics import FRAME_OVERHEAD_BYTES, Topics, declare_topics
 from streams.tracking_table import TrackingTable
@@ -69,7 +70,7 @@ def create_app(settings: Settings | None = None, *, inspector: Any | None = None
     topics = declare_topics(app, settings)
     table = TrackingTable(app, settings)
     runner = InferenceRunner(settings.model, inspector=inspector)
-    pipeline = InspectPipeline(settings, runner, CameraRegistry(), table, FaustEmitter(topics))
+    pipeline = InspectPipeline(settings, runner, CameraRegistry(), table, FaustEmitter(topics), metrics=WorkerMetrics())
     agents = wire_inspect(app, settings, topics, table, pipeline)
     app.wiring = Wiring(settings, topics, table, pipeline, agents)  # type: ignore[attr-defined]
 
@@ -80,6 +81,8 @@ def create_app(settings: Settings | None = None, *, inspector: Any | None = None
         from streams.topics import ensure_topics
 
         ensure_topics(settings)
+        # Only a running worker serves metrics (importing streams.app binds nothing).
+        serve(pipeline.metrics.registry, settings.worker.metrics_port)
 
     return app
 

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "streams.scoring",
     "streams.camera_registry",
     "streams.sink_cli",
+    "streams.status_cli",
     "streams.report",
     "streams.monitor",
     "streams.replay",

@@ -56,6 +56,7 @@ from streams.camera_registry import CameraRegistry
 from streams.frame_intake import (IntakeLimits, Rejected, dead_letter, decode_frame, decode_image, expected_partition,
                                   frame_meta)
 from streams.inference import InferenceRunner
+from streams.metrics import WorkerMetrics
 from streams.settings import Settings
 from streams.tracking import CameraState, FrameMeta, PartOutcome, PartTracker
 
@@ -106,8 +107,9 @@ class InspectPipeline:
     """One micro-batch of `frames` events in, outputs sent and tracker state saved."""
 
     def __init__(self, settings: Settings, runner: InferenceRunner, registry: CameraRegistry, store: StateStore,
-                 emitter: Emitter, *, frames_topic: str | None = None):
+                 emitter: Emitter, *, frames_topic: str | None = None, metrics: WorkerMetrics | None = None):
         self.settings = settings
+        self.metrics = metrics or WorkerMetrics()
         self.runner = runner
         self.registry = registry
         self.store = store
@@ -132,6 +134,7 @@ class InspectPipeline:
     def _dead(self, ev: Any, rej: Rejected) -> tuple[str, bytes | None, Event]:
         msg = ev.message
         self.deadletters[rej.error_class] += 1
+        self.metrics.deadletters.labels(reason=rej.error_class).inc()
         log.warning("deadletter %s p%s@%s: %s %s", msg.topic, msg.partition, msg.offset, rej.error_class, rej.reason)
         dl: DeadLetter = dead_letter(rej, topic=msg.topic, partition=msg.partition, offset=msg.offset,
                                      value=msg.value, key=msg.key,
@@ -154,6 +157,7 @@ class InspectPipeline:
             out.extend(("defects", key, d) for d in o.defects)
             out.append(("parts", key, o.part))
             self.parts_closed[o.part.closed_reason] += 1
+            self.metrics.parts_closed.labels(reason=o.part.closed_reason).inc()
         return out
 
     def _check_model_version(self, camera_id: str, version: str) -> None:
@@ -244,7 +248,10 @@ class InspectPipeline:
     async def process(self, events: Sequence[Any]) -> None:
         """decode → inspect → track → emit for one micro-batch (events in offset order)."""
         async with self.lock:
+            started = time.perf_counter()
             await self._process(events)
+            self.metrics.batch_seconds.labels(stage="batch").observe(time.perf_counter() - started)
+            self.metrics.frames.inc(len(events))
 
     async def _await_cameras(self) -> None:
         if self.cameras_ready is None or self.cameras_ready.is_set():
@@ -291,7 +298,10 @@ class InspectPipeline:
         self._note_open_parts(states)
         await self.runner.refresh_models(sorted(set(self.open_part_versions.values())))
         versions = [self._version_for(states[meta.camera_id], meta) for _, meta, _ in ok]
+        started = time.perf_counter()
         detections = await self._inspect_by_version([img for _, _, img in ok], versions)
+        if ok:
+            self.metrics.batch_seconds.labels(stage="inference").observe(time.perf_counter() - started)
         # track
         now = _now_ms()
         outcomes: list[PartOutcome] = []
@@ -366,6 +376,42 @@ def partition_caught_up(consumer: Any, pipeline: InspectPipeline, partition: int
     committed = getattr(consumer, "_committed_offset", {}).get(tp)  # next offset to read, set at assignment
     done = max(pipeline.processed_next.get(partition, 0), committed or 0)
     return done >= hw
+
+
+def frames_lag(consumer: Any, pipeline: InspectPipeline) -> dict[tuple[str, int], int]:
+    """(frames topic, partition) → frames not yet processed, for the frames partitions assigned here.
+
+    Processed as in `partition_caught_up`; a partition whose high watermark is not known yet is left out."""
+    try:
+        assigned = [tp for tp in consumer.assignment() if tp.topic == pipeline.frames_topic]
+    except Exception:  # noqa: BLE001 - consumer not started yet
+        return {}
+    committed = getattr(consumer, "_committed_offset", {})
+    out: dict[tuple[str, int], int] = {}
+    for tp in assigned:
+        try:
+            hw = consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - revoked meanwhile
+            continue
+        if hw is None:
+            continue
+        done = max(pipeline.processed_next.get(tp.partition, 0), committed.get(tp) or 0)
+        out[(tp.topic, tp.partition)] = max(0, hw - done)
+    return out
+
+
+def count_open_parts(items: Any) -> int:
+    """Open parts among tracking-table `items` (key, CameraState dict)."""
+    return sum(1 for _key, raw in list(items) if raw and raw.get("part"))
+
+
+def update_worker_gauges(pipeline: InspectPipeline, consumer: Any, table: Any) -> None:
+    """Refresh the lag and open-parts gauges (a timer calls it; never raises)."""
+    try:
+        pipeline.metrics.set_lag(frames_lag(consumer, pipeline))
+        pipeline.metrics.open_parts.set(count_open_parts(table.table.items()))
+    except Exception as exc:  # noqa: BLE001 - a gauge is not worth a stopped worker
+        log.debug("metrics gauges not updated: %r", exc)
 
 
 async def handle_timeout_requests(pipeline: InspectPipeline, events: Any, ack: Any, crash: Any) -> None:
@@ -449,6 +495,10 @@ def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline
     @app.task
     async def follow_cameras() -> None:
         await follow_camera_topic(settings, pipeline.registry, pipeline.runner.selection, pipeline.cameras_ready)
+
+    @app.timer(interval=min(5.0, settings.tracking.timeout_check_s))
+    async def update_gauges() -> None:
+        update_worker_gauges(pipeline, app.consumer, table)
 
     @app.timer(interval=60.0)
     async def report_counters() -> None:

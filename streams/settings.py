@@ -220,6 +220,10 @@ class WorkerSettings(BaseModel):
     store: str = Field("rocksdb://", description="table store URL (rocksdb:// via rocksdict, or memory://)")
     web_port: int = Field(6066, ge=1, le=65535)
     web_enabled: bool = False
+    metrics_port: int = Field(
+        9464, ge=0, le=65535,
+        description="serve Prometheus metrics on http://0.0.0.0:<port>/metrics (0: not served); see streams.metrics",
+    )
     session_timeout_s: float = Field(
         30.0, ge=6.0, description="consumer group session timeout: how soon a crashed worker's partitions move"
     )
@@ -276,6 +280,10 @@ class SinkSettings(BaseModel):
     hold_max_s: float = Field(30.0, gt=0.0, description="longest wait between probes while ClickHouse is down")
     include_alerts: bool = Field(True, description="also store the `alerts` topic (alerts are deduplicated by id)")
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    metrics_port: int = Field(
+        9465, ge=0, le=65535,
+        description="serve Prometheus metrics on http://0.0.0.0:<port>/metrics (0: not served); see streams.metrics",
+    )
 
     @model_validator(mode="after")
     def _flush_fits_the_poll_interval(self) -> "SinkSettings":

@@ -120,3 +120,42 @@ def test_the_local_stack_keeps_its_loopback_users():
     users = _users(ROOT / "ops" / "clickhouse" / "users.xml")
     assert set(users) == {"default", "writer", "reader"}
     assert all(_loopback_only(u) for u in users.values())
+
+
+def _metrics_port(svc: dict, name: str, default: int) -> int:
+    return int((svc.get("environment") or {}).get(f"DEFECTSTREAM_{name}__METRICS_PORT", default))
+
+
+def test_prometheus_scrapes_the_worker_and_the_sink_on_their_metrics_ports():
+    from streams.settings import Settings
+
+    services = _compose()["services"]
+    prom = services["prometheus"]
+    assert prom.get("restart") in ("unless-stopped", "always")
+    assert not prom.get("ports")  # only Grafana reads it, inside the compose network
+    (cfg_mount,) = [v for v in prom["volumes"] if v.startswith("./")]
+    src, dst = cfg_mount.split(":")[:2]
+    assert dst == "/etc/prometheus/prometheus.yml" and f"--config.file={dst}" in prom["command"]
+    cfg = yaml.safe_load((ROOT / src).read_text())
+    targets = {}
+    for job in cfg["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            for host in sd["names"]:
+                targets[host] = sd["port"]
+        for sc in job.get("static_configs", []):
+            for t in sc["targets"]:
+                host, port = t.rsplit(":", 1)
+                targets[host] = int(port)
+    s = Settings()
+    assert targets.get("worker") == _metrics_port(services["worker"], "WORKER", s.worker.metrics_port)
+    assert targets.get("sink") == _metrics_port(services["sink"], "SINK", s.sink.metrics_port)
+    assert s.worker.metrics_port and s.sink.metrics_port  # 0 would turn the endpoints off
+
+
+def test_grafana_has_the_prometheus_datasource_and_starts_after_it():
+    services = _compose()["services"]
+    assert "prometheus" in services["grafana"]["depends_on"]
+    doc = yaml.safe_load((ROOT / "ops/grafana/provisioning/datasources/prometheus.yaml").read_text())
+    (ds,) = doc["datasources"]
+    assert ds["type"] == "prometheus" and ds["url"] == "http://prometheus:9090" and ds["editable"] is False
+    assert not ds.get("isDefault")  # the ClickHouse datasource stays the default of the SPC dashboard

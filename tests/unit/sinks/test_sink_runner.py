@@ -227,3 +227,33 @@ def test_a_revoke_writes_and_commits_nothing_it_only_drops_the_revoked_partition
     assert sink.buffered == 1 and set(runner._next_offset) == {b} and runner.stats.revoked_dropped == 2
     runner._flush_and_commit()
     assert [v["part_id"] for v in sink.values] == ["p2"] and consumer.committed == {b: 1}
+
+
+def test_metrics_rows_written_rejected_dead_letters_queue_and_lag():
+    from prometheus_client import generate_latest
+
+    from streams.metrics import by_label, parse, total
+
+    class LaggingConsumer(FakeConsumer):
+        def highwater(self, ktp):
+            return len(self.logs[TP(ktp.topic, ktp.partition)]) + 3  # 3 records the poll did not return yet
+
+        def position(self, ktp):
+            return self.pos[TP(ktp.topic, ktp.partition)]
+
+    tp = TP("parts", 0)
+    sink = ListSink(reject=lambda v: v["first_frame_ts"] < 0)
+    consumer, producer = LaggingConsumer({tp: [part(0), bad_part(1), b"\x00garbage", part(2)]}), FakeProducer()
+    runner = SinkRunner(sink, KafkaSettings(), SinkSettings(flush_interval_s=0.01), {"parts": "PartInspected"},
+                        consumer=consumer, producer=producer)
+    runner.run(idle_s=0.05, max_seconds=5)
+    samples = parse(generate_latest(runner.metrics.registry).decode())
+    assert total(samples, "defectstream_sink_records_total") == 4
+    assert total(samples, "defectstream_sink_rows_written_total") == 2
+    assert total(samples, "defectstream_sink_rows_rejected_total") == 1
+    assert total(samples, "defectstream_sink_deadletters_total", reason="sink_rejected") == 1
+    assert total(samples, "defectstream_sink_deadletters_total") == 2  # + the undecodable record
+    assert runner.stats.dead_reasons == {k[0]: int(v) for k, v in by_label(samples, "defectstream_sink_deadletters_total", "reason").items()}
+    assert total(samples, "defectstream_sink_queue_rows") == 0  # all flushed
+    assert total(samples, "defectstream_sink_consumer_lag", topic="parts", partition="0") == 3
+    assert total(samples, "defectstream_sink_holding") == 0

@@ -155,3 +155,58 @@ def test_timeout_close_and_camera_config_from_next_part():
     assert out.part.closed_reason == "TIMEOUT" and out.part.line_id == "l1"  # config applies from the next part
     asyncio.run(pipe.process([event(frame_value(part="B", seq=2, last=True))]))
     assert pipe.emitter.sent[-1][2].line_id == "line-7"
+
+
+def test_metrics_count_frames_dead_letters_by_reason_parts_and_batch_latency():
+    from streams.metrics import parse, total
+
+    pipe, _ = make()
+    evs = [
+        event(b"garbage", offset=0),
+        event(frame_value(seq=1, idx=0), offset=1),
+        event(frame_value(seq=1, idx=0), offset=2),  # duplicate
+        event(frame_value(seq=2, idx=1, last=True), offset=3),
+    ]
+    asyncio.run(pipe.process(evs))
+    from prometheus_client import generate_latest
+
+    samples = parse(generate_latest(pipe.metrics.registry).decode())
+    assert total(samples, "defectstream_frames_total") == 4
+    assert total(samples, "defectstream_deadletters_total", reason="decode_error") == 1
+    assert total(samples, "defectstream_deadletters_total", reason="duplicate_frame") == 1
+    assert total(samples, "defectstream_deadletters_total") == 2
+    assert total(samples, "defectstream_parts_closed_total", reason="LAST_FRAME") == 1
+    assert total(samples, "defectstream_batch_seconds_count", stage="batch") == 1
+    assert total(samples, "defectstream_batch_seconds_count", stage="inference") == 1
+    # a second pipeline has its own registry: nothing collides, nothing is shared
+    other, _ = make()
+    assert total(parse(generate_latest(other.metrics.registry).decode()), "defectstream_frames_total") == 0
+
+
+def test_worker_gauges_lag_per_partition_and_open_parts():
+    from streams.inspect_agent import update_worker_gauges
+    from streams.metrics import parse, total
+
+    pipe, store = make()
+    asyncio.run(pipe.process([event(frame_value(part="A", seq=0), offset=4)]))  # part A stays open
+    from faust.types import TP as TPx
+
+    class Consumer:
+        def assignment(self):
+            return {TPx("frames", 0), TPx("frames", 1), TPx("other", 0)}
+
+        def highwater(self, tp):
+            return {0: 9, 1: None}[tp.partition]  # partition 1: no fetch yet, left out
+
+        @property
+        def _committed_offset(self):
+            return {}
+
+    table = SimpleNamespace(table=SimpleNamespace(items=lambda: list(store.data.items()) + [(b"cam-2", {"part": None})]))
+    update_worker_gauges(pipe, Consumer(), table)
+    from prometheus_client import generate_latest
+
+    samples = parse(generate_latest(pipe.metrics.registry).decode())
+    assert total(samples, "defectstream_consumer_lag", topic="frames", partition="0") == 4  # 9 - (4 + 1)
+    assert total(samples, "defectstream_consumer_lag", partition="1") is None
+    assert total(samples, "defectstream_open_parts") == 1
