@@ -1,7 +1,13 @@
 """`defectstream report`: defect rates per shift / hour / day from ClickHouse, with control limits.
 
 Counts come from the `parts` table (one verdict per inspected part, the rate's denominator),
-de-duplicated by event id so a part delivered twice counts once before any merge. The SQL runs
+de-duplicated by event id so a part delivered twice counts once before any merge. A part's event id
+is (camera, part, model version, run), so that is exactly one verdict per part and model version:
+the latest delivered (highest `version`, ties broken by the row itself, so the choice never depends
+on the order ClickHouse reads rows in), every column taken from that one row. Defect counts, the
+Pareto included, come from that verdict's per-class counts, not from the `defects` rows: a part
+re-processed after a crash may get other track ids (other batch boundaries, fp16), hence other
+DefectEvent ids, and counting `defects` rows would count its defects twice. The SQL runs
 unchanged on ClickHouse 18.16 and current releases (no window functions, no WITH FILL, no
 DateTime64): a period without parts is simply absent.
 """
@@ -65,26 +71,31 @@ def _part_measures(defect_class: str | None) -> tuple[str, str]:
 
 
 def deduped_parts_sql(filters: ReportFilters, extra_columns: Sequence[str] = ()) -> tuple[str, dict]:
-    """Subquery: one row per part event_id: ts, s_start, s_name, s_date, line, camera, defective, defects (+ x_<extra>)."""
+    """Subquery: one row per part event_id (part × model version × run), all columns of its latest verdict.
+
+    Columns: ts, s_start, s_name, s_date, line, camera, defective, defects (+ x_<extra>). Every
+    column comes from the same row: the delivery with the highest `version`, ties broken by the row
+    (deterministic whatever the read order, unlike `any()`).
+    """
     where, params = filters.where()
     defective, defects = _part_measures(filters.defect_class)
     if filters.defect_class is not None:
         params["defect_class"] = filters.defect_class
-    extra = "".join(f",\n        any({c}) AS x_{c}" for c in extra_columns)
+    cols = [("first_frame_ts", "ts"), ("shift_start", "s_start"), ("shift_name", "s_name"), ("shift_date", "s_date"),
+            ("line_id", "line"), ("camera_id", "camera"), (defective, "defective"), (defects, "defects"),
+            *((c, f"x_{c}") for c in extra_columns)]
+    picked = ",\n        ".join(f"tupleElement(v_row, {i}) AS {alias}" for i, (_e, alias) in enumerate(cols, 1))
+    row = ", ".join(e for e, _a in cols)
     sql = f"""
     SELECT
         event_id,
-        any(first_frame_ts) AS ts,
-        any(shift_start) AS s_start,
-        any(shift_name) AS s_name,
-        any(shift_date) AS s_date,
-        any(line_id) AS line,
-        any(camera_id) AS camera,
-        any({defective}) AS defective,
-        any({defects}) AS defects{extra}
-    FROM parts
-    WHERE {where}
-    GROUP BY event_id"""
+        {picked}
+    FROM
+    (
+        SELECT event_id, argMax(v_tuple, (version, v_tuple)) AS v_row
+        FROM (SELECT event_id, version, tuple({row}) AS v_tuple FROM parts WHERE {where})
+        GROUP BY event_id
+    )"""
     return sql, params
 
 
@@ -108,18 +119,21 @@ ORDER BY period"""
 
 
 def pareto_sql(filters: ReportFilters) -> str:
-    """Rendered SQL: confirmed defects per class (de-duplicated), most frequent first."""
-    where, params = ReportFilters(filters.since_ms, filters.until_ms, filters.run_id, filters.line, filters.camera).where()
+    """Rendered SQL: confirmed defects per class, most frequent first.
+
+    Counted from each part's latest verdict (its per-class counts), so a part counts one defect set
+    per model version however often, and under whichever track ids, it was re-emitted.
+    """
+    unfiltered = ReportFilters(filters.since_ms, filters.until_ms, filters.run_id, filters.line, filters.camera)
+    inner, params = deduped_parts_sql(unfiltered, extra_columns=("defect_classes", "defect_class_counts"))
     sql = f"""
-SELECT defect_class, count() AS defects
+SELECT defect_class, sum(n_class) AS defects
 FROM
-(
-    SELECT event_id, any(defect_class) AS defect_class
-    FROM defects
-    WHERE {where}
-    GROUP BY event_id
+({inner}
 )
+ARRAY JOIN x_defect_classes AS defect_class, x_defect_class_counts AS n_class
 GROUP BY defect_class
+HAVING defects > 0
 ORDER BY defects DESC, defect_class"""
     return render(sql, params)
 

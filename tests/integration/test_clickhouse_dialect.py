@@ -128,3 +128,24 @@ def test_a_resent_batch_changes_no_answer_of_the_report_or_monitor(ex, clickhous
     assert ex.query("SELECT count() FROM parts")[0][0] == 4 * parts  # a MergeTree keeps identical blocks
     assert catalog_answers(ex, *span) == once
     assert sum(len(rows) for rows in once.values()) > 50
+
+
+def test_a_part_reprocessed_under_other_track_ids_counts_one_defect_set(ex):
+    """Finding 6 of issue 12 on 18.16: counts come from each part's latest verdict, not from `defects` rows."""
+    from sinks.testing import make_defect, make_part
+
+    from streams import monitor
+
+    migrate(ex)
+    ex.query("SYSTEM STOP MERGES parts")
+    first = make_part(1, T0 + 1_000, fail=True, counts={"crack": 1, "scratch": 1})
+    seed(ex, [first, make_defect(first, 0, "crack"), make_defect(first, 1, "scratch")], ingested_at=1_000)
+    seed(ex, [first, make_defect(first, 0, "crack"), make_defect(first, 2, "scratch")], ingested_at=2_000)
+    f = report.ReportFilters(T0, T0 + 3_600_000)
+    assert dict(ex.query(report.pareto_sql(f))) == {"crack": 1, "scratch": 1}
+    latest = make_part(1, T0 + 1_000, fail=True, counts={"crack": 1})
+    seed(ex, [latest, make_defect(latest, 3, "crack")], ingested_at=3_000)
+    assert dict(ex.query(report.pareto_sql(f))) == {"crack": 1}
+    (g,) = report.fetch_subgroups(ex, "day", f, PLANT)
+    assert (g.inspected, g.defective, g.defects) == (1, 1, 1)
+    assert [r[3:5] for r in ex.query(monitor.window_sql("production", T0, T0 + 3_600_000))] == [(1, 1)]

@@ -120,3 +120,66 @@ def test_a_resent_batch_changes_no_answer_of_the_report_or_monitor(chdb_ex):
     finally:
         chdb_ex.query(f"USE {home}")
         chdb_ex.query("DROP DATABASE IF EXISTS resent")
+
+
+def test_a_part_reprocessed_under_other_track_ids_counts_one_defect_set(chdb_ex):
+    """Finding 6 of issue 12: re-processing after a crash may re-run inference on other batch
+    boundaries (or under fp16) and give a part's tracks other ids, so its DefectEvents get other
+    event ids while its verdict keeps its id (camera, part, model version, run). Every count must
+    come from one defect set per (part, model version): the one of its latest verdict."""
+    from sinks.testing import make_defect, make_part, write_through_sink
+
+    home = chdb_ex.query("SELECT currentDatabase()")[0][0]
+    span = (T0, T0 + 60 * 60_000)
+    f = report.ReportFilters(*span)
+
+    def answers() -> tuple:
+        groups = report.fetch_subgroups(chdb_ex, "day", f, PLANT)
+        one_class = report.fetch_subgroups(chdb_ex, "day", report.ReportFilters(*span, defect_class="scratch"), PLANT)
+        return (dict(chdb_ex.query(report.pareto_sql(f))), [(g.inspected, g.defective, g.defects) for g in groups],
+                sum(g.defects for g in one_class), sorted(chdb_ex.query(monitor.window_sql("production", *span))))
+
+    # first close: tracks 0 (crack) and 1 (scratch); after the crash: 0 (crack) and 2 (scratch) — same
+    # defects under other ids; a third close (the latest) lost the scratch (fp16 moved its score)
+    first = make_part(1, T0 + 1_000, fail=True, counts={"crack": 1, "scratch": 1})
+    latest = make_part(1, T0 + 1_000, fail=True, counts={"crack": 1})
+    ok = make_part(2, T0 + 2_000)
+    assert first.event_id == latest.event_id
+    emissions = [
+        ([first, make_defect(first, 0, "crack"), make_defect(first, 1, "scratch"), ok], 1_000_000.0),
+        ([first, make_defect(first, 0, "crack"), make_defect(first, 2, "scratch")], 1_000_050.0),
+        ([latest, make_defect(latest, 3, "crack")], 1_000_100.0),
+    ]
+    try:
+        chdb_ex.query("CREATE DATABASE IF NOT EXISTS reemitted")
+        chdb_ex.query("USE reemitted")
+        migrate(chdb_ex)
+        chdb_ex.query("SYSTEM STOP MERGES parts")  # the queries, not a merge, must choose the verdict
+        for events, at in emissions[:2]:
+            write_through_sink(chdb_ex, events, ingested_at_s=at)
+        assert chdb_ex.query("SELECT uniqExact(event_id) FROM defects")[0][0] == 3  # rows under 3 ids for 2 defects
+        assert answers()[:3] == ({"crack": 1, "scratch": 1}, [(2, 1, 2)], 1)
+        write_through_sink(chdb_ex, emissions[2][0], ingested_at_s=emissions[2][1])
+        pareto, groups, scratch, window = answers()
+        assert pareto == {"crack": 1} and groups == [(2, 1, 1)] and scratch == 0  # the latest verdict's set
+        assert [(r[0], r[1], r[3], r[4]) for r in window] == [("line-1", "cam-1", 2, 1)]
+    finally:
+        chdb_ex.query(f"USE {home}")
+        chdb_ex.query("DROP DATABASE IF EXISTS reemitted")
+
+    # Two closes the sink stored in one flush (same version): one whole verdict wins, the same one
+    # whatever order the rows were written in, never a mix of the two rows' columns.
+    got = []
+    for order in ((first, latest), (latest, first)):
+        try:
+            chdb_ex.query("CREATE DATABASE IF NOT EXISTS reemitted")
+            chdb_ex.query("USE reemitted")
+            migrate(chdb_ex)
+            for ev in order:
+                write_through_sink(chdb_ex, [ev], ingested_at_s=1_000_000.0)
+            got.append(answers()[:3])
+        finally:
+            chdb_ex.query(f"USE {home}")
+            chdb_ex.query("DROP DATABASE IF EXISTS reemitted")
+    assert got[0] == got[1]
+    assert got[0] in (({"crack": 1, "scratch": 1}, [(1, 1, 2)], 1), ({"crack": 1}, [(1, 1, 1)], 0))
