@@ -8,7 +8,7 @@ clamped map for inference. H and W must be multiples of `pad_multiple` (pad befo
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -164,13 +164,16 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def infer_severity(model: nn.Module, images: "list", device: str = "cpu", amp: bool = False) -> "list":
+def infer_severity(model: nn.Module, images: "list", device: str = "cpu", amp: bool = False,
+                   run: "Callable[[torch.Tensor], torch.Tensor] | None" = None) -> "list":
     """Per-cell severity maps (numpy float32, cropped to ceil(H/stride) x ceil(W/stride)).
 
     Args:
-        model: a detector in eval mode.
+        model: a detector in eval mode (its stride and padding multiple are used).
         images: uint8 arrays (H, W) or (H, W, C) matching the model's input channels; frames of
             equal shape are batched together.
+        run: the forward call (a `models.runtimes` runner: padded input -> severity map); default
+            `model(x).severity`.
     """
     import numpy as np
 
@@ -185,7 +188,7 @@ def infer_severity(model: nn.Module, images: "list", device: str = "cpu", amp: b
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
         x = pad_to_multiple(x.float(), mult)
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp and device.startswith("cuda")):
-            sev = model(x).severity.float()
+            sev = (run(x) if run is not None else model(x).severity).float()
         sev = sev[:, 0].cpu().numpy()
         h, w = -(-shape[0] // stride), -(-shape[1] // stride)
         for j, i in enumerate(idx):

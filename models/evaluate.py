@@ -517,7 +517,7 @@ def evaluate_inspector(inspector: Any, samples: Iterable[InspectionSample], batc
 
     rep = evaluate_predictions(samples, predict, list(inspector.class_names), batch, examples)
     rep.meta.update({"family": getattr(inspector, "family", None), "model_version": inspector.model_version,
-                     "device": inspector.device})
+                     "device": inspector.device, "runtime": getattr(inspector, "runtime", "torch")})
     if getattr(inspector, "threshold", None) is not None:
         rep.meta["threshold"] = inspector.threshold
     return rep
@@ -621,7 +621,12 @@ def run_evaluation_cli(args: Any) -> int:
         print("error: --save-examples needs --out (the overlays go to <out>/examples/)", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    insp = load_inspector(args.checkpoint, device=args.device, detector_arch=args.detector_arch)
+    try:
+        insp = load_inspector(args.checkpoint, device=args.device, detector_arch=args.detector_arch,
+                              runtime=getattr(args, "runtime", "torch"), export_cache=getattr(args, "export_cache", None))
+    except ValueError as exc:  # a runtime that does not fit the device
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # stream the data unless the baseline needs it twice (fit + evaluate)
     data: Iterable[InspectionSample] = open_dataset(args.format, args.data, limit=args.limit)
     if getattr(args, "held_out", False):

@@ -13,8 +13,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.image_classifier import build_image_classifier, image_probabilities
+from models.image_classifier import build_image_classifier, image_network, image_probabilities
 from models.registry import CheckpointError, load_checkpoint
+from models.runtimes import Network, Runner, Select, TorchRunner, build_runner
 from models.types import Detection
 
 __all__ = ["GatedInspector", "choose_gate_threshold", "load_gate"]
@@ -59,7 +60,21 @@ class GatedInspector:
         self.class_names = list(inner.class_names)
         self.family = f"gate+{inner.family}"
         self.stats = {"frames": 0, "skipped": 0}
+        self.runtime = "torch"
+        self._run: Runner = TorchRunner(Select(self.gate_model))
         self._lock = threading.Lock()
+
+    def networks(self) -> dict[str, Network]:
+        """The inner model's networks and the gate (-> its one logit), exportable with golden inputs."""
+        return {**self.inner.networks(), "gate": image_network(self.gate_model, self.gate_info)}
+
+    def use_runtime(self, runtime: str, cache_dir: str | Path | None = None) -> "GatedInspector":
+        """Run the gate and the inner model in `runtime`. Raises RuntimeParityError / CheckpointError."""
+        run = build_runner(self.networks()["gate"], runtime, self.device, cache_dir)
+        self.inner.use_runtime(runtime, cache_dir)
+        with self._lock:
+            self._run, self.runtime = run, runtime
+        return self
 
     @classmethod
     def load(cls, path: str | Path, inner: Any, device: str = "cpu") -> "GatedInspector":
@@ -68,7 +83,7 @@ class GatedInspector:
 
     def gate_scores(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         with self._lock:
-            return image_probabilities(self.gate_model, frames, self.size, self.device, sigmoid=True)[:, 0]
+            return image_probabilities(self._run, frames, self.size, self.device, sigmoid=True)[:, 0]
 
     def inspect_scored(self, frames: Sequence[np.ndarray]) -> tuple[list[list[Detection]], list[float]]:
         if not len(frames):

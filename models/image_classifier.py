@@ -19,9 +19,11 @@ import torch
 
 from models.backbone import build_lite0, to_input
 from models.registry import CheckpointError, CheckpointInfo, load_checkpoint
+from models.runtimes import Network, Runner, Select, TorchRunner, build_runner, golden_frame
 from models.types import BBox, Detection
 
-__all__ = ["build_image_classifier", "resize_square", "ImageClassifierInspector", "image_probabilities"]
+__all__ = ["build_image_classifier", "resize_square", "ImageClassifierInspector", "image_probabilities",
+           "image_network"]
 
 
 def build_image_classifier(n_outputs: int, pretrained: bool = False) -> torch.nn.Module:
@@ -42,11 +44,20 @@ def resize_square(frame: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(im, (size, size), interpolation=inter)
 
 
+def image_network(model: torch.nn.Module, info: CheckpointInfo) -> Network:
+    """An image-level Lite0 network (classifier or gate; -> logits) with its golden input."""
+    g = golden_frame((64, 96))
+    x = to_input([g, np.ascontiguousarray(g[:, ::-1])], "cpu").numpy()
+    return Network(Path(info.path), info.content_hash, Select(model), x, (1, 3, 64, 64))
+
+
 @torch.inference_mode()
-def image_probabilities(model: torch.nn.Module, frames: Sequence[np.ndarray], size: int, device: str,
+def image_probabilities(model: torch.nn.Module | Runner, frames: Sequence[np.ndarray], size: int, device: str,
                         batch: int = 32, sigmoid: bool = False) -> np.ndarray:
-    """(N, outputs) softmax (or sigmoid) outputs of an image-level model for frames of any size."""
-    model.eval()
+    """(N, outputs) softmax (or sigmoid) outputs of an image-level model (a module or a
+    `models.runtimes` runner) for frames of any size."""
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     amp = device.startswith("cuda")
     out = []
     for i in range(0, len(frames), batch):
@@ -70,7 +81,20 @@ class ImageClassifierInspector:
         self.class_names = list(info.class_names)
         self.size = int(info.input_spec["size"])
         self.has_good = bool(info.arch_config.get("has_good", False))
+        self.runtime = "torch"
+        self._run: Runner = TorchRunner(Select(self.model))
         self._lock = threading.Lock()
+
+    def networks(self) -> dict[str, Network]:
+        """The classifier (-> logits) as an exportable network with its golden input."""
+        return {"classifier": image_network(self.model, self.info)}
+
+    def use_runtime(self, runtime: str, cache_dir: str | Path | None = None) -> "ImageClassifierInspector":
+        """Run the network in `runtime` (see `models.runtimes.build_runner`). Raises RuntimeParityError / CheckpointError."""
+        run = build_runner(self.networks()["classifier"], runtime, self.device, cache_dir)
+        with self._lock:
+            self._run, self.runtime = run, runtime
+        return self
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "ImageClassifierInspector":
@@ -88,7 +112,7 @@ class ImageClassifierInspector:
         if not len(frames):
             return [], []
         with self._lock:
-            probs = image_probabilities(self.model, frames, self.size, self.device)
+            probs = image_probabilities(self._run, frames, self.size, self.device)
         dets, scores = [], []
         for f, p in zip(frames, probs):
             defect = p[1:] if self.has_good else p

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -18,7 +18,8 @@ from models.classifier import build_classifier, region_crops
 from models.detector import build_detector, infer_severity
 from models.postprocess import Region, image_iou, regions_from_severity, upsample_severity
 from models.registry import CheckpointError, CheckpointInfo, load_checkpoint
-from models.types import Detection
+from models.runtimes import Network, Runner, Select, TorchRunner, build_runner, golden_frame
+from models.types import BBox, Detection
 
 __all__ = ["SeverityInspector", "TunedPostprocess", "DEFAULT_CHECKPOINT_DIR", "resolve_checkpoints"]
 
@@ -73,6 +74,14 @@ def _mean_iou(dets: Sequence[Sequence[Detection]], gt_masks: Sequence[np.ndarray
     return float(np.mean(ious)) if ious else 1.0
 
 
+def _severity_of(out: Any) -> torch.Tensor:
+    return out.severity
+
+
+def _probs_of(out: Any) -> torch.Tensor:
+    return out.probs
+
+
 def _to_grey(frame: np.ndarray) -> np.ndarray:
     if frame.ndim == 2:
         g = frame
@@ -116,6 +125,9 @@ class SeverityInspector:
         self.hole_area = int(det_info.postprocess.get("hole_area", 0))
         self.flip_tta = bool(det_info.postprocess.get("flip_tta", False))
         self.in_channels = int(det_info.input_spec.get("channels", 1))
+        self.runtime = "torch"
+        self._run_detector: Runner = TorchRunner(Select(self.detector, _severity_of))
+        self._run_classifier: Runner = TorchRunner(Select(self.classifier, _probs_of))
         self._lock = threading.Lock()
 
     @classmethod
@@ -143,6 +155,31 @@ class SeverityInspector:
         cm.load_state_dict(clf.state_dict)
         return cls(dm, det.info, cm, clf.info, device)
 
+    def networks(self) -> dict[str, Network]:
+        """The detector and the region classifier as exportable single-output networks with golden inputs."""
+        g = golden_frame((64, 96)).astype(np.float32)
+        det_in = np.stack([g, g[:, ::-1]])[:, None]
+        det_in = np.repeat(det_in, self.in_channels, 1) if self.in_channels != 1 else det_in
+        crops = np.concatenate([region_crops(g.astype(np.uint8), np.abs(g - np.median(g)) > 20, BBox(x, 0, x + 64, 64))
+                                for x in (0, 32)])
+        return {
+            "detector": Network(Path(self.det_info.path), self.det_info.content_hash,
+                                Select(self.detector, _severity_of), np.ascontiguousarray(det_in, np.float32),
+                                (1, self.in_channels, 32, 64)),
+            "classifier": Network(Path(self.cls_info.path), self.cls_info.content_hash,
+                                  Select(self.classifier, _probs_of), crops, (3, crops.shape[1], 64, 64)),
+        }
+
+    def use_runtime(self, runtime: str, cache_dir: str | Path | None = None) -> "SeverityInspector":
+        """Run both networks in `runtime` ("torch" or "onnxruntime"); exports are made/checked as
+        `models.runtimes.build_runner` says. Raises RuntimeParityError / CheckpointError (then nothing changes)."""
+        nets = self.networks()
+        det = build_runner(nets["detector"], runtime, self.device, cache_dir)
+        clf = build_runner(nets["classifier"], runtime, self.device, cache_dir)
+        with self._lock:
+            self._run_detector, self._run_classifier, self.runtime = det, clf, runtime
+        return self
+
     def severity_maps(self, greys: Sequence[np.ndarray], flip_tta: bool | None = None) -> list[np.ndarray]:
         """Pixel severity maps (H, W) in [0, 12] for grey uint8 frames.
 
@@ -161,7 +198,7 @@ class SeverityInspector:
     def _severity_once(self, greys: Sequence[np.ndarray]) -> list[np.ndarray]:
         stride = int(self.detector.stride)
         imgs = list(greys) if self.in_channels == 1 else [np.repeat(g[:, :, None], 3, 2) for g in greys]
-        cells = infer_severity(self.detector, imgs, self.device, self.amp)
+        cells = infer_severity(self.detector, imgs, self.device, self.amp, run=self._run_detector)
         return [upsample_severity(c, stride, g.shape) for c, g in zip(cells, greys)]
 
     @torch.inference_mode()
@@ -170,7 +207,7 @@ class SeverityInspector:
         out = []
         for i in range(0, len(x), self.max_crops):
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
-                out.append(self.classifier(x[i:i + self.max_crops]).probs.float().cpu())
+                out.append(self._run_classifier(x[i:i + self.max_crops]).float().cpu())
         return torch.cat(out).numpy()
 
     def tune_threshold(self, frames: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray],

@@ -91,14 +91,23 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_inspector(path: str | Path | None = None, device: str = "auto", detector_arch: str | None = None) -> Inspector:
+def load_inspector(path: str | Path | None = None, device: str = "auto", detector_arch: str | None = None,
+                   runtime: str = "torch", export_cache: str | Path | None = None) -> Inspector:
     """Load the model at `path` (see `model_files`) as an Inspector, hashes verified.
 
+    Args:
+        runtime: "torch" (eager PyTorch) or "onnxruntime" (CPU): every network of the model is
+            exported to ONNX beside its checkpoint (or in `export_cache` when that directory is
+            read-only; see `models.runtimes`) and must reproduce PyTorch on its golden input.
     Raises:
-        CheckpointError: missing/corrupt files, a hash mismatch, or checkpoints that disagree.
+        CheckpointError: missing/corrupt files, a hash mismatch, or checkpoints that disagree;
+            `models.runtimes.RuntimeParityError` (a CheckpointError) when an export fails parity.
+        ValueError: an unknown runtime, or onnxruntime on a CUDA device.
     """
+    from models.runtimes import check_runtime_device
+
     mf = model_files(path, detector_arch)
-    dev = resolve_device(device)
+    dev = resolve_device(check_runtime_device(runtime, device))
     if mf.family == "severity":
         from models.inspector import SeverityInspector
 
@@ -115,6 +124,8 @@ def load_inspector(path: str | Path | None = None, device: str = "auto", detecto
         from models.gate import GatedInspector
 
         insp = GatedInspector.load(mf.files["gate"], insp, device=dev)
+    if runtime != "torch":
+        insp.use_runtime(runtime, export_cache)
     return insp
 
 

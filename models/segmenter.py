@@ -24,6 +24,7 @@ from torch import nn
 
 from models.backbone import LITE0_CHANNELS, build_lite0_encoder, to_input
 from models.registry import CheckpointError, CheckpointInfo, load_checkpoint
+from models.runtimes import Network, Runner, Select, TorchRunner, build_runner, golden_frame
 from models.types import BBox, Detection
 
 __all__ = ["LiteUNet", "SegOutput", "SegmenterInspector", "SegPostprocess", "choose_postprocess",
@@ -77,6 +78,10 @@ class LiteUNet(nn.Module):
             y = block(torch.cat([y, skip], 1))
         logits = F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
         return SegOutput(logits, self.image_head(f[4].mean((2, 3))).squeeze(1))
+
+
+def _logits_of(out: SegOutput) -> torch.Tensor:
+    return out.logits
 
 
 def prepare_frame(frame: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -191,7 +196,23 @@ class SegmenterInspector:
         self.post = SegPostprocess.from_dict(info.postprocess, len(self.class_names))
         self.batch = batch
         self.amp = device.startswith("cuda")
+        self.runtime = "torch"
+        self._run: Runner = TorchRunner(Select(self.model, _logits_of))
         self._lock = threading.Lock()
+
+    def networks(self) -> dict[str, Network]:
+        """The U-Net (-> per-pixel logits) as an exportable network with its golden input."""
+        g = golden_frame((64, 96))
+        x = to_input([g, np.ascontiguousarray(g[:, ::-1])], "cpu").numpy()
+        return {"segmenter": Network(Path(self.info.path), self.info.content_hash, Select(self.model, _logits_of),
+                                     x, (1, 3, 64, 64))}
+
+    def use_runtime(self, runtime: str, cache_dir: str | Path | None = None) -> "SegmenterInspector":
+        """Run the U-Net in `runtime` (see `models.runtimes.build_runner`). Raises RuntimeParityError / CheckpointError."""
+        run = build_runner(self.networks()["segmenter"], runtime, self.device, cache_dir)
+        with self._lock:
+            self._run, self.runtime = run, runtime
+        return self
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "SegmenterInspector":
@@ -219,7 +240,7 @@ class SegmenterInspector:
                     chunk = idx[k:k + self.batch]
                     x = to_input([prepared[i] for i in chunk], self.device)
                     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
-                        logits = self.model(x).logits
+                        logits = self._run(x)
                     probs = logits.float().softmax(1).cpu().numpy()
                     for i, pr in zip(chunk, probs):
                         out[i] = self._to_frame(pr, np.asarray(frames[i]).shape[:2])

@@ -36,12 +36,14 @@ class InferenceRunner:
     def _load_path(self, path: str | None) -> Any:
         from models.loading import load_inspector
 
-        return load_inspector(path, device=self.settings.device)
+        return load_inspector(path, device=self.settings.device, runtime=self.settings.runtime,
+                              export_cache=self.settings.export_cache)
 
     def _load(self) -> Any:
         if self._inspector is None:
             self._inspector = self._load_path(self.settings.path)
-            log.info("inspector %s loaded on %s", self._inspector.model_version, self.device)
+            log.info("inspector %s loaded on %s (runtime %s)", self._inspector.model_version, self.device,
+                     getattr(self._inspector, "runtime", "torch"))
         if self.pool is None:
             self.pool = InspectorPool(self._inspector, self._load_path)
             self.selection.default_version = str(self._inspector.model_version)

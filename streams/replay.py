@@ -504,7 +504,9 @@ class Replayer:
         if self._inspector is None:
             from models.loading import load_inspector
 
-            self._inspector = load_inspector(self.request.model_path, device=self.settings.model.device)
+            m = self.settings.model
+            self._inspector = load_inspector(self.request.model_path, device=m.device, runtime=m.runtime,
+                                             export_cache=m.export_cache)
         return self._inspector
 
     def _plan(self, consumer: Any) -> dict[int, PartitionPlan]:
@@ -785,6 +787,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replay what is left when retention removed the start of the range")
     p.add_argument("--checkpoint-every", type=float, default=5.0, help="seconds between progress records")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default=None,
+                   help="model runtime (default: settings, DEFECTSTREAM_MODEL__RUNTIME; see models/runtimes.py)")
     p.set_defaults(func=run_replay)
 
 
@@ -800,6 +804,8 @@ def run_replay(args: argparse.Namespace) -> int:
     from streams.report import parse_time
 
     settings = Settings()
+    if getattr(args, "runtime", None):
+        settings = settings.model_copy(update={"model": settings.model.model_copy(update={"runtime": args.runtime})})
     now = int(time.time() * 1000)
     try:
         req = ReplayRequest(

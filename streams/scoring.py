@@ -394,7 +394,8 @@ def run_score(args: argparse.Namespace) -> int:
                 cached = pickle.load(fh)  # our own file, written below
             run = cached["run"] if cached.get("key") == key else None
         if run is None:
-            insp = load_inspector(model_path, device=settings.model.device)
+            insp = load_inspector(model_path, device=settings.model.device, runtime=settings.model.runtime,
+                                  export_cache=settings.model.export_cache)
             run = run_offline(insp, cfg)
             if args.cache:
                 with open(args.cache, "wb") as fh:

@@ -1,6 +1,6 @@
 """Benchmark: paper vs fast severity network (MPix/s on 1600x256 frames) and Inspector frames/s.
 
-Run: .venv/bin/python ops/bench/models_bench.py [--threads 2] [--repeats 5] [--checkpoint DIR]
+Run: .venv/bin/python ops/bench/models_bench.py [--threads 2] [--repeats 5] [--checkpoint DIR] [--runtime onnxruntime]
 Prints one JSON object. The raw network speed uses each architecture with the config of its
 checkpoint in --checkpoint (default: packaged; the architecture's defaults where there is none)
 and untrained weights (speed does not depend on the weights); the Inspector uses the given
@@ -23,6 +23,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                    help="Inspector runtime (ops/bench/runtime_bench.py compares both in one run)")
     ap.add_argument("--flip-tta", choices=("checkpoint", "on", "off"), default="checkpoint",
                     help="Inspector: flip test-time augmentation as the checkpoint says, or forced on/off")
     args = ap.parse_args()
@@ -61,7 +63,10 @@ def main() -> None:
         result[f"{arch}_mpix_per_s"] = round(args.batch * h * w / dt / 1e6, 3)
         result[f"{arch}_ms_per_frame"] = round(1000 * dt / args.batch, 2)
         result[f"{arch}_params"] = sum(p.numel() for p in m.parameters())
-    insp = SeverityInspector.load(args.checkpoint, device=args.device)
+    insp = SeverityInspector.load(args.checkpoint, device="cpu" if args.runtime != "torch" else args.device)
+    if args.runtime != "torch":
+        insp.use_runtime(args.runtime)  # ONNX export beside the checkpoints, parity-checked at load
+    result["inspector_runtime"] = insp.runtime
     if args.flip_tta != "checkpoint":
         insp.flip_tta = args.flip_tta == "on"
     result["inspector_flip_tta"] = insp.flip_tta
