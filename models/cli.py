@@ -137,9 +137,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "pixels missed) as overlay PNGs to <out>/examples/ (needs --out)")
     ev.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ev.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
-                    help="torch (eager PyTorch) or onnxruntime (CPU): each network is exported to ONNX beside its "
-                         "checkpoint and must reproduce PyTorch on its golden input, else the model is refused")
+    ev.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
+                    help="torch (eager PyTorch), onnxruntime or openvino (CPU, fp32; openvino needs its package): each "
+                         "network is exported to ONNX beside its checkpoint and must reproduce PyTorch on its golden "
+                         "input, else the model is refused")
     ev.add_argument("--export-cache", default=None,
                     help="where ONNX exports go when the checkpoint directory is read-only "
                          "(default $XDG_CACHE_HOME/defectstream/onnx)")

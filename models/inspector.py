@@ -171,7 +171,7 @@ class SeverityInspector:
         }
 
     def use_runtime(self, runtime: str, cache_dir: str | Path | None = None) -> "SeverityInspector":
-        """Run both networks in `runtime` ("torch" or "onnxruntime"); exports are made/checked as
+        """Run both networks in `runtime` ("torch", "onnxruntime" or "openvino"); exports are made/checked as
         `models.runtimes.build_runner` says. Raises RuntimeParityError / CheckpointError (then nothing changes)."""
         nets = self.networks()
         det = build_runner(nets["detector"], runtime, self.device, cache_dir)

@@ -96,13 +96,13 @@ def load_inspector(path: str | Path | None = None, device: str = "auto", detecto
     """Load the model at `path` (see `model_files`) as an Inspector, hashes verified.
 
     Args:
-        runtime: "torch" (eager PyTorch) or "onnxruntime" (CPU): every network of the model is
-            exported to ONNX beside its checkpoint (or in `export_cache` when that directory is
-            read-only; see `models.runtimes`) and must reproduce PyTorch on its golden input.
+        runtime: "torch" (eager PyTorch), "onnxruntime" or "openvino" (CPU, fp32): every network
+            of the model is exported to ONNX beside its checkpoint (or in `export_cache` when that
+            directory is read-only; see `models.runtimes`) and must reproduce PyTorch on its golden input.
     Raises:
         CheckpointError: missing/corrupt files, a hash mismatch, or checkpoints that disagree;
             `models.runtimes.RuntimeParityError` (a CheckpointError) when an export fails parity.
-        ValueError: an unknown runtime, or onnxruntime on a CUDA device.
+        ValueError: an unknown runtime, or a CPU runtime on a CUDA device.
     """
     from models.runtimes import check_runtime_device
 

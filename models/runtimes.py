@@ -1,8 +1,11 @@
-"""Serving runtimes: each network's forward call through eager PyTorch or an ONNX Runtime session.
+"""Serving runtimes: each network's forward call through eager PyTorch, ONNX Runtime or OpenVINO.
 
 Every Inspector calls its networks through a *runner*: `runner(x) -> tensor` with the same input
 (a float32 (N, C, H, W) tensor) and the same single output in every runtime. `TorchRunner` wraps
-the module; `OrtRunner` wraps an ONNX Runtime session on an export of that module.
+the module; `OrtRunner` wraps an ONNX Runtime session and `OvRunner` an OpenVINO compiled model
+(optional package `openvino`) on the same ONNX export of that module. Both serve on CPU in fp32,
+set explicitly: OpenVINO's CPU default on processors with bf16 units is bf16 inference, which
+moved severities by up to 0.4 units here and fails the parity check.
 
 Exports (`ensure_export`):
 - live beside the checkpoint as `<stem>.<content hash[:12]>.onnx` (e.g. `detector_fast.1ba15bf7161b.onnx`),
@@ -19,7 +22,7 @@ Exports (`ensure_export`):
 - carry one golden input (`defectstream.golden`, a deterministic synthetic frame prepared as the
   Inspector prepares frames).
 
-Parity is checked, never assumed: `OrtRunner` is only built after the session's output on the
+Parity is checked, never assumed: an `OrtRunner`/`OvRunner` is only built after its output on the
 golden input matched the PyTorch module's output within `PARITY_ATOL` + `PARITY_RTOL` x |torch|;
 otherwise `RuntimeParityError` (a `CheckpointError`) refuses the runtime.
 """
@@ -31,6 +34,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Protocol
@@ -42,12 +46,12 @@ from torch import nn
 from models.registry import CheckpointError
 
 __all__ = ["RUNTIMES", "OPSET", "EXPORT_FORMAT", "PARITY_ATOL", "PARITY_RTOL", "RuntimeParityError", "Runner",
-           "TorchRunner", "OrtRunner", "Network", "Select", "export_name", "ensure_export", "build_runner",
+           "TorchRunner", "OrtRunner", "OvRunner", "Network", "Select", "export_name", "ensure_export", "build_runner",
            "default_cache_dir", "golden_frame", "check_runtime_device"]
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime", "openvino")
 OPSET = 17
 EXPORT_FORMAT = "1"  # bump when what an export holds changes (wrapper outputs, metadata): old files are rebuilt
 PARITY_ATOL = 1e-3  # largest allowed |onnx - torch| on the golden input (+ PARITY_RTOL x |torch|)
@@ -109,6 +113,27 @@ class OrtRunner:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         return torch.from_numpy(self.session.run([self._out], {self._in: arr})[0])
+
+
+class OvRunner:
+    """An OpenVINO CPU compiled model (fp32 inference precision) on an export that passed the parity check."""
+
+    runtime = "openvino"
+
+    def __init__(self, compiled: Any, path: Path, max_abs_diff: float) -> None:
+        self.compiled = compiled
+        self.path = path
+        self.max_abs_diff = max_abs_diff
+        self._request = compiled.create_infer_request()
+        self._out = compiled.output(0)
+        self._lock = threading.Lock()  # one infer request: calls from several threads take turns
+
+    def infer(self, arr: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return np.array(self._request.infer({0: arr})[self._out], copy=True)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.infer(np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())))
 
 
 class Network(NamedTuple):
@@ -270,41 +295,59 @@ def _session(path: Path, threads: int) -> Any:
     return sess
 
 
-def _parity(net: Network, sess: Any, path: Path) -> float:
-    """Largest |onnx - torch| on the golden input stored in the export; raises RuntimeParityError beyond tolerance."""
-    meta = {p: v for p, v in sess.get_modelmeta().custom_metadata_map.items()}
-    text = meta.get(_META + "golden")
-    if meta.get(_META + "content_hash") != net.content_hash or text is None:
+def _ov_compile(path: Path, threads: int) -> Any:
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise CheckpointError("the openvino runtime needs the openvino package: pip install openvino "
+                              "(or pip install 'defectstream[openvino]')") from exc
+    cfg = {"INFERENCE_PRECISION_HINT": "f32",  # explicit: the CPU default is bf16 where the CPU has it
+           "INFERENCE_NUM_THREADS": str(max(1, int(threads))), "PERFORMANCE_HINT": "LATENCY"}
+    try:
+        return ov.Core().compile_model(str(path), "CPU", cfg)
+    except Exception as exc:
+        raise RuntimeParityError(f"OpenVINO cannot compile {path}: {exc} (delete it to re-export)") from exc
+
+
+_LABEL = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+
+
+def _parity(net: Network, infer: Callable[[np.ndarray], np.ndarray], meta: dict[str, str], path: Path,
+            runtime: str) -> float:
+    """Largest |runtime - torch| on the golden input stored in the export; raises RuntimeParityError beyond tolerance."""
+    text = meta.get("golden")
+    if meta.get("content_hash") != net.content_hash or text is None:
         raise RuntimeParityError(f"{path} does not carry the golden input and content hash of {net.checkpoint}; "
                                  f"delete it to re-export")
     golden = _decode(text)
     with torch.inference_mode():
         ref = net.module.to("cpu").eval()(torch.from_numpy(golden)).float().numpy()
-    got = sess.run(None, {sess.get_inputs()[0].name: golden})[0]
+    got = infer(golden)
+    name = _LABEL.get(runtime, runtime)
     if got.shape != ref.shape:
-        raise RuntimeParityError(f"ONNX Runtime parity failed for {path}: output shape {got.shape}, PyTorch "
+        raise RuntimeParityError(f"{name} parity failed for {path}: output shape {got.shape}, PyTorch "
                                  f"{ref.shape}; refusing this runtime (delete the file to re-export, or use "
                                  f"--runtime torch)")
     diff = np.abs(got.astype(np.float64) - ref)
     bad = diff > PARITY_ATOL + PARITY_RTOL * np.abs(ref)
     if not np.isfinite(got).all() or bad.any():
         raise RuntimeParityError(
-            f"ONNX Runtime parity failed for {path}: largest |onnx - torch| {float(np.nanmax(diff)):.3g} on the "
+            f"{name} parity failed for {path}: largest |{runtime} - torch| {float(np.nanmax(diff)):.3g} on the "
             f"golden input ({int(bad.sum())} of {bad.size} values beyond {PARITY_ATOL:g} + {PARITY_RTOL:g} x |torch|); "
             f"refusing this runtime (delete the file to re-export, or use --runtime torch)")
     return float(diff.max()) if diff.size else 0.0
 
 
 def check_runtime_device(runtime: str, device: str) -> str:
-    """The device a runtime runs on: "auto" -> "cpu" for onnxruntime; refuses unknown runtimes and
-    onnxruntime on CUDA (the onnxruntime package serves on CPU)."""
+    """The device a runtime runs on: "auto" -> "cpu" for onnxruntime/openvino; refuses unknown
+    runtimes and those two on CUDA (they serve on CPU here)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
-    if runtime == "onnxruntime":
+    if runtime != "torch":
         if device == "auto":
             return "cpu"
         if device != "cpu":
-            raise ValueError(f"runtime onnxruntime serves on CPU; device {device!r} needs --runtime torch")
+            raise ValueError(f"runtime {runtime} serves on CPU; device {device!r} needs --runtime torch")
     return device
 
 
@@ -313,7 +356,9 @@ def build_runner(net: Network, runtime: str = "torch", device: str = "cpu",
     """The runner of `net` in `runtime`.
 
     Args:
-        threads: ONNX Runtime intra-op threads (default: torch's thread setting, `torch.get_num_threads()`).
+        runtime: "torch", "onnxruntime" or "openvino" (the last two on CPU, fp32).
+        threads: ONNX Runtime intra-op / OpenVINO inference threads (default: torch's thread
+            setting, `torch.get_num_threads()`).
     Raises:
         RuntimeParityError: the export does not reproduce the module on its golden input.
         CheckpointError: the export could not be made or written.
@@ -322,7 +367,18 @@ def build_runner(net: Network, runtime: str = "torch", device: str = "cpu",
         return TorchRunner(net.module.to(device))
     check_runtime_device(runtime, device)
     path = ensure_export(net, cache_dir)
-    sess = _session(path, threads if threads is not None else torch.get_num_threads())
-    diff = _parity(net, sess, path)
-    log.info("onnxruntime: %s passed parity on its golden input (largest difference %.2g)", path.name, diff)
-    return OrtRunner(sess, path, diff)
+    n_threads = threads if threads is not None else torch.get_num_threads()
+    runner: OrtRunner | OvRunner
+    if runtime == "onnxruntime":
+        sess = _session(path, n_threads)
+        meta = {k[len(_META):]: v for k, v in sess.get_modelmeta().custom_metadata_map.items() if k.startswith(_META)}
+        runner = OrtRunner(sess, path, 0.0)
+        infer: Callable[[np.ndarray], np.ndarray] = lambda a: sess.run(None, {sess.get_inputs()[0].name: a})[0]
+    else:
+        runner = OvRunner(_ov_compile(path, n_threads), path, 0.0)
+        meta = _metadata(path) or {}
+        infer = runner.infer
+    runner.max_abs_diff = _parity(net, infer, meta, path, runtime)
+    log.info("%s: %s passed parity on its golden input (largest difference %.2g)", runtime, path.name,
+             runner.max_abs_diff)
+    return runner

@@ -787,7 +787,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replay what is left when retention removed the start of the range")
     p.add_argument("--checkpoint-every", type=float, default=5.0, help="seconds between progress records")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default=None,
+    p.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default=None,
                    help="model runtime (default: settings, DEFECTSTREAM_MODEL__RUNTIME; see models/runtimes.py)")
     p.set_defaults(func=run_replay)
 

@@ -104,17 +104,17 @@ class ModelSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(8, ge=1, description="frames per inference batch (CPU); GPU batches scale up")
     gpu_batch_size: int = Field(32, ge=1)
-    runtime: Literal["torch", "onnxruntime"] = Field(
-        "torch", description="torch (eager) or onnxruntime (CPU; ONNX exports checked for parity at load, "
-                             "see models/runtimes.py)")
+    runtime: Literal["torch", "onnxruntime", "openvino"] = Field(
+        "torch", description="torch (eager), onnxruntime or openvino (CPU, fp32; ONNX exports checked for parity "
+                             "at load, see models/runtimes.py)")
     export_cache: str | None = Field(
         None, description="where ONNX exports go when the checkpoint directory is read-only; "
                           "None = $XDG_CACHE_HOME/defectstream/onnx")
 
     @model_validator(mode="after")
     def _runtime_device(self) -> "ModelSettings":
-        if self.runtime == "onnxruntime" and self.device == "cuda":
-            raise ValueError("model.runtime onnxruntime serves on CPU; use model.device cpu/auto or runtime torch")
+        if self.runtime != "torch" and self.device == "cuda":
+            raise ValueError(f"model.runtime {self.runtime} serves on CPU; use model.device cpu/auto or runtime torch")
         return self
 
     def resolve_device(self) -> str:

@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+    ap.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
                     help="Inspector runtime (ops/bench/runtime_bench.py compares both in one run)")
     ap.add_argument("--flip-tta", choices=("checkpoint", "on", "off"), default="checkpoint",
                     help="Inspector: flip test-time augmentation as the checkpoint says, or forced on/off")

@@ -1,14 +1,16 @@
-"""Benchmark: eager PyTorch vs ONNX Runtime per family x runtime x batch size x frame size, in one run.
+"""Benchmark: eager PyTorch vs ONNX Runtime (and OpenVINO) per family x runtime x batch size x frame size, in one run.
 
 Run: .venv/bin/python ops/bench/runtime_bench.py [--threads 2] [--sizes 256x1600,256x256] [--batches 1,4]
-         [--checkpoint DIR] [--segmenter DIR] [--classifier DIR] [--min-time 1.5]
+         [--runtimes torch,onnxruntime,openvino] [--checkpoint DIR] [--segmenter DIR] [--classifier DIR]
+         [--min-time 1.5]
 Prints one JSON object:
 - `networks`: each network's forward call alone (input prepared as its Inspector prepares frames):
-  MPix/s of frame pixels, frames/s, ms per batch, and `max_abs_diff`, the largest |onnx - torch|
-  of its output on the same batch, with `speedup` (onnxruntime / torch);
+  MPix/s of frame pixels, frames/s, ms per batch per runtime, `max_abs_diff` per runtime (the
+  largest |runtime - torch| of its output on the same batch) and `speedup` per runtime (vs torch);
 - `inspectors`: the whole Inspector per family (pre/post-processing, region classification, gate)
-  in frames/s and MPix/s, and whether both runtimes gave the same detections (mask IoU >= 0.99,
-  same classes, confidences within 1e-3).
+  in frames/s and MPix/s, and per runtime whether it gave the same detections as torch (mask
+  IoU >= 0.99, same classes, confidences within 1e-3).
+OpenVINO is left out (`skipped`) when its package is not installed.
 The severity family uses the given (default: packaged) checkpoints; the segmenter, image classifier
 and gate use the given model directories, else randomly initialised networks of the shipped
 architectures (speed does not depend on the weights; detections of random weights are not meaningful,
@@ -82,6 +84,15 @@ def _copy_model(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _compare(row: dict[str, Any], outs: dict[str, Any], rate: str) -> None:
+    """Speed-up and largest output difference of every runtime against torch, in `row`."""
+    import numpy as np
+
+    others = [rt for rt in outs if rt != "torch"]
+    row["speedup"] = {rt: round(row[rt][rate] / row["torch"][rate], 2) for rt in others}
+    row["max_abs_diff"] = {rt: float(f"{float(np.abs(outs['torch'] - outs[rt]).max()):.3g}") for rt in others}
+
+
 def _agreement(a: list, b: list, frames: list) -> dict[str, Any]:
     """Whether two runtimes' detections agree: same count, mask IoU >= 0.99, same class, |conf| <= 1e-3."""
     import numpy as np
@@ -107,7 +118,7 @@ def _agreement(a: list, b: list, frames: list) -> dict[str, Any]:
             worst_iou = min(worst_iou, ious[k])
             worst_conf = max(worst_conf, abs(d.confidence - e.confidence))
             same = same and ious[k] >= 0.99 and d.defect_class == e.defect_class and abs(d.confidence - e.confidence) <= 1e-3
-    return {"same_detections": same, "detections": n, "min_mask_iou": round(worst_iou, 4),
+    return {"same_detections": same, "matched": n, "min_mask_iou": round(worst_iou, 4),
             "max_confidence_diff": float(f"{worst_conf:.3g}")}
 
 
@@ -123,6 +134,7 @@ def main() -> None:
     ap.add_argument("--min-time", type=float, default=1.5, help="seconds per measurement (at least)")
     ap.add_argument("--min-iters", type=int, default=3, help="calls per measurement (at least)")
     ap.add_argument("--families", default="severity-fast,severity-paper,segmenter,gate+segmenter,classifier")
+    ap.add_argument("--runtimes", default="torch,onnxruntime,openvino", help="torch always runs (the reference)")
     args = ap.parse_args()
 
     import numpy as np
@@ -133,13 +145,22 @@ def main() -> None:
     from models.synthetic import render_sample
 
     torch.set_num_threads(args.threads)
+    runtimes = ["torch"] + [r for r in args.runtimes.split(",") if r and r != "torch"]
+    skipped = {}
+    if "openvino" in runtimes:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            runtimes.remove("openvino")
+            skipped["openvino"] = "package not installed (pip install openvino)"
     batches = [int(b) for b in args.batches.split(",")]
     families = args.families.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="runtime-bench-"))
     result: dict[str, Any] = {
         "threads": args.threads, "sizes": [list(s) for s in args.sizes], "batches": batches, "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__, "cpu": platform.processor() or platform.machine(),
-        "precision": "fp32 in both runtimes", "networks": [], "inspectors": [], "export_s": {},
+        "precision": "fp32 in every runtime", "runtimes": runtimes, "skipped": skipped, "networks": [],
+        "inspectors": [], "load_s": {},
     }
     try:
         sev_dir = _copy_model(Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT_DIR, tmp / "severity")
@@ -155,10 +176,12 @@ def main() -> None:
             path, arch = specs[fam]
             if fam == "gate+segmenter" and not (path / "gate.pt").is_file():
                 continue
-            t0 = time.perf_counter()
-            ort = load_inspector(path, device="cpu", detector_arch=arch, runtime="onnxruntime")
-            result["export_s"][fam] = round(time.perf_counter() - t0, 2)  # export + parity check at load
-            loaded[fam] = {"torch": load_inspector(path, device="cpu", detector_arch=arch), "onnxruntime": ort}
+            loaded[fam] = {}
+            for rt in runtimes:
+                t0 = time.perf_counter()
+                loaded[fam][rt] = load_inspector(path, device="cpu", detector_arch=arch, runtime=rt)
+                # for the first exporting runtime this includes the ONNX export; always the parity check
+                result["load_s"][f"{fam}/{rt}"] = round(time.perf_counter() - t0, 2)
 
         frames_by_size = {s: [render_sample(900000 + i, s).image for i in range(max(batches))] for s in args.sizes}
 
@@ -200,8 +223,7 @@ def main() -> None:
                                 dt = _time(lambda: run(x), args.min_time, args.min_iters)
                             row[rt] = {"mpix_per_s": round(b * size[0] * size[1] / dt / 1e6, 3),
                                        "frames_per_s": round(b / dt, 2), "ms_per_batch": round(1000 * dt, 2)}
-                        row["speedup"] = round(row["onnxruntime"]["frames_per_s"] / row["torch"]["frames_per_s"], 2)
-                        row["max_abs_diff"] = float(f"{float(np.abs(outs['torch'] - outs['onnxruntime']).max()):.3g}")
+                        _compare(row, outs, "frames_per_s")
                         result["networks"].append(row)
                     print(f"# networks {fam} {size} batch {b} done", flush=True, file=__import__("sys").stderr)
 
@@ -218,8 +240,7 @@ def main() -> None:
                         outs[rt] = run(x).float().numpy()
                         dt = _time(lambda: run(x), args.min_time, args.min_iters)
                     row[rt] = {"crops_per_s": round(b / dt, 1), "ms_per_batch": round(1000 * dt, 2)}
-                row["speedup"] = round(row["onnxruntime"]["crops_per_s"] / row["torch"]["crops_per_s"], 2)
-                row["max_abs_diff"] = float(f"{float(np.abs(outs['torch'] - outs['onnxruntime']).max()):.3g}")
+                _compare(row, outs, "crops_per_s")
                 result["networks"].append(row)
 
         # --- whole Inspectors -------------------------------------------------------------------
@@ -233,8 +254,10 @@ def main() -> None:
                         dets[rt] = insp.inspect(frames)
                         dt = _time(lambda: insp.inspect(frames), args.min_time, args.min_iters)
                         row[rt] = {"frames_per_s": round(b / dt, 2), "mpix_per_s": round(b * size[0] * size[1] / dt / 1e6, 3)}
-                    row["speedup"] = round(row["onnxruntime"]["frames_per_s"] / row["torch"]["frames_per_s"], 2)
-                    row.update(_agreement(dets["torch"], dets["onnxruntime"], frames))
+                    row["speedup"] = {rt: round(row[rt]["frames_per_s"] / row["torch"]["frames_per_s"], 2)
+                                      for rt in pair if rt != "torch"}
+                    row["agreement"] = {rt: _agreement(dets["torch"], dets[rt], frames) for rt in pair if rt != "torch"}
+                    row["detections"] = sum(len(d) for d in dets["torch"])
                     if fam.startswith("severity"):
                         row["flip_tta"] = pair["torch"].flip_tta
                     result["inspectors"].append(row)

@@ -270,3 +270,26 @@ def test_evaluate_gives_the_same_metrics_in_both_runtimes(tmp_path, severity_dir
         assert b["metrics"][k] == pytest.approx(v, abs=1e-3), k
         compared += 1
     assert compared >= 5 and a["metrics"]["pixel_f1"] > 0.2  # a model that finds the defects, on both runtimes
+
+
+def test_openvino_detections_match_with_fp32_precision(severity_dir):
+    pytest.importorskip("openvino")
+    ref = load_inspector(severity_dir, device="cpu", detector_arch="fast")
+    ov = load_inspector(severity_dir, device="cpu", detector_arch="fast", runtime="openvino")
+    assert ov.runtime == "openvino"
+    assert ov._run_detector.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
+    frames = _frames(3, (128, 320))
+    assert assert_same_detections(ref.inspect(frames), ov.inspect(frames), frames) >= 3
+
+
+def test_openvino_reduced_precision_is_refused(severity_dir, monkeypatch):
+    """OpenVINO's CPU default on processors with bf16 units is bf16 inference: the parity check must refuse it."""
+    ov = pytest.importorskip("openvino")
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bf16 inference in OpenVINO")
+    import models.runtimes as rt
+
+    monkeypatch.setattr(rt, "_ov_compile", lambda path, threads: ov.Core().compile_model(
+        str(path), "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": "1"}))
+    with pytest.raises(RuntimeParityError, match="OpenVINO parity failed"):
+        load_inspector(severity_dir, device="cpu", detector_arch="fast", runtime="openvino")
