@@ -5,7 +5,7 @@ import argparse
 
 __all__ = ["register"]
 
-_FORMATS = ("synthetic", "plain", "dagm", "neu", "severstal", "mvtec", "magnetic-tile")
+_FORMATS = ("synthetic", "plain", "dagm", "neu", "neu-cls", "severstal", "mvtec", "magnetic-tile")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--data", default=None,
                     help="training images of the plant (a path; see --format); without it: the synthetic generator")
     tr.add_argument("--format", choices=_FORMATS, default="plain",
-                    help="layout of --data: plain (images/, masks/ with class ids, classes.txt), dagm, neu, "
+                    help="layout of --data: plain (images/, masks/ with class ids, classes.txt), dagm, neu, neu-cls, "
                          "severstal, mvtec, magnetic-tile, synthetic (default plain)")
     tr.add_argument("--val-data", default=None, help="validation images (same format); default: split off --val-split")
     tr.add_argument("--val-split", type=float, default=0.2,

@@ -8,6 +8,8 @@ Formats:
   `classN/*.PNG` + `true_masks/<stem>_label.PNG` layout); one defect class per DAGM class.
 - neu: NEU-DET (`ANNOTATIONS/*.xml` VOC boxes + `IMAGES/*.jpg`, also `Validation_*`) or
   NEU-CLS (class folders, or the class as the file-name prefix); box-only, no masks.
+- neu-cls: NEU-CLS labels (one class per image from its folder or file-name prefix) for any NEU
+  folder, even one that also holds NEU-DET boxes.
 - severstal: `train.csv` (ImageId, ClassId, EncodedPixels; column-major 1-based RLE) +
   `train_images/`.
 - mvtec: one MVTec AD category (`test/<defect>/*.png`, `ground_truth/<defect>/<stem>_mask.png`)
@@ -156,10 +158,16 @@ def _neu_class(stem: str) -> int | None:
     return abbrev.get(s.split("_")[0])
 
 
-def read_neu(root: str | Path) -> Iterator[InspectionSample]:
-    """NEU-DET (VOC XML boxes) when annotations exist, NEU-CLS (whole-image class) otherwise."""
+def read_neu_cls(root: str | Path) -> Iterator[InspectionSample]:
+    """NEU-CLS: one class per image, from its class folder or file-name prefix (any XML boxes are ignored)."""
+    return read_neu(root, classification=True)
+
+
+def read_neu(root: str | Path, classification: bool = False) -> Iterator[InspectionSample]:
+    """NEU-DET (VOC XML boxes) when annotations exist, NEU-CLS (whole-image class) otherwise or when
+    `classification` is set."""
     r = Path(root)
-    xmls = sorted(p for p in r.rglob("*.xml"))
+    xmls = [] if classification else sorted(p for p in r.rglob("*.xml"))
     if xmls:
         imgs = {p.stem: p for p in r.rglob("*") if p.suffix.lower() in _IMG_EXT}
         for x in xmls:
@@ -276,7 +284,7 @@ def read_magnetic_tile(root: str | Path) -> Iterator[InspectionSample]:
 
 
 _READERS = {
-    "plain": read_plain, "dagm": read_dagm, "neu": read_neu, "severstal": read_severstal,
+    "plain": read_plain, "dagm": read_dagm, "neu": read_neu, "neu-cls": read_neu_cls, "severstal": read_severstal,
     "mvtec": read_mvtec, "magnetic-tile": read_magnetic_tile,
 }
 

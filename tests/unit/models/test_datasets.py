@@ -125,3 +125,21 @@ def test_synthetic_spec_and_errors(tmp_path):
         open_dataset("dagm", str(tmp_path / "missing"))
     with pytest.raises(DatasetError):
         open_dataset("bogus", str(tmp_path))
+
+
+def test_neu_cls_takes_the_class_from_the_file_name_even_beside_det_boxes(tmp_path):
+    import cv2
+    import numpy as np
+
+    from models.datasets import NEU_CLASSES, open_dataset
+
+    (tmp_path / "IMAGES").mkdir()
+    (tmp_path / "ANNOTATIONS").mkdir()
+    cv2.imwrite(str(tmp_path / "IMAGES" / "scratches_1.jpg"), np.full((20, 30), 90, np.uint8))
+    (tmp_path / "ANNOTATIONS" / "scratches_1.xml").write_text(
+        "<annotation><filename>scratches_1.jpg</filename><object><name>inclusion</name><bndbox><xmin>2</xmin>"
+        "<ymin>2</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>")
+    det = list(open_dataset("neu", str(tmp_path)))
+    cls = list(open_dataset("neu-cls", str(tmp_path)))
+    assert [c for _, c in det[0].boxes] == [NEU_CLASSES.index("inclusion") + 1]
+    assert [(tuple(b), c) for b, c in cls[0].boxes] == [((0, 0, 30, 20), NEU_CLASSES.index("scratches") + 1)]
