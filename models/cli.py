@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 __all__ = ["register"]
 
@@ -172,6 +173,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.what in ("segmenter", "gate") or (args.what == "classifier" and _classifier_arch(args) == "lite0"):
         return _train_lite0(args)
+    if args.what == "threshold" and args.data and (Path(args.out) / "segmenter.pt").is_file():
+        return _tune_segmenter(args)
     if args.data:
         return _train_severity_on_data(args)
     if args.what == "detector":
@@ -262,6 +265,29 @@ def _tune_threshold_on_data(args: argparse.Namespace, spec: object) -> int:
     print(f"{det_p}: T {old:.2f} -> {best.threshold:.2f}, relative {best.relative:.2f}, hysteresis low "
           f"{best.low:.2f} x T, holes up to {best.hole_area} px filled, flip TTA {'on' if best.flip_tta else 'off'} "
           f"(validation pipeline mean IoU {best.mean_iou:.3f} on {len(val)} images)")
+    return 0
+
+
+def _tune_segmenter(args: argparse.Namespace) -> int:
+    """Re-choose a segmenter's per-class thresholds and minimum areas on validation images."""
+    import torch
+
+    from models.datasets import load_split
+    from models.registry import update_metrics
+    from models.seg_train import frame_probabilities
+    from models.segmenter import SegmenterInspector, choose_postprocess
+
+    torch.set_num_threads(args.threads)
+    path = Path(args.out) / "segmenter.pt"
+    insp = SegmenterInspector.load(path, device="cpu")
+    split = load_split(args.format, args.data, val_data=args.val_data, val_split=args.val_split, seed=args.split_seed)
+    post, ious = choose_postprocess(frame_probabilities(insp.model, split.val, insp.scale, "cpu"),
+                                    len(insp.class_names))
+    meta = {k: v for k, v in split.meta.items() if k != "val_sources"}
+    update_metrics(path, {"val_iou_per_class_postprocessed": dict(zip(insp.class_names, ious)),
+                          "postprocess_tuned_on": meta}, postprocess=post.to_dict())
+    print(f"{path}: " + ", ".join(f"{c}: p >= {t:.2f}, area >= {a} px (val IoU {v:.3f})" for c, t, a, v in
+                                  zip(insp.class_names, post.thresholds, post.min_areas, ious)))
     return 0
 
 

@@ -209,6 +209,16 @@ def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+def frame_probabilities(model: torch.nn.Module, samples: Sequence[InspectionSample], scale: float, device: str):
+    """Yield ((1 + C, H, W) probabilities at the frame's own size, class ids) as the Inspector sees them."""
+    from models.segmenter import segment_probabilities
+
+    model.eval()
+    for s in samples:
+        img = s.image if s.image.ndim == 2 or s.image.shape[2] == 3 else s.image[:, :, 0]
+        yield segment_probabilities(lambda x: model(x).logits, [img], scale, device)[0], sample_class_mask(s)
+
+
 class _Trainer:
     """One training run (state in attributes; `run` drives the epochs)."""
 
@@ -231,6 +241,7 @@ class _Trainer:
         cfg = self.cfg
         self.tr = [_scaled(s, cfg.scale) for s in train]
         self.va = [_scaled(s, cfg.scale) for s in val]
+        self.va_samples = val  # at their own size: thresholds and minimum areas are chosen in frame pixels
         self.points = [_defect_points(cm, self.rng) for _, cm in self.tr]
         if not any(len(p) for p in self.points):
             raise DatasetError("the training images hold no annotated defect pixels; a segmenter needs masks "
@@ -441,7 +452,8 @@ class _Trainer:
         if self.task == "segmenter":
             from models.segmenter import choose_postprocess
 
-            post_t, per_iou = choose_postprocess(self.seg_probs(model, self.va), self.n_out)
+            post_t, per_iou = choose_postprocess(frame_probabilities(model, self.va_samples, cfg.scale, self.device),
+                                                 self.n_out)
             post = post_t.to_dict()
             metrics["val_iou_per_class_postprocessed"] = dict(zip(self.class_names, per_iou))
             name, kind = "segmenter.pt", "segmenter"

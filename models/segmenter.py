@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -28,7 +28,7 @@ from models.runtimes import Network, Runner, Select, TorchRunner, build_runner, 
 from models.types import BBox, Detection
 
 __all__ = ["LiteUNet", "SegOutput", "SegmenterInspector", "SegPostprocess", "choose_postprocess",
-           "prepare_frame", "class_regions", "PAD_MULTIPLE"]
+           "prepare_frame", "class_regions", "segment_probabilities", "PAD_MULTIPLE"]
 
 PAD_MULTIPLE = 32
 
@@ -134,7 +134,8 @@ def class_regions(probs: np.ndarray, post: SegPostprocess) -> list[tuple[int, np
     return out
 
 
-def choose_postprocess(probs_iter, n_classes: int, thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+def choose_postprocess(probs_iter, n_classes: int,
+                       thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95),
                        areas: Sequence[int] = (0, 8, 16, 32, 64, 128)) -> tuple[SegPostprocess, list[float]]:
     """Per class, the (threshold, minimum area) maximising that class's pixel IoU over validation images.
 
@@ -179,6 +180,40 @@ def choose_postprocess(probs_iter, n_classes: int, thresholds: Sequence[float] =
         ti, ai = np.unravel_index(int(np.argmax(iou[c])), iou[c].shape)
         ts.append(float(thresholds[ti])), as_.append(int(areas[ai])), best.append(float(iou[c, ti, ai]))
     return SegPostprocess(tuple(ts), tuple(as_)), best
+
+
+@torch.inference_mode()
+def segment_probabilities(run: Callable[[torch.Tensor], torch.Tensor], frames: Sequence[np.ndarray],
+                          scale: float = 1.0, device: str = "cpu", batch: int = 8) -> list[np.ndarray]:
+    """(1 + C, H, W) float32 class probabilities per frame at the frame's own size: frames are
+    scaled, padded to a multiple of 32, batched by padded size, run through `run` (input -> per-pixel
+    logits: the module or an ONNX session), and the maps cropped and scaled back."""
+    amp = device.startswith("cuda")
+    prepared = [prepare_frame(f, scale) for f in frames]
+    out: list[np.ndarray | None] = [None] * len(frames)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(prepared):
+        by_shape.setdefault(p.shape[:2], []).append(i)
+    for idx in by_shape.values():
+        for k in range(0, len(idx), batch):
+            chunk = idx[k:k + batch]
+            x = to_input([prepared[i] for i in chunk], device)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+                logits = run(x)
+            probs = logits.float().softmax(1).cpu().numpy()
+            for i, pr in zip(chunk, probs):
+                out[i] = _to_frame(pr, np.asarray(frames[i]).shape[:2], scale)
+    return out  # type: ignore[return-value]
+
+
+def _to_frame(probs: np.ndarray, shape: tuple[int, int], scale: float) -> np.ndarray:
+    h, w = shape
+    if scale == 1.0:
+        return np.ascontiguousarray(probs[:, :h, :w])
+    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    p = probs[:, :sh, :sw].transpose(1, 2, 0)
+    p = cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(p.reshape(h, w, -1).transpose(2, 0, 1))
 
 
 class SegmenterInspector:
@@ -226,34 +261,10 @@ class SegmenterInspector:
             raise CheckpointError(f"{path}: weights do not fit the segmenter architecture: {exc}") from exc
         return cls(model, ck.info, device)
 
-    @torch.inference_mode()
     def probabilities(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         """(1 + C, H, W) float32 class probabilities per frame, at the frame's own size."""
-        prepared = [prepare_frame(f, self.scale) for f in frames]
-        out: list[np.ndarray | None] = [None] * len(frames)
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, p in enumerate(prepared):
-            by_shape.setdefault(p.shape[:2], []).append(i)
         with self._lock:
-            for idx in by_shape.values():
-                for k in range(0, len(idx), self.batch):
-                    chunk = idx[k:k + self.batch]
-                    x = to_input([prepared[i] for i in chunk], self.device)
-                    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
-                        logits = self._run(x)
-                    probs = logits.float().softmax(1).cpu().numpy()
-                    for i, pr in zip(chunk, probs):
-                        out[i] = self._to_frame(pr, np.asarray(frames[i]).shape[:2])
-        return out  # type: ignore[return-value]
-
-    def _to_frame(self, probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        h, w = shape
-        if self.scale == 1.0:
-            return np.ascontiguousarray(probs[:, :h, :w])
-        sh, sw = max(1, round(h * self.scale)), max(1, round(w * self.scale))
-        p = probs[:, :sh, :sw].transpose(1, 2, 0)
-        p = cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
-        return np.ascontiguousarray(p.reshape(h, w, -1).transpose(2, 0, 1))
+            return segment_probabilities(self._run, frames, self.scale, self.device, self.batch)
 
     def detections(self, probs: np.ndarray) -> list[Detection]:
         """Regions of one frame's probabilities as Detections (confidence = mean class probability)."""

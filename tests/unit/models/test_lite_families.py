@@ -177,3 +177,16 @@ def test_evaluate_held_out_and_tiles(blobs, tmp_path):
     assert cli([*common, "--tile", "32", "--limit", "5", "--out", str(tmp_path / "e2")]) == 0
     rep = next(iter(json.loads((tmp_path / "e2" / "metrics.json").read_text()).values()))
     assert rep["metrics"]["images"] == 20
+
+
+def test_threshold_command_retunes_a_segmenter_on_validation_images(blobs, tmp_path, capsys):
+    out = tmp_path / "s"
+    train_lite0(LiteTrainConfig(task="segmenter", epochs=1, batch=8, patch=64, threads=1), out, data=str(blobs),
+                fmt="plain", quiet=True)
+    version = json.loads((out / "segmenter.json").read_text())["model_version"]
+    assert cli(["train", "threshold", "--data", str(blobs), "--format", "plain", "--out", str(out),
+                "--threads", "1"]) == 0
+    assert "blob: p >=" in capsys.readouterr().out
+    meta = json.loads((out / "segmenter.json").read_text())
+    assert meta["model_version"] == version  # weights unchanged
+    assert "postprocess_tuned_on" in meta["metrics"] and len(meta["postprocess"]["min_areas"]) == 2
