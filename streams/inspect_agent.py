@@ -11,7 +11,9 @@ so the committed offset never jumps over an unfinished message (faust-streaming 
 that fails for a reason other than bad input (broker, table, model) stops the worker instead of
 letting Faust restart the actor past it. A crash before the ack re-delivers the batch; re-closing
 a part re-emits the same deterministic ids, which sinks de-duplicate, and frames already folded
-into a saved state are refused by the sequence guard (dead-lettered as duplicate_frame).
+into a saved state are skipped: the state remembers the frames offset it has read up to, so a
+re-delivered frame is told from a duplicate the camera sent again (a new offset, dead-lettered as
+duplicate_frame).
 
 Only input that can never be processed is dead-lettered (see `streams.frame_intake`). A model
 call that fails is judged by a probe: the same model on a blank frame of the same size. When
@@ -122,6 +124,7 @@ class InspectPipeline:
         self.lock = asyncio.Lock()  # the batch and the timeout closer never interleave on a camera state
         self.deadletters: Counter[str] = Counter()
         self.parts_closed: Counter[str] = Counter()
+        self.redelivered = 0  # frames re-delivered after a crash or rebalance, skipped (already in the state)
         self._version_warned: set[str] = set()
         self.open_part_versions: dict[str, str] = {}  # camera id -> model version of its open part
         # Set once the `cameras` topic has been read up to its end (wire_inspect); until then a
@@ -270,6 +273,7 @@ class InspectPipeline:
         last_event: dict[str, Any] = {}
         # decode + sequence guard
         admitted: list[tuple[Any, FrameEvent, FrameMeta]] = []
+        redelivered = 0
         for ev in events:
             frame = decode_frame(ev.message.value, ev.message.key, self.codec, self.limits,
                                  partition=ev.message.partition)
@@ -283,9 +287,19 @@ class InspectPipeline:
             last_event[meta.camera_id] = ev
             rej = state.admit(meta)
             if rej is not None:
+                if ev.message.topic == self.frames_topic and state.was_read(ev.message.partition, ev.message.offset):
+                    # Re-delivered (handled before a crash or rebalance, offset not committed): folded
+                    # into this state or dead-lettered already; not bad input, so no dead letter now.
+                    # Only a frame the guard refuses is skipped: after a recreated topic (offsets from
+                    # 0 again) a new frame has a new sequence number and is processed.
+                    redelivered += 1
+                    continue
                 records.append(self._dead(ev, Rejected(rej.error_class, rej.reason, meta.camera_id)))
                 continue
             admitted.append((ev, frame, meta))
+        if redelivered:
+            self.redelivered += redelivered
+            log.info("skipped %d re-delivered frames already in the tracking state", redelivered)
         # inspect (off the loop)
         images = await self.runner.run(_decode_images, [f for _, f, _ in admitted])
         ok: list[tuple[Any, FrameMeta, np.ndarray]] = []
@@ -323,6 +337,9 @@ class InspectPipeline:
         if records:
             await self.emitter.send_all(records)
         for cam, state in states.items():
+            m = last_event[cam].message
+            if m.topic == self.frames_topic:
+                state.note_read(m.partition, m.offset)
             self.store.save(state, last_event[cam])
         self._note_open_parts(states)
         for ev in events:

@@ -592,6 +592,19 @@ class CameraState:
     closed_parts: list[str] = field(default_factory=list)
     part: PartState | None = None
     capped_parts: list[str] = field(default_factory=list)  # recent parts closed for max_frames_per_part
+    # [frames partition, offset after the last frame folded into this state]: tells a frame the
+    # broker re-delivers after a crash or rebalance (read before, not committed) from a duplicate
+    # the camera sent again (at a new offset).
+    read_to: list[int] | None = None
+
+    def note_read(self, partition: int, offset: int) -> None:
+        """Record that the frame at `offset` of `partition` has been through this state."""
+        if self.read_to is None or self.read_to[0] != partition or offset + 1 > self.read_to[1]:
+            self.read_to = [partition, offset + 1]
+
+    def was_read(self, partition: int, offset: int) -> bool:
+        """Was the frame at `offset` of `partition` already through this state (a re-delivery)?"""
+        return self.read_to is not None and self.read_to[0] == partition and offset < self.read_to[1]
 
     def admit(self, meta: FrameMeta) -> FrameRejection | None:
         """Sequence guard; records the frame as seen when it is admitted.
@@ -701,6 +714,7 @@ class CameraState:
             "closed_parts": self.closed_parts,
             "part": self.part.to_dict() if self.part is not None else None,
             "capped_parts": self.capped_parts,
+            "read_to": self.read_to,
         }
 
     @classmethod
@@ -712,6 +726,7 @@ class CameraState:
             closed_parts=[str(p) for p in d.get("closed_parts", [])],
             part=PartState.from_dict(d["part"]) if d.get("part") else None,
             capped_parts=[str(p) for p in d.get("capped_parts", [])],
+            read_to=[int(x) for x in d["read_to"]] if d.get("read_to") else None,
         )
 
 

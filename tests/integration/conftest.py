@@ -255,3 +255,234 @@ def stream_worker(request: pytest.FixtureRequest, kafka_admin: KafkaAdminClient,
     names = [t for t in kafka_admin.list_topics() if t.startswith(prefix)]
     if names:
         kafka_admin.delete_topics(names, timeout_ms=10_000, raise_errors=False)
+
+
+# --------------------------------------------------------------------- throwaway servers (fault tests)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (127.0.0.1)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ClickHouseServer:
+    """A second ClickHouse server (the stack's binary, config template and users) in a tmp dir.
+
+    Only this server is ever stopped or killed; the shared stack is never touched. `stop()` keeps
+    the data directory, so `start()` again brings the same tables back.
+    """
+
+    def __init__(self, root: Path):
+        import shutil
+
+        repo = INTEGRATION_DIR.parent.parent
+        self.binary = shutil.which("clickhouse-server") or "/usr/sbin/clickhouse-server"
+        self.root = root
+        self.tcp_port, self.http_port = free_port(), free_port()
+        for d in ("data", "log"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        text = (repo / "ops" / "clickhouse" / "config.xml").read_text()
+        for key, val in {"log_dir": root / "log", "tcp_port": self.tcp_port, "http_port": self.http_port,
+                         "data_dir": root / "data", "users_config": repo / "ops" / "clickhouse" / "users.xml"}.items():
+            text = text.replace("${%s}" % key, str(val))
+        (root / "config.xml").write_text(text)
+        self.proc = None
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        import subprocess
+        import time
+
+        self.proc = subprocess.Popen([self.binary, f"--config-file={self.root / 'config.xml'}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.root)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                self.query("SELECT 1")
+                return
+            except Exception:  # noqa: BLE001 - not answering yet
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"throwaway clickhouse-server exited with {self.proc.returncode}")
+                time.sleep(0.2)
+        raise TimeoutError("throwaway clickhouse-server did not answer")
+
+    def client(self, database: str = "default") -> Client:
+        return Client("127.0.0.1", port=self.tcp_port, database=database, connect_timeout=2, send_receive_timeout=30)
+
+    def query(self, sql: str, database: str = "default") -> list:
+        client = self.client(database)
+        try:
+            return client.execute(sql)
+        finally:
+            client.disconnect()
+
+    def freeze(self, frozen: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) the server: connections stay open and queries in flight hang."""
+        import signal
+
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
+
+    def stop(self, kill: bool = False) -> None:
+        import signal
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen server cannot act on SIGTERM
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def clickhouse_server_factory(tmp_path: Path) -> Iterator[Callable[[], ClickHouseServer]]:
+    """Factory of started throwaway ClickHouse servers (see `ClickHouseServer`), stopped afterwards."""
+    made: list[ClickHouseServer] = []
+
+    def make() -> ClickHouseServer:
+        server = ClickHouseServer(tmp_path / f"clickhouse{len(made)}")
+        made.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+class KafkaBroker:
+    """A throwaway single-node KRaft broker (the stack's Kafka jars, plaintext) in a tmp dir.
+
+    Only this broker is ever stopped; `stop()` keeps its log dirs, so `start()` again is a restart
+    of the same cluster with its topics, records and committed offsets.
+    """
+
+    def __init__(self, root: Path):
+        ops = stack_module()
+        cfg = ops.StackConfig.from_env()
+        self.java, self.libs, self.log4j = ops.find_java(), cfg.kafka_libs, ops.KAFKA_LOG4J
+        self.root = root
+        self.port, self.controller = free_port(), free_port()
+        (root / "data").mkdir(parents=True)
+        self.props = root / "server.properties"
+        self.props.write_text("\n".join([
+            "process.roles=broker,controller", "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{self.controller}", "controller.listener.names=CONTROLLER",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}", "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={root / 'data'}", "num.partitions=1", "auto.create.topics.enable=false",
+            "offsets.topic.replication.factor=1", "offsets.topic.num.partitions=1",
+            "transaction.state.log.replication.factor=1", "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1", "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0", "",
+        ]))
+        self.proc = None
+        self.starts = 0
+        self._log = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _java(self, *args: str) -> list[str]:
+        return [self.java, "-Xmx384m", f"-Dlog4j2.configurationFile={self.log4j}", f"-Dkafka.logs.dir={self.root}",
+                "-cp", str(self.libs / "*"), *args]
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        import subprocess
+        import time
+
+        if self.starts == 0:
+            cluster = subprocess.run(self._java("kafka.tools.StorageTool", "random-uuid"), capture_output=True,
+                                     text=True, check=True).stdout.strip().splitlines()[-1]
+            subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(self.props)),
+                           capture_output=True, text=True, check=True)
+        self.starts += 1
+        log_path = self.root / f"broker-{self.starts}.log"
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(self._java("kafka.Kafka", str(self.props)), stdout=self._log,
+                                     stderr=subprocess.STDOUT, cwd=self.root)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"throwaway broker exited: {log_path.read_text(errors='replace')[-3000:]}")
+            if "Kafka Server started" in log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.5)
+        raise TimeoutError("throwaway broker did not start")
+
+    def stop(self, kill: bool = False) -> None:
+        import signal
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+@pytest.fixture
+def kafka_broker_factory(tmp_path: Path) -> Iterator[Callable[[], KafkaBroker]]:
+    """Factory of started throwaway Kafka brokers (see `KafkaBroker`), stopped afterwards."""
+    made: list[KafkaBroker] = []
+
+    def make() -> KafkaBroker:
+        broker = KafkaBroker(tmp_path / f"kafka{len(made)}")
+        made.append(broker)
+        broker.start()
+        return broker
+
+    yield make
+    for broker in made:
+        broker.stop()
+
+
+@pytest.fixture
+def group_worker_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., StreamWorker]]:
+    """Factory `make(bootstrap, prefix=None, **env)` of (not yet started) workers for fault tests.
+
+    Workers made with the same `prefix` share an app id (one consumer group, the same topics and
+    tracking changelog) and each gets its own data dir and log dir; `prefix=None` makes a new
+    one (`worker.prefix`). All are killed afterwards; topics on the stack's broker are deleted.
+    """
+    made: list[StreamWorker] = []
+
+    def make(bootstrap: str, prefix: str | None = None, partitions: int = 2, **env: str) -> StreamWorker:
+        prefix = prefix or unique_name(request, "ds", sep="-").lower()
+        n = len(made)
+        base = stream_worker_env(prefix, bootstrap, tmp_path / f"gw{n}" / "data", partitions=partitions)
+        (tmp_path / f"gw{n}").mkdir(parents=True, exist_ok=True)
+        w = StreamWorker({**base, "DEFECTSTREAM_WORKER__METRICS_PORT": "0", **env}, tmp_path / f"gw{n}")
+        w.prefix = prefix  # type: ignore[attr-defined]
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.stop(kill=True)
+    prefixes = {w.prefix for w in made}  # type: ignore[attr-defined]
+    stack_cfg = stack_module().StackConfig.from_env()
+    on_stack = [w for w in made if w.env["DEFECTSTREAM_KAFKA__BOOTSTRAP_SERVERS"] == stack_cfg.kafka_bootstrap]
+    if on_stack:
+        admin = KafkaAdminClient(bootstrap_servers=stack_cfg.kafka_bootstrap, client_id="defectstream-tests")
+        try:
+            names = [t for t in admin.list_topics() if any(t.startswith(p) for p in prefixes)]
+            if names:
+                admin.delete_topics(names, timeout_ms=10_000, raise_errors=False)
+        finally:
+            admin.close()
