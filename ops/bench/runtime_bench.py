@@ -12,8 +12,8 @@ Prints one JSON object:
   IoU >= 0.99, same classes, confidences within 1e-3).
 OpenVINO is left out (`skipped`) when its package is not installed.
 The severity family uses the given (default: packaged) checkpoints; the segmenter, image classifier
-and gate use the given model directories, else randomly initialised networks of the shipped
-architectures (speed does not depend on the weights; detections of random weights are not meaningful,
+and gate use the given model directories (the gate: the segmenter directory's), else randomly
+initialised networks of the shipped architectures (speed does not depend on the weights; detections of random weights are not meaningful,
 so only their agreement is reported). Frames are synthetic (`models.synthetic.render_sample`).
 ONNX exports are made in a temporary copy of every model directory (`export_s` per network).
 """
@@ -166,6 +166,8 @@ def main() -> None:
         sev_dir = _copy_model(Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT_DIR, tmp / "severity")
         rand = _random_lite_dir(tmp / "random", args.lite_size) if not (args.segmenter and args.classifier) else {}
         seg_dir = _copy_model(Path(args.segmenter), tmp / "segmenter") if args.segmenter else rand["segmenter"]
+        if not (seg_dir / "gate.pt").is_file() and rand:  # a trained segmenter without a gate: the random gate
+            shutil.copy(rand["segmenter"] / "gate.pt", seg_dir / "gate.pt")
         cls_dir = _copy_model(Path(args.classifier), tmp / "classifier") if args.classifier else rand["classifier"]
         seg_only = _copy_model(seg_dir, tmp / "segmenter-ungated")
         (seg_only / "gate.pt").unlink(missing_ok=True)
