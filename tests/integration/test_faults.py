@@ -42,7 +42,7 @@ pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "out" / "fault"
-PARTS = int(os.environ.get("DEFECTSTREAM_FAULT_PARTS", "120"))
+PARTS = int(os.environ.get("DEFECTSTREAM_FAULT_PARTS", "60"))
 FRAME = (128, 256)
 FRAMES_PER_PART = 3
 PART_TIMEOUT_S = 5
