@@ -461,6 +461,16 @@ def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline
     within = settings.worker.batch_within_s
     requested: set[tuple[str, str, int]] = set()
 
+    @app.on_rebalance_complete.connect
+    def hold_frames_until_streams_resume(sender: Any, **_: Any) -> None:
+        # Faust's Recovery sends this signal, then resumes the stream partitions, seeks them to
+        # the committed offsets and only then resumes flow control, which clears every stream
+        # buffer. After a changelog restore its fetcher is already running in between, so frames
+        # it delivered there were cleared: read past, never processed nor acked (lost, and the
+        # committed offset stuck below them). Suspended flow control holds the fetcher's
+        # delivery until that clear; nothing is buffered yet (the stream partitions are paused).
+        app.flow_control.suspend()
+
     @app.agent(topics.frames, name="inspect", concurrency=1)
     async def inspect(stream: Any) -> None:
         manual = stream.noack()
