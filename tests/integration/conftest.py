@@ -44,6 +44,19 @@ def unique_name(request: pytest.FixtureRequest, prefix: str, sep: str = "_") -> 
 # ------------------------------------------------------------------------------------------- the stack
 
 
+@pytest.fixture(autouse=True)
+def _collect_refused_kafka_sockets() -> Iterator[None]:
+    """kafka-python leaves the sockets of refused or failed connects (a broker that is down, a wrong
+    SASL password) to the garbage collector; its ResourceWarnings would surface, as errors, in
+    whichever test the collector happens to run in. Collect them after each test, where they came from."""
+    yield
+    import gc
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
 @pytest.fixture(scope="session")
 def stack():
     """The running local stack's `StackConfig` (ports, stack dir); fails the test if it is not up."""
