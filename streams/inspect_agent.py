@@ -274,7 +274,15 @@ class InspectPipeline:
         # decode + sequence guard
         admitted: list[tuple[Any, FrameEvent, FrameMeta]] = []
         redelivered = 0
+        in_batch: set[tuple[str, int, int]] = set()
         for ev in events:
+            where = (ev.message.topic, ev.message.partition, ev.message.offset)
+            if where in in_batch:
+                # The consumer delivered this record twice in one batch (after a seek during a
+                # rebalance or restore): the first copy is handled here, the state is saved after.
+                redelivered += 1
+                continue
+            in_batch.add(where)
             frame = decode_frame(ev.message.value, ev.message.key, self.codec, self.limits,
                                  partition=ev.message.partition)
             if isinstance(frame, Rejected):

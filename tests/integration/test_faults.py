@@ -391,15 +391,23 @@ def test_worker_sigkilled_again_and_again_loses_and_doubles_nothing(
         assert pub.error is None and pub.done, pub.error
         wait_for_clickhouse(ch, run, drain_timeout(run))
         assert worker.alive(), worker.log_tail()
+        # Every frame processed and acked: the group's committed offsets reach the end of `frames`
+        # (a frame read past but never acked holds them below it for good).
+        frames_end = _end_offsets(s.kafka.bootstrap_servers, s.kafka.topics.frames)
+        deadline = time.monotonic() + 30
+        while (frames_committed := _committed(s.kafka.bootstrap_servers, s.app_id, s.kafka.topics.frames)) \
+                != frames_end and time.monotonic() < deadline:
+            time.sleep(1)
     finally:
         pub.stop()
         stats = sink.stop()
     a = audit(ch(), run, pub, s.kafka.bootstrap_servers, s.kafka.topics.deadletter)
     report("sigkill", a, kills_survived=kills, downtimes_s=downtimes, part_timeout_s=PART_TIMEOUT_S,
            frames_published_while_down=published_while_down, state_dir_wiped_before_last_restart=True,
-           sink_rows_written=stats.rows_written)
+           sink_rows_written=stats.rows_written, worker_committed_vs_end=[frames_committed, frames_end])
     assert min(downtimes) > PART_TIMEOUT_S and published_while_down > 0
     assert not a.problems(), a.problems()
+    assert frames_committed == frames_end, "the worker's committed offsets on `frames` stopped short of the end"
 
 
 def test_clickhouse_down_30s_in_the_middle_of_inserts(group_worker_factory, kafka_bootstrap, clickhouse_server_factory):

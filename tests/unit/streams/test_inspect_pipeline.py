@@ -106,6 +106,15 @@ def test_batch_tracks_and_emits_on_last_frame():
     assert store.data["cam-1"]["part"] is None and store.data["cam-1"]["last_seq"] == 2
 
 
+def test_a_record_delivered_twice_in_one_batch_is_processed_once_and_not_dead_lettered():
+    pipe, store = make()
+    evs = [event(frame_value(seq=i, idx=i, last=i == 2, x=100 - 10 * i), offset=i) for i in range(3)]
+    asyncio.run(pipe.process([evs[0], evs[1], evs[1], evs[2]]))  # offset 1 re-delivered by the consumer
+    assert kinds(pipe.emitter.sent) == [("defects", None), ("parts", "LAST_FRAME")]
+    assert pipe.emitter.sent[-1][2].frames == 3 and not pipe.deadletters and pipe.redelivered == 1
+    assert store.data["cam-1"]["read_to"] == [0, 3]
+
+
 def test_bad_input_goes_to_deadletter_and_the_rest_is_processed():
     pipe, _ = make()
     evs = [
