@@ -67,7 +67,7 @@ def sample_events(start_ms: int, n: int = 600, *, seed: int = 1, cameras: tuple[
 
 def query_catalog(start_ms: int, end_ms: int) -> dict[str, str]:
     """Every SELECT of the report and the monitor, rendered for [start, end): name → SQL."""
-    from streams import monitor, report
+    from streams.spc import monitor, report
 
     out: dict[str, str] = {}
     variants = {
@@ -94,8 +94,7 @@ def query_catalog(start_ms: int, end_ms: int) -> dict[str, str]:
 
 def seed(ex, events, plant: PlantSettings | None = None, *, ingested_at: int = 1) -> dict[str, int]:
     """Insert events (PartInspected / DefectEvent / Alert) straight into their tables; rows per table."""
-    from sinks.clickhouse import (ALERT_COLUMNS, DEFECT_COLUMNS, PART_COLUMNS, alert_row, defect_row,
-                                  part_row)
+    from sinks.clickhouse import ALERT_COLUMNS, DEFECT_COLUMNS, PART_COLUMNS, alert_row, defect_row, part_row
 
     plant = plant or PlantSettings()
     tables: dict[str, tuple[tuple, list]] = {

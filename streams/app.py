@@ -11,14 +11,15 @@ from typing import Any, NamedTuple
 
 import faust
 
-from streams.avro_serializers import register_avro_codecs
-from streams.camera_registry import CameraRegistry
-from streams.inference import InferenceRunner
-from streams.inspect_agent import FaustEmitter, InspectPipeline, wire_inspect
+from streams.inspection.agents import FaustEmitter, wire_inspect
+from streams.inspection.cameras import CameraRegistry
+from streams.inspection.inference import InferenceRunner
+from streams.inspection.pipeline import InspectPipeline
+from streams.kafka.serializers import register_avro_codecs
+from streams.kafka.topics import FRAME_OVERHEAD_BYTES, Topics, declare_topics
 from streams.metrics import WorkerMetrics, serve
 from streams.settings import Settings
-from streams.topics import FRAME_OVERHEAD_BYTES, Topics, declare_topics
-from streams.tracking_table import TrackingTable
+from streams.tracking.table import TrackingTable
 
 
 class Wiring(NamedTuple):
@@ -78,7 +79,7 @@ def create_app(settings: Settings | None = None, *, inspector: Any | None = None
     def _create_topics(sender: Any, **_: Any) -> None:
         # Before the consumer subscribes: a broker's auto-created `frames` would get the broker's
         # default partition count and break co-partitioning with the tracking table.
-        from streams.topics import ensure_topics
+        from streams.kafka.topics import ensure_topics
 
         ensure_topics(settings)
         # Only a running worker serves metrics (importing streams.app binds nothing).

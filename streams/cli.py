@@ -14,21 +14,21 @@ import sys
 
 # Modules that contribute subcommands, in the order they are listed in `--help`.
 COMMAND_MODULES = [
-    "streams.stack_cli",
-    "streams.smoke",
-    "streams.demo",
+    "streams.commands.stack",
+    "streams.commands.smoke",
+    "streams.commands.demo",
     "models.cli",
-    "streams.worker_cli",
-    "streams.simulator",
-    "streams.scoring",
-    "streams.camera_registry",
-    "streams.sink_cli",
-    "streams.status_cli",
-    "streams.report",
-    "streams.monitor",
-    "streams.replay",
-    "streams.compare",
-    "streams.models_cli",
+    "streams.commands.worker",
+    "streams.sim.simulator",
+    "streams.sim.scoring",
+    "streams.inspection.cameras",
+    "streams.commands.sink",
+    "streams.commands.status",
+    "streams.spc.report",
+    "streams.spc.monitor",
+    "streams.replay.replayer",
+    "streams.commands.compare",
+    "streams.commands.models",
 ]
 
 

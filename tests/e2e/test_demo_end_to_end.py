@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.demo import demo_env
+from streams.commands.demo import demo_env
 from streams.settings import settings_with_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def webhook():
 def _shift_counts(summary: dict, settings) -> tuple[Counter, Counter]:
     """Ground truth by hand: parts and parts with a defect per shift start."""
     from streams.shifts import shift_at
-    from streams.simulator import read_ground_truth
+    from streams.sim.simulator import read_ground_truth
 
     parts, defective = Counter(), Counter()
     for path in sorted(Path(summary["out"]).glob("ground-truth-*.jsonl")):
@@ -84,7 +84,7 @@ def _verdicts_on_topic(settings) -> Counter:
 
 def _report_rows(settings, summary):
     from sinks.sql import DriverExecutor
-    from streams.report import ReportFilters, make_report
+    from streams.spc.report import ReportFilters, make_report
 
     ex = DriverExecutor.connect(settings.clickhouse, database=summary["database"])
     try:

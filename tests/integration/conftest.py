@@ -23,7 +23,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "read_text is deprecated", DeprecationWarning)
     from kafka import KafkaAdminClient
 
-from streams.stack_cli import stack_module
+from streams.commands.stack import stack_module
 
 INTEGRATION_DIR = Path(__file__).resolve().parent
 

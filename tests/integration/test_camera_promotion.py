@@ -22,7 +22,7 @@ from schemas.events import DefectEvent, PartInspected
 from sinks.migrations import migrate
 from sinks.sql import DriverExecutor
 from streams.settings import ClickHouseSettings
-from streams.simulator import SimulationConfig, simulate
+from streams.sim.simulator import SimulationConfig, simulate
 
 REPO = Path(__file__).resolve().parents[2]
 FRAME = (128, 256)

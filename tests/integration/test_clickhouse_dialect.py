@@ -8,8 +8,8 @@ from schemas.events import DefectEvent, PartInspected
 from sinks.migrations import load_migrations, migrate, status
 from sinks.sql import DriverExecutor
 from sinks.testing import make_alert, query_catalog, sample_events, seed
-from streams import report
 from streams.settings import PlantSettings
+from streams.spc import report
 
 T0 = 1_763_700_000_000
 PLANT = PlantSettings()
@@ -133,8 +133,7 @@ def test_a_resent_batch_changes_no_answer_of_the_report_or_monitor(ex, clickhous
 def test_a_part_reprocessed_under_other_track_ids_counts_one_defect_set(ex):
     """Finding 6 of issue 12 on 18.16: counts come from each part's latest verdict, not from `defects` rows."""
     from sinks.testing import make_defect, make_part
-
-    from streams import monitor
+    from streams.spc import monitor
 
     migrate(ex)
     ex.query("SYSTEM STOP MERGES parts")

@@ -33,9 +33,9 @@ from schemas.events import DeadLetter, FrameEvent
 from sinks.migrations import migrate
 from sinks.runner import SinkStats, import_kafka, run_sink
 from sinks.sql import DriverExecutor
-from streams.frame_intake import expected_partition
+from streams.inspection.intake import expected_partition
 from streams.settings import ClickHouseSettings, Settings, SinkSettings
-from streams.simulator import SimulationConfig, generate
+from streams.sim.simulator import SimulationConfig, generate
 
 kafka = import_kafka()
 pytestmark = [pytest.mark.fault, pytest.mark.slow]

@@ -23,8 +23,8 @@ from schemas.events import FrameEvent, PartInspected
 from sinks.base import TP, ListSink
 from sinks.runner import SinkRunner, import_kafka
 from sinks.testing import make_alert, make_part
+from streams.commands.stack import stack_module
 from streams.settings import KafkaSettings, Settings, SinkSettings, TopicNames
-from streams.stack_cli import stack_module
 
 kafka = import_kafka()
 USERS = {"admin": "admin-secret", "plant": "plant-secret"}
@@ -114,11 +114,11 @@ def sasl_broker(tmp_path_factory):
 
 
 def test_every_client_kind_works_with_sasl_plain(sasl_broker):
-    from streams.camera_registry import CameraConfig, CameraRegistry, publish_camera_config
-    from streams.inspect_agent import follow_camera_topic
-    from streams.monitor import kafka_publisher
-    from streams.smoke import _consume, _frames
-    from streams.topics import ensure_topics
+    from streams.commands.smoke import _consume, _frames
+    from streams.inspection.agents import follow_camera_topic
+    from streams.inspection.cameras import CameraConfig, CameraRegistry, publish_camera_config
+    from streams.kafka.topics import ensure_topics
+    from streams.spc.monitor import kafka_publisher
 
     settings = sasl_broker.settings()
     k = settings.kafka

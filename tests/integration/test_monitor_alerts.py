@@ -14,8 +14,8 @@ from sinks.migrations import migrate
 from sinks.runner import import_kafka
 from sinks.sql import DriverExecutor
 from sinks.testing import make_part, seed
-from streams.monitor import Monitor, Scope, kafka_publisher
 from streams.settings import KafkaSettings, MonitorSettings, Settings, TopicNames
+from streams.spc.monitor import Monitor, Scope, kafka_publisher
 
 kafka = import_kafka()
 MIN = 60_000

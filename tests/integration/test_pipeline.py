@@ -13,9 +13,9 @@ from typing import Any, Callable
 import pytest
 
 from schemas.events import DeadLetter, DefectEvent, FrameEvent, PartInspected
-from streams.camera_registry import CameraConfig
-from streams.scoring import score_defect_events
-from streams.simulator import SimulationConfig, read_ground_truth, simulate
+from streams.inspection.cameras import CameraConfig
+from streams.sim.scoring import score_defect_events
+from streams.sim.simulator import SimulationConfig, read_ground_truth, simulate
 
 FRAME = (128, 256)
 T0 = 1_790_000_000_000  # simulated clock start (2026-09-21, UTC)
@@ -142,7 +142,7 @@ def test_bad_messages_go_to_deadletter_and_the_worker_goes_on(stream_worker, tmp
 def test_part_without_last_frame_closes_on_inactivity(stream_worker, tmp_path):
     from kafka import KafkaProducer
 
-    from streams.simulator import generate
+    from streams.sim.simulator import generate
 
     cfg = SimulationConfig(cameras=1, parts=1, frames_per_part=3, frame_shape=FRAME, seed=51, camera_prefix="t",
                            start_time_ms=T0, progress=False)

@@ -21,9 +21,9 @@ import pytest
 from schemas.events import FrameEvent
 from sinks.migrations import migrate
 from sinks.sql import DriverExecutor
-from streams.compare import render_table, run_compare
-from streams.replay import STATUS_DONE, RangeRemovedError, Replayer, ReplayRequest, load_run_record
-from streams.simulator import SimulationConfig, read_ground_truth, simulate
+from streams.commands.compare import render_table, run_compare
+from streams.replay.replayer import STATUS_DONE, RangeRemovedError, Replayer, ReplayRequest, load_run_record
+from streams.sim.simulator import SimulationConfig, read_ground_truth, simulate
 
 FRAME = (128, 256)
 T0 = 1_790_000_000_000  # simulated capture clock (the Kafka record timestamps are wall clock)
@@ -239,8 +239,8 @@ def test_replay_beside_production_resume_and_compare(checkpoints, stream_worker_
 def test_models_promote_publishes_and_records(checkpoints, fresh_topic, executor, kafka_bootstrap):
     from kafka import KafkaConsumer
 
-    from streams.model_selection import ModelSelection, parse_promotion
-    from streams.models_cli import promote
+    from streams.commands.models import promote
+    from streams.inspection.model_selection import ModelSelection, parse_promotion
     from streams.settings import Settings
 
     strong, _weak = checkpoints

@@ -17,7 +17,7 @@ from clickhouse_driver import Client
 from clickhouse_driver.errors import ServerException
 from kafka import KafkaConsumer, KafkaProducer
 
-from streams import stack_cli
+from streams.commands import stack as stack_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS_STACK = ROOT / "ops" / "stack"

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from schemas.events import FrameEvent, PartInspected
-from streams.simulator import SimulationConfig, generate
+from streams.sim.simulator import SimulationConfig, generate
 
 T0 = 1_790_000_000_000
 

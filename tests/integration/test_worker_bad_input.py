@@ -10,8 +10,8 @@ import time
 import pytest
 
 from schemas.events import DeadLetter, FrameEvent, PartInspected
-from streams.frame_intake import expected_partition
-from streams.simulator import SimulationConfig, generate
+from streams.inspection.intake import expected_partition
+from streams.sim.simulator import SimulationConfig, generate
 
 
 def read_all(bootstrap: str, topic: str, codec, want: int, timeout_s: float = 90.0) -> list[dict]:

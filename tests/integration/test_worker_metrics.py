@@ -9,9 +9,9 @@ import time
 import pytest
 
 from schemas.events import FrameEvent
-from streams.frame_intake import expected_partition
+from streams.inspection.intake import expected_partition
 from streams.metrics import ScrapeError, scrape, total
-from streams.simulator import SimulationConfig, generate
+from streams.sim.simulator import SimulationConfig, generate
 
 
 def _free_port() -> int:

@@ -37,8 +37,8 @@ def client_calls() -> list[tuple[str, ast.Call]]:
 def test_the_scan_finds_the_clients():
     where = {w.split(":")[0] for w, _ in client_calls()}
     # the sink, the monitor, the cameras-topic follower, the smoke test, topic creation at least
-    assert {"sinks/runner.py", "streams/monitor.py", "streams/inspect_agent.py", "streams/smoke.py",
-            "streams/topics.py"} <= where
+    assert {"sinks/runner.py", "streams/spc/monitor.py", "streams/inspection/agents.py", "streams/commands/smoke.py",
+            "streams/kafka/topics.py"} <= where
 
 
 @pytest.mark.parametrize("where,call", client_calls(), ids=lambda v: v if isinstance(v, str) else "")

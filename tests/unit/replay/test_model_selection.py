@@ -1,4 +1,4 @@
-"""Model promotion rules (streams.model_selection) and `defectstream models` (registry side)."""
+"""Model promotion rules (streams.inspection.model_selection) and `defectstream models` (registry side)."""
 from __future__ import annotations
 
 import json
@@ -8,14 +8,29 @@ import torch
 
 from models.loading import model_identity
 from models.registry import save_checkpoint
-from streams.camera_registry import CameraConfig, CameraRegistry
-from streams.model_selection import (
-    PLANT, PROMOTION_KEY, InspectorPool, ModelSelection, Promotion, Scope, is_promotion_key, parse_promotion,
-    parse_scope, scope_of,
+from streams.commands.models import (
+    KafkaUnavailable,
+    ModelRefError,
+    clear_promotion,
+    list_infos,
+    list_models,
+    production_view,
+    promote,
+    read_cameras_topic,
+    resolve_model,
 )
-from streams.models_cli import (
-    KafkaUnavailable, ModelRefError, clear_promotion, list_infos, list_models, production_view, promote,
-    read_cameras_topic, resolve_model,
+from streams.inspection.cameras import CameraConfig, CameraRegistry
+from streams.inspection.model_selection import (
+    PLANT,
+    PROMOTION_KEY,
+    InspectorPool,
+    ModelSelection,
+    Promotion,
+    Scope,
+    is_promotion_key,
+    parse_promotion,
+    parse_scope,
+    scope_of,
 )
 from streams.settings import Settings
 

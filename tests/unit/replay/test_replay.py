@@ -3,9 +3,22 @@ from __future__ import annotations
 
 import pytest
 
-from streams.replay import (
-    SKIP_AFTER, SKIP_CAMERA, SKIP_PARTIAL, STATUS_DONE, STATUS_RUNNING, ClickHouseEmitter, OffsetAt, PartitionPlan,
-    RangeGate, RangeRemovedError, ReplayError, Replayer, ReplayRequest, load_run_record, plan_partitions,
+from streams.replay.replayer import (
+    SKIP_AFTER,
+    SKIP_CAMERA,
+    SKIP_PARTIAL,
+    STATUS_DONE,
+    STATUS_RUNNING,
+    ClickHouseEmitter,
+    OffsetAt,
+    PartitionPlan,
+    RangeGate,
+    RangeRemovedError,
+    Replayer,
+    ReplayError,
+    ReplayRequest,
+    load_run_record,
+    plan_partitions,
     validate_run_id,
 )
 from streams.settings import PlantSettings, Settings

@@ -1,14 +1,14 @@
-"""Pure comparison logic (streams.run_comparison) and the compare queries on chdb."""
+"""Pure comparison logic (streams.replay.comparison) and the compare queries on chdb."""
 from __future__ import annotations
 
 import json
 
 from sinks.clickhouse import DEFECT_COLUMNS, PART_COLUMNS, defect_row, part_row
 from sinks.testing import make_defect, make_part
-from streams import compare
-from streams.run_comparison import DefectRow, PartRow, compare_runs, match_defects, match_score, score_sides
+from streams.commands import compare
+from streams.replay.comparison import DefectRow, PartRow, compare_runs, match_defects, match_score, score_sides
 from streams.settings import PlantSettings
-from streams.simulator import GroundTruthPart
+from streams.sim.simulator import GroundTruthPart
 
 from .conftest import T0
 

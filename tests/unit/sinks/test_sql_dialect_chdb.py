@@ -11,8 +11,8 @@ from sinks.clickhouse import ClickHouseSink, table_specs
 from sinks.migrations import load_migrations, migrate, status
 from sinks.sql import ChdbExecutor
 from sinks.testing import make_alert, query_catalog, sample_events, seed
-from streams import monitor, report
 from streams.settings import KafkaSettings, PlantSettings, SinkSettings
+from streams.spc import monitor, report
 
 T0 = 1_763_700_000_000  # 2025-11-21 04:40 UTC
 PLANT = PlantSettings()

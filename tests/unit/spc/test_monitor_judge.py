@@ -1,8 +1,8 @@
 """The monitor's pure decision: spike once, stay quiet while alerting, recover once, cool down."""
 from __future__ import annotations
 
-from streams import spc
-from streams.monitor import Scope, ScopeState, WindowCounts, baseline_limits, judge, line_totals
+from streams.spc import rules as spc
+from streams.spc.monitor import Scope, ScopeState, WindowCounts, baseline_limits, judge, line_totals
 
 LIM = spc.Limits("p", 0.02)
 CAM = Scope("line-1", "cam-3")

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from streams import report, spc
 from streams.settings import PlantSettings
+from streams.spc import report
+from streams.spc import rules as spc
 
 PLANT = PlantSettings()
 GROUPS = [report.Subgroup(i * 3_600_000, f"2025-11-21 {i:02d}:00", 500, d, d + 3)

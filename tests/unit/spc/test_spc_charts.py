@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from streams import spc
+from streams.spc import rules as spc
 
 # Montgomery, Example 7.1: frozen orange juice cans, 30 samples of n = 50, nonconforming cans.
 OJ = [12, 15, 8, 10, 4, 7, 16, 9, 14, 10, 5, 6, 17, 12, 22, 8, 10, 5, 13, 11, 20, 18, 24, 15, 9, 12, 7, 13, 9, 6]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams import spc
+from streams.spc import rules as spc
 
 
 def fired(z, rule):

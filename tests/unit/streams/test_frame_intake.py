@@ -1,4 +1,4 @@
-"""Dead-letter classification of bad `frames` input (streams.frame_intake) and the camera registry."""
+"""Dead-letter classification of bad `frames` input (streams.inspection.intake) and the camera registry."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from schemas.events import FrameEvent
-from streams.camera_registry import CameraConfig, CameraRegistry
-from streams.frame_intake import IntakeLimits, Rejected, dead_letter, decode_frame, decode_image, frame_meta
-from streams.tracking import PartPolicy
+from streams.inspection.cameras import CameraConfig, CameraRegistry
+from streams.inspection.intake import IntakeLimits, Rejected, dead_letter, decode_frame, decode_image, frame_meta
+from streams.tracking.types import PartPolicy
 
 CODEC = FrameEvent.codec()
 LIMITS = IntakeLimits(max_image_bytes=200_000, max_pixels=1024 * 1024)

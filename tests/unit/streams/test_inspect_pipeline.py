@@ -1,4 +1,4 @@
-"""The agent's batch logic (streams.inspect_agent.InspectPipeline) with fakes: no Kafka, no model."""
+"""The agent's batch logic (streams.inspection.agents.InspectPipeline) with fakes: no Kafka, no model."""
 from __future__ import annotations
 
 import asyncio
@@ -10,11 +10,11 @@ import pytest
 
 from models.types import BBox, Detection
 from schemas.events import FrameEvent
-from streams.camera_registry import CameraConfig, CameraRegistry
-from streams.inference import InferenceRunner
-from streams.inspect_agent import InspectPipeline
+from streams.inspection.cameras import CameraConfig, CameraRegistry
+from streams.inspection.inference import InferenceRunner
+from streams.inspection.pipeline import InspectPipeline
 from streams.settings import ModelSettings, PlantSettings, Settings
-from streams.tracking import CameraState
+from streams.tracking.tracker import CameraState
 
 CODEC = FrameEvent.codec()
 
@@ -193,7 +193,7 @@ def test_metrics_count_frames_dead_letters_by_reason_parts_and_batch_latency():
 
 
 def test_worker_gauges_lag_per_partition_and_open_parts():
-    from streams.inspect_agent import update_worker_gauges
+    from streams.inspection.agents import update_worker_gauges
     from streams.metrics import parse, total
 
     pipe, store = make()

@@ -26,12 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.events import DeadLetter, DefectEvent, FrameEvent
-from streams.camera_registry import CameraRegistry
-from streams.frame_intake import expected_partition
-from streams.inference import InferenceRunner
-from streams.inspect_agent import InspectPipeline
+from streams.inspection.cameras import CameraRegistry
+from streams.inspection.inference import InferenceRunner
+from streams.inspection.intake import expected_partition
+from streams.inspection.pipeline import InspectPipeline
 from streams.settings import ModelSettings, PlantSettings, Settings, WorkerSettings
-from streams.tracking import CameraState
+from streams.tracking.tracker import CameraState
 
 CODEC = FrameEvent.codec()
 PARTITIONS = 4

@@ -9,9 +9,9 @@ import pytest
 from prometheus_client import generate_latest
 
 from streams.cli import main
-from streams.metrics import SinkMetrics, WorkerMetrics, parse, scrape, ScrapeError, serve, total
+from streams.commands.status import format_table, sink_status, worker_status
+from streams.metrics import ScrapeError, SinkMetrics, WorkerMetrics, parse, scrape, serve, total
 from streams.settings import Settings
-from streams.status_cli import format_table, sink_status, worker_status
 
 
 def _free_port() -> int:

@@ -9,12 +9,12 @@ import numpy as np
 
 from models.types import BBox, Detection
 from schemas.events import FrameEvent
-from streams.camera_registry import CameraConfig, CameraRegistry
-from streams.inference import InferenceRunner
-from streams.inspect_agent import InspectPipeline
-from streams.model_selection import Promotion
+from streams.inspection.cameras import CameraConfig, CameraRegistry
+from streams.inspection.inference import InferenceRunner
+from streams.inspection.model_selection import Promotion
+from streams.inspection.pipeline import InspectPipeline
 from streams.settings import ModelSettings, PlantSettings, Settings
-from streams.tracking import CameraState
+from streams.tracking.tracker import CameraState
 
 CODEC = FrameEvent.codec()
 

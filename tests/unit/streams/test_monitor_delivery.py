@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from streams import spc
-from streams.monitor import Monitor, Scope, redact_url
 from streams.settings import MonitorSettings
+from streams.spc import rules as spc
+from streams.spc.monitor import Monitor, Scope, redact_url
 
 CAM = Scope("line-1", "cam-3")
 NOW = 1_763_700_000_000

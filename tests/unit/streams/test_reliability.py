@@ -11,14 +11,15 @@ import pytest
 
 from models.types import BBox, Detection
 from schemas.events import DeadLetter, FrameEvent, PartInspected
-from streams.camera_registry import CameraRegistry
-from streams.frame_intake import IntakeLimits, Rejected, dead_letter, decode_frame, expected_partition
-from streams.inference import InferenceRunner
-from streams.inspect_agent import (InspectPipeline, ModelUnavailable, handle_timeout_requests, is_model_failure,
-                                   partition_caught_up)
+from streams.inspection.agents import handle_timeout_requests, partition_caught_up
+from streams.inspection.cameras import CameraRegistry
+from streams.inspection.inference import InferenceRunner
+from streams.inspection.intake import IntakeLimits, Rejected, dead_letter, decode_frame, expected_partition
+from streams.inspection.pipeline import InspectPipeline, ModelUnavailable, is_model_failure
 from streams.settings import ModelSettings, PlantSettings, Settings, TrackingSettings, WorkerSettings
-from streams.tracking import CameraState, FrameMeta, PartTracker
-from streams.tracking_table import idle_parts
+from streams.tracking.table import idle_parts
+from streams.tracking.tracker import CameraState, PartTracker
+from streams.tracking.types import FrameMeta
 
 CODEC = FrameEvent.codec()
 NOW = 1_790_000_000_000  # worker clock of these tests (2026-09-21)

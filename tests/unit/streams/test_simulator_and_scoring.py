@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 
 from schemas.events import DefectEvent, FrameEvent
-from streams.avro_serializers import AvroEventCodec, register_avro_codecs
-from streams.scoring import Reported, Score, score_defect_events, score_part
+from streams.kafka.serializers import AvroEventCodec, register_avro_codecs
 from streams.settings import Settings
-from streams.simulator import GroundTruthPart, SimulationConfig, generate, read_ground_truth, simulate
+from streams.sim.scoring import Reported, Score, score_defect_events, score_part
+from streams.sim.simulator import GroundTruthPart, SimulationConfig, generate, read_ground_truth, simulate
 
 T0 = 1_790_000_000_000
 
@@ -104,7 +104,7 @@ def test_score_defect_events_dedups_by_event_id():
 
 
 def test_verdict_check_finds_missing_and_double_verdicts():
-    from streams.scoring import verdict_check
+    from streams.sim.scoring import verdict_check
 
     gts = [gt_part([]), GroundTruthPart("cam", "l", "q", 0, "f", 3, [1], [1], 1.0, [], {})]
     out = verdict_check(gts, [{"part_id": "p", "event_id": "a"}, {"part_id": "p", "event_id": "a"},

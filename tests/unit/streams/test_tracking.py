@@ -1,4 +1,4 @@
-"""Unit tests of the pure per-part tracker (streams.tracking)."""
+"""Unit tests of the pure per-part tracker (streams.tracking.tracker)."""
 from __future__ import annotations
 
 import json
@@ -6,16 +6,8 @@ import json
 import pytest
 
 from streams.settings import TrackingSettings
-from streams.tracking import (
-    CameraState,
-    FrameMeta,
-    PartPolicy,
-    PartState,
-    PartTracker,
-    estimate_shift,
-    iou,
-    track_part_offline,
-)
+from streams.tracking.tracker import CameraState, PartState, PartTracker, estimate_shift, iou, track_part_offline
+from streams.tracking.types import FrameMeta, PartPolicy
 
 W, H = 512, 256
 SPEED = 150  # px per frame, the part moves towards -x
@@ -260,7 +252,7 @@ def test_short_tracks_need_a_confident_detector(det):
 
 
 def test_merge_adjacent_joins_split_lobes_only(det):
-    from streams.tracking import merge_adjacent
+    from streams.tracking.tracker import merge_adjacent
 
     lit = det(100, 100, 130, 120, cls="imprint_mild", conf=0.9, sev=3.0)
     shade = det(125, 118, 150, 140, cls="imprint_severe", conf=0.6, sev=4.0)  # overlaps the lit lobe

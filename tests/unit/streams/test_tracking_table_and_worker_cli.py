@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from streams.cli import build_parser
 from streams.settings import PlantSettings, TrackingSettings
-from streams.tracking import CameraState, FrameMeta, PartTracker
-from streams.tracking_table import OpenPart, TrackingTable
+from streams.tracking.table import OpenPart, TrackingTable
+from streams.tracking.tracker import CameraState, PartTracker
+from streams.tracking.types import FrameMeta
 
 
 def _table() -> TrackingTable:
@@ -36,4 +37,4 @@ def test_worker_command_is_registered_with_help():
     sub = parser._subparsers._group_actions[0].choices["worker"]  # noqa: SLF001
     assert "faust" in sub.description.lower()
     args = parser.parse_args(["worker", "--loglevel", "warning", "--app-id", "plant-7"])
-    assert args.func.__module__ == "streams.worker_cli" and args.app_id == "plant-7"
+    assert args.func.__module__ == "streams.commands.worker" and args.app_id == "plant-7"

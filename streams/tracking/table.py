@@ -3,7 +3,7 @@
 Co-partitioned with `frames` (same partition count, key = camera id), so the worker that owns a
 camera's partition owns its state; after a restart or a rebalance the state is restored from the
 changelog and open parts continue; an open part times out only once its camera's partition has
-no unprocessed frame left (the `caught_up` gate of `idle_parts`, see `streams.inspect_agent`).
+no unprocessed frame left (the `caught_up` gate of `idle_parts`, see `streams.inspection.agents`).
 The frames partition of a camera is the one its key hashes to (frames read elsewhere are
 dead-lettered), so the table entry, the frames and the timeout requests share it. When a part closes, the camera's value is reset to the
 sequence guard alone (a few hundred bytes).
@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 from faust.streams import _current_event
 
 from streams.settings import Settings
-from streams.tracking import CameraState
+from streams.tracking.tracker import CameraState
 
 
 class OpenPart(NamedTuple):

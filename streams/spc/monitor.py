@@ -26,9 +26,9 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 from schemas.events import Alert, deterministic_id
 from sinks.sql import Executor, render
-from streams import spc
-from streams.report import ReportFilters, deduped_parts_sql
 from streams.settings import MonitorSettings
+from streams.spc import rules as spc
+from streams.spc.report import ReportFilters, deduped_parts_sql
 
 log = logging.getLogger(__name__)
 HISTORY = 20  # recent window points kept per scope for the run rules
@@ -382,8 +382,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_monitor(args: argparse.Namespace) -> int:
     from sinks.sql import DriverExecutor
-    from streams.report import parse_time
     from streams.settings import Settings
+    from streams.spc.report import parse_time
 
     settings = Settings()
     m = settings.monitor

@@ -35,6 +35,7 @@ from models.types import Detection, box_iou
 from schemas.events import DefectEvent, PartInspected, deterministic_id
 from streams.settings import PlantSettings, TrackingSettings
 from streams.shifts import shift_at
+from streams.tracking.types import FrameMeta, FrameRejection, PartOutcome, PartPolicy
 
 CLOSE_NEXT_PART = "NEXT_PART"
 CLOSE_LAST_FRAME = "LAST_FRAME"
@@ -50,45 +51,6 @@ Box = tuple[float, float, float, float]  # x0, y0, x1, y1 (x1/y1 exclusive), flo
 # --------------------------------------------------------------------------------------------
 # Inputs and outputs
 # --------------------------------------------------------------------------------------------
-class FrameMeta(NamedTuple):
-    """What the tracker needs to know about one frame (everything but the pixels)."""
-
-    camera_id: str
-    line_id: str
-    part_id: str
-    frame_seq: int
-    capture_ts: int  # epoch ms
-    width: int
-    height: int
-    frame_index: int = 0
-    last_frame: bool = False
-    speed_px_s: float | None = None  # conveyor_speed_mm_s * pixels_per_mm, when both are known
-
-
-class PartPolicy(NamedTuple):
-    """Per-part settings snapshot taken when the part opens (camera overrides applied)."""
-
-    line_id: str | None = None  # overrides the frame's line id
-    roi: tuple[int, int, int, int] | None = None  # detections whose centre is outside are ignored
-    min_confidence: float | None = None
-    fail_severity: float | None = None
-    frames_per_part: int | None = None
-
-
-class FrameRejection(NamedTuple):
-    """A frame the sequence guard refuses; goes to the dead-letter topic."""
-
-    error_class: str  # duplicate_frame | out_of_order_frame | late_frame
-    reason: str
-
-
-class PartOutcome(NamedTuple):
-    """What closing one part emits: one verdict and one event per confirmed defect."""
-
-    part: PartInspected
-    defects: list[DefectEvent]
-
-
 class TrackSummary(NamedTuple):
     """A track's figures at close (confirmed or not); used by scoring and the emitter."""
 

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from models.types import Detection
-from streams.model_selection import InspectorPool, ModelSelection
+from streams.inspection.model_selection import InspectorPool, ModelSelection
 from streams.settings import ModelSettings
 
 log = logging.getLogger(__name__)

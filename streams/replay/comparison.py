@@ -330,11 +330,11 @@ def compare_runs(baseline: str, candidate: str, *, baseline_parts: Iterable[Part
 def score_sides(comparison: Comparison, gt_parts: Sequence[Any], defects: dict[str, Iterable[DefectRow]]) -> dict[str, SideScore]:
     """Precision/recall of each side against simulator ground truth, on the compared parts.
 
-    Defect level reuses `streams.scoring.score_part` (a defect matches a ground-truth defect of the
+    Defect level reuses `streams.sim.scoring.score_part` (a defect matches a ground-truth defect of the
     same part on its best frame); part level asks "did the run report any defect on a part that has
     one". Parts without ground truth are left out.
     """
-    from streams.scoring import Reported, Score, score_part
+    from streams.sim.scoring import Reported, Score, score_part
 
     compared = {p.part_id for p in comparison.parts}
     gts = {g.part_id: g for g in gt_parts if g.part_id in compared}

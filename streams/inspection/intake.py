@@ -47,7 +47,7 @@ import numpy as np
 
 from schemas.codec import AvroCodec, DecodeError
 from schemas.events import DeadLetter, FrameEvent
-from streams.tracking import FrameMeta
+from streams.tracking.types import FrameMeta
 
 # DecodeError.reason -> DeadLetter.error_class
 _DECODE_CLASSES = {

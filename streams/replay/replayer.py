@@ -5,7 +5,7 @@ from the partitions, with no consumer group at all: nothing is committed, so the
 worker's offsets, the production tables (rows carry the replay's ``run_id``) and the production
 alerts (the monitor only reads ``run_id = 'production'``) are untouched, also while production runs.
 
-The frames go through the production code path, :class:`streams.inspect_agent.InspectPipeline`
+The frames go through the production code path, :class:`streams.inspection.agents.InspectPipeline`
 (decode → inspect → track → close), with an in-memory :class:`MemoryStateStore` and a
 :class:`ClickHouseEmitter` that writes the DefectEvent/PartInspected rows directly into the
 `defects`/`parts` tables through `sinks.clickhouse` (same row mapping as the sink). Direct writes,
@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 from schemas.events import Event, FrameEvent, PartInspected
 from sinks.sql import Executor, quote, render
 from streams.settings import Settings
-from streams.tracking import CameraState
+from streams.tracking.tracker import CameraState
 
 log = logging.getLogger(__name__)
 
@@ -616,10 +616,10 @@ class Replayer:
     async def _replay(self, consumer: Any, inspector: Any, plans: dict[int, PartitionPlan], rec: RunRecord,
                       resumed: bool) -> None:
         from sinks.runner import import_kafka
-        from streams.camera_registry import CameraRegistry
-        from streams.frame_intake import IntakeLimits, Rejected, decode_frame
-        from streams.inference import InferenceRunner
-        from streams.inspect_agent import InspectPipeline
+        from streams.inspection.cameras import CameraRegistry
+        from streams.inspection.inference import InferenceRunner
+        from streams.inspection.intake import IntakeLimits, Rejected, decode_frame
+        from streams.inspection.pipeline import InspectPipeline
 
         TopicPartition = import_kafka("kafka.structs").TopicPartition  # noqa: N806
         settings = self.settings
@@ -801,7 +801,7 @@ def _cameras(values: Iterable[str] | None) -> list[str] | None:
 
 def run_replay(args: argparse.Namespace) -> int:
     from sinks.sql import DriverExecutor
-    from streams.report import parse_time
+    from streams.spc.report import parse_time
 
     settings = Settings()
     if getattr(args, "runtime", None):

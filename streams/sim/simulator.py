@@ -222,7 +222,7 @@ def simulate(settings: Settings, cfg: SimulationConfig,
     if send is None:
         from kafka import KafkaProducer
 
-        from streams.topics import ensure_topics
+        from streams.kafka.topics import ensure_topics
 
         ensure_topics(settings)
         producer = KafkaProducer(

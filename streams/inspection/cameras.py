@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, ValidationError
 
-from streams.model_selection import is_promotion_key
-from streams.tracking import PartPolicy
+from streams.inspection.model_selection import is_promotion_key
+from streams.tracking.types import PartPolicy
 
 if TYPE_CHECKING:
     from streams.settings import Settings
@@ -32,7 +32,7 @@ class CameraConfig(BaseModel):
     fail_severity: float | None = Field(None, ge=0.0, le=12.0)
     model_version: str | None = Field(None, description="pinned model version: runs whenever it is loaded, ahead of "
                                                         "line/plant promotions; a camera promotion wins "
-                                                        "(streams.model_selection)")
+                                                        "(streams.inspection.model_selection)")
     frames_per_part: int | None = Field(None, ge=1)
 
     def policy(self) -> PartPolicy:
@@ -61,7 +61,7 @@ class CameraRegistry:
             log.warning("cameras record without key ignored")
             return False
         if is_promotion_key(key):
-            return False  # a model promotion scope (streams.model_selection), not a camera
+            return False  # a model promotion scope (streams.inspection.model_selection), not a camera
         cam = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
         if value is None:
             self._configs.pop(cam, None)
@@ -96,7 +96,7 @@ def publish_camera_config(settings: "Settings", camera_id: str, config: CameraCo
     """
     from kafka import KafkaProducer
 
-    from streams.topics import ensure_topics
+    from streams.kafka.topics import ensure_topics
 
     ensure_topics(settings)
     prod = KafkaProducer(acks="all", **settings.kafka.client_kwargs())

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import pickle
 import sys
 import time
@@ -31,8 +32,11 @@ from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
 from streams.settings import Settings, TrackingSettings
-from streams.simulator import GroundTruthPart, gt_defects, gt_nuisances, read_ground_truth
-from streams.tracking import FrameMeta, PartTracker, iou, track_part_offline
+from streams.sim.simulator import GroundTruthPart, gt_defects, gt_nuisances, read_ground_truth
+from streams.tracking.tracker import PartTracker, iou, track_part_offline
+from streams.tracking.types import FrameMeta
+
+log = logging.getLogger(__name__)
 
 IMPRINT = ("imprint_mild", "imprint_severe")
 IOU_MATCH = 0.2
@@ -390,8 +394,12 @@ def run_score(args: argparse.Namespace) -> int:
         key = (cfg.parts, cfg.seed, cfg.frames_per_part, cfg.frame_shape, cfg.defect_rate, model_path)
         run = None
         if args.cache and args.cache.exists():
-            with open(args.cache, "rb") as fh:
-                cached = pickle.load(fh)  # our own file, written below
+            try:
+                with open(args.cache, "rb") as fh:
+                    cached = pickle.load(fh)  # our own file, written below
+            except (pickle.UnpicklingError, ImportError, AttributeError, EOFError) as e:
+                log.warning("ignoring unreadable detection cache %s (%s); recomputing", args.cache, e)
+                cached = {}
             run = cached["run"] if cached.get("key") == key else None
         if run is None:
             insp = load_inspector(model_path, device=settings.model.device, runtime=settings.model.runtime,

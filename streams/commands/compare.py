@@ -5,7 +5,7 @@ Reads both runs' part verdicts and confirmed defects from ClickHouse, de-duplica
 candidate inspected, and prints the verdict confusion matrix, defects found by one side only,
 class changes, defect rates per shift (or camera or class) and, with simulator ground truth,
 each side's precision and recall. The SQL runs unchanged on ClickHouse 18.16 and current
-releases. The comparison itself is `streams.run_comparison` (pure).
+releases. The comparison itself is `streams.replay.comparison` (pure).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from zoneinfo import ZoneInfo
 
 from sinks.sql import Executor, render
-from streams.run_comparison import Comparison, DefectRow, PartRow, compare_runs, score_sides
+from streams.replay.comparison import Comparison, DefectRow, PartRow, compare_runs, score_sides
 from streams.settings import PlantSettings
 
 
@@ -209,9 +209,9 @@ def cli_compare(args: argparse.Namespace) -> int:
     import time
 
     from sinks.sql import DriverExecutor
-    from streams.report import parse_time
     from streams.settings import Settings
-    from streams.simulator import read_ground_truth
+    from streams.sim.simulator import read_ground_truth
+    from streams.spc.report import parse_time
 
     settings = Settings()
     if args.baseline == args.candidate:

@@ -24,8 +24,8 @@ from typing import Literal, NamedTuple, Sequence
 from zoneinfo import ZoneInfo
 
 from sinks.sql import Executor, render
-from streams import spc
 from streams.settings import PlantSettings
+from streams.spc import rules as spc
 
 By = Literal["shift", "hour", "day"]
 HOUR_MS = 3_600_000

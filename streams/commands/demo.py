@@ -178,11 +178,11 @@ def run(plan: DemoPlan, *, out: Path, webhook: str | None = None, timeout_s: flo
         prefix: str | None = None, database: str = "defectstream_demo") -> DemoResult:
     """Run the demo end to end; returns what it found (the CLI prints as it goes)."""
     from sinks.migrations import migrate
-    from streams.monitor import Monitor, kafka_publisher
-    from streams.report import ReportFilters, make_report, plot_chart, render_table
+    from streams.commands.sink import open_database
     from streams.settings import Settings
-    from streams.simulator import SimulationConfig, simulate
-    from streams.sink_cli import open_database
+    from streams.sim.simulator import SimulationConfig, simulate
+    from streams.spc.monitor import Monitor, kafka_publisher
+    from streams.spc.report import ReportFilters, make_report, plot_chart, render_table
 
     out.mkdir(parents=True, exist_ok=True)
     prefix = prefix or time.strftime("demo-%Y%m%d-%H%M%S")
@@ -197,7 +197,7 @@ def run(plan: DemoPlan, *, out: Path, webhook: str | None = None, timeout_s: flo
     ex = open_database(settings, database, create=True)
     migrate(ex)
 
-    from streams.topics import ensure_topics
+    from streams.kafka.topics import ensure_topics
 
     ensure_topics(settings)
     services = [Service("worker", ["worker"], env, out), Service("sink", ["sink"], env, out)]

@@ -5,7 +5,7 @@ detector + classifier, segmenter, image classifier, optional gate); its version 
 checkpoints' versions joined by "+". `list` shows the current promotions (read from the compacted
 `cameras` topic with a short timeout) and the registry; `show` prints one model's identity.
 `promote MODEL [--camera ID | --line ID]` validates the model (every hash verified), publishes a
-`streams.model_selection.Promotion` under its scope key (``*``, ``*line:<id>``, ``*camera:<id>``)
+`streams.inspection.model_selection.Promotion` under its scope key (``*``, ``*line:<id>``, ``*camera:<id>``)
 of the `cameras` topic (workers switch at each affected camera's next part boundary) and records
 it in `model_runs` (run_id ``production``, kind ``promotion``); `promote --clear [--camera ID |
 --line ID]` publishes the scope's tombstone (kind ``promotion_cleared``).
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
-from streams.model_selection import PLANT, ModelSelection, Promotion, Scope, parse_scope, scope_of
+from streams.inspection.model_selection import PLANT, ModelSelection, Promotion, Scope, parse_scope, scope_of
 from streams.settings import Settings
 
 
@@ -192,7 +192,7 @@ def _sender(settings: Settings) -> Callable[[bytes, bytes | None], None]:
 
 def _publish(settings: Settings, key: bytes, value: bytes | None) -> None:
     from sinks.runner import import_kafka
-    from streams.topics import ensure_topics
+    from streams.kafka.topics import ensure_topics
 
     ensure_topics(settings)  # the compacted `cameras` topic, when it does not exist yet
     producer = import_kafka().KafkaProducer(acks="all", **settings.kafka.client_kwargs())
@@ -211,7 +211,7 @@ def read_cameras_topic(settings: Settings, timeout_s: float = 3.0) -> tuple[Mode
         KafkaUnavailable: the broker cannot be reached, or the topic is not read within `timeout_s`.
     """
     from sinks.runner import import_kafka
-    from streams.camera_registry import CameraRegistry
+    from streams.inspection.cameras import CameraRegistry
 
     kafka = import_kafka()
     TopicPartition = import_kafka("kafka.structs").TopicPartition  # noqa: N806

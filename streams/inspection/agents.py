@@ -1,0 +1,243 @@
+"""The Faust wiring of the inspection pipeline: the `inspect` agent, its emitter, the part-inactivity
+timer and the cameras-topic follower.
+
+Part-inactivity timeout (finding 1 of issue 12). A part is idle when the camera published no
+frame of it for `part_timeout_s`, and that is judged on the stream: the timer only considers a
+partition whose frames are all processed, i.e. the offset after the last processed frame (this
+process's, or the group's committed offset) has reached the partition's high watermark. Then
+every frame published up to that high watermark has been folded into the state, so a part whose
+last frame was processed `part_timeout_s` ago got nothing since from its camera. While a
+partition has a backlog — after a restart, a rebalance, a slow model, a broker outage — none of
+its parts times out, whatever the wall clock says; their remaining frames are read first. A line
+that truly stops mid-part for longer than `part_timeout_s` on a caught-up worker still closes
+the part (TIMEOUT): on the stream that is indistinguishable from a dead camera; a plant with long
+stops sets `part_timeout_s` above them or has the camera send `last_frame`.
+
+A timeout request (topic `<app>-part-timeouts`, keyed and partitioned like the camera) is
+acked only after its part is closed and the outputs are durable; a failed close stops the
+worker and the request is re-delivered (finding 8).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Sequence
+
+from schemas.events import Event
+from streams.inspection.cameras import CameraRegistry
+from streams.inspection.pipeline import InspectPipeline, _now_ms
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class FaustEmitter:
+    """Sends to the app's output topics and waits for the broker's acknowledgement."""
+
+    def __init__(self, topics: Any):
+        self.topics = {"defects": topics.defects, "parts": topics.parts, "deadletter": topics.deadletter}
+
+    async def send_all(self, records: Sequence[tuple[str, bytes | None, Event]]) -> None:
+        # force=True: publish now instead of attaching to the current event, so the futures
+        # below resolve before we ack.
+        futs = [await self.topics[kind].send(key=key, value=value, force=True) for kind, key, value in records]
+        await asyncio.gather(*futs)
+
+
+def partition_caught_up(consumer: Any, pipeline: InspectPipeline, partition: int) -> bool:
+    """Has every frame of `partition` up to its high watermark been processed?
+
+    Processed means: by this process (`pipeline.processed_next`), or before it, as far as the
+    group's committed offset says. False when the high watermark is not known yet (no fetch
+    since the partition was assigned) or the partition is not assigned here.
+    """
+    from faust.types import TP
+
+    tp = TP(pipeline.frames_topic, partition)
+    try:
+        hw = consumer.highwater(tp)
+    except Exception:  # noqa: BLE001 - not assigned (any more) / consumer not started: not ours to judge
+        return False
+    if hw is None:
+        return False
+    committed = getattr(consumer, "_committed_offset", {}).get(tp)  # next offset to read, set at assignment
+    done = max(pipeline.processed_next.get(partition, 0), committed or 0)
+    return done >= hw
+
+
+def frames_lag(consumer: Any, pipeline: InspectPipeline) -> dict[tuple[str, int], int]:
+    """(frames topic, partition) → frames not yet processed, for the frames partitions assigned here.
+
+    Processed as in `partition_caught_up`; a partition whose high watermark is not known yet is left out."""
+    try:
+        assigned = [tp for tp in consumer.assignment() if tp.topic == pipeline.frames_topic]
+    except Exception:  # noqa: BLE001 - consumer not started yet
+        return {}
+    committed = getattr(consumer, "_committed_offset", {})
+    out: dict[tuple[str, int], int] = {}
+    for tp in assigned:
+        try:
+            hw = consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - revoked meanwhile
+            continue
+        if hw is None:
+            continue
+        done = max(pipeline.processed_next.get(tp.partition, 0), committed.get(tp) or 0)
+        out[(tp.topic, tp.partition)] = max(0, hw - done)
+    return out
+
+
+def count_open_parts(items: Any) -> int:
+    """Open parts among tracking-table `items` (key, CameraState dict)."""
+    return sum(1 for _key, raw in list(items) if raw and raw.get("part"))
+
+
+def update_worker_gauges(pipeline: InspectPipeline, consumer: Any, table: Any) -> None:
+    """Refresh the lag and open-parts gauges (a timer calls it; never raises)."""
+    try:
+        pipeline.metrics.set_lag(frames_lag(consumer, pipeline))
+        pipeline.metrics.open_parts.set(count_open_parts(table.table.items()))
+    except Exception as exc:  # noqa: BLE001 - a gauge is not worth a stopped worker
+        log.debug("metrics gauges not updated: %r", exc)
+
+
+async def handle_timeout_requests(pipeline: InspectPipeline, events: Any, ack: Any, crash: Any) -> None:
+    """Serve part-timeout requests: close the part, then ack the request.
+
+    A request is acked only after its part was closed and the outputs are durable (or the part
+    is no longer idle). A close that fails (broker, table) stops the worker through `crash`
+    without acking, so the request is re-delivered to its successor instead of being lost.
+    """
+    async for event in events:
+        v = event.value or {}
+        cam = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
+        try:
+            out = await pipeline.close_idle(event, cam, str(v.get("part_id")), int(v.get("last_seq", -1)))
+        except Exception as exc:  # noqa: BLE001
+            log.critical("closing the idle part %s of %s failed, stopping the worker: %r", v.get("part_id"), cam, exc)
+            await crash(exc)
+            return
+        if out is not None:
+            log.info("part %s of %s closed after inactivity", out.part.part_id, cam)
+        await ack(event)
+
+
+def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline: InspectPipeline) -> dict[str, Any]:
+    """Attach the agents, the inactivity timer and the cameras follower to `app`.
+
+    The pipeline enforces that a camera's frames arrive on its key's partition (`kafka.partitions`)."""
+    pipeline.enforce_partitions(settings.kafka.partitions)
+    batch_max = settings.worker.batch_max or pipeline.runner.batch_size
+    within = settings.worker.batch_within_s
+    requested: set[tuple[str, str, int]] = set()
+
+    @app.on_rebalance_complete.connect
+    def hold_frames_until_streams_resume(sender: Any, **_: Any) -> None:
+        # Faust's Recovery sends this signal, then resumes the stream partitions, seeks them to
+        # the committed offsets and only then resumes flow control, which clears every stream
+        # buffer. After a changelog restore its fetcher is already running in between, so frames
+        # it delivered there were cleared: read past, never processed nor acked (lost, and the
+        # committed offset stuck below them). Suspended flow control holds the fetcher's
+        # delivery until that clear; nothing is buffered yet (the stream partitions are paused).
+        app.flow_control.suspend()
+
+    @app.agent(topics.frames, name="inspect", concurrency=1)
+    async def inspect(stream: Any) -> None:
+        manual = stream.noack()
+        async for events in manual.noack_take(batch_max, within=within):
+            try:
+                await pipeline.process(events)
+            except Exception as exc:
+                # Not bad input (that is dead-lettered): the broker or the table failed. A
+                # restarted actor would go on past this unacked batch, so stop the worker instead;
+                # its successor re-reads from the last committed offset.
+                log.critical("batch of %d frames failed, stopping the worker: %r", len(events), exc)
+                await app.crash(exc)
+                return
+            for ev in events:  # in offset order, after outputs and state are durable
+                await manual.ack(ev)
+
+    @app.agent(topics.part_timeouts, name="close-idle-parts", concurrency=1)
+    async def close_idle_parts(stream: Any) -> None:
+        manual = stream.noack()
+        await handle_timeout_requests(pipeline, manual.events(), manual.ack, app.crash)
+
+    def caught_up(camera_id: str) -> bool:
+        p = pipeline.camera_partition(camera_id)
+        return p is not None and partition_caught_up(app.consumer, pipeline, p)
+
+    @app.timer(interval=settings.tracking.timeout_check_s)
+    async def find_idle_parts() -> None:
+        now = _now_ms()
+        for op in table.idle_parts(now, settings.tracking.part_timeout_s, caught_up):
+            key = (op.camera_id, op.part_id, op.last_seq)
+            if key in requested:
+                continue
+            requested.add(key)
+            await topics.part_timeouts.send(key=op.camera_id.encode(), value={"part_id": op.part_id, "last_seq": op.last_seq})
+        if len(requested) > 10_000:
+            requested.clear()
+
+    @app.task
+    async def load_model() -> None:
+        # fail fast on a missing/corrupt checkpoint, and have the model warm before the first frames
+        try:
+            await pipeline.runner.ensure_loaded()
+        except Exception as exc:
+            log.critical("cannot load the Inspector: %r", exc)
+            await app.crash(exc)
+
+    pipeline.cameras_ready = asyncio.Event()
+
+    @app.task
+    async def follow_cameras() -> None:
+        await follow_camera_topic(settings, pipeline.registry, pipeline.runner.selection, pipeline.cameras_ready)
+
+    @app.timer(interval=min(5.0, settings.tracking.timeout_check_s))
+    async def update_gauges() -> None:
+        update_worker_gauges(pipeline, app.consumer, table)
+
+    @app.timer(interval=60.0)
+    async def report_counters() -> None:
+        if pipeline.deadletters or pipeline.parts_closed:
+            log.info("parts closed %s, deadletters %s", dict(pipeline.parts_closed), dict(pipeline.deadletters))
+
+    return {"inspect": inspect, "close_idle_parts": close_idle_parts, "find_idle_parts": find_idle_parts}
+
+
+async def follow_camera_topic(settings: Settings, registry: CameraRegistry, selection: Any = None,
+                              ready: asyncio.Event | None = None) -> None:
+    """Read the compacted `cameras` topic from the start and keep following it (no consumer
+    group: every worker holds every camera's config). Model promotions (keys ``*``,
+    ``*line:<id>``, ``*camera:<id>``) go to `selection` (a `streams.inspection.model_selection.ModelSelection`).
+    `ready` is set after the first poll that returns nothing (the topic is read up to its end),
+    and when following stops."""
+    from aiokafka import AIOKafkaConsumer
+
+    k = settings.kafka
+    consumer = AIOKafkaConsumer(
+        k.topics.cameras, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
+        **k.aiokafka_kwargs(),  # SASL/SSL as for every other client
+    )
+    try:
+        await consumer.start()
+    except BaseException:
+        if ready is not None:
+            ready.set()  # batches go on with what is known instead of waiting for the timeout
+        raise
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000)
+            if not batches and ready is not None and not ready.is_set():
+                ready.set()
+            for records in batches.values():
+                for r in records:
+                    if selection is not None and selection.apply(r.key, r.value):
+                        log.info("model promotion %s: %s", r.key, r.value)
+                        continue
+                    if registry.apply(r.key, r.value):
+                        log.info("camera config %s: %s", r.key, r.value)
+    finally:
+        if ready is not None:
+            ready.set()
+        await consumer.stop()
