@@ -138,10 +138,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "pixels missed) as overlay PNGs to <out>/examples/ (needs --out)")
     ev.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ev.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
+    ev.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino", "auto", "onnxruntime-int8"),
+                    default="torch",
                     help="torch (eager PyTorch), onnxruntime or openvino (CPU, fp32; openvino needs its package): each "
                          "network is exported to ONNX beside its checkpoint and must reproduce PyTorch on its golden "
-                         "input, else the model is refused")
+                         "input, else the model is refused; auto (the worker's default: an ONNX runtime on CPU, torch "
+                         "on CUDA); onnxruntime-int8 (static int8, refused unless golden frames give the same "
+                         "detections as fp32, see models/README.md)")
     ev.add_argument("--export-cache", default=None,
                     help="where ONNX exports go when the checkpoint directory is read-only "
                          "(default $XDG_CACHE_HOME/defectstream/onnx)")

@@ -25,6 +25,16 @@ Exports (`ensure_export`):
 Parity is checked, never assumed: an `OrtRunner`/`OvRunner` is only built after its output on the
 golden input matched the PyTorch module's output within `PARITY_ATOL` + `PARITY_RTOL` x |torch|;
 otherwise `RuntimeParityError` (a `CheckpointError`) refuses the runtime.
+
+Two more runtime names are resolved by `models.loading.load_inspector`, not here:
+- `auto` (the worker's default): torch on CUDA; on CPU ONNX Runtime, or OpenVINO when its package is
+  installed, it passes the same parity and a short timed trial finds it faster; torch when no ONNX
+  runtime can be used (logged);
+- `onnxruntime-int8`: every network statically quantised to int8 (`ensure_int8_export`, QDQ,
+  per-channel weights, calibrated on the inputs the networks see while the fp32 Inspector inspects
+  calibration frames); int8 cannot meet the fp32 tolerance on raw outputs, so the gate is parity on
+  *detections* (`models.loading.INT8_*`): same regions, classes and confidences within a stated
+  tolerance, else `RuntimeParityError`.
 """
 from __future__ import annotations
 
@@ -45,13 +55,18 @@ from torch import nn
 
 from models.registry import CheckpointError
 
-__all__ = ["RUNTIMES", "OPSET", "EXPORT_FORMAT", "PARITY_ATOL", "PARITY_RTOL", "RuntimeParityError", "Runner",
+__all__ = ["RUNTIMES", "RUNTIME_CHOICES", "AUTO", "INT8", "OPSET", "EXPORT_FORMAT", "PARITY_ATOL", "PARITY_RTOL", "RuntimeParityError", "Runner",
            "TorchRunner", "OrtRunner", "OvRunner", "Network", "Select", "export_name", "ensure_export", "build_runner",
-           "default_cache_dir", "golden_frame", "check_runtime_device"]
+           "default_cache_dir", "golden_frame", "check_runtime_device", "int8_export_name", "ensure_int8_export",
+           "record_inputs", "int8_calibration", "openvino_available"]
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "onnxruntime", "openvino")
+INT8 = "onnxruntime-int8"
+AUTO = "auto"
+RUNTIMES = ("torch", "onnxruntime", "openvino", INT8)  # what a runner can be built in
+RUNTIME_CHOICES = (AUTO, *RUNTIMES)  # what a setting / --runtime may say (`auto` resolved by models.loading)
+INT8_FORMAT = "1"  # bump when the quantisation recipe changes: old int8 files are rebuilt
 OPSET = 17
 EXPORT_FORMAT = "1"  # bump when what an export holds changes (wrapper outputs, metadata): old files are rebuilt
 PARITY_ATOL = 1e-3  # largest allowed |onnx - torch| on the golden input (+ PARITY_RTOL x |torch|)
@@ -86,6 +101,39 @@ class Select(nn.Module):
         return self.pick(out) if self.pick is not None else out
 
 
+_recording = threading.local()  # record_inputs(): id(network module) -> inputs seen by TorchRunners
+
+
+def _module_key(module: nn.Module) -> int:
+    """Identifies a network whichever `Select` wraps it (an Inspector's runner and its `networks()` build their own)."""
+    return id(module.module) if isinstance(module, Select) else id(module)
+
+
+class record_inputs:
+    """Context manager: while active (in this thread), every `TorchRunner` call keeps a float32 copy of
+    its input under its network's key (`inputs_of(network_module)`). The int8 calibration uses it to
+    see exactly what the Inspector feeds each network (padding, flips, crops) on calibration frames."""
+
+    def __init__(self, max_per_network: int = 64) -> None:
+        self.max_per_network = max_per_network
+        self.inputs: dict[int, list[np.ndarray]] = {}
+
+    def __enter__(self) -> "record_inputs":
+        _recording.active = self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _recording.active = None
+
+    def add(self, module: nn.Module, x: torch.Tensor) -> None:
+        got = self.inputs.setdefault(_module_key(module), [])
+        if len(got) < self.max_per_network:
+            got.append(np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy()).copy())
+
+    def inputs_of(self, module: nn.Module) -> list[np.ndarray]:
+        return self.inputs.get(_module_key(module), [])
+
+
 class TorchRunner:
     """Eager PyTorch (the training runtime); autocast, if any, is the caller's."""
 
@@ -95,6 +143,9 @@ class TorchRunner:
         self.module = module.eval()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rec = getattr(_recording, "active", None)
+        if rec is not None:
+            rec.add(self.module, x)
         return self.module(x)
 
 
@@ -272,6 +323,113 @@ def ensure_export(net: Network, cache_dir: str | os.PathLike[str] | None = None)
                           f"(set the export cache directory to a writable folder)")
 
 
+def int8_export_name(checkpoint: Path, content_hash: str) -> str:
+    """`<stem>.<hash12>.int8.onnx`: the statically quantised export of one checkpoint content."""
+    return f"{checkpoint.stem}.{content_hash[:12]}.int8.onnx"
+
+
+class _Calibration:
+    """onnxruntime.quantization.CalibrationDataReader over a list of float32 (N, C, H, W) arrays."""
+
+    def __init__(self, name: str, arrays: list[np.ndarray]) -> None:
+        self._it = iter([{name: np.ascontiguousarray(a, np.float32)} for a in arrays])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def _quantize_bytes(fp32: Path, calibration: list[np.ndarray], meta: dict[str, str]) -> bytes:
+    """Static int8 quantisation of the fp32 export: QDQ format, per-channel int8 weights, uint8
+    activations with MinMax ranges from `calibration` (the network's real inputs)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="defectstream-int8-") as tmp:
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            except Exception:  # pre-processing is an optimisation; quantise the plain export instead
+                pre = fp32
+            quantize_static(str(pre), str(out), _Calibration("input", calibration), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"CalibTensorRangeSymmetric": False})
+        model = onnx.load(str(out))
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        p = model.metadata_props.add()
+        p.key, p.value = _META + k, v
+    return model.SerializeToString()
+
+
+def ensure_int8_export(net: Network, calibration: list[np.ndarray] | None, calibration_id: str,
+                       cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The int8 export of `net` calibrated as `calibration_id` says: found beside its fp32 export, else
+    quantised from it (made first when missing) on `calibration` (float32 network inputs).
+
+    Raises:
+        CheckpointError: no current int8 file and no calibration inputs, or quantisation failed.
+    """
+    fp32 = ensure_export(net, cache_dir)
+    name = int8_export_name(net.checkpoint, net.content_hash)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    candidates = list(dict.fromkeys([fp32.parent / name, net.checkpoint.parent / name, cache / name]))
+    for p in candidates:
+        meta = _metadata(p) if p.is_file() else None
+        if meta and meta.get("content_hash") == net.content_hash and meta.get("int8_format") == INT8_FORMAT \
+                and meta.get("calibration") == calibration_id:
+            return p
+    if not calibration:
+        raise CheckpointError(f"no int8 export of {net.checkpoint} and no calibration inputs to make one")
+    meta = {"content_hash": net.content_hash, "export_format": EXPORT_FORMAT, "int8_format": INT8_FORMAT,
+            "checkpoint": net.checkpoint.name, "precision": "int8 (QDQ, per-channel weights, uint8 activations)",
+            "calibration": calibration_id, "calibration_inputs": str(len(calibration)), "golden": _encode(net.golden)}
+    try:
+        data = _quantize_bytes(fp32, calibration, meta)
+    except Exception as exc:
+        raise CheckpointError(f"could not quantise {fp32} to int8: {exc}") from exc
+    for p in candidates:
+        try:
+            _write_atomic(p, data)
+        except OSError:
+            continue
+        log.info("quantised %s to int8 in %s (%d calibration inputs)", net.checkpoint, p, len(calibration))
+        for old in p.parent.glob(net.checkpoint.stem + ".*.int8.onnx"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+        return p
+    raise CheckpointError(f"cannot write the int8 export of {net.checkpoint} in {fp32.parent} or {cache}")
+
+
+_int8_calibration = threading.local()
+
+
+class int8_calibration:
+    """Context manager: `build_runner(..., "onnxruntime-int8")` calls in this thread (e.g. through an
+    Inspector's `use_runtime`) take their calibration from here: `calibration_id` names the frames
+    (an int8 file of another id is rebuilt), `recorded` holds each network's recorded inputs (None:
+    the int8 files must exist already)."""
+
+    def __init__(self, calibration_id: str, recorded: record_inputs | None) -> None:
+        self.calibration_id, self.recorded = calibration_id, recorded
+
+    def __enter__(self) -> "int8_calibration":
+        _int8_calibration.active = self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _int8_calibration.active = None
+
+
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
 def _session(path: Path, threads: int) -> Any:
     try:
         import onnxruntime as ort
@@ -339,11 +497,12 @@ def _parity(net: Network, infer: Callable[[np.ndarray], np.ndarray], meta: dict[
 
 
 def check_runtime_device(runtime: str, device: str) -> str:
-    """The device a runtime runs on: "auto" -> "cpu" for onnxruntime/openvino; refuses unknown
-    runtimes and those two on CUDA (they serve on CPU here)."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
-    if runtime != "torch":
+    """The device a runtime runs on: "auto" -> "cpu" for the ONNX runtimes; refuses unknown
+    runtimes and the ONNX runtimes on CUDA (they serve on CPU here). Runtime `auto` keeps the
+    device as given (torch on CUDA when the device resolves to CUDA, an ONNX runtime on CPU)."""
+    if runtime not in RUNTIME_CHOICES:
+        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIME_CHOICES)}")
+    if runtime not in ("torch", AUTO):
         if device == "auto":
             return "cpu"
         if device != "cpu":
@@ -352,11 +511,17 @@ def check_runtime_device(runtime: str, device: str) -> str:
 
 
 def build_runner(net: Network, runtime: str = "torch", device: str = "cpu",
-                 cache_dir: str | os.PathLike[str] | None = None, threads: int | None = None) -> Runner:
+                 cache_dir: str | os.PathLike[str] | None = None, threads: int | None = None,
+                 calibration: tuple[str, list[np.ndarray] | None] | None = None) -> Runner:
     """The runner of `net` in `runtime`.
 
     Args:
-        runtime: "torch", "onnxruntime" or "openvino" (the last two on CPU, fp32).
+        runtime: "torch", "onnxruntime" or "openvino" (the last two on CPU, fp32), or
+            "onnxruntime-int8" (CPU, int8): its output is *not* held to the fp32 tolerance (its
+            largest difference on the golden input is kept in `max_abs_diff`); the caller checks
+            parity on detections (`models.loading`).
+        calibration: for int8, (calibration id, the network's calibration inputs or None when an
+            int8 file of that id should already exist).
         threads: ONNX Runtime intra-op / OpenVINO inference threads (default: torch's thread
             setting, `torch.get_num_threads()`).
     Raises:
@@ -366,8 +531,28 @@ def build_runner(net: Network, runtime: str = "torch", device: str = "cpu",
     if runtime == "torch":
         return TorchRunner(net.module.to(device))
     check_runtime_device(runtime, device)
-    path = ensure_export(net, cache_dir)
+    if runtime == AUTO:
+        raise ValueError("runtime auto is resolved by models.loading.load_inspector, not per network")
     n_threads = threads if threads is not None else torch.get_num_threads()
+    if runtime == INT8:
+        ctx = getattr(_int8_calibration, "active", None)
+        if calibration is None and ctx is not None:
+            calibration = (ctx.calibration_id, ctx.recorded.inputs_of(net.module) if ctx.recorded else None)
+        if calibration is None:
+            raise ValueError("runtime onnxruntime-int8 needs calibration (use models.loading.load_inspector)")
+        path = ensure_int8_export(net, calibration[1], calibration[0], cache_dir)
+        sess = _session(path, n_threads)
+        runner8 = OrtRunner(sess, path, 0.0)
+        runner8.runtime = INT8
+        with torch.inference_mode():
+            golden = net.golden
+            ref = net.module.to("cpu").eval()(torch.from_numpy(golden)).float().numpy()
+        got = runner8(torch.from_numpy(golden)).numpy()
+        runner8.max_abs_diff = float(np.abs(got.astype(np.float64) - ref).max()) if got.shape == ref.shape else float("inf")
+        log.info("%s: %s largest difference from fp32 on its golden input %.3g (parity is checked on detections)",
+                 INT8, path.name, runner8.max_abs_diff)
+        return runner8
+    path = ensure_export(net, cache_dir)
     runner: OrtRunner | OvRunner
     if runtime == "onnxruntime":
         sess = _session(path, n_threads)

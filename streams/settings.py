@@ -104,16 +104,17 @@ class ModelSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(8, ge=1, description="frames per inference batch (CPU); GPU batches scale up")
     gpu_batch_size: int = Field(32, ge=1)
-    runtime: Literal["torch", "onnxruntime", "openvino"] = Field(
-        "torch", description="torch (eager), onnxruntime or openvino (CPU, fp32; ONNX exports checked for parity "
-                             "at load, see models/runtimes.py)")
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino", "onnxruntime-int8"] = Field(
+        "auto", description="auto (torch on CUDA; on CPU onnxruntime, or openvino when installed, parity-checked and "
+                            "faster), torch (eager), onnxruntime or openvino (CPU, fp32; ONNX exports checked for parity "
+                            "at load), onnxruntime-int8 (CPU, refused unless detections match fp32); see models/runtimes.py")
     export_cache: str | None = Field(
         None, description="where ONNX exports go when the checkpoint directory is read-only; "
                           "None = $XDG_CACHE_HOME/defectstream/onnx")
 
     @model_validator(mode="after")
     def _runtime_device(self) -> "ModelSettings":
-        if self.runtime != "torch" and self.device == "cuda":
+        if self.runtime not in ("torch", "auto") and self.device == "cuda":
             raise ValueError(f"model.runtime {self.runtime} serves on CPU; use model.device cpu/auto or runtime torch")
         return self
 
@@ -121,7 +122,7 @@ class ModelSettings(BaseModel):
         """`auto` → `cuda` when a CUDA device is visible (and the runtime is torch), else `cpu`."""
         if self.device != "auto":
             return self.device
-        if self.runtime != "torch":
+        if self.runtime not in ("torch", "auto"):
             return "cpu"
         import torch
 

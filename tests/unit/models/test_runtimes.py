@@ -222,7 +222,10 @@ def test_runtime_device_and_settings_checks():
         check_runtime_device("onnxruntime", "cuda")
     with pytest.raises(ValueError, match="unknown runtime"):
         check_runtime_device("tensorrt", "cpu")
-    assert ModelSettings().runtime == "torch"
+    assert ModelSettings().runtime == "auto"  # the default: an ONNX runtime on CPU, torch on CUDA
+    assert ModelSettings(device="cuda").runtime == "auto"  # auto is allowed with CUDA (it means torch there)
+    with pytest.raises(ValidationError):
+        ModelSettings(runtime="onnxruntime-int8", device="cuda")
     s = ModelSettings(runtime="onnxruntime")
     assert s.resolve_device() == "cpu"
     with pytest.raises(ValidationError):
