@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-STACK_SCRIPT = Path(__file__).resolve().parent.parent / "ops" / "stack.py"
+STACK_SCRIPT = Path(__file__).resolve().parents[2] / "ops" / "stack.py"
 _MODULE_NAME = "defectstream_ops_stack"
 
 
