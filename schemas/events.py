@@ -20,6 +20,27 @@ def deterministic_id(*parts: object) -> str:
     return h.hexdigest()[:32]
 
 
+def emission_id_of(verdict: "PartInspected", defects: "list[DefectEvent]") -> str:
+    """Id of one close of a part: the verdict's id and everything the close produced.
+
+    The same part re-closed with the same result (a crash after emitting) gets the same id, so the
+    re-emitted events are exact duplicates; a re-close that found another defect set (other batch
+    boundaries after a crash, other track ids) gets another id, and its defects can be told apart
+    from the first close's. Fields the close does not decide (ids of the emission itself,
+    schema_version) are left out.
+    """
+    ds = sorted(
+        (d.event_id, d.track_id, d.defect_class, round(float(d.severity), 3), round(float(d.confidence), 4),
+         tuple(sorted(d.bbox.items())), d.best_frame_seq, d.area_px, d.frames_seen, d.frames_total)
+        for d in defects
+    )
+    return deterministic_id(
+        "emission", verdict.event_id, verdict.verdict, verdict.frames, verdict.first_frame_ts, verdict.last_frame_ts,
+        verdict.closed_reason, verdict.defects_total, sorted(verdict.defect_counts.items()), verdict.shift_name,
+        verdict.shift_start, ds,
+    )
+
+
 class Event:
     """Base of the typed events: each subclass names its Avro schema in `SCHEMA`."""
 
@@ -81,7 +102,10 @@ class DefectEvent(Event):
     model_version: str
     run_id: str
     class_votes: dict[str, float] = field(default_factory=dict)
-    schema_version: int = 1
+    shift: str = ""  # its part's shift, stamped at close ('' before version 2)
+    shift_start: int = 0  # UTC ms start of that shift (0 before version 2)
+    emission_id: str = ""  # emission_id of the PartInspected it was emitted with ('' before version 2)
+    schema_version: int = 2
 
 
 @dataclass
@@ -102,7 +126,16 @@ class PartInspected(Event):
     shift_name: str
     shift_start: int
     defect_counts: dict[str, int] = field(default_factory=dict)
-    schema_version: int = 2
+    shift: str = ""  # = shift_name (the name DefectEvent uses); filled from shift_name when left empty
+    emission_id: str = ""  # id of this close of the part, see `emission_id_of()` ('' before version 3)
+    schema_version: int = 3
+
+    def __post_init__(self) -> None:
+        # a verdict written before version 3 decodes with shift '' but has its shift in shift_name
+        if not self.shift:
+            self.shift = self.shift_name
+        elif not self.shift_name:
+            self.shift_name = self.shift
 
 
 @dataclass

@@ -47,7 +47,8 @@ def test_confluent_header_carries_the_schema_id():
                      best_frame_seq=3, area_px=4, frames_seen=3, frames_total=4, first_frame_ts=1, last_frame_ts=2,
                      model_version="m1", run_id="production", class_votes={"scratch": 2.5})
     data = codec.encode(ev.to_avro())
-    assert data[0] == 0 and struct.unpack_from(">I", data, 1)[0] == 3
+    # id 3 stays with the schema it was first given (DefectEvent.v1): bytes already written under it keep decoding
+    assert data[0] == 0 and struct.unpack_from(">I", data, 1)[0] == 9
     assert DefectEvent.from_avro(codec.decode(data)) == ev
 
 
@@ -146,3 +147,84 @@ def test_deterministic_id_is_stable():
     assert deterministic_id("cam", "p", 1, "m", "run") == deterministic_id("cam", "p", 1, "m", "run")
     assert deterministic_id("cam", "p", 1, "m", "run") != deterministic_id("cam", "p", 2, "m", "run")
     assert len(deterministic_id("x")) == 32
+
+
+def defect(**over) -> DefectEvent:
+    base = dict(event_id="e", camera_id="c", line_id="l", part_id="p", track_id=0, defect_class="scratch",
+                severity=5.5, severity_max=7.0, confidence=0.75, bbox=dict(x0=1, y0=2, x1=3, y1=4), best_frame_seq=3,
+                area_px=4, frames_seen=3, frames_total=4, first_frame_ts=1, last_frame_ts=2, model_version="m1",
+                run_id="production", class_votes={"scratch": 2.5})
+    base.update(over)
+    return DefectEvent(**base)
+
+
+def verdict(**over) -> PartInspected:
+    base = dict(event_id=deterministic_id("c", "p", "m", "r"), camera_id="c", line_id="l", part_id="p",
+                verdict="FAIL", defects_total=2, frames=6, first_frame_ts=1, last_frame_ts=9, closed_reason="NEXT_PART",
+                model_version="m", run_id="r", shift_name="night", shift_start=0, defect_counts={"pit": 2})
+    base.update(over)
+    return PartInspected(**base)
+
+
+V2_DEFECT_FIELDS = ("shift", "shift_start", "emission_id")
+V3_PART_FIELDS = ("shift", "emission_id")
+
+
+@pytest.mark.parametrize("framing", ["single_object", "confluent"])
+def test_defects_written_before_version_2_decode_with_defaults(framing):
+    rec = {k: v for k, v in defect().to_avro().items() if k not in V2_DEFECT_FIELDS}
+    rec["schema_version"] = 1
+    data = AvroCodec("DefectEvent.v1", framing=framing).encode(rec)
+    if framing == "confluent":
+        assert struct.unpack_from(">I", data, 1)[0] == 3  # as written before version 2
+    ev = DefectEvent.from_avro(AvroCodec("DefectEvent", framing=framing).decode(data))
+    assert (ev.shift, ev.shift_start, ev.emission_id, ev.schema_version) == ("", 0, "", 1)
+    assert ev.event_id == "e" and ev.class_votes == {"scratch": 2.5}
+
+
+@pytest.mark.parametrize("old_key,old_version", [("PartInspected.v2", 2), ("PartInspected.v1", 1)])
+@pytest.mark.parametrize("framing", ["single_object", "confluent"])
+def test_verdicts_written_before_version_3_decode_with_their_shift(framing, old_key, old_version):
+    rec = {k: v for k, v in verdict(closed_reason="TIMEOUT").to_avro().items() if k not in V3_PART_FIELDS}
+    rec["schema_version"] = old_version
+    data = AvroCodec(old_key, framing=framing).encode(rec)
+    ev = PartInspected.from_avro(AvroCodec("PartInspected", framing=framing).decode(data))
+    assert ev.emission_id == "" and ev.schema_version == old_version
+    assert ev.shift_name == ev.shift == "night"  # the shift an old verdict carries in shift_name
+
+
+def test_version_2_defects_and_version_3_verdicts_round_trip_with_shift_and_emission():
+    d = defect(shift="late", shift_start=1_699_970_400_000, emission_id="x" * 32)
+    v = verdict(shift="late", shift_name="late", emission_id="x" * 32)
+    for ev in (d, v):
+        for framing in ("single_object", "confluent", "raw"):
+            codec = type(ev).codec(framing)
+            assert type(ev).from_avro(codec.decode(codec.encode(ev.to_avro()))) == ev
+    assert (d.schema_version, v.schema_version) == (2, 3)
+
+
+def test_new_versions_stay_readable_by_old_readers():
+    # forward compatibility: a consumer still on the old schema ignores the added fields
+    d = defect(shift="late", shift_start=5, emission_id="x")
+    old = AvroCodec("DefectEvent.v1").decode(AvroCodec("DefectEvent").encode(d.to_avro()), writer="DefectEvent")
+    assert "shift" not in old and old["event_id"] == "e"
+    v = verdict(emission_id="x")
+    old = AvroCodec("PartInspected.v2").decode(AvroCodec("PartInspected").encode(v.to_avro()), writer="PartInspected")
+    assert "emission_id" not in old and old["shift_name"] == "night"
+
+
+def test_part_shift_and_shift_name_are_one_value():
+    assert verdict(shift_name="late").shift == "late"
+    assert verdict(shift_name="", shift="late").shift_name == "late"
+
+
+def test_emission_id_follows_what_the_close_produced():
+    from schemas.events import emission_id_of
+
+    v = verdict()
+    d0, d1 = defect(event_id="a", track_id=0), defect(event_id="b", track_id=1)
+    assert emission_id_of(v, [d0, d1]) == emission_id_of(v, [d1, d0])  # order of emission does not matter
+    assert emission_id_of(v, [d0, d1]) != emission_id_of(v, [d0])
+    assert emission_id_of(v, [d0]) != emission_id_of(v, [defect(event_id="c", track_id=2)])
+    assert emission_id_of(v, [d0]) != emission_id_of(verdict(event_id="other"), [d0])
+    assert emission_id_of(v, [d0]) == emission_id_of(verdict(), [defect(event_id="a", track_id=0, emission_id="z")])
