@@ -32,7 +32,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import numpy as np
 
 from models.types import Detection, box_iou
-from schemas.events import DefectEvent, PartInspected, deterministic_id
+from schemas.events import DefectEvent, PartInspected, deterministic_id, emission_id_of
 from streams.settings import PlantSettings, TrackingSettings
 from streams.shifts import shift_at
 from streams.tracking.types import FrameMeta, FrameRejection, PartOutcome, PartPolicy
@@ -466,11 +466,26 @@ class PartTracker:
         """Close the part: one DefectEvent per confirmed track and exactly one PartInspected.
 
         Ids are deterministic (camera, part, track, model version, run), so re-closing the same
-        part after a crash re-emits identical events that sinks de-duplicate.
+        part after a crash re-emits identical events that sinks de-duplicate. The verdict and every
+        defect carry the part's shift (the calendar at its first frame, ``unscheduled`` in a gap)
+        and the close's ``emission_id`` (``emission_id_of``): a re-close that found another defect
+        set (other batch boundaries, other track ids) is told apart, and queries keep the defects of
+        the winning verdict only.
         """
         summaries = [self.summarize(part, t) for t in part.tracks]
         confirmed = [s for s in summaries if s.confirmed]
         first_ts, last_ts = (part.ts[0], part.ts[-1]) if part.ts else (0, 0)
+        # the part's shift, stamped on the verdict and on every defect: a defect counts in its part's shift
+        try:
+            shift_name, shift_start = shift_at(first_ts, plant)[:2]
+        except LookupError:
+            # a gap in the plant calendar must not stop the line's verdicts; the name says why
+            shift_name, shift_start = UNSCHEDULED_SHIFT, max(0, first_ts)
+        except Exception as exc:  # noqa: BLE001 - any calendar error (a timestamp out of datetime's range, a
+            # broken zone) must not make the close raise: the worker would stop on this part at every restart
+            log.error("shift calendar failed for part %s of %s at capture_ts %s: %r; shift %r",
+                      part.part_id, part.camera_id, first_ts, exc, UNSCHEDULED_SHIFT)
+            shift_name, shift_start = UNSCHEDULED_SHIFT, min(max(0, first_ts), 2**63 - 1)
         defects: list[DefectEvent] = []
         counts: dict[str, int] = {}
         fail_sev = part.policy.fail_severity if part.policy.fail_severity is not None else self.s.fail_severity
@@ -501,18 +516,10 @@ class PartTracker:
                     model_version=part.model_version,
                     run_id=run_id,
                     class_votes=s.class_votes,
+                    shift=shift_name,
+                    shift_start=shift_start,
                 )
             )
-        try:
-            shift_name, shift_start = shift_at(first_ts, plant)[:2]
-        except LookupError:
-            # a gap in the plant calendar must not stop the line's verdicts; the name says why
-            shift_name, shift_start = UNSCHEDULED_SHIFT, max(0, first_ts)
-        except Exception as exc:  # noqa: BLE001 - any calendar error (a timestamp out of datetime's range, a
-            # broken zone) must not make the close raise: the worker would stop on this part at every restart
-            log.error("shift calendar failed for part %s of %s at capture_ts %s: %r; shift %r",
-                      part.part_id, part.camera_id, first_ts, exc, UNSCHEDULED_SHIFT)
-            shift_name, shift_start = UNSCHEDULED_SHIFT, min(max(0, first_ts), 2**63 - 1)
         verdict = PartInspected(
             event_id=deterministic_id(part.camera_id, part.part_id, part.model_version, run_id),
             camera_id=part.camera_id,
@@ -529,7 +536,12 @@ class PartTracker:
             shift_name=shift_name,
             shift_start=shift_start,
             defect_counts=counts,
+            shift=shift_name,
         )
+        # ties every defect to this close: a re-close with another defect set gets another emission id
+        verdict.emission_id = emission_id_of(verdict, defects)
+        for d in defects:
+            d.emission_id = verdict.emission_id
         return PartOutcome(verdict, defects)
 
 

@@ -293,3 +293,60 @@ def test_calendar_gap_does_not_block_the_verdict(tracking_settings):
     assert cam.admit(m) is None
     [out] = cam.observe(tr, m, [], model_version="m", run_id="r", plant=plant)
     assert out.part.shift_name == "unscheduled" and out.part.shift_start == m.capture_ts
+
+
+SHIFT_CHANGE_MS = 1_699_970_400_000  # 2023-11-14 14:00 UTC: early → late with the default calendar
+
+
+def test_a_defect_takes_its_parts_shift_even_when_first_seen_after_the_shift_change(det, tracking_settings, plant):
+    # the part's first frame is 150 ms before 14:00; the defect enters the view on frame 2, 50 ms after
+    tr = PartTracker(tracking_settings)
+    cam = CameraState("cam-1")
+    ts0 = SHIFT_CHANGE_MS - 150
+    outs = []
+    for i in range(5):
+        outs += _feed(cam, tr, plant, meta(i, "A", seq=i, last=i == 4, ts0=ts0), [d for d in [moving(det, 700, i)] if d])
+    [out] = outs
+    [d] = out.defects
+    assert d.first_frame_ts > SHIFT_CHANGE_MS > out.part.first_frame_ts
+    assert out.part.shift_name == out.part.shift == "early"
+    assert (d.shift, d.shift_start) == ("early", out.part.shift_start)
+    assert out.part.shift_start == SHIFT_CHANGE_MS - 8 * 3_600_000
+
+
+def test_calendar_gap_is_unscheduled_on_the_verdict_and_every_defect(det, tracking_settings):
+    import datetime as dt
+
+    from streams.settings import PlantSettings, Shift
+
+    plant = PlantSettings(timezone="UTC", shifts=[Shift(name="day", start=dt.time(6), end=dt.time(7))])
+    tr = PartTracker(tracking_settings)
+    cam = CameraState("cam-1")
+    outs = []
+    for i in range(3):
+        outs += _feed(cam, tr, plant, meta(i, "A", seq=i, last=i == 2), [moving(det, 400, i), moving(det, 450, i, y=20)])
+    [out] = outs
+    assert len(out.defects) == 2
+    assert out.part.shift_name == out.part.shift == "unscheduled"
+    assert out.part.shift_start == out.part.first_frame_ts
+    assert {(d.shift, d.shift_start) for d in out.defects} == {("unscheduled", out.part.first_frame_ts)}
+
+
+def test_every_defect_carries_its_verdicts_emission_id(det, tracking_settings, plant):
+    def close(frames_with_defect: int, x_parts: tuple[int, ...]):
+        tr = PartTracker(tracking_settings)
+        cam = CameraState("cam-1")
+        outs = []
+        for i in range(3):
+            dets = [moving(det, x, i) for x in x_parts] if i < frames_with_defect else []
+            outs += _feed(cam, tr, plant, meta(i, "A", seq=i, last=i == 2), [d for d in dets if d])
+        return outs[0]
+
+    first, again = close(3, (400,)), close(3, (400,))
+    assert first.part.emission_id and {d.emission_id for d in first.defects} == {first.part.emission_id}
+    assert again.part.emission_id == first.part.emission_id  # the same close re-emitted: identical events
+    assert [d.to_avro() for d in again.defects] == [d.to_avro() for d in first.defects]
+    other = close(3, (400, 250))  # a re-close that found another defect set
+    assert other.part.event_id == first.part.event_id and len(other.defects) == 2
+    assert other.part.emission_id != first.part.emission_id
+    assert {d.emission_id for d in other.defects} == {other.part.emission_id}
