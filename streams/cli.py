@@ -72,6 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    except Exception as e:
+        # invalid settings, an unreachable broker or ClickHouse: one line naming the setting
+        from streams.preflight import explain
+
+        msg = explain(e)
+        if msg is None:
+            raise
+        logging.getLogger("defectstream").debug("misconfiguration", exc_info=True)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
 
 if __name__ == "__main__":
     sys.exit(main())

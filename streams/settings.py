@@ -156,9 +156,31 @@ class PlantSettings(BaseModel):
     @classmethod
     def _known_timezone(cls, v: str) -> str:
         try:
+        names = [s.name for s in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"shift names must be unique; repeated: {', '.join(dup)}")
+        # each moment of the day belongs to at most one shift (gaps are allowed: "unscheduled")
+        spans = [(s, a, b) for s in v for a, b in _day_spans(s)]
+        for i, (s1, a1, b1) in enumerate(spans):
+            for s2, a2, b2 in spans[i + 1:]:
+                if s1 is not s2 and a1 < b2 and a2 < b1:
+                    at = dt.time(max(a1, a2) // 3600, max(a1, a2) % 3600 // 60)
+                    raise ValueError(f"shifts {s1.name!r} ({s1.start:%H:%M}-{s1.end:%H:%M}) and {s2.name!r} "
+                                     f"({s2.start:%H:%M}-{s2.end:%H:%M}) overlap from {at:%H:%M}; a moment of the "
+                                     "day may belong to one shift only")
             ZoneInfo(v)
         except (KeyError, ValueError) as exc:  # ZoneInfoNotFoundError is a KeyError
             raise ValueError(f"unknown timezone {v!r} (use an IANA name such as Europe/Berlin)") from exc
+def _day_spans(s: Shift) -> list[tuple[int, int]]:
+    """A shift's seconds of the day as [start, end) spans; one crossing midnight is two; start == end is 24 h."""
+    a = s.start.hour * 3600 + s.start.minute * 60 + s.start.second
+    b = s.end.hour * 3600 + s.end.minute * 60 + s.end.second
+    if b > a:
+        return [(a, b)]
+    return [(a, 86400), (0, b)] if b else [(a, 86400)]
+
+
         return v
 
     @field_validator("shifts")

@@ -16,12 +16,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-l", "--loglevel", default="info", help="Faust log level (default: info)")
     p.add_argument("--app-id", help="override DEFECTSTREAM_APP_ID (consumer group, internal topic prefix)")
+    p.add_argument("--skip-checks", action="store_true",
+                   help="start without first checking that the broker answers and the model checkpoint exists")
     p.set_defaults(func=run_worker)
 
 
 def run_worker(args: argparse.Namespace) -> int:
     if args.app_id:
         os.environ["DEFECTSTREAM_APP_ID"] = args.app_id
+    from streams import preflight
+    from streams.settings import Settings
+
+    settings = Settings()  # invalid settings (e.g. an overlapping shift calendar) stop here with one line
+    if not args.skip_checks:
+        preflight.check_checkpoint(settings.model)
+        preflight.check_kafka(settings.kafka)
     from streams.app import app  # creates missing topics when the worker initialises
 
     # Faust's worker installs its own log handler; drop the CLI's so lines are not printed twice.
