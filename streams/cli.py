@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not getattr(args, "func", None):
+    if args.verbose < 2:
+        # the driver logs each failed connect with its traceback; the command reports the error itself
+        logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)
         parser.print_help()
         return 2
     from models.datasets import DatasetError
