@@ -2,8 +2,9 @@
 
 A migration is applied once: its version, name, sha256 checksum and time are recorded after all of
 its statements succeeded. Statements are written idempotently (`IF NOT EXISTS`), so a migration
-interrupted half-way is simply applied again. A recorded migration whose file changed afterwards is
-an error (fix forward with a new file) unless `allow_changed=True`.
+interrupted half-way is simply applied again; `ALTER TABLE t ADD COLUMN c …` (ClickHouse 18.16 has no
+`ADD COLUMN IF NOT EXISTS`) is skipped by the runner when `t` already has `c`. A recorded migration
+whose file changed afterwards is an error (fix forward with a new file) unless `allow_changed=True`.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sinks.sql import Executor, split_statements
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "schemas" / "migrations"
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_ADD_COLUMN = re.compile(r"^\s*ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+(?!IF\s)(\w+)\s", re.IGNORECASE)
 
 SCHEMA_MIGRATIONS_DDL = """
 CREATE TABLE IF NOT EXISTS schema_migrations
@@ -107,6 +109,17 @@ def status(ex: Executor, directory: Path = MIGRATIONS_DIR) -> list[MigrationStat
     return out
 
 
+def _already_added(ex: Executor, stmt: str) -> bool:
+    """Whether `stmt` is a single `ALTER TABLE t ADD COLUMN c …` whose column `t` already has (a re-run)."""
+    m = _ADD_COLUMN.match(stmt)
+    if m is None or len(re.findall(r"\bADD\s+COLUMN\b", stmt, re.IGNORECASE)) > 1:
+        return False
+    table, column = m.groups()
+    rows = ex.query("SELECT count() FROM system.columns WHERE database = currentDatabase() "
+                    f"AND table = '{table}' AND name = '{column}'")
+    return bool(rows and rows[0][0])
+
+
 def migrate(ex: Executor, directory: Path = MIGRATIONS_DIR, *, allow_changed: bool = False) -> list[Migration]:
     """Apply pending migrations in order, in the executor's current database.
 
@@ -129,7 +142,8 @@ def migrate(ex: Executor, directory: Path = MIGRATIONS_DIR, *, allow_changed: bo
                 )
             continue
         for stmt in m.statements:
-            ex.query(stmt)
+            if not _already_added(ex, stmt):
+                ex.query(stmt)
         now = int(time.time() * 1000)
         # Through insert(): clickhouse-driver cannot run an INSERT with inline VALUES via query().
         ex.insert("schema_migrations", ("version", "name", "checksum", "applied_at"), [(m.version, m.name, m.checksum, now)])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from sinks.migrations import MIGRATIONS_DIR, MigrationError, load_migrations, migrate, status
+from sinks.migrations import _ADD_COLUMN, MIGRATIONS_DIR, MigrationError, load_migrations, migrate, status
 from sinks.sql import ChdbExecutor, quote, render, split_statements
 
 
@@ -15,7 +15,8 @@ def test_packaged_migrations_are_numbered_and_portable():
         for banned in ("DateTime64", "Map(", "LowCardinality(", "WITH FILL", " OVER ("):
             assert banned not in code, (m.name, banned)  # not in 18.16
         for stmt in m.statements:
-            assert "IF NOT EXISTS" in stmt  # re-runnable after an interruption
+            # re-runnable after an interruption: IF NOT EXISTS, or one ADD COLUMN (the runner skips it when present)
+            assert "IF NOT EXISTS" in stmt or _ADD_COLUMN.match(stmt), (m.name, stmt)
 
 
 def test_split_statements_ignores_comments():
@@ -63,3 +64,24 @@ def test_quote_and_render():
 
 def test_migrations_dir_is_packaged_path():
     assert MIGRATIONS_DIR.name == "migrations" and MIGRATIONS_DIR.parent.name == "schemas"
+
+
+def test_an_added_column_is_not_added_twice(tmp_path):
+    """18.16 has no ADD COLUMN IF NOT EXISTS: a migration interrupted after its first ALTER, applied again,
+    skips the column that is there and adds the one that is not."""
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "0001_t.sql").write_text("CREATE TABLE IF NOT EXISTS t (x UInt8) ENGINE = MergeTree ORDER BY x;")
+    (d / "0002_cols.sql").write_text("ALTER TABLE t ADD COLUMN a String DEFAULT '';\n"
+                                     "ALTER TABLE t ADD COLUMN b String DEFAULT 'b';")
+    ex = ChdbExecutor(str(tmp_path / "db"))
+    try:
+        migrate(ex, d)
+        ex.query("ALTER TABLE t DROP COLUMN b")  # as if interrupted between the two statements
+        ex.query("TRUNCATE TABLE schema_migrations")  # ... before it was recorded
+        assert [m.name for m in migrate(ex, d)] == ["t", "cols"]
+        cols = ex.query("SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 't' ORDER BY name")
+        assert [c[0] for c in cols] == ["a", "b", "x"]
+        assert migrate(ex, d) == []
+    finally:
+        ex.close()
