@@ -41,13 +41,13 @@ DEFECT_COLUMNS = (
     "severity", "severity_max", "confidence", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
     "best_frame_seq", "area_px", "frames_seen", "frames_total", "first_frame_ts", "last_frame_ts",
     "class_votes_class", "class_votes_weight", "model_version", "run_id", "shift_name",
-    "shift_start", "shift_date", "ingested_at", "version",
+    "shift_start", "shift_date", "ingested_at", "version", "emission_id",
 )
 PART_COLUMNS = (
     "event_id", "schema_version", "camera_id", "line_id", "part_id", "verdict", "defect_classes",
     "defect_class_counts", "defects_total", "frames", "first_frame_ts", "last_frame_ts",
     "closed_reason", "model_version", "run_id", "shift_name", "shift_start", "shift_date",
-    "ingested_at", "version",
+    "ingested_at", "version", "emission_id",
 )
 ALERT_COLUMNS = (
     "alert_id", "schema_version", "kind", "line_id", "camera_id", "defect_class", "metric", "rate",
@@ -78,7 +78,7 @@ def defect_row(ev: DefectEvent, plant: PlantSettings, ingested_at: int) -> tuple
         float(ev.severity), float(ev.severity_max), float(ev.confidence), b["x0"], b["y0"], b["x1"], b["y1"],
         ev.best_frame_seq, ev.area_px, ev.frames_seen, ev.frames_total, ev.first_frame_ts, ev.last_frame_ts,
         [k for k, _ in votes], [float(v) for _, v in votes], ev.model_version, ev.run_id, shift_name,
-        shift_start, shift_date, ingested_at, ingested_at,
+        shift_start, shift_date, ingested_at, ingested_at, ev.emission_id,
     )
 
 
@@ -90,6 +90,7 @@ def part_row(ev: PartInspected, plant: PlantSettings, ingested_at: int) -> tuple
         [k for k, _ in counts], [int(v) for _, v in counts], ev.defects_total, ev.frames,
         ev.first_frame_ts, ev.last_frame_ts, ev.closed_reason, ev.model_version, ev.run_id,
         ev.shift_name, ev.shift_start, _local_date(ev.shift_start, plant.timezone), ingested_at, ingested_at,
+        ev.emission_id,
     )
 
 
