@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 import urllib.error
 import urllib.request
-from typing import Any, Iterable, NamedTuple
+from typing import Iterable, NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-log = logging.getLogger(__name__)
+from sinks.metrics import LATENCY_BUCKETS as _LATENCY_BUCKETS
+from sinks.metrics import SinkMetrics, serve, set_lag  # noqa: F401 - the sink's metrics, re-exported
 
-# Batches of a CPU model take up to seconds; a GPU batch tens of milliseconds.
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+log = logging.getLogger(__name__)
 
 
 class WorkerMetrics:
@@ -45,56 +45,6 @@ class WorkerMetrics:
     def set_lag(self, lags: dict[tuple[str, int], int]) -> None:
         """Replace the lag series by `lags` ((topic, partition) → lag); partitions not held any more disappear."""
         set_lag(self.consumer_lag, lags)
-
-
-class SinkMetrics:
-    """The ClickHouse sink's metrics (one registry per instance)."""
-
-    def __init__(self, registry: CollectorRegistry | None = None):
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.consumed = Counter("defectstream_sink_records", "Records the sink consumed from Kafka", registry=r)
-        self.queue = Gauge("defectstream_sink_queue_rows", "Rows buffered in the sink, waiting for the next flush",
-                           registry=r)
-        self.rows_written = Counter("defectstream_sink_rows_written", "Rows ClickHouse acknowledged", registry=r)
-        self.rows_rejected = Counter("defectstream_sink_rows_rejected", "Rows ClickHouse refused on their own "
-                                     "(dead-lettered as sink_rejected)", registry=r)
-        self.deadletters = Counter("defectstream_sink_deadletters", "Dead letters sent by the sink, by error class",
-                                   ["reason"], registry=r)
-        self.flush_seconds = Histogram("defectstream_sink_flush_seconds", "Latency of one flush (INSERTs with "
-                                       "their retries)", buckets=_LATENCY_BUCKETS, registry=r)
-        self.holding = Gauge("defectstream_sink_holding", "1 while the sink holds its partitions (ClickHouse "
-                             "down), else 0", registry=r)
-        self.consumer_lag = Gauge("defectstream_sink_consumer_lag", "Records not yet consumed per partition",
-                                  ["topic", "partition"], registry=r)
-
-    def set_lag(self, lags: dict[tuple[str, int], int]) -> None:
-        """Replace the lag series by `lags` ((topic, partition) → lag)."""
-        set_lag(self.consumer_lag, lags)
-
-
-def set_lag(gauge: Gauge, lags: dict[tuple[str, int], int]) -> None:
-    gauge.clear()
-    for (topic, partition), lag in lags.items():
-        gauge.labels(topic=topic, partition=str(partition)).set(max(0, int(lag)))
-
-
-def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> Any | None:
-    """Serve `registry` on http://addr:port/metrics in a daemon thread.
-
-    Returns:
-        The HTTP server (`.shutdown()` stops it), or None when `port` is 0 or cannot be bound
-        (logged; the caller goes on without metrics).
-    """
-    if not port:
-        return None
-    try:
-        server, _thread = start_http_server(port, addr=addr, registry=registry)
-    except OSError as exc:
-        log.warning("metrics endpoint not served: cannot bind %s:%d (%s)", addr, port, exc)
-        return None
-    log.info("metrics on http://%s:%d/metrics", addr, port)
-    return server
 
 
 # -- scraping (defectstream status) -----------------------------------------------------------

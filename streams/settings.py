@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sinks.settings import ClickHouseSettings, SinkSettings
+
 
 class TopicNames(BaseModel):
     """Kafka topic names used by the pipeline."""
@@ -85,18 +87,6 @@ class KafkaSettings(BaseModel):
         return self
 
 
-class ClickHouseSettings(BaseModel):
-    """ClickHouse native-protocol connection."""
-
-    host: str = "127.0.0.1"
-    port: int = 19000
-    database: str = "defectstream"
-    user: str = "default"
-    password: SecretStr = SecretStr("")
-    secure: bool = False
-    connect_timeout_s: float = 5.0
-
-
 class ModelSettings(BaseModel):
     """Which checkpoint the Inspector loads and where it runs."""
 
@@ -156,6 +146,16 @@ class PlantSettings(BaseModel):
     @classmethod
     def _known_timezone(cls, v: str) -> str:
         try:
+            ZoneInfo(v)
+        except (KeyError, ValueError) as exc:  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError(f"unknown timezone {v!r} (use an IANA name such as Europe/Berlin)") from exc
+        return v
+
+    @field_validator("shifts")
+    @classmethod
+    def _shifts_not_empty(cls, v: list[Shift]) -> list[Shift]:
+        if not v:
+            raise ValueError("the shift calendar needs at least one shift")
         names = [s.name for s in v]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -169,9 +169,9 @@ class PlantSettings(BaseModel):
                     raise ValueError(f"shifts {s1.name!r} ({s1.start:%H:%M}-{s1.end:%H:%M}) and {s2.name!r} "
                                      f"({s2.start:%H:%M}-{s2.end:%H:%M}) overlap from {at:%H:%M}; a moment of the "
                                      "day may belong to one shift only")
-            ZoneInfo(v)
-        except (KeyError, ValueError) as exc:  # ZoneInfoNotFoundError is a KeyError
-            raise ValueError(f"unknown timezone {v!r} (use an IANA name such as Europe/Berlin)") from exc
+        return v
+
+
 def _day_spans(s: Shift) -> list[tuple[int, int]]:
     """A shift's seconds of the day as [start, end) spans; one crossing midnight is two; start == end is 24 h."""
     a = s.start.hour * 3600 + s.start.minute * 60 + s.start.second
@@ -179,16 +179,6 @@ def _day_spans(s: Shift) -> list[tuple[int, int]]:
     if b > a:
         return [(a, b)]
     return [(a, 86400), (0, b)] if b else [(a, 86400)]
-
-
-        return v
-
-    @field_validator("shifts")
-    @classmethod
-    def _shifts_not_empty(cls, v: list[Shift]) -> list[Shift]:
-        if not v:
-            raise ValueError("the shift calendar needs at least one shift")
-        return v
 
 
 class TrackingSettings(BaseModel):
@@ -293,43 +283,6 @@ class WorkerSettings(BaseModel):
             raise ValueError(
                 f"deadletter_original_max_bytes={self.deadletter_original_max_bytes} does not fit a producer request "
                 f"of producer_max_request_bytes={self.producer_max_request_bytes} (leave 16 KiB for the rest)"
-            )
-        return self
-
-
-class SinkSettings(BaseModel):
-    """The ClickHouse sink runner (`defectstream sink`): consumer group, batching, retries, holds."""
-
-    group_id: str = Field("defectstream-clickhouse-sink", description="the sink's own consumer group")
-    batch_size: int = Field(5000, ge=1, description="flush when this many records are buffered")
-    flush_interval_s: float = Field(1.0, gt=0.0, description="flush at least this often while records wait")
-    max_poll_records: int = Field(1000, ge=1)
-    max_retries: int = Field(3, ge=0, description="INSERT retries (exponential backoff) before holding")
-    flush_budget_s: float = Field(
-        60.0, gt=0.0,
-        description="no INSERT retry of one flush starts after this long (the loop must poll Kafka again "
-                    "within max_poll_interval_s, or the group evicts the sink)",
-    )
-    max_poll_interval_s: float = Field(300.0, gt=0.0, description="the consumer's max.poll.interval.ms, in seconds")
-    backoff_initial_s: float = Field(0.2, gt=0.0)
-    backoff_max_s: float = Field(5.0, gt=0.0)
-    hold_initial_s: float = Field(1.0, gt=0.0, description="first wait of a hold before probing ClickHouse")
-    hold_max_s: float = Field(30.0, gt=0.0, description="longest wait between probes while ClickHouse is down")
-    include_alerts: bool = Field(True, description="also store the `alerts` topic (alerts are deduplicated by id)")
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    metrics_port: int = Field(
-        9465, ge=0, le=65535,
-        description="serve Prometheus metrics on http://0.0.0.0:<port>/metrics (0: not served); see streams.metrics",
-    )
-
-    @model_validator(mode="after")
-    def _flush_fits_the_poll_interval(self) -> "SinkSettings":
-        # One INSERT attempt started just before the budget ends may still take a connect plus a
-        # send/receive timeout (~35 s) and the longest backoff.
-        if self.flush_budget_s + self.backoff_max_s + 60.0 > self.max_poll_interval_s:
-            raise ValueError(
-                f"flush_budget_s ({self.flush_budget_s}) + backoff_max_s + 60 s must stay below "
-                f"max_poll_interval_s ({self.max_poll_interval_s})"
             )
         return self
 
