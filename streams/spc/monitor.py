@@ -25,10 +25,10 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 from schemas.events import Alert, deterministic_id
-from sinks.sql import Executor, render
+from sinks.sql import Executor
 from streams.settings import MonitorSettings
 from streams.spc import rules as spc
-from streams.spc.report import ReportFilters, deduped_parts_sql
+from streams.spc.queries import alert_state_sql, baseline_sql, window_sql
 
 log = logging.getLogger(__name__)
 HISTORY = 20  # recent window points kept per scope for the run rules
@@ -163,48 +163,6 @@ def baseline_limits(subgroups: dict[Scope, list[tuple[int, int]]], *, sigma: flo
 
 
 # -- I/O shell ----------------------------------------------------------------------------------
-def _scoped_sql(filters: ReportFilters, bucket_ms: int | None) -> str:
-    inner, params = deduped_parts_sql(filters, extra_columns=("model_version",))
-    bucket = f"intDiv(ts, {int(bucket_ms)})" if bucket_ms else "0"
-    sql = f"""
-SELECT line, camera, {bucket} AS bucket, count() AS inspected, sum(defective) AS defective, any(x_model_version) AS mv
-FROM
-({inner}
-)
-GROUP BY line, camera, bucket
-ORDER BY line, camera, bucket"""
-    return render(sql, params)
-
-
-def window_sql(run_id: str, start_ms: int, end_ms: int) -> str:
-    """Rendered SQL: inspected/defective per (line, camera) in [start, end)."""
-    return _scoped_sql(ReportFilters(start_ms, end_ms, run_id), None)
-
-
-def baseline_sql(run_id: str, start_ms: int, end_ms: int, subgroup_ms: int) -> str:
-    """Rendered SQL: inspected/defective per (line, camera, subgroup bucket) in [start, end)."""
-    return _scoped_sql(ReportFilters(start_ms, end_ms, run_id), subgroup_ms)
-
-
-def alert_state_sql(run_id: str) -> str:
-    """Rendered SQL: per scope, the kind of the latest alert and the time of the latest SPIKE."""
-    return render(
-        """
-SELECT a_line, a_camera, argMax(a_kind, a_created) AS last_kind, argMax(a_rule, a_created) AS last_rule,
-       maxIf(a_created, a_kind = 'SPIKE') AS last_spike
-FROM
-(
-    SELECT alert_id, any(line_id) AS a_line, any(camera_id) AS a_camera, any(kind) AS a_kind,
-           any(rule) AS a_rule, any(created_at) AS a_created
-    FROM alerts
-    WHERE run_id = {run_id} AND defect_class = ''
-    GROUP BY alert_id
-)
-GROUP BY a_line, a_camera""",
-        {"run_id": run_id},
-    )
-
-
 def redact_url(url: str) -> str:
     """`scheme://host[:port]/…`: what may be logged of a URL whose user info, path or query may hold a secret."""
     try:

@@ -20,122 +20,13 @@ import io
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Literal, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 from zoneinfo import ZoneInfo
 
-from sinks.sql import Executor, render
+from sinks.sql import Executor
 from streams.settings import PlantSettings
 from streams.spc import rules as spc
-
-By = Literal["shift", "hour", "day"]
-HOUR_MS = 3_600_000
-
-_PERIOD = {
-    # (group key, label) per --by; s_date is the plant-local date the shift starts on.
-    # Aliases never reuse a column name: ClickHouse substitutes aliases into WHERE.
-    "shift": ("s_start", "any(s_name)"),
-    "hour": (f"intDiv(ts, {HOUR_MS}) * {HOUR_MS}", "''"),
-    "day": ("toUInt64(toYYYYMMDD(s_date))", "''"),
-}
-
-
-@dataclass(frozen=True)
-class ReportFilters:
-    """Which parts a report (or a monitor window) counts. Times are UTC epoch ms, `until` exclusive."""
-
-    since_ms: int
-    until_ms: int
-    run_id: str = "production"
-    line: str | None = None
-    camera: str | None = None
-    defect_class: str | None = None
-
-    def where(self) -> tuple[str, dict]:
-        conds = ["run_id = {run_id}", "first_frame_ts >= {since_ms}", "first_frame_ts < {until_ms}"]
-        params: dict = {"run_id": self.run_id, "since_ms": self.since_ms, "until_ms": self.until_ms}
-        if self.line is not None:
-            conds.append("line_id = {line}")
-            params["line"] = self.line
-        if self.camera is not None:
-            conds.append("camera_id = {camera}")
-            params["camera"] = self.camera
-        return " AND ".join(conds), params
-
-
-def _part_measures(defect_class: str | None) -> tuple[str, str]:
-    """SQL of (defective 0/1, defects) of one parts row, for all classes or one class."""
-    if defect_class is None:
-        return "verdict = 'FAIL'", "defects_total"
-    n = "arraySum(arrayFilter((c, k) -> k = {defect_class}, defect_class_counts, defect_classes))"
-    return f"{n} > 0", n
-
-
-def deduped_parts_sql(filters: ReportFilters, extra_columns: Sequence[str] = ()) -> tuple[str, dict]:
-    """Subquery: one row per part event_id (part × model version × run), all columns of its latest verdict.
-
-    Columns: ts, s_start, s_name, s_date, line, camera, defective, defects (+ x_<extra>). Every
-    column comes from the same row: the delivery with the highest `version`, ties broken by the row
-    (deterministic whatever the read order, unlike `any()`).
-    """
-    where, params = filters.where()
-    defective, defects = _part_measures(filters.defect_class)
-    if filters.defect_class is not None:
-        params["defect_class"] = filters.defect_class
-    cols = [("first_frame_ts", "ts"), ("shift_start", "s_start"), ("shift_name", "s_name"), ("shift_date", "s_date"),
-            ("line_id", "line"), ("camera_id", "camera"), (defective, "defective"), (defects, "defects"),
-            *((c, f"x_{c}") for c in extra_columns)]
-    picked = ",\n        ".join(f"tupleElement(v_row, {i}) AS {alias}" for i, (_e, alias) in enumerate(cols, 1))
-    row = ", ".join(e for e, _a in cols)
-    sql = f"""
-    SELECT
-        event_id,
-        {picked}
-    FROM
-    (
-        SELECT event_id, argMax(v_tuple, (version, v_tuple)) AS v_row
-        FROM (SELECT event_id, version, tuple({row}) AS v_tuple FROM parts WHERE {where})
-        GROUP BY event_id
-    )"""
-    return sql, params
-
-
-def subgroups_sql(by: By, filters: ReportFilters) -> str:
-    """Rendered SQL: per period key → label, inspected, defective, defects (de-duplicated parts)."""
-    key, label = _PERIOD[by]
-    inner, params = deduped_parts_sql(filters)
-    sql = f"""
-SELECT
-    {key} AS period,
-    {label} AS label,
-    count() AS inspected,
-    sum(defective) AS defective,
-    sum(defects) AS defects
-FROM
-({inner}
-)
-GROUP BY period
-ORDER BY period"""
-    return render(sql, params)
-
-
-def pareto_sql(filters: ReportFilters) -> str:
-    """Rendered SQL: confirmed defects per class, most frequent first.
-
-    Counted from each part's latest verdict (its per-class counts), so a part counts one defect set
-    per model version however often, and under whichever track ids, it was re-emitted.
-    """
-    unfiltered = ReportFilters(filters.since_ms, filters.until_ms, filters.run_id, filters.line, filters.camera)
-    inner, params = deduped_parts_sql(unfiltered, extra_columns=("defect_classes", "defect_class_counts"))
-    sql = f"""
-SELECT defect_class, sum(n_class) AS defects
-FROM
-({inner}
-)
-ARRAY JOIN x_defect_classes AS defect_class, x_defect_class_counts AS n_class
-GROUP BY defect_class
-HAVING defects > 0
-ORDER BY defects DESC, defect_class"""
-    return render(sql, params)
+from streams.spc.queries import HOUR_MS, By, ReportFilters, deduped_parts_sql, pareto_sql, subgroups_sql  # noqa: F401
 
 
 class Subgroup(NamedTuple):

@@ -7,9 +7,10 @@ from clickhouse_driver.errors import ServerException
 from schemas.events import DefectEvent, PartInspected
 from sinks.migrations import load_migrations, migrate, status
 from sinks.sql import DriverExecutor
-from sinks.testing import make_alert, query_catalog, sample_events, seed
+from sinks.testing import make_alert, sample_events, seed
 from streams.settings import PlantSettings
 from streams.spc import report
+from streams.spc.queries import query_catalog
 
 T0 = 1_763_700_000_000
 PLANT = PlantSettings()
@@ -110,7 +111,8 @@ def test_report_cli_on_the_server(ex, stack, fresh_database, monkeypatch, capsys
 def test_a_resent_batch_changes_no_answer_of_the_report_or_monitor(ex, clickhouse_connect, fresh_database):
     """18.16 deduplicates identical INSERT blocks on Replicated* tables only (no insert_deduplication_token,
     no non_replicated_deduplication_window): one row per id in every query is the equivalent."""
-    from sinks.testing import catalog_answers, write_through_sink
+    from sinks.testing import write_through_sink
+    from streams.spc.queries import catalog_answers
 
     settings = {r[0] for r in ex.query("SELECT name FROM system.settings WHERE name LIKE '%dedup%'")}
     assert "insert_deduplication_token" not in settings  # why the sink cannot simply pass a token here

@@ -10,9 +10,10 @@ from schemas.events import DefectEvent, PartInspected
 from sinks.clickhouse import ClickHouseSink, table_specs
 from sinks.migrations import load_migrations, migrate, status
 from sinks.sql import ChdbExecutor
-from sinks.testing import make_alert, query_catalog, sample_events, seed
+from sinks.testing import make_alert, sample_events, seed
 from streams.settings import KafkaSettings, PlantSettings, SinkSettings
 from streams.spc import monitor, report
+from streams.spc.queries import query_catalog
 
 T0 = 1_763_700_000_000  # 2025-11-21 04:40 UTC
 PLANT = PlantSettings()
@@ -97,7 +98,8 @@ def test_a_resent_batch_changes_no_answer_of_the_report_or_monitor(chdb_ex):
     """ClickHouse's insert deduplication does not exist for these tables on 18.16 (and needs a table
     setting 18.16 cannot declare on a current server); one row per id in every query is the
     equivalent: a batch sent again after a lost acknowledgement doubles no count."""
-    from sinks.testing import catalog_answers, write_through_sink
+    from sinks.testing import write_through_sink
+    from streams.spc.queries import catalog_answers
 
     home = chdb_ex.query("SELECT currentDatabase()")[0][0]
     chdb_ex.query("CREATE DATABASE IF NOT EXISTS resent")

@@ -1,0 +1,198 @@
+"""Every SQL query of the SPC report and the monitor, and the catalogue of them the dialect tests run.
+
+The queries read de-duplicated parts (one verdict per part and model version: see
+`deduped_parts_sql`) and run unchanged on ClickHouse 18.16 and current releases (no window
+functions, no WITH FILL, no DateTime64). `query_catalog` renders each of them, so one test can
+run every statement on the ClickHouse server and on chdb (the current engine): a query that only
+works on one of them fails there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from sinks.sql import Executor, render
+
+By = Literal["shift", "hour", "day"]
+HOUR_MS = 3_600_000
+
+_PERIOD = {
+    # (group key, label) per --by; s_date is the plant-local date the shift starts on.
+    # Aliases never reuse a column name: ClickHouse substitutes aliases into WHERE.
+    "shift": ("s_start", "any(s_name)"),
+    "hour": (f"intDiv(ts, {HOUR_MS}) * {HOUR_MS}", "''"),
+    "day": ("toUInt64(toYYYYMMDD(s_date))", "''"),
+}
+
+
+@dataclass(frozen=True)
+class ReportFilters:
+    """Which parts a report (or a monitor window) counts. Times are UTC epoch ms, `until` exclusive."""
+
+    since_ms: int
+    until_ms: int
+    run_id: str = "production"
+    line: str | None = None
+    camera: str | None = None
+    defect_class: str | None = None
+
+    def where(self) -> tuple[str, dict]:
+        conds = ["run_id = {run_id}", "first_frame_ts >= {since_ms}", "first_frame_ts < {until_ms}"]
+        params: dict = {"run_id": self.run_id, "since_ms": self.since_ms, "until_ms": self.until_ms}
+        if self.line is not None:
+            conds.append("line_id = {line}")
+            params["line"] = self.line
+        if self.camera is not None:
+            conds.append("camera_id = {camera}")
+            params["camera"] = self.camera
+        return " AND ".join(conds), params
+
+
+def _part_measures(defect_class: str | None) -> tuple[str, str]:
+    """SQL of (defective 0/1, defects) of one parts row, for all classes or one class."""
+    if defect_class is None:
+        return "verdict = 'FAIL'", "defects_total"
+    n = "arraySum(arrayFilter((c, k) -> k = {defect_class}, defect_class_counts, defect_classes))"
+    return f"{n} > 0", n
+
+
+def deduped_parts_sql(filters: ReportFilters, extra_columns: Sequence[str] = ()) -> tuple[str, dict]:
+    """Subquery: one row per part event_id (part × model version × run), all columns of its latest verdict.
+
+    Columns: ts, s_start, s_name, s_date, line, camera, defective, defects (+ x_<extra>). Every
+    column comes from the same row: the delivery with the highest `version`, ties broken by the row
+    (deterministic whatever the read order, unlike `any()`).
+    """
+    where, params = filters.where()
+    defective, defects = _part_measures(filters.defect_class)
+    if filters.defect_class is not None:
+        params["defect_class"] = filters.defect_class
+    cols = [("first_frame_ts", "ts"), ("shift_start", "s_start"), ("shift_name", "s_name"), ("shift_date", "s_date"),
+            ("line_id", "line"), ("camera_id", "camera"), (defective, "defective"), (defects, "defects"),
+            *((c, f"x_{c}") for c in extra_columns)]
+    picked = ",\n        ".join(f"tupleElement(v_row, {i}) AS {alias}" for i, (_e, alias) in enumerate(cols, 1))
+    row = ", ".join(e for e, _a in cols)
+    sql = f"""
+    SELECT
+        event_id,
+        {picked}
+    FROM
+    (
+        SELECT event_id, argMax(v_tuple, (version, v_tuple)) AS v_row
+        FROM (SELECT event_id, version, tuple({row}) AS v_tuple FROM parts WHERE {where})
+        GROUP BY event_id
+    )"""
+    return sql, params
+
+
+def subgroups_sql(by: By, filters: ReportFilters) -> str:
+    """Rendered SQL: per period key → label, inspected, defective, defects (de-duplicated parts)."""
+    key, label = _PERIOD[by]
+    inner, params = deduped_parts_sql(filters)
+    sql = f"""
+SELECT
+    {key} AS period,
+    {label} AS label,
+    count() AS inspected,
+    sum(defective) AS defective,
+    sum(defects) AS defects
+FROM
+({inner}
+)
+GROUP BY period
+ORDER BY period"""
+    return render(sql, params)
+
+
+def pareto_sql(filters: ReportFilters) -> str:
+    """Rendered SQL: confirmed defects per class, most frequent first.
+
+    Counted from each part's latest verdict (its per-class counts), so a part counts one defect set
+    per model version however often, and under whichever track ids, it was re-emitted.
+    """
+    unfiltered = ReportFilters(filters.since_ms, filters.until_ms, filters.run_id, filters.line, filters.camera)
+    inner, params = deduped_parts_sql(unfiltered, extra_columns=("defect_classes", "defect_class_counts"))
+    sql = f"""
+SELECT defect_class, sum(n_class) AS defects
+FROM
+({inner}
+)
+ARRAY JOIN x_defect_classes AS defect_class, x_defect_class_counts AS n_class
+GROUP BY defect_class
+HAVING defects > 0
+ORDER BY defects DESC, defect_class"""
+    return render(sql, params)
+
+
+# -- monitor --------------------------------------------------------------------------------------
+def _scoped_sql(filters: ReportFilters, bucket_ms: int | None) -> str:
+    inner, params = deduped_parts_sql(filters, extra_columns=("model_version",))
+    bucket = f"intDiv(ts, {int(bucket_ms)})" if bucket_ms else "0"
+    sql = f"""
+SELECT line, camera, {bucket} AS bucket, count() AS inspected, sum(defective) AS defective, any(x_model_version) AS mv
+FROM
+({inner}
+)
+GROUP BY line, camera, bucket
+ORDER BY line, camera, bucket"""
+    return render(sql, params)
+
+
+def window_sql(run_id: str, start_ms: int, end_ms: int) -> str:
+    """Rendered SQL: inspected/defective per (line, camera) in [start, end)."""
+    return _scoped_sql(ReportFilters(start_ms, end_ms, run_id), None)
+
+
+def baseline_sql(run_id: str, start_ms: int, end_ms: int, subgroup_ms: int) -> str:
+    """Rendered SQL: inspected/defective per (line, camera, subgroup bucket) in [start, end)."""
+    return _scoped_sql(ReportFilters(start_ms, end_ms, run_id), subgroup_ms)
+
+
+def alert_state_sql(run_id: str) -> str:
+    """Rendered SQL: per scope, the kind of the latest alert and the time of the latest SPIKE."""
+    return render(
+        """
+SELECT a_line, a_camera, argMax(a_kind, a_created) AS last_kind, argMax(a_rule, a_created) AS last_rule,
+       maxIf(a_created, a_kind = 'SPIKE') AS last_spike
+FROM
+(
+    SELECT alert_id, any(line_id) AS a_line, any(camera_id) AS a_camera, any(kind) AS a_kind,
+           any(rule) AS a_rule, any(created_at) AS a_created
+    FROM alerts
+    WHERE run_id = {run_id} AND defect_class = ''
+    GROUP BY alert_id
+)
+GROUP BY a_line, a_camera""",
+        {"run_id": run_id},
+    )
+
+
+# -- the catalogue --------------------------------------------------------------------------------
+def query_catalog(start_ms: int, end_ms: int) -> dict[str, str]:
+    """Every SELECT of the report and the monitor, rendered for [start, end): name → SQL."""
+    out: dict[str, str] = {}
+    variants = {
+        "all": ReportFilters(start_ms, end_ms),
+        "line": ReportFilters(start_ms, end_ms, line="line-1"),
+        "camera": ReportFilters(start_ms, end_ms, line="line-1", camera="cam-1"),
+        "class": ReportFilters(start_ms, end_ms, defect_class="crack"),
+        "quote": ReportFilters(start_ms, end_ms, run_id="it's a \\ replay", camera="cam'1"),
+    }
+    for by in ("shift", "hour", "day"):
+        for name, f in variants.items():
+            out[f"report_{by}_{name}"] = subgroups_sql(by, f)
+    for name, f in variants.items():
+        out[f"pareto_{name}"] = pareto_sql(f)
+    out["monitor_window"] = window_sql("production", start_ms, end_ms)
+    out["monitor_baseline"] = baseline_sql("production", start_ms, end_ms, 3_600_000)
+    out["monitor_alert_state"] = alert_state_sql("production")
+    out["model_runs"] = (
+        "SELECT run_id, model_version, min(first_event_ts), max(last_event_ts) FROM model_runs "
+        "GROUP BY run_id, model_version ORDER BY run_id, model_version"
+    )
+    return out
+
+
+def catalog_answers(ex: Executor, start_ms: int, end_ms: int) -> dict[str, list[tuple]]:
+    """The answer of every catalogue query (rows sorted), to compare a database before and after a change."""
+    return {name: sorted(ex.query(sql), key=repr) for name, sql in query_catalog(start_ms, end_ms).items()}
