@@ -105,20 +105,38 @@ def region_crops(grey: np.ndarray, region_mask_full: np.ndarray | None, bbox: BB
         bbox: the region's box.
     """
     H, W = grey.shape
-    if region_mask_full is None:
-        region_mask_full = np.zeros((H, W), bool)
-        if region_mask is not None:
-            region_mask_full[bbox.y0:bbox.y1, bbox.x0:bbox.x1] = region_mask
     out = []
     for wb in crop_windows(bbox, (H, W), crop, jitter=jitter):
-        g = _cut(grey.astype(np.float32), wb)
-        m = _cut(region_mask_full.astype(np.float32), wb)
+        # cut first, convert after: only the window is converted to float32 (not the whole frame per window), and
+        # a bbox-cropped mask is pasted into the window (no frame-sized mask per region); same values as before
+        g = _cut(grey, wb).astype(np.float32)
+        if region_mask_full is not None:
+            m = _cut(region_mask_full, wb).astype(np.float32)
+        else:
+            m = _cut_window_mask(region_mask, bbox, wb, (H, W))
         if g.shape[0] != crop:
             g = cv2.resize(g, (crop, crop), interpolation=cv2.INTER_AREA)
             m = cv2.resize(m, (crop, crop), interpolation=cv2.INTER_AREA)
         g = (g - float(np.median(g))) / 40.0
         out.append(np.stack([g, m]))
     return np.stack(out).astype(np.float32)
+
+
+def _cut_window_mask(region_mask: np.ndarray | None, bbox: BBox, wb: BBox, shape: tuple[int, int]) -> np.ndarray:
+    """`_cut` of the frame-sized float32 mask that holds `region_mask` at `bbox` (zeros elsewhere), built from
+    the window alone."""
+    H, W = shape
+    ya, xa, yb, xb = max(0, wb.y0), max(0, wb.x0), min(H, wb.y1), min(W, wb.x1)
+    m = np.zeros((max(0, yb - ya), max(0, xb - xa)), np.float32)
+    if region_mask is not None:
+        y0, x0 = max(ya, bbox.y0), max(xa, bbox.x0)
+        y1, x1 = min(yb, bbox.y1, bbox.y0 + region_mask.shape[0]), min(xb, bbox.x1, bbox.x0 + region_mask.shape[1])
+        if y1 > y0 and x1 > x0:
+            m[y0 - ya:y1 - ya, x0 - xa:x1 - xa] = region_mask[y0 - bbox.y0:y1 - bbox.y0, x0 - bbox.x0:x1 - bbox.x0]
+    pad = ((ya - wb.y0, wb.y1 - yb), (xa - wb.x0, wb.x1 - xb))
+    if any(p for pp in pad for p in pp):
+        m = np.pad(m, pad, mode="edge")
+    return m
 
 
 def _cut(a: np.ndarray, b: BBox) -> np.ndarray:

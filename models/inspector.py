@@ -191,8 +191,9 @@ class SeverityInspector:
         maps = self._severity_once(greys)
         if not flip:
             return maps
-        lr = self._severity_once([np.ascontiguousarray(g[:, ::-1]) for g in greys])
-        ud = self._severity_once([np.ascontiguousarray(g[::-1, :]) for g in greys])
+        # mirrored views, not copies: the batch assembly (np.stack) copies them once anyway
+        lr = self._severity_once([g[:, ::-1] for g in greys])
+        ud = self._severity_once([g[::-1, :] for g in greys])
         return [(a + b[:, ::-1] + c[::-1, :]) * np.float32(1.0 / 3.0) for a, b, c in zip(maps, lr, ud)]
 
     def _severity_once(self, greys: Sequence[np.ndarray]) -> list[np.ndarray]:
