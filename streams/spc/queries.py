@@ -60,8 +60,9 @@ def deduped_parts_sql(filters: ReportFilters, extra_columns: Sequence[str] = ())
     """Subquery: one row per part event_id (part × model version × run), all columns of its latest verdict.
 
     Columns: ts, s_start, s_name, s_date, line, camera, defective, defects (+ x_<extra>). Every
-    column comes from the same row: the delivery with the highest `version`, ties broken by the row
-    (deterministic whatever the read order, unlike `any()`).
+    column comes from the same row: the delivery with the highest `version`, ties broken by the
+    `emission_id` (so every query picks the same close of the part, whichever columns it reads, and
+    `defect_set_sql` its defects), then by the row (deterministic whatever the read order, unlike `any()`).
     """
     where, params = filters.where()
     defective, defects = _part_measures(filters.defect_class)
@@ -78,8 +79,8 @@ def deduped_parts_sql(filters: ReportFilters, extra_columns: Sequence[str] = ())
         {picked}
     FROM
     (
-        SELECT event_id, argMax(v_tuple, (version, v_tuple)) AS v_row
-        FROM (SELECT event_id, version, tuple({row}) AS v_tuple FROM parts WHERE {where})
+        SELECT event_id, argMax(v_tuple, (version, emission_id, v_tuple)) AS v_row
+        FROM (SELECT event_id, version, emission_id, tuple({row}) AS v_tuple FROM parts WHERE {where})
         GROUP BY event_id
     )"""
     return sql, params
@@ -121,6 +122,49 @@ ARRAY JOIN x_defect_classes AS defect_class, x_defect_class_counts AS n_class
 GROUP BY defect_class
 HAVING defects > 0
 ORDER BY defects DESC, defect_class"""
+    return render(sql, params)
+
+
+DEFECT_SET_COLUMNS = ("event_id", "camera_id", "line_id", "part_id", "track_id", "defect_class", "severity",
+                      "confidence", "first_frame_ts", "shift_name", "shift_start")
+
+
+def defect_set_sql(filters: ReportFilters) -> str:
+    """Rendered SQL: the confirmed defects of the parts in `filters`, one defect set per part.
+
+    One row per defect event id (columns `DEFECT_SET_COLUMNS`), only from the close of the part whose
+    verdict wins in `deduped_parts_sql` (same camera, part, model version and `emission_id`): a part
+    closed again after a crash with another defect set (other track ids, hence other defect ids)
+    shows the defects of its winning verdict only, never those of both closes; a defect id re-emitted
+    by both closes is taken from the winning one. Rows written before emission ids ('' on both sides)
+    keep every defect of their part. A defect's time is never before its part's, so defects are
+    read from `since_ms` on and the window is the parts'.
+    """
+    unfiltered = ReportFilters(filters.since_ms, filters.until_ms, filters.run_id, filters.line, filters.camera)
+    inner, params = deduped_parts_sql(unfiltered, extra_columns=("part_id", "model_version", "emission_id"))
+    conds = ["run_id = {run_id}", "first_frame_ts >= {since_ms}"]
+    if filters.defect_class is not None:
+        conds.append("defect_class = {defect_class}")
+        params["defect_class"] = filters.defect_class
+    cols = DEFECT_SET_COLUMNS[1:]
+    picked = ", ".join(f"tupleElement(d_row, {i}) AS d_{c}" for i, c in enumerate(cols, 1))
+    sql = f"""
+SELECT event_id, {picked}
+FROM
+(
+    SELECT event_id, argMax(d_tuple, (version, d_tuple)) AS d_row
+    FROM
+    (
+        SELECT event_id, version, tuple({", ".join(cols)}) AS d_tuple
+        FROM defects
+        WHERE {" AND ".join(conds)}
+          AND (camera_id, part_id, model_version, emission_id) IN
+              (SELECT camera, x_part_id, x_model_version, x_emission_id FROM ({inner}
+              ))
+    )
+    GROUP BY event_id
+)
+ORDER BY d_camera_id, d_part_id, d_track_id, event_id"""
     return render(sql, params)
 
 
@@ -183,6 +227,7 @@ def query_catalog(start_ms: int, end_ms: int) -> dict[str, str]:
             out[f"report_{by}_{name}"] = subgroups_sql(by, f)
     for name, f in variants.items():
         out[f"pareto_{name}"] = pareto_sql(f)
+        out[f"defect_set_{name}"] = defect_set_sql(f)
     out["monitor_window"] = window_sql("production", start_ms, end_ms)
     out["monitor_baseline"] = baseline_sql("production", start_ms, end_ms, 3_600_000)
     out["monitor_alert_state"] = alert_state_sql("production")

@@ -150,3 +150,54 @@ def test_a_part_reprocessed_under_other_track_ids_counts_one_defect_set(ex):
     (g,) = report.fetch_subgroups(ex, "day", f, PLANT)
     assert (g.inspected, g.defective, g.defects) == (1, 1, 1)
     assert [r[3:5] for r in ex.query(monitor.window_sql("production", T0, T0 + 3_600_000))] == [(1, 1)]
+
+
+def test_two_closes_of_a_part_count_once_with_the_defect_set_of_the_winning_verdict(ex, clickhouse_connect,
+                                                                                     fresh_database):
+    """Finding 6 of issue 12 on 18.16 (tests/unit/sinks/test_sql_dialect_chdb.py runs the same on chdb): a part
+    closed twice with other defect sets (each close with its emission id) counts once in the report and the
+    monitor, and its defect rows are those of the winning verdict only, before a merge and after one."""
+    from dataclasses import replace
+
+    from schemas.events import emission_id_of
+    from sinks.testing import make_defect, make_part, write_through_sink
+    from streams.spc import queries as q
+
+    def close(part, defects):
+        eid = emission_id_of(part, defects)
+        return [replace(part, emission_id=eid)] + [replace(d, emission_id=eid) for d in defects]
+
+    a = make_part(1, T0 + 1_000, fail=True, counts={"crack": 1, "scratch": 1})
+    b = make_part(1, T0 + 1_000, fail=True, counts={"crack": 1, "pit": 1})
+    first = close(a, [make_defect(a, 0, "crack"), make_defect(a, 1, "scratch")])
+    second = close(b, [replace(make_defect(b, 0, "crack"), severity=8.5), make_defect(b, 2, "pit")])
+    legacy = make_part(2, T0 + 2_000, fail=True, counts={"crack": 1})  # written before emission ids
+    legacy_defects = [legacy, make_defect(legacy, 0, "crack")]
+    f = q.ReportFilters(T0, T0 + 3_600_000)
+
+    def answers() -> dict:
+        return {
+            "report": [r[2:5] for r in ex.query(q.subgroups_sql("day", f))],
+            "pareto": dict(ex.query(q.pareto_sql(f))),
+            "monitor": [r[3:5] for r in ex.query(q.window_sql("production", f.since_ms, f.until_ms))],
+            "defects": sorted((r[3], r[4], r[5], round(float(r[6]), 3)) for r in ex.query(q.defect_set_sql(f))),
+        }
+
+    migrate(ex)
+    assert {r[0] for r in ex.query("SELECT table FROM system.columns WHERE database = currentDatabase() "
+                                   "AND name = 'emission_id'")} == {"defects", "parts"}
+    for table in ("parts", "defects"):
+        ex.query(f"SYSTEM STOP MERGES {table}")  # the queries, not a merge, must choose
+    writer = DriverExecutor(clickhouse_connect("writer", "writer", fresh_database))
+    write_through_sink(writer, first + legacy_defects, ingested_at_s=1_000_000.0)
+    write_through_sink(writer, second, ingested_at_s=1_000_100.0)  # re-emitted after a crash: newer
+    assert ex.query("SELECT count() FROM defects")[0][0] == 5  # both closes' rows are stored
+    expected = {
+        "report": [(2, 2, 3)], "pareto": {"crack": 2, "pit": 1}, "monitor": [(2, 2)],
+        "defects": sorted([(a.part_id, 0, "crack", 8.5), (a.part_id, 2, "pit", 7.5), (legacy.part_id, 0, "crack", 7.5)]),
+    }
+    assert answers() == expected
+    for table in ("parts", "defects"):
+        ex.query(f"SYSTEM START MERGES {table}")
+        ex.query(f"OPTIMIZE TABLE {table} FINAL")
+    assert answers() == expected  # a merge keeps the newest rows: the same close wins

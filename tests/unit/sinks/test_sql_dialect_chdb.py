@@ -185,3 +185,85 @@ def test_a_part_reprocessed_under_other_track_ids_counts_one_defect_set(chdb_ex)
             chdb_ex.query("DROP DATABASE IF EXISTS reemitted")
     assert got[0] == got[1]
     assert got[0] in (({"crack": 1, "scratch": 1}, [(1, 1, 2)], 1), ({"crack": 1}, [(1, 1, 1)], 0))
+
+
+def _closes_of_one_part(t0: int):
+    """Two closes of one part with other defect sets (the second after a crash: other batch boundaries,
+    track 1 became track 2 and another class, track 0 re-scored), each with its emission id, and a part
+    written before emission ids ('' on the verdict and its defect)."""
+    from dataclasses import replace
+
+    from schemas.events import emission_id_of
+    from sinks.testing import make_defect, make_part
+
+    def close(part, defects):
+        eid = emission_id_of(part, defects)
+        return [replace(part, emission_id=eid)] + [replace(d, emission_id=eid) for d in defects]
+
+    a = make_part(1, t0 + 1_000, fail=True, counts={"crack": 1, "scratch": 1})
+    b = make_part(1, t0 + 1_000, fail=True, counts={"crack": 1, "pit": 1})
+    first = close(a, [make_defect(a, 0, "crack"), make_defect(a, 1, "scratch")])
+    second = close(b, [replace(make_defect(b, 0, "crack"), severity=8.5), make_defect(b, 2, "pit")])
+    legacy = make_part(2, t0 + 2_000, fail=True, counts={"crack": 1})
+    assert first[0].event_id == second[0].event_id and first[0].emission_id != second[0].emission_id
+    return first, second, [legacy, make_defect(legacy, 0, "crack")]
+
+
+def reemission_answers(ex, t0: int) -> dict:
+    """What the report, the monitor and the defect set say about [t0, t0 + 1 h)."""
+    from streams.spc import queries as q
+
+    f = q.ReportFilters(t0, t0 + 3_600_000)
+    day = ex.query(q.subgroups_sql("day", f))
+    return {
+        "report": [(r[2], r[3], r[4]) for r in day],
+        "pareto": dict(ex.query(q.pareto_sql(f))),
+        "monitor": [(r[0], r[1], r[3], r[4]) for r in ex.query(q.window_sql("production", f.since_ms, f.until_ms))],
+        "defects": sorted((r[3], r[4], r[5], round(float(r[6]), 3)) for r in ex.query(q.defect_set_sql(f))),
+    }
+
+
+def test_two_closes_of_a_part_count_once_with_the_defect_set_of_the_winning_verdict(chdb_ex):
+    """Finding 6 of issue 12: a part closed twice with other defect sets counts once in the report and
+    the monitor, and its defect rows are those of the winning verdict only (its emission id), before any merge."""
+    from sinks.testing import write_through_sink
+
+    first, second, legacy = _closes_of_one_part(T0)
+    pid = first[0].part_id
+    home = chdb_ex.query("SELECT currentDatabase()")[0][0]
+    try:
+        chdb_ex.query("CREATE DATABASE IF NOT EXISTS closes")
+        chdb_ex.query("USE closes")
+        migrate(chdb_ex)
+        for table in ("parts", "defects"):
+            chdb_ex.query(f"SYSTEM STOP MERGES {table}")  # the queries, not a merge, must choose
+        write_through_sink(chdb_ex, first + legacy, ingested_at_s=1_000_000.0)
+        write_through_sink(chdb_ex, second, ingested_at_s=1_000_100.0)  # re-emitted after a crash: newer
+        assert chdb_ex.query("SELECT count() FROM defects")[0][0] == 5  # both closes' rows are stored
+        got = reemission_answers(chdb_ex, T0)
+        assert got["report"] == [(2, 2, 3)] and got["pareto"] == {"crack": 2, "pit": 1}
+        assert got["monitor"] == [("line-1", "cam-1", 2, 2)]
+        assert got["defects"] == sorted([(pid, 0, "crack", 8.5), (pid, 2, "pit", 7.5),
+                                         (legacy[0].part_id, 0, "crack", 7.5)])
+    finally:
+        chdb_ex.query(f"USE {home}")
+        chdb_ex.query("DROP DATABASE IF EXISTS closes")
+
+    # both closes stored in one flush (same version): one close wins, the same in every query and
+    # whatever order the rows were written in; its defect set is the one its verdict counts
+    got = []
+    for order in ((first, second), (second, first)):
+        try:
+            chdb_ex.query("CREATE DATABASE IF NOT EXISTS closes")
+            chdb_ex.query("USE closes")
+            migrate(chdb_ex)
+            for events in order:
+                write_through_sink(chdb_ex, events, ingested_at_s=1_000_000.0)
+            got.append(reemission_answers(chdb_ex, T0))
+        finally:
+            chdb_ex.query(f"USE {home}")
+            chdb_ex.query("DROP DATABASE IF EXISTS closes")
+    assert got[0] == got[1]
+    assert got[0]["report"] == [(1, 1, 2)]
+    assert got[0]["pareto"] in ({"crack": 1, "scratch": 1}, {"crack": 1, "pit": 1})
+    assert sorted(c for _p, _t, c, _s in got[0]["defects"]) == sorted(got[0]["pareto"])
