@@ -25,14 +25,13 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Protocol, Sequence, Union
 from zoneinfo import ZoneInfo
 
 from schemas.events import Alert, DefectEvent, PartInspected
 from sinks.base import BatchingSink, FlushResult, SinkBackpressureError, SinkBatch, SinkRejectedError
+from sinks.settings import ClickHouseSettings, SinkSettings
 from sinks.sql import DriverExecutor, Executor
-from streams.settings import ClickHouseSettings, PlantSettings, SinkSettings
-from streams.shifts import shift_at
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +56,69 @@ ALERT_COLUMNS = (
 MODEL_RUN_COLUMNS = ("run_id", "model_version", "kind", "first_event_ts", "last_event_ts", "note", "recorded_at", "version")
 
 
+class HasTimezone(Protocol):
+    """What the rows need of the plant: its IANA timezone (e.g. `streams.settings.PlantSettings`)."""
+
+    timezone: str
+
+
+Plant = Union[str, HasTimezone]  # an IANA timezone name, or an object carrying one
+
+
+class ShiftStamp(NamedTuple):
+    """The shift columns of a row."""
+
+    name: str
+    start_ms: int  # UTC epoch ms the shift started (0: unknown)
+    date: dt.date  # plant-local date the shift starts on
+
+
+# Timestamp (UTC ms) → its shift: an object with `name`, `start_ms` and `date` (`streams.shifts.ShiftSlot`),
+# raising LookupError where the calendar has a gap. Built by `defectstream sink` from the plant calendar and
+# used only for events that carry no shift (written before the tracker stamped it).
+ShiftOf = Callable[[int], Any]
+
+
+def _timezone(plant: Plant) -> str:
+    return plant if isinstance(plant, str) else plant.timezone
+
+
 def _local_date(ts_ms: int, tz: str) -> dt.date:
     return dt.datetime.fromtimestamp(ts_ms / 1000.0, tz=ZoneInfo(tz)).date()
 
 
-def defect_row(ev: DefectEvent, plant: PlantSettings, ingested_at: int) -> tuple:
-    """`defects` row of a DefectEvent; its shift is the one containing the track's first frame.
+def event_shift(ev: Any, tz: str, at_ms: int, shift_of: ShiftOf | None = None) -> ShiftStamp:
+    """The shift columns of an event: the shift it carries, else `shift_of(at_ms)`, else none.
 
-    A timestamp the calendar does not cover gets shift_name '' (the row is still stored).
+    An event carries its shift as `shift` (the tracker stamps it at close; a name, or a record with
+    `name`/`start`) or, for a PartInspected, as `shift_name`/`shift_start`. Without one, `shift_of`
+    applies the calendar to `at_ms`; a calendar gap (LookupError), or no `shift_of`, gives
+    shift_name '' and shift_start 0 (the row is still stored). `shift_date` is the plant-local date
+    the shift starts on (that of `at_ms` when the start is unknown).
     """
-    try:
-        slot = shift_at(ev.first_frame_ts, plant)
-        shift_name, shift_start, shift_date = slot.name, slot.start_ms, slot.date
-    except LookupError:
-        shift_name, shift_start, shift_date = "", 0, _local_date(ev.first_frame_ts, plant.timezone)
+    shift = getattr(ev, "shift", None) or getattr(ev, "shift_name", None)
+    start = getattr(ev, "shift_start", None)
+    if isinstance(shift, dict):
+        shift, start = shift.get("name"), shift.get("start", shift.get("start_ms", start))
+    if shift:
+        start = int(start or 0)
+        return ShiftStamp(str(shift), start, _local_date(start or at_ms, tz))
+    if shift_of is not None:
+        try:
+            slot = shift_of(at_ms)
+            return ShiftStamp(slot.name, int(slot.start_ms), slot.date)
+        except LookupError:
+            pass
+    return ShiftStamp("", int(start or 0), _local_date(start or at_ms, tz))
+
+
+def defect_row(ev: DefectEvent, plant: Plant, ingested_at: int, *, shift_of: ShiftOf | None = None) -> tuple:
+    """`defects` row of a DefectEvent.
+
+    Its shift is the one the event carries (its part's, stamped by the tracker); for an event that
+    carries none, the one `shift_of` gives for the track's first frame (see `event_shift`).
+    """
+    shift_name, shift_start, shift_date = event_shift(ev, _timezone(plant), ev.first_frame_ts, shift_of)
     votes = sorted(ev.class_votes.items())
     b = ev.bbox
     return (
@@ -82,15 +130,18 @@ def defect_row(ev: DefectEvent, plant: PlantSettings, ingested_at: int) -> tuple
     )
 
 
-def part_row(ev: PartInspected, plant: PlantSettings, ingested_at: int) -> tuple:
-    """`parts` row of a PartInspected; shift as the worker applied it, its plant-local start date added."""
+def part_row(ev: PartInspected, plant: Plant, ingested_at: int, *, shift_of: ShiftOf | None = None) -> tuple:
+    """`parts` row of a PartInspected; shift as the worker applied it, its plant-local start date added.
+
+    A part that carries no shift name gets the one `shift_of` gives for its first frame, if any.
+    """
+    shift_name, shift_start, shift_date = event_shift(ev, _timezone(plant), ev.first_frame_ts, shift_of)
     counts = sorted(ev.defect_counts.items())
     return (
         ev.event_id, ev.schema_version, ev.camera_id, ev.line_id, ev.part_id, ev.verdict,
         [k for k, _ in counts], [int(v) for _, v in counts], ev.defects_total, ev.frames,
         ev.first_frame_ts, ev.last_frame_ts, ev.closed_reason, ev.model_version, ev.run_id,
-        ev.shift_name, ev.shift_start, _local_date(ev.shift_start, plant.timezone), ingested_at, ingested_at,
-        ev.emission_id,
+        shift_name, shift_start, shift_date, ingested_at, ingested_at, ev.emission_id,
     )
 
 
@@ -113,17 +164,24 @@ class TableSpec:
     run_key: Callable[[tuple], tuple[str, str, int]] | None = None  # row → (run_id, model_version, ts)
 
 
-def table_specs(topics: Any, plant: PlantSettings) -> dict[str, TableSpec]:
-    """Topic name → table for the `defects`, `parts` and `alerts` topics of `KafkaSettings.topics`."""
+def table_specs(topics: Any, plant: Plant, *, shift_of: ShiftOf | None = None) -> dict[str, TableSpec]:
+    """Topic name → table for the `defects`, `parts` and `alerts` topics of `topics` (a `TopicNames`).
+
+    Args:
+        topics: anything with `defects`, `parts` and `alerts` topic names.
+        plant: the plant's timezone (a name, or an object with `timezone`) for the shift dates.
+        shift_of: the calendar, for events that carry no shift (see `event_shift`).
+    """
     di = {c: i for i, c in enumerate(DEFECT_COLUMNS)}
     pi = {c: i for i, c in enumerate(PART_COLUMNS)}
+    tz = _timezone(plant)
     return {
         topics.defects: TableSpec(
-            "defects", DEFECT_COLUMNS, lambda r, now: defect_row(DefectEvent.from_avro(r), plant, now),
+            "defects", DEFECT_COLUMNS, lambda r, now: defect_row(DefectEvent.from_avro(r), tz, now, shift_of=shift_of),
             lambda row: (row[di["run_id"]], row[di["model_version"]], row[di["first_frame_ts"]]),
         ),
         topics.parts: TableSpec(
-            "parts", PART_COLUMNS, lambda r, now: part_row(PartInspected.from_avro(r), plant, now),
+            "parts", PART_COLUMNS, lambda r, now: part_row(PartInspected.from_avro(r), tz, now, shift_of=shift_of),
             lambda row: (row[pi["run_id"]], row[pi["model_version"]], row[pi["first_frame_ts"]]),
         ),
         topics.alerts: TableSpec("alerts", ALERT_COLUMNS, lambda r, now: alert_row(Alert.from_avro(r), now)),

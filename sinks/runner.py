@@ -17,7 +17,9 @@ Guarantees:
   sink stops retrying after `flush_budget_s`, and once one partition is refused the others are
   not tried; while held, every partition is paused and the loop keeps polling.
 
-`SinkRunner.run(max_seconds=..., idle_s=...)` is the library entry point tests call in-process.
+`SinkRunner.run(max_seconds=..., idle_s=...)` is the library entry point tests call in-process. The
+runner builds no Kafka client itself: it is given factories (`defectstream sink` passes
+`streams.kafka.clients.consumer` / `producer` bound to the Kafka settings) or ready clients (tests).
 """
 from __future__ import annotations
 
@@ -28,18 +30,22 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from schemas.codec import AvroCodec, DecodeError
 from schemas.events import DeadLetter
 from sinks.base import TP, BatchingSink, SinkBackpressureError
-from streams.metrics import SinkMetrics
-from streams.settings import KafkaSettings, SinkSettings
+from sinks.metrics import SinkMetrics
+from sinks.settings import ClickHouseSettings, SinkSettings
 
 log = logging.getLogger(__name__)
 
 # Schema of each pipeline topic's values, by the `TopicNames` field naming the topic.
 TOPIC_SCHEMAS = {"defects": "DefectEvent", "parts": "PartInspected", "alerts": "Alert"}
+
+# `factory(**options)` → a kafka-python KafkaConsumer / KafkaProducer with those options and the
+# connection (brokers, security) already bound, e.g. `functools.partial(clients.consumer, kafka)`.
+ClientFactory = Callable[..., Any]
 
 
 @dataclass
@@ -76,10 +82,13 @@ class SinkRunner:
     def __init__(
         self,
         sink: BatchingSink,
-        kafka: KafkaSettings,
         settings: SinkSettings,
+        topic_names: Any,
         topics: dict[str, str] | None = None,
         *,
+        framing: str = "single_object",
+        consumer_factory: ClientFactory | None = None,
+        producer_factory: ClientFactory | None = None,
         consumer: Any = None,
         producer: Any = None,
         metrics: SinkMetrics | None = None,
@@ -87,22 +96,28 @@ class SinkRunner:
         """
         Args:
             sink: where records go (`ClickHouseSink` in production).
-            kafka: brokers, security, topic names (`deadletter` is where bad records go).
             settings: group id, batch size, flush interval, hold waits.
+            topic_names: the pipeline's topic names (a `TopicNames`: `deadletter` is where bad records
+                go; `defects`, `parts`, `alerts` the default topics).
             topics: topic → Avro schema key; default the `defects`, `parts` (and `alerts`) topics.
-            consumer / producer: injected kafka-python clients (tests); built from settings otherwise.
+            framing: the Avro wire framing of every topic, `single_object` or `confluent`.
+            consumer_factory / producer_factory: build the kafka-python consumer / dead-letter
+                producer from the options the runner needs (connection bound by the caller).
+            consumer / producer: ready kafka-python clients (tests); the runner neither closes the
+                consumer nor builds one then.
             metrics: where the run's Prometheus metrics go (a fresh `SinkMetrics` when None).
         """
         self.metrics = metrics or SinkMetrics()
         self.sink = sink
-        self.kafka = kafka
         self.settings = settings
+        self.topic_names = topic_names
         if topics is None:
             names = ["defects", "parts"] + (["alerts"] if settings.include_alerts else [])
-            topics = {getattr(kafka.topics, n): TOPIC_SCHEMAS[n] for n in names}
-        framing = "confluent" if kafka.confluent_wire_format else "single_object"
+            topics = {getattr(topic_names, n): TOPIC_SCHEMAS[n] for n in names}
         self.codecs = {t: AvroCodec(key, framing) for t, key in topics.items()}
         self._dead_codec = DeadLetter.codec(framing)
+        self._consumer_factory = consumer_factory
+        self._producer_factory = producer_factory
         self._consumer = consumer
         self._producer = producer
         self._stop = threading.Event()
@@ -117,17 +132,20 @@ class SinkRunner:
 
     # -- clients ------------------------------------------------------------------------
     def _make_consumer(self) -> Any:
-        return import_kafka().KafkaConsumer(
+        if self._consumer_factory is None:
+            raise ValueError("SinkRunner needs a consumer or a consumer_factory")
+        return self._consumer_factory(
             group_id=self.settings.group_id,
             enable_auto_commit=False,
             auto_offset_reset=self.settings.auto_offset_reset,
             max_poll_records=self.settings.max_poll_records,
             max_poll_interval_ms=int(self.settings.max_poll_interval_s * 1000),
-            **self.kafka.client_kwargs(),
         )
 
     def _make_producer(self) -> Any:
-        return import_kafka().KafkaProducer(acks="all", linger_ms=5, **self.kafka.client_kwargs())
+        if self._producer_factory is None:
+            raise ValueError("SinkRunner needs a producer or a producer_factory")
+        return self._producer_factory(acks="all", linger_ms=5)
 
     @property
     def producer(self) -> Any:
@@ -229,7 +247,7 @@ class SinkRunner:
             reason=reason[:2000], error_class=error_class, failed_at=int(time.time() * 1000), key=rec.key,
         )
         self._dead_futures.append(
-            self.producer.send(self.kafka.topics.deadletter, value=self._dead_codec.encode(dl.to_avro()), key=rec.key))
+            self.producer.send(self.topic_names.deadletter, value=self._dead_codec.encode(dl.to_avro()), key=rec.key))
 
     def _await_dead_letters(self) -> None:
         """Wait until Kafka acknowledged every dead letter sent; raise the first send error."""
@@ -350,21 +368,43 @@ class SinkRunner:
             del self._raw[key]
 
 
-def run_sink(settings: Any, *, max_seconds: float | None = None, idle_s: float | None = None,
-             runner_hook: Any = None) -> SinkStats:
-    """Build the ClickHouse sink and its runner from `Settings` and run it (see `SinkRunner.run`).
+def run_sink(
+    clickhouse: ClickHouseSettings,
+    settings: SinkSettings,
+    topic_names: Any,
+    *,
+    timezone: str,
+    consumer_factory: ClientFactory,
+    producer_factory: ClientFactory,
+    framing: str = "single_object",
+    shift_of: Callable[[int], Any] | None = None,
+    max_seconds: float | None = None,
+    idle_s: float | None = None,
+    runner_hook: Any = None,
+) -> SinkStats:
+    """Build the ClickHouse sink and its runner and run it (see `SinkRunner.run`).
 
-    `runner_hook(runner)` is called before the loop starts (tests keep the runner to stop it).
-    The run's metrics are served on `sink.metrics_port` while it runs (see `streams.metrics`).
+    Args:
+        clickhouse / settings: the ClickHouse connection and the sink runner's settings.
+        topic_names: the pipeline's topic names (a `TopicNames`).
+        timezone: the plant's IANA timezone (shift dates); `shift_of`: its calendar, for events
+            that carry no shift (see `sinks.clickhouse.event_shift`).
+        consumer_factory / producer_factory / framing: as for `SinkRunner`.
+        runner_hook: `runner_hook(runner)` is called before the loop starts (tests keep the runner
+            to stop it).
+
+    The run's metrics are served on `settings.metrics_port` while it runs (see `sinks.metrics`).
+    `defectstream sink` (`streams.commands.sink.run_sink`) builds all of these from `Settings`.
     """
     from sinks.clickhouse import ClickHouseSink, table_specs
-    from streams.metrics import serve
+    from sinks.metrics import serve
 
-    sink = ClickHouseSink(settings.clickhouse, table_specs(settings.kafka.topics, settings.plant), settings.sink)
-    runner = SinkRunner(sink, settings.kafka, settings.sink)
+    sink = ClickHouseSink(clickhouse, table_specs(topic_names, timezone, shift_of=shift_of), settings)
+    runner = SinkRunner(sink, settings, topic_names, framing=framing, consumer_factory=consumer_factory,
+                        producer_factory=producer_factory)
     if runner_hook is not None:
         runner_hook(runner)
-    server = serve(runner.metrics.registry, settings.sink.metrics_port)
+    server = serve(runner.metrics.registry, settings.metrics_port)
     try:
         return runner.run(max_seconds=max_seconds, idle_s=idle_s)
     finally:

@@ -1,23 +1,69 @@
-"""Test helpers shipped with the sinks: event builders and a catalogue of every query defectstream runs.
+"""Test helpers shipped with the sinks: event builders, and writing events into ClickHouse as the sink does.
 
-The catalogue lets one test run each statement on the ClickHouse 18.16 server and on chdb (the
-current engine): a query that only works on one of them fails there.
+The catalogue of every query defectstream runs (for the dialect tests) is `streams.spc.queries`.
 """
 from __future__ import annotations
 
+import datetime as dt
 import random
-from typing import Iterator
+from types import SimpleNamespace
+from typing import Any, Iterator, NamedTuple
+from zoneinfo import ZoneInfo
 
 from schemas.events import Alert, DefectEvent, PartInspected, deterministic_id
-from streams.settings import PlantSettings
-from streams.shifts import shift_at
+from sinks.clickhouse import ShiftOf
+
+
+class _Shift(NamedTuple):
+    name: str
+    start: dt.time
+    end: dt.time
+
+
+# The calendar of test events when none is given: the default plant calendar of `PlantSettings`.
+DEFAULT_PLANT = SimpleNamespace(timezone="Europe/Berlin", shifts=(
+    _Shift("early", dt.time(6), dt.time(14)), _Shift("late", dt.time(14), dt.time(22)),
+    _Shift("night", dt.time(22), dt.time(6))))
+
+
+class _Slot(NamedTuple):
+    name: str
+    start_ms: int
+    date: dt.date
+
+
+def calendar_shift(ts_ms: int, plant: Any = None) -> _Slot:
+    """The shift of test data at `ts_ms` in `plant`'s calendar (anything with `timezone` and `shifts`
+    of `name`/`start`/`end`, e.g. `PlantSettings`; `DEFAULT_PLANT` when None).
+
+    The same rule as the product's `streams.shifts.shift_at` (wall-clock shifts in the plant timezone,
+    a shift crossing midnight belongs to the day it starts on), kept here so that the sink's test
+    helpers need nothing from `streams`. Raises LookupError in a calendar gap.
+    """
+    plant = plant or DEFAULT_PLANT
+    tz = ZoneInfo(plant.timezone)
+    when = dt.datetime.fromtimestamp(ts_ms / 1000.0, tz=dt.timezone.utc)
+    local_day = when.astimezone(tz).date()
+    for day in (local_day, local_day - dt.timedelta(days=1)):
+        for shift in plant.shifts:
+            start = dt.datetime.combine(day, shift.start, tzinfo=tz)
+            crosses = (shift.end.hour, shift.end.minute) <= (shift.start.hour, shift.start.minute)
+            end = dt.datetime.combine(day + dt.timedelta(days=1) if crosses else day, shift.end, tzinfo=tz)
+            if start <= when < end:
+                return _Slot(shift.name, int(start.timestamp() * 1000), day)
+    raise LookupError(f"no shift of the calendar covers {when.astimezone(tz).isoformat()} ({plant.timezone})")
+
+
+def calendar(plant: Any = None) -> ShiftOf:
+    """`plant`'s calendar as the sink takes it (`shift_of`), for events that carry no shift."""
+    return lambda ts_ms: calendar_shift(ts_ms, plant)
 
 
 def make_part(i: int, ts_ms: int, *, line: str = "line-1", camera: str = "cam-1", fail: bool = False,
               counts: dict[str, int] | None = None, run_id: str = "production", model_version: str = "m1",
-              plant: PlantSettings | None = None) -> PartInspected:
-    """A PartInspected with a deterministic id (same arguments → same event)."""
-    slot = shift_at(ts_ms, plant or PlantSettings())
+              plant: Any = None) -> PartInspected:
+    """A PartInspected with a deterministic id (same arguments → same event), its shift from `plant`'s calendar."""
+    slot = calendar_shift(ts_ms, plant)
     counts = dict(counts if counts is not None else ({"crack": 1} if fail else {}))
     part_id = f"{camera}-{ts_ms}-{i}"
     return PartInspected(
@@ -65,45 +111,23 @@ def sample_events(start_ms: int, n: int = 600, *, seed: int = 1, cameras: tuple[
                     track += 1
 
 
-def query_catalog(start_ms: int, end_ms: int) -> dict[str, str]:
-    """Every SELECT of the report and the monitor, rendered for [start, end): name → SQL."""
-    from streams.spc import monitor, report
+def seed(ex, events, plant: Any = None, *, ingested_at: int = 1, shift_of: ShiftOf | None = None) -> dict[str, int]:
+    """Insert events (PartInspected / DefectEvent / Alert) straight into their tables; rows per table.
 
-    out: dict[str, str] = {}
-    variants = {
-        "all": report.ReportFilters(start_ms, end_ms),
-        "line": report.ReportFilters(start_ms, end_ms, line="line-1"),
-        "camera": report.ReportFilters(start_ms, end_ms, line="line-1", camera="cam-1"),
-        "class": report.ReportFilters(start_ms, end_ms, defect_class="crack"),
-        "quote": report.ReportFilters(start_ms, end_ms, run_id="it's a \\ replay", camera="cam'1"),
-    }
-    for by in ("shift", "hour", "day"):
-        for name, f in variants.items():
-            out[f"report_{by}_{name}"] = report.subgroups_sql(by, f)
-    for name, f in variants.items():
-        out[f"pareto_{name}"] = report.pareto_sql(f)
-    out["monitor_window"] = monitor.window_sql("production", start_ms, end_ms)
-    out["monitor_baseline"] = monitor.baseline_sql("production", start_ms, end_ms, 3_600_000)
-    out["monitor_alert_state"] = monitor.alert_state_sql("production")
-    out["model_runs"] = (
-        "SELECT run_id, model_version, min(first_event_ts), max(last_event_ts) FROM model_runs "
-        "GROUP BY run_id, model_version ORDER BY run_id, model_version"
-    )
-    return out
-
-
-def seed(ex, events, plant: PlantSettings | None = None, *, ingested_at: int = 1) -> dict[str, int]:
-    """Insert events (PartInspected / DefectEvent / Alert) straight into their tables; rows per table."""
+    `plant` (timezone and calendar, `DEFAULT_PLANT` when None) dates the shifts; an event that
+    carries no shift gets the one `shift_of` gives (default: `plant`'s calendar), as in the sink.
+    """
     from sinks.clickhouse import ALERT_COLUMNS, DEFECT_COLUMNS, PART_COLUMNS, alert_row, defect_row, part_row
 
-    plant = plant or PlantSettings()
+    plant = plant or DEFAULT_PLANT
+    shift_of = shift_of or calendar(plant)
     tables: dict[str, tuple[tuple, list]] = {
         "parts": (PART_COLUMNS, []), "defects": (DEFECT_COLUMNS, []), "alerts": (ALERT_COLUMNS, [])}
     for ev in events:
         if isinstance(ev, PartInspected):
-            tables["parts"][1].append(part_row(ev, plant, ingested_at))
+            tables["parts"][1].append(part_row(ev, plant, ingested_at, shift_of=shift_of))
         elif isinstance(ev, DefectEvent):
-            tables["defects"][1].append(defect_row(ev, plant, ingested_at))
+            tables["defects"][1].append(defect_row(ev, plant, ingested_at, shift_of=shift_of))
         elif isinstance(ev, Alert):
             tables["alerts"][1].append(alert_row(ev, ingested_at))
         else:
@@ -111,24 +135,21 @@ def seed(ex, events, plant: PlantSettings | None = None, *, ingested_at: int = 1
     return {t: ex.insert(t, cols, rows) for t, (cols, rows) in tables.items() if rows}
 
 
-def catalog_answers(ex, start_ms: int, end_ms: int) -> dict[str, list[tuple]]:
-    """The answer of every catalogue query (rows sorted), to compare a database before and after a change."""
-    return {name: sorted(ex.query(sql), key=repr) for name, sql in query_catalog(start_ms, end_ms).items()}
-
-
-def write_through_sink(ex, events, *, ingested_at_s: float = 1_000_000.0, repeat: int = 1):
+def write_through_sink(ex, events, *, ingested_at_s: float = 1_000_000.0, repeat: int = 1, plant: Any = None,
+                       shift_of: ShiftOf | None = None):
     """Write events as the ClickHouse sink does (row mapping, one batch per topic), each batch `repeat` times.
 
     `repeat=2` is an INSERT whose acknowledgement was lost and which was sent again, byte for byte.
-    Returns the sink (its `rows_written` counts every write).
+    `plant` and `shift_of` as for `seed`. Returns the sink (its `rows_written` counts every write).
     """
     from sinks.base import SinkBatch
     from sinks.clickhouse import ClickHouseSink, table_specs
-    from streams.settings import KafkaSettings, SinkSettings
+    from sinks.settings import SinkSettings
 
-    topics = KafkaSettings().topics
-    sink = ClickHouseSink(None, table_specs(topics, PlantSettings()), SinkSettings(),  # type: ignore[arg-type]
-                          executor_factory=lambda: ex, clock=lambda: ingested_at_s)
+    plant = plant or DEFAULT_PLANT
+    topics = SimpleNamespace(defects="defects", parts="parts", alerts="alerts")  # the default topic names
+    sink = ClickHouseSink(None, table_specs(topics, plant, shift_of=shift_of or calendar(plant)),  # type: ignore[arg-type]
+                          SinkSettings(), executor_factory=lambda: ex, clock=lambda: ingested_at_s)
     for off, ev in enumerate(events):
         topic = (topics.parts if isinstance(ev, PartInspected) else topics.defects if isinstance(ev, DefectEvent)
                  else topics.alerts)

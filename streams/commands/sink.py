@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
+from typing import TYPE_CHECKING, Any, Callable
 
-from streams.settings import Settings
+from streams.settings import KafkaSettings, PlantSettings, Settings, SinkSettings
+
+if TYPE_CHECKING:
+    from sinks.base import BatchingSink
+    from sinks.runner import SinkRunner, SinkStats
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,9 +43,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_status)
 
 
-def run_sink_command(args: argparse.Namespace) -> int:
-    from sinks.runner import run_sink
+def shift_of(plant: PlantSettings) -> Callable[[int], Any]:
+    """The plant calendar as the sink takes it: timestamp → `ShiftSlot` (LookupError in a gap).
 
+    The sink uses it only for events that carry no shift (written before the tracker stamped it).
+    """
+    from streams.shifts import shift_at
+
+    return functools.partial(shift_at, plant=plant)
+
+
+def build_runner(sink: BatchingSink, kafka: KafkaSettings, settings: SinkSettings,
+                 topics: dict[str, str] | None = None, **kw: Any) -> SinkRunner:
+    """A `SinkRunner` into `sink` whose consumer and dead-letter producer are built by `streams.kafka.clients`."""
+    from sinks.runner import SinkRunner
+    from streams.kafka import clients
+
+    return SinkRunner(sink, settings, kafka.topics, topics, framing=clients.framing(kafka),
+                      consumer_factory=functools.partial(clients.consumer, kafka),
+                      producer_factory=functools.partial(clients.producer, kafka), **kw)
+
+
+def run_sink(settings: Settings, *, max_seconds: float | None = None, idle_s: float | None = None,
+             runner_hook: Any = None) -> SinkStats:
+    """The ClickHouse sink of `defectstream sink`, wired from `settings` (see `sinks.runner.run_sink`)."""
+    from sinks import runner
+    from streams.kafka import clients
+
+    return runner.run_sink(
+        settings.clickhouse, settings.sink, settings.kafka.topics, timezone=settings.plant.timezone,
+        consumer_factory=functools.partial(clients.consumer, settings.kafka),
+        producer_factory=functools.partial(clients.producer, settings.kafka),
+        framing=clients.framing(settings.kafka), shift_of=shift_of(settings.plant),
+        max_seconds=max_seconds, idle_s=idle_s, runner_hook=runner_hook,
+    )
+
+
+def run_sink_command(args: argparse.Namespace) -> int:
     settings = Settings()
     if args.group_id:
         settings.sink.group_id = args.group_id

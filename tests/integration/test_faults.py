@@ -31,8 +31,9 @@ from clickhouse_driver import Client
 
 from schemas.events import DeadLetter, FrameEvent
 from sinks.migrations import migrate
-from sinks.runner import SinkStats, import_kafka, run_sink
+from sinks.runner import SinkStats, import_kafka
 from sinks.sql import DriverExecutor
+from streams.commands.sink import run_sink
 from streams.inspection.intake import expected_partition
 from streams.settings import ClickHouseSettings, Settings, SinkSettings
 from streams.sim.simulator import SimulationConfig, generate

@@ -21,8 +21,9 @@ import pytest
 
 from schemas.events import FrameEvent, PartInspected
 from sinks.base import TP, ListSink
-from sinks.runner import SinkRunner, import_kafka
+from sinks.runner import import_kafka
 from sinks.testing import make_alert, make_part
+from streams.commands.sink import build_runner
 from streams.commands.stack import stack_module
 from streams.settings import KafkaSettings, Settings, SinkSettings, TopicNames
 
@@ -149,8 +150,8 @@ def test_every_client_kind_works_with_sasl_plain(sasl_broker):
     producer.flush()
     producer.close()
     sink = ListSink()
-    runner = SinkRunner(sink, k, SinkSettings(group_id=f"sasl-{uuid.uuid4().hex[:6]}", flush_interval_s=0.2),
-                        {k.topics.parts: "PartInspected"})
+    runner = build_runner(sink, k, SinkSettings(group_id=f"sasl-{uuid.uuid4().hex[:6]}", flush_interval_s=0.2),
+                          {k.topics.parts: "PartInspected"})
     stats = runner.run(idle_s=2.0, max_seconds=60)
     assert [v["part_id"] for v in sink.values] == [part.part_id] and stats.deadlettered == 1 and stats.commits >= 1
 

@@ -124,7 +124,7 @@ class DownAfter:
 
 def test_replay_beside_production_resume_and_compare(checkpoints, stream_worker_factory, kafka_admin, fresh_database,
                                                      executor, stack, tmp_path, monkeypatch, capsys):
-    from sinks.runner import run_sink
+    from streams.commands.sink import run_sink
 
     strong, weak = checkpoints
     import socket

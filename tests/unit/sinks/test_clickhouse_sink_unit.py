@@ -1,15 +1,18 @@
 """ClickHouse sink without a server: event → row mapping, retries with backoff, backpressure, model_runs."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
 from clickhouse_driver import errors
 
+from schemas.events import DefectEvent
 from sinks.base import TP, SinkBackpressureError
 from sinks.clickhouse import (ALERT_COLUMNS, DEFECT_COLUMNS, PART_COLUMNS, ClickHouseSink, alert_row, defect_row,
                               is_retryable, is_row_error, part_row, table_specs)
 from sinks.testing import make_alert, make_defect, make_part
+from streams.commands.sink import shift_of
 from streams.settings import KafkaSettings, PlantSettings, SinkSettings
 
 PLANT = PlantSettings()
@@ -26,14 +29,40 @@ def test_part_row_carries_shift_run_and_model():
     assert row["verdict"] == "FAIL" and row["version"] == 99 == row["ingested_at"]
 
 
-def test_defect_row_applies_the_calendar_at_ingest():
+def test_defect_row_applies_the_calendar_at_ingest_to_a_defect_without_a_shift():
     d = make_defect(make_part(1, T), 0, "crack")
-    row = dict(zip(DEFECT_COLUMNS, defect_row(d, PLANT, 5)))
+    assert not getattr(d, "shift", "")  # as written before the tracker stamped the shift
+    row = dict(zip(DEFECT_COLUMNS, defect_row(d, PLANT, 5, shift_of=shift_of(PLANT))))
     assert row["shift_name"] == "night" and row["shift_date"] == dt.date(2025, 11, 21)
+    assert row["shift_start"] == make_part(1, T).shift_start
     assert (row["bbox_x0"], row["bbox_y1"]) == (10, 50)
     assert row["class_votes_class"] == ["crack", "scratch"] and row["class_votes_weight"] == pytest.approx([2.4, 0.6])
     gap = PlantSettings(shifts=[{"name": "day", "start": "08:00", "end": "16:00"}])
-    assert dict(zip(DEFECT_COLUMNS, defect_row(d, gap, 5)))["shift_name"] == ""  # stored, not dropped
+    gap_row = dict(zip(DEFECT_COLUMNS, defect_row(d, gap, 5, shift_of=shift_of(gap))))
+    assert (gap_row["shift_name"], gap_row["shift_start"]) == ("", 0)  # stored, not dropped
+    assert gap_row["shift_date"] == dt.date(2025, 11, 22)  # the local date of its first frame
+    no_calendar = dict(zip(DEFECT_COLUMNS, defect_row(d, "Europe/Berlin", 5)))  # a timezone name will do
+    assert (no_calendar["shift_name"], no_calendar["shift_start"]) == ("", 0)
+
+
+def test_defect_row_takes_the_shift_the_event_carries_over_the_calendar():
+    if "shift" not in DefectEvent.__dataclass_fields__:
+        pytest.skip("DefectEvent carries no shift yet (the tracker's shift stamp has not landed)")
+    part = make_part(1, T)
+    d = dataclasses.replace(make_defect(part, 0, "crack"), shift=part.shift_name, shift_start=part.shift_start)
+    called: list[int] = []
+    row = dict(zip(DEFECT_COLUMNS, defect_row(d, PLANT, 5, shift_of=lambda ts: called.append(ts))))
+    assert (row["shift_name"], row["shift_start"], row["shift_date"]) == ("night", part.shift_start, dt.date(2025, 11, 21))
+    assert called == []  # the calendar is only for events that carry no shift
+    unscheduled = dataclasses.replace(d, shift="unscheduled", shift_start=0)
+    assert dict(zip(DEFECT_COLUMNS, defect_row(unscheduled, PLANT, 5)))["shift_name"] == "unscheduled"
+
+
+def test_table_specs_pass_the_calendar_to_the_rows():
+    d = make_defect(make_part(1, T), 0, "crack")
+    spec = table_specs(KafkaSettings().topics, PLANT, shift_of=shift_of(PLANT))["defects"]
+    row = dict(zip(spec.columns, spec.to_row(d.codec().decode(d.codec().encode(d.to_avro())), 7)))
+    assert row["shift_name"] == "night" and row["version"] == 7
 
 
 def test_alert_row_nulls_become_empty():

@@ -11,6 +11,7 @@ from sinks.runner import SinkRunner, import_kafka
 from streams.settings import KafkaSettings, SinkSettings
 
 structs = import_kafka("kafka.structs")
+TOPICS = KafkaSettings().topics
 
 
 class Rec(NamedTuple):
@@ -101,7 +102,7 @@ def make(logs: dict[TP, list[bytes]], sink: Any = None, **kw: Any) -> tuple[Sink
     sink = sink or ListSink()
     consumer, producer = FakeConsumer(logs), FakeProducer()
     settings = SinkSettings(**{"flush_interval_s": 0.01, "hold_initial_s": 0.01, "hold_max_s": 0.05, **kw})
-    runner = SinkRunner(sink, KafkaSettings(), settings, {"parts": "PartInspected"}, consumer=consumer, producer=producer)
+    runner = SinkRunner(sink, settings, TOPICS, {"parts": "PartInspected"}, consumer=consumer, producer=producer)
     return runner, consumer, producer, sink
 
 
@@ -169,7 +170,7 @@ def test_failed_commit_does_not_stop_the_loop():
     tp = TP("parts", 0)
     sink = ListSink()
     consumer, producer = NoCommit({tp: [part(0), part(1)]}), FakeProducer()
-    runner = SinkRunner(sink, KafkaSettings(), SinkSettings(flush_interval_s=0.01), {"parts": "PartInspected"},
+    runner = SinkRunner(sink, SinkSettings(flush_interval_s=0.01), TOPICS, {"parts": "PartInspected"},
                         consumer=consumer, producer=producer)
     stats = runner.run(idle_s=0.05, max_seconds=5)
     assert len(sink.values) == 2 and stats.commit_failures >= 1
@@ -208,7 +209,7 @@ def test_dead_letters_kafka_refuses_hold_and_commit_nothing():
     tp = TP("parts", 0)
     sink = ListSink()
     consumer, producer = FakeConsumer({tp: [part(0), b"\x00garbage", part(2)]}), RefusingProducer()
-    runner = SinkRunner(sink, KafkaSettings(), SinkSettings(flush_interval_s=0.01, hold_initial_s=5),
+    runner = SinkRunner(sink, SinkSettings(flush_interval_s=0.01, hold_initial_s=5), TOPICS,
                         {"parts": "PartInspected"}, consumer=consumer, producer=producer)
     runner.run(max_seconds=0.5)
     assert consumer.committed == {} and runner.holding and consumer.pos == {tp: 0}  # rewound, re-read later
@@ -244,7 +245,7 @@ def test_metrics_rows_written_rejected_dead_letters_queue_and_lag():
     tp = TP("parts", 0)
     sink = ListSink(reject=lambda v: v["first_frame_ts"] < 0)
     consumer, producer = LaggingConsumer({tp: [part(0), bad_part(1), b"\x00garbage", part(2)]}), FakeProducer()
-    runner = SinkRunner(sink, KafkaSettings(), SinkSettings(flush_interval_s=0.01), {"parts": "PartInspected"},
+    runner = SinkRunner(sink, SinkSettings(flush_interval_s=0.01), TOPICS, {"parts": "PartInspected"},
                         consumer=consumer, producer=producer)
     runner.run(idle_s=0.05, max_seconds=5)
     samples = parse(generate_latest(runner.metrics.registry).decode())
@@ -257,3 +258,28 @@ def test_metrics_rows_written_rejected_dead_letters_queue_and_lag():
     assert total(samples, "defectstream_sink_queue_rows") == 0  # all flushed
     assert total(samples, "defectstream_sink_consumer_lag", topic="parts", partition="0") == 3
     assert total(samples, "defectstream_sink_holding") == 0
+
+
+def test_the_runner_builds_its_clients_only_through_the_factories_it_is_given():
+    """sinks/ builds no Kafka client: `defectstream sink` injects factories bound to the Kafka settings."""
+    tp = TP("parts", 0)
+    built: dict[str, dict] = {}
+    consumer, producer = FakeConsumer({tp: [part(0), b"\x00garbage"]}), FakeProducer()
+
+    def consumer_factory(**options):
+        built["consumer"] = options
+        return consumer
+
+    def producer_factory(**options):
+        built["producer"] = options
+        return producer
+
+    settings = SinkSettings(flush_interval_s=0.01, group_id="g-1")
+    runner = SinkRunner(ListSink(), settings, TOPICS, {"parts": "PartInspected"}, consumer_factory=consumer_factory,
+                        producer_factory=producer_factory)
+    stats = runner.run(idle_s=0.05, max_seconds=5)
+    assert stats.deadlettered == 1 and [t for t, _v in producer.sent] == [TOPICS.deadletter]
+    assert built["consumer"]["group_id"] == "g-1" and built["consumer"]["enable_auto_commit"] is False
+    assert built["producer"] == {"acks": "all", "linger_ms": 5}
+    with pytest.raises(ValueError, match="consumer_factory"):
+        SinkRunner(ListSink(), settings, TOPICS).run(max_seconds=0.1)
