@@ -1,9 +1,10 @@
 """The `defectstream` command line: one entry point, a subcommand per capability.
 
-Each capability keeps its commands beside its code in a module that exposes
-`register(subparsers)`; that function adds its subparser(s) and sets `func` (the handler,
-called with the parsed args, returning an exit code). Heavy imports (torch, faust, kafka)
-happen inside handlers so `defectstream --help` stays fast.
+Every command lives in a module of `streams/commands/` (training and evaluation in `models/cli.py`)
+that exposes `register(subparsers)`; that function adds its subparser(s) and sets `func` (the
+handler, called with the parsed args, returning an exit code); the logic modules they call take
+no argparse. Heavy imports (torch, faust, kafka) happen inside handlers so `defectstream --help`
+stays fast.
 """
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ COMMAND_MODULES = [
     "streams.commands.demo",
     "models.cli",
     "streams.commands.worker",
-    "streams.sim.simulator",
-    "streams.sim.scoring",
-    "streams.inspection.cameras",
+    "streams.commands.simulate",
+    "streams.commands.score",
+    "streams.commands.cameras",
     "streams.commands.sink",
     "streams.commands.status",
-    "streams.spc.report",
-    "streams.spc.monitor",
-    "streams.replay.replayer",
+    "streams.commands.report",
+    "streams.commands.monitor",
+    "streams.commands.replay",
     "streams.commands.compare",
     "streams.commands.models",
 ]

@@ -10,101 +10,11 @@ releases. The comparison itself is `streams.replay.comparison` (pure).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
-from typing import Any, Sequence
-from zoneinfo import ZoneInfo
 
-from sinks.sql import Executor, render
-from streams.replay.comparison import Comparison, DefectRow, PartRow, compare_runs, score_sides
-from streams.settings import PlantSettings
-
-
-def _time_filter(since_ms: int | None, until_ms: int | None) -> tuple[str, dict[str, Any]]:
-    conds, params = [], {}
-    if since_ms is not None:
-        conds.append("first_frame_ts >= {since_ms}")
-        params["since_ms"] = since_ms
-    if until_ms is not None:
-        conds.append("first_frame_ts < {until_ms}")
-        params["until_ms"] = until_ms
-    return "".join(f" AND {c}" for c in conds), params
-
-
-def _scope(run_id: str, restrict_to: str | None, cameras: Sequence[str] | None, since_ms: int | None,
-           until_ms: int | None) -> tuple[str, dict[str, Any]]:
-    """WHERE clause: the run, optionally only parts that run `restrict_to` inspected."""
-    extra, params = _time_filter(since_ms, until_ms)
-    where = "run_id = {run}" + extra
-    params["run"] = run_id
-    if cameras:
-        where += " AND camera_id IN (" + ", ".join("{cam%d}" % i for i in range(len(cameras))) + ")"
-        params.update({f"cam{i}": c for i, c in enumerate(cameras)})
-    if restrict_to is not None:
-        where += " AND part_id IN (SELECT part_id FROM parts WHERE run_id = {restrict})"
-        params["restrict"] = restrict_to
-    return where, params
-
-
-def parts_sql(run_id: str, *, restrict_to: str | None = None, cameras: Sequence[str] | None = None,
-              since_ms: int | None = None, until_ms: int | None = None) -> str:
-    """Rendered SQL: one row per part event id of `run_id` (camera, part, verdict, shift, ts, defects, model)."""
-    where, params = _scope(run_id, restrict_to, cameras, since_ms, until_ms)
-    return render(f"""
-SELECT event_id, any(camera_id) AS cam, any(part_id) AS pid, any(verdict) AS v, any(shift_name) AS s_name,
-       any(shift_start) AS s_start, any(first_frame_ts) AS ts, any(defects_total) AS n, any(model_version) AS mv
-FROM parts
-WHERE {where}
-GROUP BY event_id""", params)
-
-
-def defects_sql(run_id: str, *, restrict_to: str | None = None, cameras: Sequence[str] | None = None,
-                since_ms: int | None = None, until_ms: int | None = None) -> str:
-    """Rendered SQL: one row per defect event id of `run_id`."""
-    where, params = _scope(run_id, restrict_to, cameras, since_ms, until_ms)
-    return render(f"""
-SELECT event_id, any(camera_id) AS cam, any(part_id) AS pid, any(track_id) AS tid, any(defect_class) AS cls,
-       any(bbox_x0) AS x0, any(bbox_y0) AS y0, any(bbox_x1) AS x1, any(bbox_y1) AS y1,
-       any(best_frame_seq) AS best, any(first_frame_ts) AS t0, any(last_frame_ts) AS t1,
-       any(severity) AS sev, any(confidence) AS conf
-FROM defects
-WHERE {where}
-GROUP BY event_id""", params)
-
-
-def _shift_label(name: str, start_ms: int, tz: ZoneInfo) -> str:
-    local = dt.datetime.fromtimestamp(int(start_ms) / 1000, tz)
-    return f"{local:%Y-%m-%d %H:%M} {name}".strip()
-
-
-def fetch_parts(ex: Executor, run_id: str, plant: PlantSettings, **scope: Any) -> list[PartRow]:
-    tz = ZoneInfo(plant.timezone)
-    return [PartRow(cam, pid, v, _shift_label(s_name, s_start, tz), int(ts), int(n), mv)
-            for _id, cam, pid, v, s_name, s_start, ts, n, mv in ex.query(parts_sql(run_id, **scope))]
-
-
-def fetch_defects(ex: Executor, run_id: str, **scope: Any) -> list[DefectRow]:
-    return [DefectRow(eid, cam, pid, int(tid), cls, (int(x0), int(y0), int(x1), int(y1)), int(best), int(t0), int(t1),
-                      float(sev), float(conf))
-            for eid, cam, pid, tid, cls, x0, y0, x1, y1, best, t0, t1, sev, conf in ex.query(defects_sql(run_id, **scope))]
-
-
-def run_compare(ex: Executor, baseline: str, candidate: str, plant: PlantSettings, *, by: str = "shift",
-                cameras: Sequence[str] | None = None, since_ms: int | None = None, until_ms: int | None = None,
-                ground_truth: Sequence[Any] | None = None, iou_min: float = 0.3, travel_axis: str = "-x") -> Comparison:
-    """Fetch both runs (baseline restricted to the candidate's parts) and compare them."""
-    scope = {"cameras": cameras, "since_ms": since_ms, "until_ms": until_ms}
-    cand_parts = fetch_parts(ex, candidate, plant, **scope)
-    cand_defects = fetch_defects(ex, candidate, **scope)
-    base_parts = fetch_parts(ex, baseline, plant, restrict_to=candidate, **scope)
-    base_defects = fetch_defects(ex, baseline, restrict_to=candidate, **scope)
-    cmp = compare_runs(baseline, candidate, baseline_parts=base_parts, candidate_parts=cand_parts,
-                       baseline_defects=base_defects, candidate_defects=cand_defects, by=by,  # type: ignore[arg-type]
-                       iou_min=iou_min, travel_axis=travel_axis)
-    if ground_truth and cmp.parts:
-        cmp.ground_truth = score_sides(cmp, ground_truth, {baseline: base_defects, candidate: cand_defects})
-    return cmp
+from streams.replay.comparison import Comparison
+from streams.replay.queries import run_compare
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,9 +119,9 @@ def cli_compare(args: argparse.Namespace) -> int:
     import time
 
     from sinks.sql import DriverExecutor
+    from streams.commands.report import parse_time
     from streams.settings import Settings
     from streams.sim.simulator import read_ground_truth
-    from streams.spc.report import parse_time
 
     settings = Settings()
     if args.baseline == args.candidate:

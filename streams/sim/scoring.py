@@ -21,10 +21,8 @@ accuracy (mild vs severe) over matched imprint defects.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import pickle
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
 from streams.settings import Settings, TrackingSettings
-from streams.sim.simulator import GroundTruthPart, gt_defects, gt_nuisances, read_ground_truth
+from streams.sim.simulator import GroundTruthPart, gt_defects, gt_nuisances
 from streams.tracking.tracker import PartTracker, iou, track_part_offline
 from streams.tracking.types import FrameMeta
 
@@ -356,95 +354,3 @@ def read_topic_events(settings: Settings, topic: str, idle_s: float = 5.0, event
 def read_defects_file(path: str | Path) -> list[dict[str, Any]]:
     with open(path) as fh:
         return [json.loads(line) for line in fh if line.strip()]
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="score pipeline output (or an offline Inspector+tracker run) against ground truth",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--defects-topic", nargs="?", const="", help="read DefectEvents from this topic (default: settings)")
-    src.add_argument("--from-file", type=Path, help="JSONL of DefectEvent dicts")
-    src.add_argument("--offline", action="store_true", help="render parts and run Inspector + tracker directly")
-    p.add_argument("--ground-truth", type=Path, help="simulator ground truth JSONL (topic/file modes)")
-    p.add_argument("--parts-topic", nargs="?", const="", help="topic mode: also check one verdict per part on this topic")
-    p.add_argument("--parts", type=int, default=500, help="offline: parts to render")
-    p.add_argument("--seed", type=int, default=1000, help="offline: first part seed")
-    p.add_argument("--frames-per-part", type=int, default=6)
-    p.add_argument("--defect-rate", type=float, default=0.5)
-    p.add_argument("--no-speed", action="store_true", help="offline: estimate motion from detections")
-    p.add_argument("--sweep", action="store_true", help="offline: also score a grid of (min_hits, min_hit_ratio)")
-    p.add_argument("--model-path", help="checkpoint (default: settings / packaged)")
-    p.add_argument("--cache", type=Path, help="offline: keep the detections in this file (re-score without the model)")
-    p.add_argument("--json-out", type=Path, help="also write the JSON result here")
-    p.set_defaults(func=run_score)
-
-
-def run_score(args: argparse.Namespace) -> int:
-    settings = Settings()
-    if args.offline:
-        from models.loading import load_inspector
-
-        cfg = OfflineConfig(parts=args.parts, seed=args.seed, frames_per_part=args.frames_per_part,
-                            defect_rate=args.defect_rate, use_speed=not args.no_speed)
-        model_path = args.model_path or settings.model.path
-        # what the cached detections depend on (delete the cache after retraining a checkpoint)
-        key = (cfg.parts, cfg.seed, cfg.frames_per_part, cfg.frame_shape, cfg.defect_rate, model_path)
-        run = None
-        if args.cache and args.cache.exists():
-            try:
-                with open(args.cache, "rb") as fh:
-                    cached = pickle.load(fh)  # our own file, written below
-            except (pickle.UnpicklingError, ImportError, AttributeError, EOFError) as e:
-                log.warning("ignoring unreadable detection cache %s (%s); recomputing", args.cache, e)
-                cached = {}
-            run = cached["run"] if cached.get("key") == key else None
-        if run is None:
-            insp = load_inspector(model_path, device=settings.model.device, runtime=settings.model.runtime,
-                                  export_cache=settings.model.export_cache)
-            run = run_offline(insp, cfg)
-            if args.cache:
-                with open(args.cache, "wb") as fh:
-                    pickle.dump({"key": key, "run": run}, fh)
-        t = settings.tracking
-        grid = [(t.min_hits, t.min_hit_ratio, t.short_track_min_confidence)]
-        if args.sweep:
-            grid += [(k, r, c) for k in (2, 3) for r in (0.5, 0.6, 0.67, 0.75, 0.8, 1.0)
-                     for c in (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)]
-        rows = []
-        seen = set()
-        for k, r, c in grid:
-            if (k, r, c) in seen:
-                continue
-            seen.add((k, r, c))
-            ts = t.model_copy(update={"min_hits": k, "min_hit_ratio": r, "short_track_min_confidence": c})
-            rows.append(score_offline(run, ts, frame_ms=cfg.frame_ms, use_speed=cfg.use_speed))
-        result = {"model_version": run.model_version, "parts": cfg.parts, "frames": run.frames,
-                  "inference_ms_per_frame": round(1000 * run.inference_s / max(1, run.frames), 2),
-                  "defaults": rows[0], "rows": rows}
-        print(markdown_table(rows[:1]))
-        if args.sweep:
-            print()
-            print(sweep_table(rows))
-    else:
-        if not args.ground_truth:
-            print("--ground-truth is required with --defects-topic/--from-file", file=sys.stderr)
-            return 2
-        gts = read_ground_truth(args.ground_truth)
-        if args.from_file:
-            defects = read_defects_file(args.from_file)
-        else:
-            defects = read_topic_events(settings, args.defects_topic or settings.kafka.topics.defects)
-        s = score_defect_events(gts, defects)
-        result = {"tracked": s.summary()}
-        if args.parts_topic is not None:
-            verdicts = read_topic_events(settings, args.parts_topic or settings.kafka.topics.parts, event="PartInspected")
-            result["verdicts"] = verdict_check(gts, verdicts)
-        print(json.dumps(result, indent=2))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(result, indent=2))
-    elif args.offline:
-        print(json.dumps(result["defaults"], indent=2))
-    return 0

@@ -21,7 +21,8 @@ import pytest
 from schemas.events import FrameEvent
 from sinks.migrations import migrate
 from sinks.sql import DriverExecutor
-from streams.commands.compare import render_table, run_compare
+from streams.commands.compare import render_table
+from streams.replay.queries import run_compare
 from streams.replay.replayer import STATUS_DONE, RangeRemovedError, Replayer, ReplayRequest, load_run_record
 from streams.sim.simulator import SimulationConfig, read_ground_truth, simulate
 

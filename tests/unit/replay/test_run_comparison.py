@@ -1,4 +1,4 @@
-"""Pure comparison logic (streams.replay.comparison) and the compare queries on chdb."""
+"""Pure comparison logic (streams.replay.comparison) and the compare queries (streams.replay.queries) on chdb."""
 from __future__ import annotations
 
 import json
@@ -6,6 +6,7 @@ import json
 from sinks.clickhouse import DEFECT_COLUMNS, PART_COLUMNS, defect_row, part_row
 from sinks.testing import make_defect, make_part
 from streams.commands import compare
+from streams.replay import queries
 from streams.replay.comparison import DefectRow, PartRow, compare_runs, match_defects, match_score, score_sides
 from streams.settings import PlantSettings
 from streams.sim.simulator import GroundTruthPart
@@ -95,11 +96,11 @@ def test_compare_queries_deduplicate_on_current_clickhouse(chdb, tmp_path):
     extra = make_part(9, T0, run_id="production", model_version="m1", plant=PLANT)  # not replayed
     chdb.insert("parts", PART_COLUMNS, rows_p + [part_row(extra, PLANT, 1)])
     chdb.insert("defects", DEFECT_COLUMNS, rows_d)
-    c = compare.run_compare(chdb, "production", "r1", PLANT, by="camera")
+    c = queries.run_compare(chdb, "production", "r1", PLANT, by="camera")
     assert len(c.parts) == 3 and c.only_in_baseline_parts == 0
     assert c.confusion["PASS"] == {"PASS": 2, "FAIL": 1} and c.defects_only_candidate == 1
     assert [g.group for g in c.groups] == ["cam-1"]
-    assert len(compare.fetch_parts(chdb, "production", PLANT, cameras=["cam-1"], since_ms=T0, until_ms=T0 + 60_001)) == 3  # parts 0, 1 and the extra
+    assert len(queries.fetch_parts(chdb, "production", PLANT, cameras=["cam-1"], since_ms=T0, until_ms=T0 + 60_001)) == 3  # parts 0, 1 and the extra
     text = compare.render_table(c)
     assert "baseline PASS" in text and "per shift" in text
     compare.plot_comparison(c, str(tmp_path / "c.png"))

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from streams.commands.report import parse_time
 from streams.settings import PlantSettings
 from streams.spc import report
 from streams.spc import rules as spc
@@ -57,14 +58,14 @@ def test_chart_png(tmp_path, kind):
 
 def test_parse_time_forms():
     now = 1_763_700_000_000
-    assert report.parse_time("now", PLANT, now) == now
-    assert report.parse_time("7d", PLANT, now) == now - 7 * 86_400_000
-    assert report.parse_time("-12h", PLANT, now) == now - 12 * 3_600_000
+    assert parse_time("now", PLANT, now) == now
+    assert parse_time("7d", PLANT, now) == now - 7 * 86_400_000
+    assert parse_time("-12h", PLANT, now) == now - 12 * 3_600_000
     # naive ISO is plant-local (Berlin, UTC+1 in November)
-    assert report.parse_time("2025-11-21T06:00", PLANT, now) == 1_763_701_200_000
-    assert report.parse_time("2025-11-21T05:00+00:00", PLANT, now) == 1_763_701_200_000
+    assert parse_time("2025-11-21T06:00", PLANT, now) == 1_763_701_200_000
+    assert parse_time("2025-11-21T05:00+00:00", PLANT, now) == 1_763_701_200_000
     with pytest.raises(Exception, match="cannot read time"):
-        report.parse_time("yesterday-ish", PLANT, now)
+        parse_time("yesterday-ish", PLANT, now)
 
 
 def test_sql_escapes_filters():
