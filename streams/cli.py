@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not getattr(args, "func", None):
     if args.verbose < 2:
         # the driver logs each failed connect with its traceback; the command reports the error itself
         logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)
+    if not getattr(args, "func", None):
         parser.print_help()
         return 2
     from models.datasets import DatasetError
@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DatasetError) as e:  # a missing/invalid checkpoint or data set is a user error, not a crash
         print(f"error: {e}", file=sys.stderr)
         return 2
-
     except Exception as e:
         # invalid settings, an unreachable broker or ClickHouse: one line naming the setting
         from streams.preflight import explain
@@ -86,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("defectstream").debug("misconfiguration", exc_info=True)
         print(f"error: {msg}", file=sys.stderr)
         return 2
+
 
 if __name__ == "__main__":
     sys.exit(main())
