@@ -23,9 +23,9 @@ import asyncio
 import logging
 from typing import Any, Sequence
 
-from schemas.events import Event
 from streams.inspection.cameras import CameraRegistry
-from streams.inspection.pipeline import InspectPipeline, _now_ms
+from streams.inspection.pipeline import InspectPipeline
+from streams.kafka.records import OutRecord, SourceRecord
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,20 @@ class FaustEmitter:
     def __init__(self, topics: Any):
         self.topics = {"defects": topics.defects, "parts": topics.parts, "deadletter": topics.deadletter}
 
-    async def send_all(self, records: Sequence[tuple[str, bytes | None, Event]]) -> None:
+    async def send_all(self, records: Sequence[OutRecord]) -> None:
         # force=True: publish now instead of attaching to the current event, so the futures
         # below resolve before we ack.
-        futs = [await self.topics[kind].send(key=key, value=value, force=True) for kind, key, value in records]
+        futs = [await self.topics[r.kind].send(key=r.key, value=r.event, force=True) for r in records]
         await asyncio.gather(*futs)
+
+
+def source_record(event: Any) -> SourceRecord:
+    """The pipeline's view of a Faust event: its message's topic, partition, offset, raw key and
+    value, and timestamp (Faust keeps seconds; a SourceRecord epoch ms). The event itself stays
+    with the agent, which acks it."""
+    m = event.message
+    ts = getattr(m, "timestamp", None)
+    return SourceRecord(m.topic, m.partition, m.offset, m.key, m.value, int(ts * 1000) if ts is not None else None)
 
 
 def partition_caught_up(consumer: Any, pipeline: InspectPipeline, partition: int) -> bool:
@@ -112,7 +121,8 @@ async def handle_timeout_requests(pipeline: InspectPipeline, events: Any, ack: A
         v = event.value or {}
         cam = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
         try:
-            out = await pipeline.close_idle(event, cam, str(v.get("part_id")), int(v.get("last_seq", -1)))
+            out = await pipeline.close_idle(source_record(event), cam, str(v.get("part_id")),
+                                            int(v.get("last_seq", -1)))
         except Exception as exc:  # noqa: BLE001
             log.critical("closing the idle part %s of %s failed, stopping the worker: %r", v.get("part_id"), cam, exc)
             await crash(exc)
@@ -146,7 +156,7 @@ def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline
         manual = stream.noack()
         async for events in manual.noack_take(batch_max, within=within):
             try:
-                await pipeline.process(events)
+                await pipeline.process([source_record(ev) for ev in events])
             except Exception as exc:
                 # Not bad input (that is dead-lettered): the broker or the table failed. A
                 # restarted actor would go on past this unacked batch, so stop the worker instead;
@@ -168,7 +178,7 @@ def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline
 
     @app.timer(interval=settings.tracking.timeout_check_s)
     async def find_idle_parts() -> None:
-        now = _now_ms()
+        now = pipeline.now_ms()  # the pipeline's clock, which stamps the parts' last-touched times
         for op in table.idle_parts(now, settings.tracking.part_timeout_s, caught_up):
             key = (op.camera_id, op.part_id, op.last_seq)
             if key in requested:
@@ -212,13 +222,11 @@ async def follow_camera_topic(settings: Settings, registry: CameraRegistry, sele
     ``*line:<id>``, ``*camera:<id>``) go to `selection` (a `streams.inspection.model_selection.ModelSelection`).
     `ready` is set after the first poll that returns nothing (the topic is read up to its end),
     and when following stops."""
-    from aiokafka import AIOKafkaConsumer
+    from streams.kafka import clients
 
     k = settings.kafka
-    consumer = AIOKafkaConsumer(
-        k.topics.cameras, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
-        **k.aiokafka_kwargs(),  # SASL/SSL as for every other client
-    )
+    consumer = clients.aio_consumer(k, k.topics.cameras, group_id=None, auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
     try:
         await consumer.start()
     except BaseException:

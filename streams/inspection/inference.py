@@ -4,15 +4,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from models.types import Detection
+from models.types import Detection, Inspector
 from streams.inspection.model_selection import InspectorPool, ModelSelection
 from streams.settings import ModelSettings
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 
 class InferenceRunner:
@@ -25,7 +27,7 @@ class InferenceRunner:
     same thread; `inspect(frames, version)` runs the Inspector of that version.
     """
 
-    def __init__(self, settings: ModelSettings, inspector: Any | None = None):
+    def __init__(self, settings: ModelSettings, inspector: Inspector | None = None):
         self.settings = settings
         self._inspector = inspector
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inspector")
@@ -33,13 +35,13 @@ class InferenceRunner:
         self.selection = ModelSelection()
         self.pool: InspectorPool | None = None
 
-    def _load_path(self, path: str | None) -> Any:
+    def _load_path(self, path: str | None) -> Inspector:
         from models.loading import load_inspector
 
         return load_inspector(path, device=self.settings.device, runtime=self.settings.runtime,
                               export_cache=self.settings.export_cache)
 
-    def _load(self) -> Any:
+    def _load(self) -> Inspector:
         if self._inspector is None:
             self._inspector = self._load_path(self.settings.path)
             log.info("inspector %s loaded on %s (runtime %s)", self._inspector.model_version, self.device,
@@ -59,7 +61,7 @@ class InferenceRunner:
     def batch_size(self) -> int:
         return self.settings.gpu_batch_size if self.device == "cuda" else self.settings.batch_size
 
-    async def ensure_loaded(self) -> Any:
+    async def ensure_loaded(self) -> Inspector:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._load)
 
@@ -104,7 +106,7 @@ class InferenceRunner:
         else:
             self.pool.release(set(in_use) | {p.model_version for p in wanted})
 
-    async def run(self, fn: Any, *args: Any) -> Any:
+    async def run(self, fn: Callable[..., R], *args: Any) -> R:
         """Run another blocking step (e.g. image decoding) on the same thread."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)

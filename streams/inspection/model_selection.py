@@ -36,7 +36,9 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
+
+from models.types import Inspector
 
 log = logging.getLogger(__name__)
 
@@ -226,11 +228,11 @@ class InspectorPool:
     promotions' versions) names them, and the least recently used beyond `max_loaded` are dropped.
     """
 
-    def __init__(self, default: Any, loader: Callable[[str], Any], max_loaded: int = 3):
+    def __init__(self, default: Inspector, loader: Callable[[str], Inspector], max_loaded: int = 3):
         self.default = default
         self.loader = loader
         self.max_loaded = max(1, max_loaded)
-        self._by_version: OrderedDict[str, Any] = OrderedDict({str(default.model_version): default})
+        self._by_version: OrderedDict[str, Inspector] = OrderedDict({str(default.model_version): default})
         self._failed: set[str] = set()
         self._lock = threading.Lock()
 
@@ -239,7 +241,7 @@ class InspectorPool:
         with self._lock:
             return list(self._by_version)
 
-    def get(self, version: str) -> Any:
+    def get(self, version: str) -> Inspector:
         """The Inspector of `version` (KeyError when not loaded)."""
         with self._lock:
             insp = self._by_version[version]

@@ -34,11 +34,13 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Any, Protocol, Sequence
+from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
 
-from schemas.events import DeadLetter, Event, FrameEvent
+from models.types import Detection
+from schemas.events import DeadLetter, FrameEvent
+from streams.clock import Clock, wall_clock
 from streams.inspection.cameras import CameraRegistry
 from streams.inspection.inference import InferenceRunner
 from streams.inspection.intake import (
@@ -50,6 +52,8 @@ from streams.inspection.intake import (
     expected_partition,
     frame_meta,
 )
+from streams.kafka import clients
+from streams.kafka.records import OutRecord, SourceRecord
 from streams.metrics import WorkerMetrics
 from streams.settings import Settings
 from streams.tracking.tracker import CameraState, PartTracker
@@ -57,16 +61,21 @@ from streams.tracking.types import FrameMeta, PartOutcome
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+FrameResult = list[Detection] | Exception  # a frame's detections, or why the frame (not the model) failed
+
 
 class StateStore(Protocol):
     def load(self, camera_id: str) -> CameraState: ...
-    def save(self, state: CameraState, event: Any) -> None: ...
+    def save(self, state: CameraState, source: SourceRecord) -> None:
+        """Store `state`; `source` is a record of that camera (its partition holds the state)."""
+        ...
 
 
 class Emitter(Protocol):
-    async def send_all(self, records: Sequence[tuple[str, bytes | None, Event]]) -> None:
-        """Send (kind, key, event) records, kind in defects|parts|deadletter; returns once all
-        are acknowledged by the broker, raises if any failed."""
+    async def send_all(self, records: Sequence[OutRecord]) -> None:
+        """Send the records (kind defects|parts|deadletter); returns once all are acknowledged
+        by the broker, raises if any failed."""
         ...
 
 
@@ -90,27 +99,29 @@ def is_model_failure(exc: BaseException) -> bool:
     return any(t in text for t in _MODEL_ERROR_TEXT)
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _decode_images(frames: Sequence[FrameEvent]) -> list[np.ndarray | Rejected]:
     return [decode_image(f) for f in frames]
 
 
 class InspectPipeline:
-    """One micro-batch of `frames` events in, outputs sent and tracker state saved."""
+    """One micro-batch of `frames` records in, outputs sent and tracker state saved.
+
+    `clock` (default: the wall clock) stamps the capture-time window, dead letters and the
+    tracker's last-touched times; the part-timeout timer reads the same clock.
+    """
 
     def __init__(self, settings: Settings, runner: InferenceRunner, registry: CameraRegistry, store: StateStore,
-                 emitter: Emitter, *, frames_topic: str | None = None, metrics: WorkerMetrics | None = None):
+                 emitter: Emitter, *, frames_topic: str | None = None, metrics: WorkerMetrics | None = None,
+                 clock: Clock = wall_clock):
         self.settings = settings
+        self.clock = clock
         self.metrics = metrics or WorkerMetrics()
         self.runner = runner
         self.registry = registry
         self.store = store
         self.emitter = emitter
         self.tracker = PartTracker(settings.tracking)
-        self.codec = FrameEvent.codec("confluent" if settings.kafka.confluent_wire_format else "single_object")
+        self.codec = FrameEvent.codec(clients.framing(settings.kafka))
         self.limits = IntakeLimits.from_settings(settings.worker)
         self.processed_next: dict[int, int] = {}  # frames partition -> offset after the last processed frame
         self.frames_topic = frames_topic or settings.kafka.topics.frames
@@ -127,15 +138,18 @@ class InspectPipeline:
         self.cameras_wait_s = 15.0
 
     # -- helpers -----------------------------------------------------------------------------
-    def _dead(self, ev: Any, rej: Rejected) -> tuple[str, bytes | None, Event]:
-        msg = ev.message
+    def now_ms(self) -> int:
+        """The pipeline's clock in epoch milliseconds."""
+        return int(self.clock() * 1000)
+
+    def _dead(self, msg: SourceRecord, rej: Rejected) -> OutRecord:
         self.deadletters[rej.error_class] += 1
         self.metrics.deadletters.labels(reason=rej.error_class).inc()
         log.warning("deadletter %s p%s@%s: %s %s", msg.topic, msg.partition, msg.offset, rej.error_class, rej.reason)
         dl: DeadLetter = dead_letter(rej, topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                                     value=msg.value, key=msg.key,
+                                     value=msg.value, key=msg.key, now_ms=self.now_ms(),
                                      max_original_bytes=self.settings.worker.deadletter_original_max_bytes)
-        return ("deadletter", dl.key, dl)
+        return OutRecord("deadletter", dl.key, dl)
 
     def enforce_partitions(self, partitions: int) -> None:
         """Refuse frames read from another partition than their key's (see `streams.inspection.intake`)."""
@@ -146,12 +160,12 @@ class InspectPipeline:
         n = self.limits.partitions
         return expected_partition(camera_id.encode(), n) if n else None
 
-    def _outputs(self, outcomes: Sequence[PartOutcome]) -> list[tuple[str, bytes | None, Event]]:
-        out: list[tuple[str, bytes | None, Event]] = []
+    def _outputs(self, outcomes: Sequence[PartOutcome]) -> list[OutRecord]:
+        out: list[OutRecord] = []
         for o in outcomes:
             key = o.part.camera_id.encode()
-            out.extend(("defects", key, d) for d in o.defects)
-            out.append(("parts", key, o.part))
+            out.extend(OutRecord("defects", key, d) for d in o.defects)
+            out.append(OutRecord("parts", key, o.part))
             self.parts_closed[o.part.closed_reason] += 1
             self.metrics.parts_closed.labels(reason=o.part.closed_reason).inc()
         return out
@@ -162,7 +176,7 @@ class InspectPipeline:
             self._version_warned.add(camera_id)
             log.warning("camera %s expects model %s, the worker runs %s", camera_id, cfg.model_version, version)
 
-    async def _retry_model(self, call: Any, what: str) -> Any:
+    async def _retry_model(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         """`call()` with exponential backoff on failure; ModelUnavailable after the last retry."""
         w = self.settings.worker
         delay = w.inference_backoff_s
@@ -189,10 +203,10 @@ class InspectPipeline:
             log.error("model probe failed on a blank %s frame: %r", img.shape, exc)
             return False
 
-    async def _inspect_one(self, img: np.ndarray, version: str | None) -> list[Any] | Exception:
+    async def _inspect_one(self, img: np.ndarray, version: str | None) -> FrameResult:
         """One frame: its detections, or the exception when the frame (not the model) is at fault.
         Raises ModelUnavailable when the model stays unwell."""
-        async def call() -> list[Any] | Exception:
+        async def call() -> FrameResult:
             try:
                 return (await self.runner.inspect([img], version))[0]
             except Exception as exc:  # noqa: BLE001
@@ -201,7 +215,7 @@ class InspectPipeline:
                 return exc  # the model works on a blank frame of this size: this input is poisonous
         return await self._retry_model(call, f"a frame (model {version})")
 
-    async def _inspect(self, images: list[np.ndarray], version: str | None = None) -> list[list[Any] | Exception]:
+    async def _inspect(self, images: list[np.ndarray], version: str | None = None) -> list[FrameResult]:
         """Detections per image, or an exception for a frame the model can never process.
 
         When a batch fails, frames are retried one by one so that one poisonous frame goes to
@@ -232,8 +246,8 @@ class InspectPipeline:
             else:
                 self.open_part_versions.pop(state.camera_id, None)
 
-    async def _inspect_by_version(self, images: list[np.ndarray], versions: list[str]) -> list[list[Any] | Exception]:
-        out: list[list[Any] | Exception] = [[] for _ in images]
+    async def _inspect_by_version(self, images: list[np.ndarray], versions: list[str]) -> list[FrameResult]:
+        out: list[FrameResult] = [[] for _ in images]
         for v in dict.fromkeys(versions):
             idx = [i for i, x in enumerate(versions) if x == v]
             for i, dets in zip(idx, await self._inspect([images[i] for i in idx], v)):
@@ -241,13 +255,13 @@ class InspectPipeline:
         return out
 
     # -- the batch ---------------------------------------------------------------------------
-    async def process(self, events: Sequence[Any]) -> None:
-        """decode → inspect → track → emit for one micro-batch (events in offset order)."""
+    async def process(self, records: Sequence[SourceRecord]) -> None:
+        """decode → inspect → track → emit for one micro-batch (records in offset order)."""
         async with self.lock:
             started = time.perf_counter()
-            await self._process(events)
+            await self._process(records)
             self.metrics.batch_seconds.labels(stage="batch").observe(time.perf_counter() - started)
-            self.metrics.frames.inc(len(events))
+            self.metrics.frames.inc(len(records))
 
     async def _await_cameras(self) -> None:
         if self.cameras_ready is None or self.cameras_ready.is_set():
@@ -258,26 +272,26 @@ class InspectPipeline:
             log.warning("the cameras topic is not read after %.0fs; going on with what is known", self.cameras_wait_s)
             self.cameras_ready.set()
 
-    async def _process(self, events: Sequence[Any]) -> None:
+    async def _process(self, sources: Sequence[SourceRecord]) -> None:
         await self._await_cameras()
         await self.runner.ensure_loaded()
-        records: list[tuple[str, bytes | None, Event]] = []
+        records: list[OutRecord] = []
         states: dict[str, CameraState] = {}
-        last_event: dict[str, Any] = {}
+        last_source: dict[str, SourceRecord] = {}
         # decode + sequence guard
-        admitted: list[tuple[Any, FrameEvent, FrameMeta]] = []
+        admitted: list[tuple[SourceRecord, FrameEvent, FrameMeta]] = []
         redelivered = 0
         in_batch: set[tuple[str, int, int]] = set()
-        for ev in events:
-            where = (ev.message.topic, ev.message.partition, ev.message.offset)
+        for ev in sources:
+            where = (ev.topic, ev.partition, ev.offset)
             if where in in_batch:
                 # The consumer delivered this record twice in one batch (after a seek during a
                 # rebalance or restore): the first copy is handled here, the state is saved after.
                 redelivered += 1
                 continue
             in_batch.add(where)
-            frame = decode_frame(ev.message.value, ev.message.key, self.codec, self.limits,
-                                 partition=ev.message.partition)
+            frame = decode_frame(ev.value, ev.key, self.codec, self.limits, partition=ev.partition,
+                                 now_ms=self.now_ms())
             if isinstance(frame, Rejected):
                 records.append(self._dead(ev, frame))
                 continue
@@ -285,10 +299,10 @@ class InspectPipeline:
             state = states.get(meta.camera_id)
             if state is None:
                 state = states[meta.camera_id] = self.store.load(meta.camera_id)
-            last_event[meta.camera_id] = ev
+            last_source[meta.camera_id] = ev
             rej = state.admit(meta)
             if rej is not None:
-                if ev.message.topic == self.frames_topic and state.was_read(ev.message.partition, ev.message.offset):
+                if ev.topic == self.frames_topic and state.was_read(ev.partition, ev.offset):
                     # Re-delivered (handled before a crash or rebalance, offset not committed): folded
                     # into this state or dead-lettered already; not bad input, so no dead letter now.
                     # Only a frame the guard refuses is skipped: after a recreated topic (offsets from
@@ -303,7 +317,7 @@ class InspectPipeline:
             log.info("skipped %d re-delivered frames already in the tracking state", redelivered)
         # inspect (off the loop)
         images = await self.runner.run(_decode_images, [f for _, f, _ in admitted])
-        ok: list[tuple[Any, FrameMeta, np.ndarray]] = []
+        ok: list[tuple[SourceRecord, FrameMeta, np.ndarray]] = []
         for (ev, _f, meta), img in zip(admitted, images):
             if isinstance(img, Rejected):
                 records.append(self._dead(ev, img))
@@ -318,7 +332,7 @@ class InspectPipeline:
         if ok:
             self.metrics.batch_seconds.labels(stage="inference").observe(time.perf_counter() - started)
         # track
-        now = _now_ms()
+        now = self.now_ms()
         outcomes: list[PartOutcome] = []
         for (ev, meta, _img), dets, version in zip(ok, detections, versions):
             if isinstance(dets, Exception):
@@ -338,18 +352,20 @@ class InspectPipeline:
         if records:
             await self.emitter.send_all(records)
         for cam, state in states.items():
-            m = last_event[cam].message
+            m = last_source[cam]
             if m.topic == self.frames_topic:
                 state.note_read(m.partition, m.offset)
-            self.store.save(state, last_event[cam])
+            self.store.save(state, m)
         self._note_open_parts(states)
-        for ev in events:
-            m = ev.message
+        for m in sources:
             if m.topic == self.frames_topic and m.offset + 1 > self.processed_next.get(m.partition, -1):
                 self.processed_next[m.partition] = m.offset + 1
 
-    async def close_idle(self, event: Any, camera_id: str, part_id: str, last_seq: int) -> PartOutcome | None:
-        """Close `part_id` on `camera_id` with reason TIMEOUT if it got no frame since `last_seq`."""
+    async def close_idle(self, source: SourceRecord, camera_id: str, part_id: str, last_seq: int) -> PartOutcome | None:
+        """Close `part_id` on `camera_id` with reason TIMEOUT if it got no frame since `last_seq`.
+
+        `source`: the record that asked (a timeout request, or in a replay the camera's last frame);
+        the state is saved under its partition."""
         async with self.lock:
             state = self.store.load(camera_id)
             out = state.close_if_idle(self.tracker, part_id, last_seq, run_id=self.settings.run_id,
@@ -357,6 +373,6 @@ class InspectPipeline:
             if out is None:
                 return None
             await self.emitter.send_all(self._outputs([out]))
-            self.store.save(state, event)
+            self.store.save(state, source)
             self._note_open_parts([state])
             return out

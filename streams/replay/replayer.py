@@ -29,27 +29,37 @@ not inserted again.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, NamedTuple, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
+from models.types import Inspector
 from schemas.events import Event, FrameEvent, PartInspected
 from sinks.sql import Executor, quote, render
+from streams.clock import Clock, now_ms, wall_clock
+from streams.kafka.records import OutRecord, SourceRecord
+from streams.replay.runlog import (
+    STATUS_DONE,
+    STATUS_FAILED,
+    STATUS_INTERRUPTED,
+    STATUS_RUNNING,
+    RunLog,
+    RunRecord,
+    load_run_record,
+)
 from streams.settings import Settings
 from streams.tracking.tracker import CameraState
+
+if TYPE_CHECKING:
+    from schemas.codec import AvroCodec
+    from streams.inspection.intake import IntakeLimits
+    from streams.inspection.pipeline import InspectPipeline
 
 log = logging.getLogger(__name__)
 
 PRODUCTION_RUN = "production"
-RUN_KIND = "replay"
-
-STATUS_RUNNING = "running"
-STATUS_INTERRUPTED = "interrupted"
-STATUS_FAILED = "failed"
-STATUS_DONE = "done"
 
 
 class ReplayError(RuntimeError):
@@ -197,7 +207,7 @@ class MemoryStateStore:
         d = self.data.get(camera_id)
         return CameraState.from_dict(d) if d else CameraState(camera_id)
 
-    def save(self, state: CameraState, event: Any) -> None:
+    def save(self, state: CameraState, source: SourceRecord) -> None:
         self.data[state.camera_id] = state.to_dict()
 
     def snapshot(self) -> dict[str, dict]:
@@ -233,7 +243,7 @@ class ClickHouseEmitter:
     """
 
     def __init__(self, ex: Executor, settings: Settings, run_id: str, *, skip_existing: bool = False,
-                 clock: Callable[[], float] = time.time):
+                 clock: Clock = wall_clock):
         from sinks.clickhouse import DEFECT_COLUMNS, PART_COLUMNS, defect_row, part_row
 
         self.ex = ex
@@ -247,15 +257,15 @@ class ClickHouseEmitter:
         self._ready: list[tuple[str, Event]] = []
         self.counts = EmitCounts()
 
-    async def send_all(self, records: Sequence[tuple[str, bytes | None, Event]]) -> None:
-        for kind, _key, ev in records:
-            if kind == "deadletter":
-                cls = getattr(ev, "error_class", "unknown")
+    async def send_all(self, records: Sequence[OutRecord]) -> None:
+        for r in records:
+            if r.kind == "deadletter":
+                cls = getattr(r.event, "error_class", "unknown")
                 self.counts.deadletters[cls] = self.counts.deadletters.get(cls, 0) + 1
-            elif kind in ("defects", "parts"):
-                self._pending.append((kind, ev))
-            else:  # pragma: no cover - the pipeline only emits these three kinds
-                raise ValueError(f"unknown record kind {kind!r}")
+            elif r.kind in ("defects", "parts"):
+                self._pending.append((r.kind, r.event))
+            else:  # pragma: no cover - OutRecord has only these three kinds
+                raise ValueError(f"unknown record kind {r.kind!r}")
 
     def mark_complete(self) -> None:
         self._ready.extend(self._pending)
@@ -312,115 +322,42 @@ class ClickHouseEmitter:
 
 
 # --------------------------------------------------------------------------------------------
-# The run record in `model_runs`
-# --------------------------------------------------------------------------------------------
-@dataclass
-class RunRecord:
-    """One replay run: what it is (model, range) and how far it got; stored as JSON in `note`."""
-
-    run_id: str
-    model_version: str
-    model_path: str | None
-    model_hashes: dict[str, str]
-    from_ms: int
-    until_ms: int
-    frames_topic: str
-    cameras: list[str] | None
-    started_at: int
-    status: str = STATUS_RUNNING
-    finished_at: int | None = None
-    frames_read: int = 0
-    frames_skipped: dict[str, int] = field(default_factory=dict)
-    parts: int = 0
-    parts_fail: int = 0
-    defects: int = 0
-    deadletters: dict[str, int] = field(default_factory=dict)
-    error: str | None = None
-    plan: dict[str, list[int]] = field(default_factory=dict)  # partition -> [start, stop, end]
-    offsets: dict[str, int] = field(default_factory=dict)  # partition -> next offset to read
-    gate: dict[str, Any] = field(default_factory=dict)
-    states: dict[str, dict] = field(default_factory=dict)  # camera -> CameraState dict
-    updated_at: int = 0
-
-    def note(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
-
-    @classmethod
-    def from_note(cls, note: str) -> "RunRecord":
-        d = json.loads(note)
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def row(self, version: int) -> tuple:
-        """`model_runs` row (MODEL_RUN_COLUMNS); recorded_at = start, so updates replace one key."""
-        return (self.run_id, self.model_version, RUN_KIND, self.from_ms, self.until_ms, self.note(),
-                self.started_at, version)
-
-    def same_job(self, other: "RunRecord") -> list[str]:
-        """What differs between two records of the same run id (model, range, topic, cameras)."""
-        diffs = []
-        for name in ("model_version", "from_ms", "until_ms", "frames_topic"):
-            if getattr(self, name) != getattr(other, name):
-                diffs.append(f"{name} {getattr(other, name)!r} (stored) vs {getattr(self, name)!r}")
-        if sorted(self.cameras or []) != sorted(other.cameras or []):
-            diffs.append(f"cameras {other.cameras!r} (stored) vs {self.cameras!r}")
-        return diffs
-
-
-def run_record_sql(run_id: str) -> str:
-    """Rendered SQL: the latest note of each replay record of `run_id` (newest version wins)."""
-    return render(
-        """
-SELECT model_version, recorded_at, argMax(note, version) AS last_note, max(version) AS v
-FROM model_runs
-WHERE run_id = {run} AND kind = {kind}
-GROUP BY model_version, recorded_at
-ORDER BY v DESC""",
-        {"run": run_id, "kind": RUN_KIND},
-    )
-
-
-def load_run_record(ex: Executor, run_id: str) -> RunRecord | None:
-    """The stored record of a replay run, or None when the run id is new."""
-    rows = ex.query(run_record_sql(run_id))
-    if not rows:
-        return None
-    return RunRecord.from_note(rows[0][2])
-
-
-class RunLog:
-    """Writes record updates with strictly increasing versions."""
-
-    def __init__(self, ex: Executor, clock: Callable[[], float] = time.time):
-        self.ex = ex
-        self.clock = clock
-        self._last = 0
-
-    def write(self, rec: RunRecord) -> None:
-        from sinks.clickhouse import MODEL_RUN_COLUMNS
-
-        v = max(int(self.clock() * 1000), self._last + 1)
-        self._last = v
-        rec.updated_at = v
-        self.ex.insert("model_runs", MODEL_RUN_COLUMNS, [rec.row(v)])
-
-
-# --------------------------------------------------------------------------------------------
 # The replay
 # --------------------------------------------------------------------------------------------
-class _Message(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: int
+class _Consistent(NamedTuple):
+    """The progress at the last point where every admitted frame had gone through the pipeline
+    (what a checkpoint stores once the rows up to there are flushed)."""
+
+    offsets: dict[int, int]
+    states: dict[str, dict]
+    gate: dict[str, Any]
+    frames_read: int
+    skipped: dict[str, int]
 
 
-class _Event(NamedTuple):
-    """What InspectPipeline reads of a Faust event: `.message`."""
+@dataclass
+class _Scan:
+    """Where the replay's reading stands: next offset per partition, the gate, what was read and
+    skipped, and the partitions still read (`active`, with their TopicPartitions `tps`)."""
 
-    message: _Message
+    plans: dict[int, PartitionPlan]
+    gate: RangeGate
+    codec: AvroCodec
+    limits: IntakeLimits
+    offsets: dict[int, int]
+    frames_read: int
+    skipped: dict[str, int]
+    active: list[int] = field(default_factory=list)
+    tps: dict[int, Any] = field(default_factory=dict)
+
+    def finished(self, p: int) -> bool:
+        """Partition `p` is read: to its end, or past its stop with no part left open on it."""
+        pl, o = self.plans[p], self.offsets[p]
+        return o >= pl.end or (o >= pl.stop and self.gate.draining_done(p))
+
+    def consistent(self, store: MemoryStateStore) -> _Consistent:
+        return _Consistent(dict(self.offsets), store.snapshot(), self.gate.to_dict(), self.frames_read,
+                           dict(self.skipped))
 
 
 @dataclass
@@ -451,7 +388,7 @@ def validate_run_id(run_id: str) -> str:
     return rid
 
 
-def _model_info(inspector: Any, path: str | None) -> tuple[str, dict[str, str]]:
+def _model_info(inspector: Inspector, path: str | None) -> tuple[str, dict[str, str]]:
     hashes = {}
     for name in ("det_info", "cls_info"):
         info = getattr(inspector, name, None)
@@ -472,7 +409,7 @@ class Replayer:
     """
 
     def __init__(self, settings: Settings, request: ReplayRequest, executor: Executor, *,
-                 consumer: Any = None, inspector: Any = None, clock: Callable[[], float] = time.time):
+                 consumer: Any = None, inspector: Inspector | None = None, clock: Clock = wall_clock):
         self.request = request
         self.run_id = validate_run_id(request.run_id)
         if request.until_ms <= request.from_ms:
@@ -485,21 +422,23 @@ class Replayer:
         self._inspector = inspector
         self.runlog = RunLog(executor, clock)
         self.record: RunRecord | None = None
+        self._emitter: ClickHouseEmitter | None = None
+        self._consistent: _Consistent | None = None  # progress of the last consistent point
+        self._last_checkpoint = 0.0
 
     # -- setup -------------------------------------------------------------------------------
     def _consumer_or_new(self) -> Any:
         if self._consumer is None:
-            from sinks.runner import import_kafka
+            from streams.kafka import clients
 
-            kafka = import_kafka()
-            self._consumer = kafka.KafkaConsumer(
-                group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+            self._consumer = clients.consumer(
+                self.settings.kafka, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                 max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
-                client_id=f"defectstream-replay-{self.run_id}", **self.settings.kafka.client_kwargs(),
+                client_id=f"defectstream-replay-{self.run_id}",
             )
         return self._consumer
 
-    def _load_inspector(self) -> Any:
+    def _load_inspector(self) -> Inspector:
         if self._inspector is None:
             from models.loading import load_inspector
 
@@ -509,7 +448,7 @@ class Replayer:
         return self._inspector
 
     def _plan(self, consumer: Any) -> dict[int, PartitionPlan]:
-        from sinks.runner import import_kafka
+        from streams.kafka.clients import import_kafka
 
         TopicPartition = import_kafka("kafka.structs").TopicPartition  # noqa: N806
         parts = consumer.partitions_for_topic(self.topic)
@@ -591,7 +530,7 @@ class Replayer:
             self._checkpoint()
         except Exception:  # noqa: BLE001 - `rec` still holds the previous checkpoint's progress
             log.exception("could not store the replay's last progress; it continues from the previous one")
-        rec.status, rec.error, rec.finished_at = status, error, int(self.clock() * 1000)
+        rec.status, rec.error, rec.finished_at = status, error, now_ms(self.clock)
         try:
             self.runlog.write(rec)
         except Exception:  # noqa: BLE001
@@ -599,26 +538,28 @@ class Replayer:
 
     def _checkpoint(self) -> None:
         """Flush completed rows, then store the progress they correspond to."""
-        rec, em = self.record, getattr(self, "_emitter", None)
-        if rec is None or em is None:
+        rec, em, done = self.record, self._emitter, self._consistent
+        if rec is None or em is None or done is None:
             return
         em.flush()
-        rec.offsets = {str(p): o for p, o in self._done_offsets.items()}
-        rec.states = self._done_states
-        rec.gate = self._done_gate
-        rec.frames_read, rec.frames_skipped = self._done_counts
+        rec.offsets = {str(p): o for p, o in done.offsets.items()}
+        rec.states = done.states
+        rec.gate = done.gate
+        rec.frames_read, rec.frames_skipped = done.frames_read, dict(done.skipped)
         rec.parts, rec.parts_fail, rec.defects = em.counts.parts, em.counts.fail, em.counts.defects
         rec.deadletters = dict(em.counts.deadletters)
         self.runlog.write(rec)
         self._last_checkpoint = time.monotonic()
 
-    async def _replay(self, consumer: Any, inspector: Any, plans: dict[int, PartitionPlan], rec: RunRecord,
+    async def _replay(self, consumer: Any, inspector: Inspector, plans: dict[int, PartitionPlan], rec: RunRecord,
                       resumed: bool) -> None:
-        from sinks.runner import import_kafka
+        """Poll and admit frames, run them through the pipeline, checkpoint; then close what is still open."""
         from streams.inspection.cameras import CameraRegistry
         from streams.inspection.inference import InferenceRunner
-        from streams.inspection.intake import IntakeLimits, Rejected, decode_frame
+        from streams.inspection.intake import IntakeLimits
         from streams.inspection.pipeline import InspectPipeline
+        from streams.kafka import clients
+        from streams.kafka.clients import import_kafka
 
         TopicPartition = import_kafka("kafka.structs").TopicPartition  # noqa: N806
         settings = self.settings
@@ -628,90 +569,40 @@ class Replayer:
         self._emitter = emitter
         registry = self._camera_registry(CameraRegistry())
         runner = InferenceRunner(settings.model, inspector=inspector)
-        pipeline = InspectPipeline(settings, runner, registry, store, emitter, frames_topic=self.topic)
+        pipeline = InspectPipeline(settings, runner, registry, store, emitter, frames_topic=self.topic,
+                                   clock=self.clock)
         gate = RangeGate({p: v.stop for p, v in plans.items()},
                          frozenset(rec.cameras) if rec.cameras else None)
         gate.restore(rec.gate)
-        codec = FrameEvent.codec("confluent" if settings.kafka.confluent_wire_format else "single_object")
+        codec = FrameEvent.codec(clients.framing(settings.kafka))
         limits = IntakeLimits(settings.worker.max_image_bytes, settings.worker.max_pixels)
-        offsets = {int(p): int(o) for p, o in rec.offsets.items()}
-        frames_read = rec.frames_read
-        skipped = dict(rec.frames_skipped)
-        self._done_offsets, self._done_states, self._done_gate = dict(offsets), store.snapshot(), gate.to_dict()
-        self._done_counts = (frames_read, dict(skipped))
+        scan = _Scan(plans, gate, codec, limits, {int(p): int(o) for p, o in rec.offsets.items()},
+                     rec.frames_read, dict(rec.frames_skipped))
+        self._consistent = scan.consistent(store)
         self._last_checkpoint = time.monotonic()
-
-        def finished(p: int) -> bool:
-            pl, o = plans[p], offsets[p]
-            return o >= pl.end or (o >= pl.stop and gate.draining_done(p))
-
-        active = [p for p in sorted(plans) if not finished(p)]
-        tps = {p: TopicPartition(self.topic, p) for p in active}
-        bar = self._bar(plans, offsets)
-        batch_size = runner.batch_size
+        scan.active = [p for p in sorted(plans) if not scan.finished(p)]
+        scan.tps = {p: TopicPartition(self.topic, p) for p in scan.active}
+        bar = self._bar(plans, scan.offsets)
         try:
-            if active:
-                consumer.assign(list(tps.values()))
-                for p in active:
-                    consumer.seek(tps[p], offsets[p])
-            while active:
-                polled = consumer.poll(timeout_ms=500, max_records=self.request.poll_records)
-                if not polled:  # offsets without a record (transaction markers) never arrive: skip them
-                    for p in active:
-                        pos = consumer.position(tps[p])
-                        if pos is not None and offsets[p] < pos == plans[p].end:
-                            offsets[p] = pos
-                batch: list[_Event] = []
-                for tp, records in sorted(polled.items(), key=lambda kv: kv[0].partition):
-                    p = tp.partition
-                    for r in records:
-                        if p not in tps or r.offset < offsets[p] or finished(p):
-                            continue
-                        offsets[p] = r.offset + 1
-                        reason = None
-                        if r.offset < plans[p].end:
-                            frame = decode_frame(r.value, r.key, codec, limits)
-                            if isinstance(frame, Rejected):
-                                # bad input inside the range: the pipeline dead-letters it
-                                reason = None if r.offset < plans[p].stop else SKIP_AFTER
-                            else:
-                                reason = gate.admit(p, r.offset, frame.camera_id, frame.part_id,
-                                                    int(frame.frame_index), bool(frame.last_frame))
-                        else:
-                            reason = SKIP_AFTER
-                        if reason is None:
-                            batch.append(_Event(_Message(r.topic, p, r.offset, r.key, r.value, r.timestamp)))
-                        else:
-                            skipped[reason] = skipped.get(reason, 0) + 1
-                for i in range(0, len(batch), batch_size):
-                    chunk = batch[i:i + batch_size]
-                    await pipeline.process(chunk)
-                frames_read += len(batch)
+            if scan.active:
+                consumer.assign(list(scan.tps.values()))
+                for p in scan.active:
+                    consumer.seek(scan.tps[p], scan.offsets[p])
+            while scan.active:
+                batch = self._poll_admit(consumer, scan)
+                for i in range(0, len(batch), runner.batch_size):
+                    await pipeline.process(batch[i:i + runner.batch_size])
+                scan.frames_read += len(batch)
                 # the whole poll went through the pipeline: a consistent point
-                emitter.mark_complete()
-                self._done_offsets, self._done_states, self._done_gate = dict(offsets), store.snapshot(), gate.to_dict()
-                self._done_counts = (frames_read, dict(skipped))
-                if bar is not None:
-                    bar.set_postfix(parts=emitter.parts_done, refresh=False)
-                    bar.n = sum(min(offsets[p], plans[p].stop) - plans[p].start for p in plans)
-                    bar.refresh()
-                done = [p for p in active if finished(p)]
-                if done:
-                    consumer.pause(*[tps[p] for p in done])
-                    active = [p for p in active if p not in done]
+                self._consistent_point(scan, store, emitter)
+                self._show_progress(bar, scan, emitter)
+                self._pause_finished(consumer, scan)
                 if time.monotonic() - self._last_checkpoint >= self.request.checkpoint_every_s:
                     self._checkpoint()
-            # parts still open at the end of the data: closed as after inactivity (TIMEOUT)
-            for cam, part_id, last_seq in store.open_parts():
-                p = gate.partitions.get(cam, 0)
-                ev = _Event(_Message(self.topic, p, max(offsets.get(p, 1) - 1, 0), cam.encode(), None, 0))
-                await pipeline.close_idle(ev, cam, part_id, last_seq)
-                gate.open_part.pop(cam, None)
-            emitter.mark_complete()
-            self._done_offsets, self._done_states, self._done_gate = dict(offsets), store.snapshot(), gate.to_dict()
-            self._done_counts = (frames_read, dict(skipped))
+            await self._close_open_parts(pipeline, store, scan)
+            self._consistent_point(scan, store, emitter)
             self._checkpoint()
-            rec.status, rec.finished_at = STATUS_DONE, int(self.clock() * 1000)
+            rec.status, rec.finished_at = STATUS_DONE, now_ms(self.clock)
             self.runlog.write(rec)
         except BaseException:
             emitter.discard_incomplete()
@@ -720,6 +611,70 @@ class Replayer:
             if bar is not None:
                 bar.close()
             runner.close()
+
+    # -- the replay's steps --------------------------------------------------------------------
+    def _poll_admit(self, consumer: Any, scan: _Scan) -> list[SourceRecord]:
+        """One poll: the records of the range the gate admits (bad input inside the range too, for
+        the pipeline to dead-letter), in partition then offset order; the rest counted as skipped."""
+        from streams.inspection.intake import Rejected, decode_frame
+
+        polled = consumer.poll(timeout_ms=500, max_records=self.request.poll_records)
+        if not polled:  # offsets without a record (transaction markers) never arrive: skip them
+            for p in scan.active:
+                pos = consumer.position(scan.tps[p])
+                if pos is not None and scan.offsets[p] < pos == scan.plans[p].end:
+                    scan.offsets[p] = pos
+        batch: list[SourceRecord] = []
+        for tp, records in sorted(polled.items(), key=lambda kv: kv[0].partition):
+            p = tp.partition
+            for r in records:
+                if p not in scan.tps or r.offset < scan.offsets[p] or scan.finished(p):
+                    continue
+                scan.offsets[p] = r.offset + 1
+                reason = None
+                if r.offset < scan.plans[p].end:
+                    frame = decode_frame(r.value, r.key, scan.codec, scan.limits, now_ms=now_ms(self.clock))
+                    if isinstance(frame, Rejected):
+                        # bad input inside the range: the pipeline dead-letters it
+                        reason = None if r.offset < scan.plans[p].stop else SKIP_AFTER
+                    else:
+                        reason = scan.gate.admit(p, r.offset, frame.camera_id, frame.part_id,
+                                                 int(frame.frame_index), bool(frame.last_frame))
+                else:
+                    reason = SKIP_AFTER
+                if reason is None:
+                    batch.append(SourceRecord(r.topic, p, r.offset, r.key, r.value, r.timestamp))
+                else:
+                    scan.skipped[reason] = scan.skipped.get(reason, 0) + 1
+        return batch
+
+    def _consistent_point(self, scan: _Scan, store: MemoryStateStore, emitter: ClickHouseEmitter) -> None:
+        """Every admitted frame went through the pipeline: its rows become flushable, and this is
+        the progress the next checkpoint stores."""
+        emitter.mark_complete()
+        self._consistent = scan.consistent(store)
+
+    def _pause_finished(self, consumer: Any, scan: _Scan) -> None:
+        """Stop reading the partitions whose range (and parts open at its stop) is read."""
+        done = [p for p in scan.active if scan.finished(p)]
+        if done:
+            consumer.pause(*[scan.tps[p] for p in done])
+            scan.active = [p for p in scan.active if p not in done]
+
+    async def _close_open_parts(self, pipeline: InspectPipeline, store: MemoryStateStore, scan: _Scan) -> None:
+        """Parts still open at the end of the data: closed as after inactivity (TIMEOUT)."""
+        for cam, part_id, last_seq in store.open_parts():
+            p = scan.gate.partitions.get(cam, 0)
+            last = SourceRecord(self.topic, p, max(scan.offsets.get(p, 1) - 1, 0), cam.encode(), None, None)
+            await pipeline.close_idle(last, cam, part_id, last_seq)
+            scan.gate.open_part.pop(cam, None)
+
+    @staticmethod
+    def _show_progress(bar: Any, scan: _Scan, emitter: ClickHouseEmitter) -> None:
+        if bar is not None:
+            bar.set_postfix(parts=emitter.parts_done, refresh=False)
+            bar.n = sum(min(scan.offsets[p], scan.plans[p].stop) - scan.plans[p].start for p in scan.plans)
+            bar.refresh()
 
     def _camera_registry(self, registry: Any) -> Any:
         """Camera overrides as production sees them: the compacted `cameras` topic, read once."""
@@ -730,7 +685,7 @@ class Replayer:
             parts = None
         if not parts:
             return registry
-        from sinks.runner import import_kafka
+        from streams.kafka.clients import import_kafka
 
         TopicPartition = import_kafka("kafka.structs").TopicPartition  # noqa: N806
         tps = [TopicPartition(self.settings.kafka.topics.cameras, p) for p in sorted(parts)]

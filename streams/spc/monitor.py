@@ -25,6 +25,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 from schemas.events import Alert, deterministic_id
 from sinks.sql import Executor
+from streams.clock import Clock, wall_clock
 from streams.settings import MonitorSettings
 from streams.spc import rules as spc
 from streams.spc.queries import alert_state_sql, baseline_sql, window_sql
@@ -177,7 +178,7 @@ class Monitor:
     """The monitor loop around `judge`: query, decide, publish."""
 
     def __init__(self, ex: Executor, settings: MonitorSettings, *, publish: Callable[[Alert], None] | None = None,
-                 webhook_url: str | None = None, clock: Callable[[], float] = time.time):
+                 webhook_url: str | None = None, clock: Clock = wall_clock):
         self.ex = ex
         self.settings = settings
         self.publish = publish
@@ -300,12 +301,10 @@ def kafka_publisher(settings, *, timeout_s: float = 30.0) -> tuple[Callable[[Ale
     `publish` returns once the broker acknowledged the alert (acks=all) and raises the send's error
     otherwise (e.g. KafkaTimeoutError, MessageSizeTooLargeError), so the monitor can decide again.
     """
-    from sinks.runner import import_kafka
+    from streams.kafka import clients
 
-    KafkaProducer = import_kafka().KafkaProducer  # noqa: N806
-
-    codec = Alert.codec("confluent" if settings.kafka.confluent_wire_format else "single_object")
-    producer = KafkaProducer(acks="all", **settings.kafka.client_kwargs())
+    codec = Alert.codec(clients.framing(settings.kafka))
+    producer = clients.producer(settings.kafka, acks="all")
 
     def publish(alert: Alert) -> None:
         future = producer.send(settings.kafka.topics.alerts, value=codec.encode(alert.to_avro()),

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 # of that camera's own events (see `event_context`).
 from faust.streams import _current_event
 
+from streams.kafka.records import SourceRecord
 from streams.settings import Settings
 from streams.tracking.tracker import CameraState
 
@@ -42,6 +43,16 @@ def event_context(event: Any) -> Iterator[None]:
         _current_event.reset(token)
 
 
+class _SourceEvent:
+    """What Faust's table reads of the current event (`.message.topic`, `.message.partition`),
+    for a `SourceRecord` (weak-referenceable, as Faust holds the current event by weakref)."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, source: SourceRecord):
+        self.message = source
+
+
 class TrackingTable:
     """Load/save per-camera tracker state in a Faust table."""
 
@@ -59,8 +70,9 @@ class TrackingTable:
         raw = self.table.get(camera_id.encode())
         return CameraState.from_dict(raw) if raw else CameraState(camera_id)
 
-    def save(self, state: CameraState, event: Any) -> None:
-        """Store `state` under the partition of `event` (a frame of that camera)."""
+    def save(self, state: CameraState, source: SourceRecord) -> None:
+        """Store `state` under the partition of `source` (a frame or timeout request of that camera)."""
+        event = _SourceEvent(source)  # held here: the context keeps only a weak reference
         with event_context(event):
             self.table[state.camera_id.encode()] = state.to_dict()
 

@@ -1,5 +1,6 @@
-"""Test doubles for replay/compare unit tests: a kafka-python-like consumer over lists, a fake
-Inspector, frames of simulated-looking parts, and a migrated chdb database (current ClickHouse)."""
+"""Test doubles for replay/compare unit tests: a kafka-python-like consumer over lists, frames of
+simulated-looking parts, and a migrated chdb database (current ClickHouse). The fake Inspector is
+the shared one of `tests/unit/fakes.py`."""
 from __future__ import annotations
 
 from collections import namedtuple
@@ -9,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 
-from models.types import BBox, Detection
 from schemas.events import FrameEvent
 from sinks.migrations import migrate
 from sinks.sql import ChdbExecutor
@@ -84,30 +84,6 @@ class FakeConsumer:
 
     def close(self):
         pass
-
-
-class FakeInspector:
-    """One detection per bright square (>200) on a frame; class 'crack' when the square is wide."""
-
-    class_names = ["scratch", "crack"]
-
-    def __init__(self, version: str = "fake-strong", threshold: int = 200):
-        self.model_version = version
-        self.threshold = threshold
-        self.calls = 0
-
-    def inspect(self, frames):
-        self.calls += 1
-        out = []
-        for f in frames:
-            ys, xs = np.nonzero(f > self.threshold)
-            if len(xs) == 0:
-                out.append([])
-                continue
-            b = BBox(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-            cls = "crack" if b.width >= 14 else "scratch"
-            out.append([Detection(b, np.ones((b.height, b.width), bool), cls, 0.9, 4.0, 5.0, b.area)])
-        return out
 
 
 def frame(cam: str, part: str, seq: int, idx: int, last: bool, x: int | None, width: int = 10,

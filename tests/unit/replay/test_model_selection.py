@@ -34,6 +34,8 @@ from streams.inspection.model_selection import (
 )
 from streams.settings import Settings
 
+from ..fakes import FakeInspector
+
 
 def promo(version: str, at: int, path: str | None = None, scope: str = PROMOTION_KEY) -> Promotion:
     return Promotion(version, path or f"/models/{version}", at, {"detector": "h"}, "", scope)
@@ -141,11 +143,6 @@ def test_new_parts_switch_open_parts_keep_their_model():
     assert sel.wanted() == [] and sel.version_for_new_part(None, ["v1", "v2"]) == "v1"
 
 
-class Insp:
-    def __init__(self, version):
-        self.model_version = version
-
-
 def test_inspector_pool_loads_once_refuses_bad_promotions_and_evicts():
     loads = []
 
@@ -153,9 +150,9 @@ def test_inspector_pool_loads_once_refuses_bad_promotions_and_evicts():
         loads.append(path)
         if "broken" in path:
             raise FileNotFoundError(path)
-        return Insp(path.rsplit("/", 1)[-1])
+        return FakeInspector(path.rsplit("/", 1)[-1])
 
-    pool = InspectorPool(Insp("v1"), loader, max_loaded=2)
+    pool = InspectorPool(FakeInspector("v1"), loader, max_loaded=2)
     assert pool.ensure(None)
     assert pool.ensure(promo("v2", 1)) and pool.ensure(promo("v2", 1)) and loads == ["/models/v2"]
     assert pool.get("v2").model_version == "v2"
@@ -175,9 +172,9 @@ def test_inspector_pool_holds_one_model_per_scope_and_never_evicts_a_needed_one(
 
     def loader(path):
         loads.append(path)
-        return Insp(path.rsplit("/", 1)[-1])
+        return FakeInspector(path.rsplit("/", 1)[-1])
 
-    pool = InspectorPool(Insp("v1"), loader, max_loaded=2)
+    pool = InspectorPool(FakeInspector("v1"), loader, max_loaded=2)
     wanted = [promo("cam", 3, scope="*camera:c3"), promo("line", 2, scope="*line:l2"), promo("plant", 1)]
     assert pool.missing(wanted) == wanted
     assert pool.sync(wanted, in_use=["old"]) == {"cam", "line", "plant"}

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import pytest
 
+from streams.kafka.records import OutRecord
 from streams.replay.replayer import (
     SKIP_AFTER,
     SKIP_CAMERA,
     SKIP_PARTIAL,
-    STATUS_DONE,
-    STATUS_RUNNING,
     ClickHouseEmitter,
     OffsetAt,
     PartitionPlan,
@@ -17,13 +16,14 @@ from streams.replay.replayer import (
     Replayer,
     ReplayError,
     ReplayRequest,
-    load_run_record,
     plan_partitions,
     validate_run_id,
 )
+from streams.replay.runlog import STATUS_DONE, STATUS_RUNNING, load_run_record
 from streams.settings import PlantSettings, Settings
 
-from .conftest import T0, FakeConsumer, FakeInspector, part_frames
+from ..fakes import FakeInspector
+from .conftest import T0, FakeConsumer, part_frames
 
 TOPIC = "frames-test"
 
@@ -51,7 +51,7 @@ def run(chdb, *, until=T0 + 1650, run_id="r1", consumer=None, inspector=None, **
     req = ReplayRequest(run_id=run_id, from_ms=T0 - 900, until_ms=until, model_path=None, progress=False,
                         checkpoint_every_s=0.0, **kw)
     return Replayer(settings(), req, chdb, consumer=consumer or FakeConsumer({TOPIC: recorded()}),
-                    inspector=inspector or FakeInspector())
+                    inspector=inspector or FakeInspector("fake-strong", crack_width=14))
 
 
 def parts(chdb, run_id="r1"):
@@ -164,7 +164,7 @@ def test_interrupted_replay_resumes_without_duplicates(chdb):
 def test_resume_with_another_model_is_refused(chdb):
     run(chdb).run()
     with pytest.raises(ReplayError, match="other settings"):
-        run(chdb, inspector=FakeInspector("fake-other")).run()
+        run(chdb, inspector=FakeInspector("fake-other", crack_width=14)).run()
 
 
 def test_retention_error_names_the_partition(chdb):
@@ -184,11 +184,11 @@ def test_emitter_skips_stored_ids_on_resume(chdb):
     p = make_part(1, T0, fail=True, run_id="r9", plant=s.plant)
     d = make_defect(p, 0)
     em = ClickHouseEmitter(chdb, s, "r9")
-    asyncio.run(em.send_all([("defects", b"c", d), ("parts", b"c", p)]))
+    asyncio.run(em.send_all([OutRecord("defects", b"c", d), OutRecord("parts", b"c", p)]))
     assert em.flush() == 0  # not complete yet
     em.mark_complete()
     assert em.flush() == 2
     again = ClickHouseEmitter(chdb, s, "r9", skip_existing=True)
-    asyncio.run(again.send_all([("defects", b"c", d), ("parts", b"c", p)]))
+    asyncio.run(again.send_all([OutRecord("defects", b"c", d), OutRecord("parts", b"c", p)]))
     again.mark_complete()
     assert again.flush() == 0 and again.counts.skipped_existing == 2

@@ -8,60 +8,16 @@ import cv2
 import numpy as np
 import pytest
 
-from models.types import BBox, Detection
 from schemas.events import FrameEvent
 from streams.inspection.cameras import CameraConfig, CameraRegistry
 from streams.inspection.inference import InferenceRunner
 from streams.inspection.pipeline import InspectPipeline
+from streams.kafka.records import SourceRecord
 from streams.settings import ModelSettings, PlantSettings, Settings
-from streams.tracking.tracker import CameraState
+
+from ..fakes import FakeInspector, ListEmitter, MemoryStore, kinds
 
 CODEC = FrameEvent.codec()
-
-
-class FakeInspector:
-    """Finds one 'scratch' wherever the frame has a bright square; raises on an all-255 frame."""
-
-    model_version = "fake-1"
-    class_names = ["scratch"]
-
-    def inspect(self, frames):
-        out = []
-        for f in frames:
-            if f.min() == 255:
-                raise RuntimeError("poisonous frame")
-            ys, xs = np.nonzero(f > 200)
-            if len(xs) == 0:
-                out.append([])
-                continue
-            b = BBox(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-            out.append([Detection(b, np.ones((b.height, b.width), bool), "scratch", 0.9, 4.0, 5.0, b.area)])
-        return out
-
-
-class MemoryStore:
-    def __init__(self):
-        self.data: dict[str, dict] = {}
-        self.saves = 0
-
-    def load(self, cam):
-        d = self.data.get(cam)
-        return CameraState.from_dict(d) if d else CameraState(cam)
-
-    def save(self, state, event):
-        self.saves += 1
-        self.data[state.camera_id] = state.to_dict()
-
-
-class ListEmitter:
-    def __init__(self, fail: bool = False):
-        self.sent = []
-        self.fail = fail
-
-    async def send_all(self, records):
-        if self.fail:
-            raise ConnectionError("broker down")
-        self.sent.extend(records)
 
 
 def png(x: int | None, fill: int = 100) -> bytes:
@@ -79,19 +35,16 @@ def frame_value(cam="cam-1", part="p1", seq=0, idx=0, last=False, image=None, x=
 
 
 def event(value, key=b"cam-1", offset=0):
-    return SimpleNamespace(message=SimpleNamespace(topic="frames", partition=0, offset=offset, key=key, value=value))
+    return SourceRecord("frames", 0, offset, key, value)
 
 
-def make(emitter=None, registry=None):
+def make(emitter=None, registry=None, **kw):
     settings = Settings(plant=PlantSettings(timezone="UTC"))
     store = MemoryStore()
     runner = InferenceRunner(ModelSettings(device="cpu"), inspector=FakeInspector())
-    pipe = InspectPipeline(settings, runner, registry if registry is not None else CameraRegistry(), store, emitter if emitter is not None else ListEmitter())
+    pipe = InspectPipeline(settings, runner, registry if registry is not None else CameraRegistry(), store,
+                           emitter if emitter is not None else ListEmitter(), **kw)
     return pipe, store
-
-
-def kinds(records):
-    return [(k, getattr(v, "error_class", None) or getattr(v, "closed_reason", None)) for k, _key, v in records]
 
 
 def test_batch_tracks_and_emits_on_last_frame():
@@ -100,9 +53,9 @@ def test_batch_tracks_and_emits_on_last_frame():
     asyncio.run(pipe.process(evs))
     sent = pipe.emitter.sent
     assert kinds(sent) == [("defects", None), ("parts", "LAST_FRAME")]
-    part = sent[-1][2]
+    part = sent[-1].event
     assert part.frames == 3 and part.model_version == "fake-1" and part.defects_total == 1
-    assert sent[0][2].frames_seen == 3
+    assert sent[0].event.frames_seen == 3
     assert store.data["cam-1"]["part"] is None and store.data["cam-1"]["last_seq"] == 2
 
 
@@ -111,7 +64,7 @@ def test_a_record_delivered_twice_in_one_batch_is_processed_once_and_not_dead_le
     evs = [event(frame_value(seq=i, idx=i, last=i == 2, x=100 - 10 * i), offset=i) for i in range(3)]
     asyncio.run(pipe.process([evs[0], evs[1], evs[1], evs[2]]))  # offset 1 re-delivered by the consumer
     assert kinds(pipe.emitter.sent) == [("defects", None), ("parts", "LAST_FRAME")]
-    assert pipe.emitter.sent[-1][2].frames == 3 and not pipe.deadletters and pipe.redelivered == 1
+    assert pipe.emitter.sent[-1].event.frames == 3 and not pipe.deadletters and pipe.redelivered == 1
     assert store.data["cam-1"]["read_to"] == [0, 3]
 
 
@@ -138,7 +91,7 @@ def test_bad_input_goes_to_deadletter_and_the_rest_is_processed():
     ]
     assert pipe.deadletters == {"decode_error": 1, "duplicate_frame": 1, "out_of_order_frame": 1, "bad_image": 1,
                                 "inference_error": 1}
-    dl = pipe.emitter.sent[0][2]
+    dl = pipe.emitter.sent[0].event
     assert dl.original == b"garbage" and dl.offset == 0 and dl.topic == "frames"
 
 
@@ -163,7 +116,16 @@ def test_timeout_close_and_camera_config_from_next_part():
     out = asyncio.run(pipe.close_idle(event(None), "cam-1", "A", 1))
     assert out.part.closed_reason == "TIMEOUT" and out.part.line_id == "l1"  # config applies from the next part
     asyncio.run(pipe.process([event(frame_value(part="B", seq=2, last=True))]))
-    assert pipe.emitter.sent[-1][2].line_id == "line-7"
+    assert pipe.emitter.sent[-1].event.line_id == "line-7"
+
+
+def test_the_pipeline_reads_its_injected_clock():
+    now_s = 1_790_000_000.5
+    pipe, store = make(clock=lambda: now_s)
+    asyncio.run(pipe.process([event(b"garbage", offset=0), event(frame_value(part="A", seq=0), offset=1)]))
+    assert pipe.now_ms() == 1_790_000_000_500
+    assert pipe.emitter.sent[0].event.failed_at == 1_790_000_000_500  # the dead letter's stamp
+    assert store.data["cam-1"]["part"]["touched_ms"] == 1_790_000_000_500  # what the part-timeout timer compares
 
 
 def test_metrics_count_frames_dead_letters_by_reason_parts_and_batch_latency():

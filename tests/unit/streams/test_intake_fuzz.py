@@ -18,7 +18,6 @@ import asyncio
 import math
 import struct
 import time
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -30,8 +29,10 @@ from streams.inspection.cameras import CameraRegistry
 from streams.inspection.inference import InferenceRunner
 from streams.inspection.intake import expected_partition
 from streams.inspection.pipeline import InspectPipeline
+from streams.kafka.records import SourceRecord
 from streams.settings import ModelSettings, PlantSettings, Settings, WorkerSettings
-from streams.tracking.tracker import CameraState
+
+from ..fakes import FakeInspector, ListEmitter, MemoryStore
 
 CODEC = FrameEvent.codec()
 PARTITIONS = 4
@@ -46,38 +47,10 @@ _GOOD_PNG = cv2.imencode(".png", np.full((16, 32), 100, np.uint8))[1].tobytes()
 _GOOD_PNG3 = cv2.imencode(".png", np.full((16, 32, 3), 100, np.uint8))[1].tobytes()
 
 
-class FakeInspector:
-    model_version = "fuzz-1"
-    class_names = ["scratch"]
-
-    def inspect(self, frames):
-        return [[] for _ in frames]
-
-
-class MemoryStore:
-    def __init__(self):
-        self.data: dict[str, dict] = {}
-
-    def load(self, cam):
-        d = self.data.get(cam)
-        return CameraState.from_dict(d) if d else CameraState(cam)
-
-    def save(self, state, event):
-        self.data[state.camera_id] = state.to_dict()
-
-
-class ListEmitter:
-    def __init__(self):
-        self.sent = []
-
-    async def send_all(self, records):
-        self.sent.extend(records)
-
-
 _SETTINGS = Settings(plant=PlantSettings(timezone="UTC"),
                      worker=WorkerSettings(max_image_bytes=MAX_IMAGE, max_pixels=4096 * 64,
                                            deadletter_original_max_bytes=MAX_ORIGINAL))
-_RUNNER = InferenceRunner(ModelSettings(device="cpu"), inspector=FakeInspector())
+_RUNNER = InferenceRunner(ModelSettings(device="cpu"), inspector=FakeInspector("fuzz-1", detects=False))
 
 
 def pipeline() -> InspectPipeline:
@@ -188,8 +161,7 @@ def bad_message(draw) -> Bad:
 
 
 def message(value, key, partition, offset):
-    return SimpleNamespace(message=SimpleNamespace(topic="frames", partition=partition, offset=offset, key=key,
-                                                   value=value))
+    return SourceRecord("frames", partition, offset, key, value)
 
 
 def check_dead_letter(dl: DeadLetter, value: bytes | None) -> None:
@@ -207,8 +179,8 @@ def test_every_malformed_message_becomes_one_dead_letter(bad: Bad):
     p = home("cam-f") if partition is None else partition
     asyncio.run(pipe.process([message(value, key, p, 7)]))  # must not raise
     sent = pipe.emitter.sent
-    assert len(sent) == 1 and sent[0][0] == "deadletter", sent
-    dl = sent[0][2]
+    assert len(sent) == 1 and sent[0].kind == "deadletter", sent
+    dl = sent[0].event
     assert dl.error_class in classes, (dl.error_class, dl.reason)
     assert dl.offset == 7 and dl.partition == p
     check_dead_letter(dl, value)
@@ -270,8 +242,8 @@ def test_mixed_batches_dead_letter_exactly_the_bad_frames(batch):
     pipe = pipeline()
     events = [message(v, k, p, off) for off, (v, k, p, _c) in enumerate(batch)]
     asyncio.run(pipe.process(events))  # must not raise
-    dead = {(v.partition, v.offset): v for kind, _k, v in pipe.emitter.sent if kind == "deadletter"}
-    assert len(dead) == sum(1 for kind, _k, _v in pipe.emitter.sent if kind == "deadletter")  # one per message
+    dead = {(r.event.partition, r.event.offset): r.event for r in pipe.emitter.sent if r.kind == "deadletter"}
+    assert len(dead) == sum(1 for r in pipe.emitter.sent if r.kind == "deadletter")  # one per message
     for off, (value, _key, p, classes) in enumerate(batch):
         dl = dead.get((p, off))
         if classes is None:
@@ -282,5 +254,5 @@ def test_mixed_batches_dead_letter_exactly_the_bad_frames(batch):
         else:
             assert dl is not None and dl.error_class in classes, (off, classes, dl and (dl.error_class, dl.reason))
             check_dead_letter(dl, value)
-    for kind, _k, v in pipe.emitter.sent:  # whatever was emitted is a valid event of its schema
-        type(v).codec().encode(v.to_avro())
+    for r in pipe.emitter.sent:  # whatever was emitted is a valid event of its schema
+        type(r.event).codec().encode(r.event.to_avro())

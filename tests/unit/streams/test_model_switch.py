@@ -2,53 +2,21 @@
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
 
-from models.types import BBox, Detection
 from schemas.events import FrameEvent
 from streams.inspection.cameras import CameraConfig, CameraRegistry
 from streams.inspection.inference import InferenceRunner
 from streams.inspection.model_selection import Promotion
 from streams.inspection.pipeline import InspectPipeline
+from streams.kafka.records import SourceRecord
 from streams.settings import ModelSettings, PlantSettings, Settings
-from streams.tracking.tracker import CameraState
+
+from ..fakes import FakeInspector, ListEmitter, MemoryStore
 
 CODEC = FrameEvent.codec()
-
-
-class Insp:
-    def __init__(self, version):
-        self.model_version = version
-
-    def inspect(self, frames):
-        out = []
-        for f in frames:
-            ys, xs = np.nonzero(f > 200)
-            b = BBox(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-            out.append([Detection(b, np.ones((b.height, b.width), bool), "scratch", 0.9, 4.0, 5.0, b.area)])
-        return out
-
-
-class Store:
-    def __init__(self):
-        self.data = {}
-
-    def load(self, cam):
-        return CameraState.from_dict(self.data[cam]) if cam in self.data else CameraState(cam)
-
-    def save(self, state, event):
-        self.data[state.camera_id] = state.to_dict()
-
-
-class Emitter:
-    def __init__(self):
-        self.sent = []
-
-    async def send_all(self, records):
-        self.sent.extend(records)
 
 
 def ev(part, seq, idx, last, off, cam="cam-1", line="l1"):
@@ -57,21 +25,20 @@ def ev(part, seq, idx, last, off, cam="cam-1", line="l1"):
     fe = FrameEvent(camera_id=cam, line_id=line, part_id=part, frame_seq=seq, capture_ts=1_700_000_000_000 + seq * 100,
                     encoding="PNG", width=128, height=64, channels=1, image=cv2.imencode(".png", img)[1].tobytes(),
                     frame_index=idx, last_frame=last, conveyor_speed_mm_s=100.0, pixels_per_mm=1.0)
-    return SimpleNamespace(message=SimpleNamespace(topic="frames", partition=0, offset=off, key=cam.encode(),
-                                                   value=CODEC.encode(fe.to_avro())))
+    return SourceRecord("frames", 0, off, cam.encode(), CODEC.encode(fe.to_avro()))
 
 
 def test_promotion_applies_from_the_next_part():
     settings = Settings(plant=PlantSettings(timezone="UTC"))
-    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=Insp("v1"))
-    runner._load_path = lambda path: Insp("v2")  # what Inspector.load(path) would return
-    emitter = Emitter()
-    pipe = InspectPipeline(settings, runner, CameraRegistry(), Store(), emitter)
+    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=FakeInspector("v1"))
+    runner._load_path = lambda path: FakeInspector("v2")  # what Inspector.load(path) would return
+    emitter = ListEmitter()
+    pipe = InspectPipeline(settings, runner, CameraRegistry(), MemoryStore(), emitter)
     asyncio.run(pipe.process([ev("p1", 1, 0, False, 0)]))
     runner.selection.apply(b"*", Promotion("v2", "/models/v2", 1).to_json())  # arrives mid-part
     asyncio.run(pipe.process([ev("p1", 2, 1, False, 1), ev("p1", 3, 2, True, 2), ev("p2", 4, 0, False, 3)]))
     asyncio.run(pipe.process([ev("p2", 5, 1, True, 4)]))
-    parts = {r[2].part_id: r[2].model_version for r in emitter.sent if r[0] == "parts"}
+    parts = {r.event.part_id: r.event.model_version for r in emitter.sent if r.kind == "parts"}
     assert parts == {"p1": "v1", "p2": "v2"}
     assert set(runner.versions) == {"v1", "v2"}
 
@@ -82,13 +49,13 @@ def _part(cam, part, seq0, off0, frames=2, line="l1"):
 
 def test_scoped_promotions_per_camera_and_line_and_clearing():
     settings = Settings(plant=PlantSettings(timezone="UTC"))
-    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=Insp("v1"))
+    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=FakeInspector("v1"))
     loaded = []
-    runner._load_path = lambda path: loaded.append(path) or Insp(path.rsplit("/", 1)[-1])
+    runner._load_path = lambda path: loaded.append(path) or FakeInspector(path.rsplit("/", 1)[-1])
     registry = CameraRegistry()
     registry.apply(b"cam-4", CameraConfig(line_id="l2").to_json())  # its frames say l1; its config moves it to l2
-    emitter = Emitter()
-    pipe = InspectPipeline(settings, runner, registry, Store(), emitter)
+    emitter = ListEmitter()
+    pipe = InspectPipeline(settings, runner, registry, MemoryStore(), emitter)
 
     def run(*events):
         asyncio.run(pipe.process(list(events)))
@@ -103,10 +70,10 @@ def test_scoped_promotions_per_camera_and_line_and_clearing():
     sel.apply(b"*camera:cam-1", None)
     sel.apply(b"*", Promotion("plantC", "/models/plantC", 2).to_json())
     run(*_part("cam-1", "a3", 50, 10), *_part("cam-2", "b2", 60, 12), *_part("cam-4", "d2", 70, 14))
-    parts = {r[2].part_id: r[2].model_version for r in emitter.sent if r[0] == "parts"}
+    parts = {r.event.part_id: r.event.model_version for r in emitter.sent if r.kind == "parts"}
     assert parts == {"a1": "v1", "a2": "seg", "b1": "v1", "d1": "lineB", "c1": "lineB",
                      "a3": "plantC", "b2": "plantC", "d2": "lineB"}
-    defects = {r[2].part_id: r[2].model_version for r in emitter.sent if r[0] == "defects"}
+    defects = {r.event.part_id: r.event.model_version for r in emitter.sent if r.kind == "defects"}
     assert all(parts[p] == v for p, v in defects.items()) and defects
     assert sorted(loaded) == ["/models/lineB", "/models/plantC", "/models/seg"]  # each loaded once
     assert {"v1", "lineB", "plantC"} <= set(runner.versions)
@@ -114,10 +81,10 @@ def test_scoped_promotions_per_camera_and_line_and_clearing():
 
 def test_a_model_an_open_part_needs_is_not_evicted_by_other_cameras_batches():
     settings = Settings(plant=PlantSettings(timezone="UTC"))
-    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=Insp("v1"))
-    runner._load_path = lambda path: Insp(path.rsplit("/", 1)[-1])
-    emitter = Emitter()
-    pipe = InspectPipeline(settings, runner, CameraRegistry(), Store(), emitter)
+    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=FakeInspector("v1"))
+    runner._load_path = lambda path: FakeInspector(path.rsplit("/", 1)[-1])
+    emitter = ListEmitter()
+    pipe = InspectPipeline(settings, runner, CameraRegistry(), MemoryStore(), emitter)
     asyncio.run(runner.ensure_loaded())
     runner.pool.max_loaded = 1  # only the default beyond what is needed
     sel = runner.selection
@@ -128,19 +95,19 @@ def test_a_model_an_open_part_needs_is_not_evicted_by_other_cameras_batches():
     asyncio.run(pipe.process(_part("cam-2", "b1", 10, 1)))  # a batch without cam-1 loads v3
     assert {"v2", "v3"} <= set(runner.versions)
     asyncio.run(pipe.process([ev("a1", 2, 1, True, 3, "cam-1")] + _part("cam-1", "a2", 20, 4)))
-    parts = {r[2].part_id: r[2].model_version for r in emitter.sent if r[0] == "parts"}
+    parts = {r.event.part_id: r.event.model_version for r in emitter.sent if r.kind == "parts"}
     assert parts == {"a1": "v2", "b1": "v3", "a2": "v3"}
-    assert not [r for r in emitter.sent if r[0] == "deadletter"]
+    assert not [r for r in emitter.sent if r.kind == "deadletter"]
     asyncio.run(pipe.process(_part("cam-2", "b2", 30, 6)))  # no part needs v2 any more: evicted
     assert "v2" not in runner.versions and "v3" in runner.versions
 
 
 def test_a_batch_waits_until_the_cameras_topic_is_read():
     settings = Settings(plant=PlantSettings(timezone="UTC"))
-    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=Insp("v1"))
-    runner._load_path = lambda path: Insp(path.rsplit("/", 1)[-1])
-    emitter = Emitter()
-    pipe = InspectPipeline(settings, runner, CameraRegistry(), Store(), emitter)
+    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=FakeInspector("v1"))
+    runner._load_path = lambda path: FakeInspector(path.rsplit("/", 1)[-1])
+    emitter = ListEmitter()
+    pipe = InspectPipeline(settings, runner, CameraRegistry(), MemoryStore(), emitter)
 
     async def scenario():
         pipe.cameras_ready = asyncio.Event()
@@ -155,5 +122,5 @@ def test_a_batch_waits_until_the_cameras_topic_is_read():
         await pipe.process(_part("cam-2", "b1", 10, 2))
 
     asyncio.run(scenario())
-    parts = {r[2].part_id: r[2].model_version for r in emitter.sent if r[0] == "parts"}
+    parts = {r.event.part_id: r.event.model_version for r in emitter.sent if r.kind == "parts"}
     assert parts == {"a1": "v2", "b1": "v1"} and pipe.cameras_ready.is_set()

@@ -9,79 +9,22 @@ import cv2
 import numpy as np
 import pytest
 
-from models.types import BBox, Detection
 from schemas.events import DeadLetter, FrameEvent, PartInspected
 from streams.inspection.agents import handle_timeout_requests, partition_caught_up
 from streams.inspection.cameras import CameraRegistry
 from streams.inspection.inference import InferenceRunner
 from streams.inspection.intake import IntakeLimits, Rejected, dead_letter, decode_frame, expected_partition
 from streams.inspection.pipeline import InspectPipeline, ModelUnavailable, is_model_failure
+from streams.kafka.records import SourceRecord
 from streams.settings import ModelSettings, PlantSettings, Settings, TrackingSettings, WorkerSettings
 from streams.tracking.table import idle_parts
 from streams.tracking.tracker import CameraState, PartTracker
 from streams.tracking.types import FrameMeta
 
+from ..fakes import FakeInspector, ListEmitter, MemoryStore, kinds
+
 CODEC = FrameEvent.codec()
 NOW = 1_790_000_000_000  # worker clock of these tests (2026-09-21)
-
-
-class FakeInspector:
-    """One 'scratch' wherever the frame has a bright square; raises on an all-255 frame (bad input).
-
-    `fail_next`: that many calls raise `error` first (a model that is unwell for a while)."""
-
-    model_version = "fake-1"
-    class_names = ["scratch"]
-
-    def __init__(self, fail_next: int = 0, error: Exception | None = None):
-        self.fail_next = fail_next
-        self.error = error or RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        self.calls = 0
-
-    def inspect(self, frames):
-        self.calls += 1
-        if self.fail_next > 0:
-            self.fail_next -= 1
-            raise self.error
-        out = []
-        for f in frames:
-            if f.min() == 255:
-                raise RuntimeError("poisonous frame")
-            ys, xs = np.nonzero(f > 200)
-            if len(xs) == 0:
-                out.append([])
-                continue
-            b = BBox(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-            out.append([Detection(b, np.ones((b.height, b.width), bool), "scratch", 0.9, 4.0, 5.0, b.area)])
-        return out
-
-
-class MemoryStore:
-    def __init__(self):
-        self.data: dict[str, dict] = {}
-
-    def load(self, cam):
-        d = self.data.get(cam)
-        return CameraState.from_dict(d) if d else CameraState(cam)
-
-    def save(self, state, event):
-        self.data[state.camera_id] = state.to_dict()
-
-
-class ListEmitter:
-    def __init__(self, fail: bool = False, max_record_bytes: int | None = None):
-        self.sent = []
-        self.fail = fail
-        self.max_record_bytes = max_record_bytes  # like the producer's max.request.size
-
-    async def send_all(self, records):
-        if self.fail:
-            raise ConnectionError("broker down")
-        for kind, _key, value in records:
-            size = len(type(value).codec().encode(value.to_avro()))
-            if self.max_record_bytes is not None and size > self.max_record_bytes:
-                raise RuntimeError(f"MessageSizeTooLargeError: {kind} record of {size} bytes")
-        self.sent.extend(records)
 
 
 def png(x: int | None = 100, fill: int = 100) -> bytes:
@@ -103,7 +46,7 @@ def value(ev: FrameEvent) -> bytes:
 
 
 def event(val, key=b"cam-1", offset=0, partition=0, topic="frames"):
-    return SimpleNamespace(message=SimpleNamespace(topic=topic, partition=partition, offset=offset, key=key, value=val))
+    return SourceRecord(topic, partition, offset, key, val)
 
 
 def make(inspector=None, emitter=None, **worker):
@@ -111,12 +54,9 @@ def make(inspector=None, emitter=None, **worker):
     settings = Settings(plant=PlantSettings(timezone="UTC"), worker=WorkerSettings(**worker))
     store = MemoryStore()
     runner = InferenceRunner(ModelSettings(device="cpu"), inspector=inspector or FakeInspector())
-    pipe = InspectPipeline(settings, runner, CameraRegistry(), store, emitter if emitter is not None else ListEmitter())
+    pipe = InspectPipeline(settings, runner, CameraRegistry(), store, emitter if emitter is not None else ListEmitter(),
+                           clock=lambda: NOW / 1000)
     return pipe, store
-
-
-def kinds(records):
-    return [(k, getattr(v, "error_class", None) or getattr(v, "closed_reason", None)) for k, _key, v in records]
 
 
 # ----------------------------------------------------------------------- #2 absurd capture_ts
@@ -151,7 +91,7 @@ def test_microsecond_frame_is_dead_lettered_and_the_parts_around_it_close():
            event(value(frame(seq=2, idx=1, last=True)), offset=2)]
     asyncio.run(pipe.process(evs))
     assert kinds(pipe.emitter.sent) == [("deadletter", "bad_timestamp"), ("defects", None), ("parts", "LAST_FRAME")]
-    assert pipe.emitter.sent[-1][2].frames == 2
+    assert pipe.emitter.sent[-1].event.frames == 2
 
 
 def test_part_close_survives_any_calendar_error(tracking_settings):
@@ -189,7 +129,7 @@ def test_pipeline_dead_letters_a_2mb_corrupt_frame_within_the_producer_limit():
     asyncio.run(pipe.process([event(value(frame(seq=0, image=corrupt)), offset=0),
                               event(value(frame(seq=1, idx=0, last=True)), offset=1)]))
     assert kinds(emitter.sent) == [("deadletter", "bad_image"), ("defects", None), ("parts", "LAST_FRAME")]
-    assert emitter.sent[0][2].original_size > 2 * 1024 * 1024
+    assert emitter.sent[0].event.original_size > 2 * 1024 * 1024
 
 
 def test_deadletter_limit_must_fit_the_producer_request():
@@ -294,7 +234,10 @@ class TimeoutStream:
 
 def _open_part(store, pipe):
     asyncio.run(pipe.process([event(value(frame(seq=0, idx=0)), offset=0)]))
-    return SimpleNamespace(key=b"cam-1", value={"part_id": "p1", "last_seq": 0})
+    # a Faust event of the part-timeouts topic: deserialized key and value, and the raw message
+    return SimpleNamespace(key=b"cam-1", value={"part_id": "p1", "last_seq": 0},
+                           message=SimpleNamespace(topic="part-timeouts", partition=0, offset=0, key=b"cam-1",
+                                                   value=b'{"part_id": "p1", "last_seq": 0}', timestamp=NOW / 1000))
 
 
 def test_failed_timeout_close_is_not_acked_and_stops_the_worker():
@@ -327,7 +270,7 @@ def test_camera_stuck_on_one_part_is_closed_at_the_frame_cap():
     assert sorted(kinds(pipe.emitter.sent), key=str) == [("deadletter", "part_frame_limit"),
                                                          ("deadletter", "part_frame_limit"),
                                                          ("defects", None), ("parts", "MAX_FRAMES")]
-    part = next(v for k, _, v in pipe.emitter.sent if k == "parts")
+    part = next(r.event for r in pipe.emitter.sent if r.kind == "parts")
     assert part.frames == 3
     PartInspected.codec().encode(part.to_avro())
     assert store.data["cam-1"]["part"] is None
