@@ -24,6 +24,8 @@ from sinks.sql import DriverExecutor
 from streams.settings import ClickHouseSettings
 from streams.sim.simulator import SimulationConfig, simulate
 
+from .kafka_read import read_records
+
 REPO = Path(__file__).resolve().parents[2]
 FRAME = (128, 256)
 T0 = 1_790_000_000_000  # simulated clock start (UTC ms)
@@ -60,25 +62,6 @@ def train_segmenter(data: Path, out: Path) -> Path:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (out / "segmenter.pt").is_file(), list(out.iterdir())
     return out / "segmenter.pt"
-
-
-def read_records(bootstrap: str, topic: str, codec, until, timeout_s: float = 90.0) -> list[dict]:
-    """All records of `topic` from its start, once `until(records)` holds (or the time is up)."""
-    from kafka import KafkaConsumer
-
-    rows: list[dict] = []
-    deadline = time.monotonic() + timeout_s
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=1000)
-    try:
-        while time.monotonic() < deadline:
-            for m in consumer:
-                rows.append(codec.decode(m.value))
-            if until(rows):
-                break
-    finally:
-        consumer.close()
-    return rows
 
 
 def simulate_parts(worker, tmp_path: Path, name: str, start_ms: int) -> None:
@@ -120,7 +103,7 @@ def test_camera_promotion_to_a_segmenter(stream_worker_factory, stack, fresh_dat
     def parts_until(n: int):
         return lambda rows: len({r["part_id"] for r in rows}) >= n
 
-    before = read_records(bootstrap, s.kafka.topics.parts, PartInspected.codec(), parts_until(4))
+    before = read_records(bootstrap, s.kafka.topics.parts, PartInspected.codec(), parts_until(4), timeout_s=90.0)
     assert len({p["part_id"] for p in before}) == 4, worker.log_tail()
     assert {p["model_version"] for p in before} == {default_version}
 
@@ -164,7 +147,8 @@ def test_camera_promotion_to_a_segmenter(stream_worker_factory, stack, fresh_dat
     assert all(p["frames"] == 3 and p["closed_reason"] == "LAST_FRAME" for p in after), after
     # the segmenter's defects (class `defect`) carry its version; the tracker needs no class list
     want = sum(p["defects_total"] for p in parts)
-    defects = read_records(bootstrap, s.kafka.topics.defects, DefectEvent.codec(), lambda rs: len(rs) >= want)
+    defects = read_records(bootstrap, s.kafka.topics.defects, DefectEvent.codec(), lambda rs: len(rs) >= want,
+                           timeout_s=90.0)
     assert len(defects) == want
     version_of = {p["part_id"]: p["model_version"] for p in parts}
     assert all(d["model_version"] == version_of[d["part_id"]] for d in defects)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -16,6 +16,8 @@ from schemas.events import DeadLetter, DefectEvent, FrameEvent, PartInspected
 from streams.inspection.cameras import CameraConfig
 from streams.sim.scoring import score_defect_events
 from streams.sim.simulator import SimulationConfig, read_ground_truth, simulate
+
+from .kafka_read import read_records
 
 FRAME = (128, 256)
 T0 = 1_790_000_000_000  # simulated clock start (2026-09-21, UTC)
@@ -31,25 +33,6 @@ def _needs_checkpoints() -> None:
         pytest.skip(f"no Inspector checkpoint yet ({exc}); train one with `defectstream train`")
 
 
-def read_topic(bootstrap: str, topic: str, codec: Any, until: Callable[[list[dict]], bool], timeout_s: float = 60.0) -> list[dict]:
-    """All records of `topic` from the start, once `until(records)` holds (or the time is up)."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=1000)
-    rows: list[dict] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            for m in consumer:
-                rows.append(codec.decode(m.value))
-            if until(rows):
-                break
-    finally:
-        consumer.close()
-    return rows
-
-
 def sim(worker, tmp_path: Path, name: str, **kw) -> tuple[Path, Any]:
     gt = tmp_path / f"{name}.jsonl"
     cfg = SimulationConfig(frame_shape=FRAME, time_scale=0, progress=False, ground_truth=gt, frames_per_part=4,
@@ -59,8 +42,9 @@ def sim(worker, tmp_path: Path, name: str, **kw) -> tuple[Path, Any]:
 
 def parts_of(worker, cameras: set[str], n: int, timeout_s: float = 60.0) -> list[dict]:
     s = worker.settings
-    rows = read_topic(s.kafka.bootstrap_servers, s.kafka.topics.parts, PartInspected.codec(),
-                      lambda rs: len({r["part_id"] for r in rs if r["camera_id"] in cameras}) >= n, timeout_s)
+    rows = read_records(s.kafka.bootstrap_servers, s.kafka.topics.parts, PartInspected.codec(),
+                        lambda rs: len({r["part_id"] for r in rs if r["camera_id"] in cameras}) >= n,
+                        timeout_s=timeout_s)
     return [r for r in rows if r["camera_id"] in cameras]
 
 
@@ -76,8 +60,8 @@ def test_one_verdict_per_part_and_confirmed_defects(stream_worker, tmp_path):
         assert p["closed_reason"] == "LAST_FRAME" and p["frames"] == 4 and p["shift_name"]
     s = stream_worker.settings
     want = sum(p["defects_total"] for p in parts)
-    defects = [d for d in read_topic(s.kafka.bootstrap_servers, s.kafka.topics.defects, DefectEvent.codec(),
-                                     lambda rs: len([d for d in rs if d["camera_id"] in {"a-1", "a-2"}]) >= want)
+    defects = [d for d in read_records(s.kafka.bootstrap_servers, s.kafka.topics.defects, DefectEvent.codec(),
+                                       lambda rs: len([d for d in rs if d["camera_id"] in {"a-1", "a-2"}]) >= want)
                if d["camera_id"] in {"a-1", "a-2"}]
     assert len(defects) == want
     by_part = {p["part_id"]: p for p in parts}
@@ -128,8 +112,8 @@ def test_bad_messages_go_to_deadletter_and_the_worker_goes_on(stream_worker, tmp
                  start_time_ms=T0)
     assert len(parts_of(stream_worker, {"c-1"}, 1)) == 1
     sim(stream_worker, tmp_path, "replay", cameras=1, parts=1, seed=31, camera_prefix="c", start_time_ms=T0)
-    dls = read_topic(s.kafka.bootstrap_servers, s.kafka.topics.deadletter, DeadLetter.codec(),
-                     lambda rs: sum(r["error_class"] == "duplicate_frame" for r in rs) >= 4)
+    dls = read_records(s.kafka.bootstrap_servers, s.kafka.topics.deadletter, DeadLetter.codec(),
+                       lambda rs: sum(r["error_class"] == "duplicate_frame" for r in rs) >= 4)
     classes = [d["error_class"] for d in dls if d["camera_id"] in (None, "c-1")]
     assert "decode_error" in classes and "bad_image" in classes, dls
     assert classes.count("duplicate_frame") == 4

@@ -10,23 +10,9 @@ import pytest
 from schemas.events import FrameEvent, PartInspected
 from streams.sim.simulator import SimulationConfig, generate
 
+from .kafka_read import read_records
+
 T0 = 1_790_000_000_000
-
-
-def read_parts(bootstrap: str, topic: str, want: int, timeout_s: float = 60.0) -> list[dict]:
-    from kafka import KafkaConsumer
-
-    codec = PartInspected.codec()
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=1000)
-    rows: list[dict] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline and len(rows) < want:
-            rows.extend(codec.decode(m.value) for m in consumer)
-    finally:
-        consumer.close()
-    return rows
 
 
 def test_open_part_survives_a_worker_crash(stream_worker_factory):
@@ -54,7 +40,7 @@ def test_open_part_survives_a_worker_crash(stream_worker_factory):
     for ev in frames[2:]:
         prod.send(s.kafka.topics.frames, key=ev.camera_id.encode(), value=codec.encode(ev.to_avro())).get(30)
     prod.close()
-    parts = read_parts(s.kafka.bootstrap_servers, s.kafka.topics.parts, 1)
+    parts = read_records(s.kafka.bootstrap_servers, s.kafka.topics.parts, PartInspected.codec(), want=1)
     assert len(parts) == 1, worker.log_tail()
     p = parts[0]
     assert p["part_id"] == frames[0].part_id and p["closed_reason"] == "LAST_FRAME"

@@ -13,20 +13,7 @@ from schemas.events import DeadLetter, FrameEvent, PartInspected
 from streams.inspection.intake import expected_partition
 from streams.sim.simulator import SimulationConfig, generate
 
-
-def read_all(bootstrap: str, topic: str, codec, want: int, timeout_s: float = 90.0) -> list[dict]:
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=1000)
-    rows: list[dict] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline and len(rows) < want:
-            rows.extend(codec.decode(m.value) for m in consumer)
-    finally:
-        consumer.close()
-    return rows
+from .kafka_read import read_records
 
 
 def test_rejected_2mb_frames_are_dead_lettered_and_the_frames_behind_them_processed(stream_worker_factory):
@@ -62,8 +49,8 @@ def test_rejected_2mb_frames_are_dead_lettered_and_the_frames_behind_them_proces
         send(ev, key=cam.encode())
     prod.close()
 
-    dead = read_all(s.kafka.bootstrap_servers, s.kafka.topics.deadletter, DeadLetter.codec(), 2)
-    parts = read_all(s.kafka.bootstrap_servers, s.kafka.topics.parts, PartInspected.codec(), 2)
+    dead = read_records(s.kafka.bootstrap_servers, s.kafka.topics.deadletter, DeadLetter.codec(), want=2, timeout_s=90.0)
+    parts = read_records(s.kafka.bootstrap_servers, s.kafka.topics.parts, PartInspected.codec(), want=2, timeout_s=90.0)
     assert worker.alive(), worker.log_tail()
     assert sorted(d["error_class"] for d in dead) == ["key_mismatch", "missing_key"], (dead, worker.log_tail())
     for d in dead:
@@ -112,10 +99,10 @@ def test_restart_longer_than_the_part_timeout_does_not_cut_parts_short(stream_wo
     time.sleep(timeout_s + 4)  # down for longer than the part timeout, the second halves waiting
     worker.start()
     prod.close()
-    parts = read_all(s.kafka.bootstrap_servers, s.kafka.topics.parts, PartInspected.codec(), 6)
+    parts = read_records(s.kafka.bootstrap_servers, s.kafka.topics.parts, PartInspected.codec(), want=6, timeout_s=90.0)
     time.sleep(3)  # a wrong TIMEOUT close would come out beside the right ones
-    parts = read_all(s.kafka.bootstrap_servers, s.kafka.topics.parts, PartInspected.codec(), 99, timeout_s=3)
+    parts = read_records(s.kafka.bootstrap_servers, s.kafka.topics.parts, PartInspected.codec(), want=99, timeout_s=3)
     assert sorted((p["part_id"], p["frames"], p["closed_reason"]) for p in parts) == sorted(
         (pid, 6, "LAST_FRAME") for pid in by_part), worker.log_tail()
-    dead = read_all(s.kafka.bootstrap_servers, s.kafka.topics.deadletter, DeadLetter.codec(), 99, timeout_s=3)
+    dead = read_records(s.kafka.bootstrap_servers, s.kafka.topics.deadletter, DeadLetter.codec(), want=99, timeout_s=3)
     assert not [d for d in dead if d["error_class"] == "late_frame"], dead
