@@ -213,3 +213,20 @@ def test_retryable_classification():
     assert is_retryable(errors.NetworkError("x")) and is_retryable(ConnectionRefusedError())
     assert is_retryable(errors.ServerException("too many parts", code=252))
     assert not is_retryable(errors.ServerException("syntax", code=62)) and not is_retryable(ValueError())
+
+
+def test_two_deliveries_of_one_event_in_one_flush_never_tie_on_version():
+    """A part re-closed after a crash can reach the sink twice in one batch within one millisecond:
+    the copy consumed last gets the higher version (ReplacingMergeTree keeps it, argMax picks it)."""
+    sink, ex, _ = make_sink([])  # its clock stands still at 1000.0 s
+    first = make_part(1, T, counts={"crack": 1})
+    again = dataclasses.replace(first, defect_counts={"crack": 2}, defects_total=2)
+    for i, ev in enumerate((first, again, first)):
+        sink.add(ev.to_avro(), topic="parts", partition=0, offset=i)
+    assert sink.flush().ok
+    rows = [dict(zip(PART_COLUMNS, r)) for t, rs in ex.inserts if t == "parts" for r in rs]
+    assert len({r["event_id"] for r in rows}) == 1
+    versions = [r["version"] for r in rows]
+    assert versions == sorted(versions) and len(set(versions)) == 3  # strictly increasing in consumption order
+    assert versions[0] >= 1_000_000 * 1024  # ingest ms × 1024: above every version written as plain ms before
+    assert {r["ingested_at"] for r in rows} == {1_000_000}  # the ingest time itself is untouched
