@@ -15,6 +15,7 @@ from streams.inspection.agents import FaustEmitter, wire_inspect
 from streams.inspection.cameras import CameraRegistry
 from streams.inspection.inference import InferenceRunner
 from streams.inspection.pipeline import InspectPipeline
+from streams.kafka import clients
 from streams.kafka.serializers import register_avro_codecs
 from streams.kafka.topics import FRAME_OVERHEAD_BYTES, Topics, declare_topics
 from streams.metrics import WorkerMetrics, serve
@@ -44,7 +45,7 @@ def create_app(settings: Settings | None = None, *, inspector: Any | None = None
     """
     settings = settings or Settings()
     k = settings.kafka
-    register_avro_codecs("confluent" if k.confluent_wire_format else "single_object")
+    register_avro_codecs(clients.framing(k))
     datadir = Path(settings.data_dir) / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(

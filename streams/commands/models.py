@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 from streams.inspection.model_selection import PLANT, ModelSelection, Promotion, Scope, parse_scope, scope_of
+from streams.kafka import clients
 from streams.settings import Settings
 
 
@@ -191,11 +192,10 @@ def _sender(settings: Settings) -> Callable[[bytes, bytes | None], None]:
 
 
 def _publish(settings: Settings, key: bytes, value: bytes | None) -> None:
-    from sinks.runner import import_kafka
     from streams.kafka.topics import ensure_topics
 
     ensure_topics(settings)  # the compacted `cameras` topic, when it does not exist yet
-    producer = import_kafka().KafkaProducer(acks="all", **settings.kafka.client_kwargs())
+    producer = clients.producer(settings.kafka, acks="all")
     try:
         producer.send(settings.kafka.topics.cameras, key=key, value=value).get(timeout=30)
     finally:
@@ -210,11 +210,10 @@ def read_cameras_topic(settings: Settings, timeout_s: float = 3.0) -> tuple[Mode
     Raises:
         KafkaUnavailable: the broker cannot be reached, or the topic is not read within `timeout_s`.
     """
-    from sinks.runner import import_kafka
     from streams.inspection.cameras import CameraRegistry
 
-    kafka = import_kafka()
-    TopicPartition = import_kafka("kafka.structs").TopicPartition  # noqa: N806
+    kafka = clients.import_kafka()
+    TopicPartition = clients.import_kafka("kafka.structs").TopicPartition  # noqa: N806
     selection, registry = ModelSelection(), CameraRegistry()
     # kafka-python logs every refused connection; the caller reports one clear line instead
     kafka_log = logging.getLogger("kafka")
@@ -250,8 +249,8 @@ def _read_cameras(kafka: Any, TopicPartition: Any, settings: Settings, timeout_s
     deadline = time.monotonic() + timeout_s
     _check_reachable(settings, timeout_s)
     try:
-        consumer = kafka.KafkaConsumer(group_id=None, enable_auto_commit=False, bootstrap_timeout_ms=ms,
-                                       request_timeout_ms=ms, **settings.kafka.client_kwargs())
+        consumer = clients.consumer(settings.kafka, group_id=None, enable_auto_commit=False,
+                                    bootstrap_timeout_ms=ms, request_timeout_ms=ms)
     except kafka.errors.KafkaConfigurationError:
         raise  # our mistake, not the broker's
     except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, bootstrap timeout and friends

@@ -46,13 +46,12 @@ def _frames(n: int, run: str) -> list[bytes]:
 
 
 async def _consume(settings: Settings, topic: str, n: int) -> list[dict]:
-    from aiokafka import AIOKafkaConsumer
-
     from schemas.events import FrameEvent
+    from streams.kafka import clients
 
     codec = FrameEvent.codec()
-    consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
-                                **settings.kafka.aiokafka_kwargs())
+    consumer = clients.aio_consumer(settings.kafka, topic, auto_offset_reset="earliest", enable_auto_commit=False,
+                                    group_id=None)
     await consumer.start()
     got: list[dict] = []
     try:
@@ -68,13 +67,14 @@ async def _consume(settings: Settings, topic: str, n: int) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     from clickhouse_driver import Client
-    from kafka import KafkaProducer
+
+    from streams.kafka import clients
 
     settings = Settings()
     run_id = uuid.uuid4().hex[:8]
     topic = args.topic or f"smoke-{run_id}"
     t0 = time.monotonic()
-    producer = KafkaProducer(acks="all", enable_idempotence=True, **settings.kafka.client_kwargs())
+    producer = clients.producer(settings.kafka, acks="all", enable_idempotence=True)
     for value in _frames(args.frames, run_id):
         producer.send(topic, key=b"smoke-cam", value=value)
     producer.flush()

@@ -93,12 +93,11 @@ def publish_camera_config(settings: "Settings", camera_id: str, config: CameraCo
 
     Workers apply it from the camera's next part.
     """
-    from kafka import KafkaProducer
-
+    from streams.kafka import clients
     from streams.kafka.topics import ensure_topics
 
     ensure_topics(settings)
-    prod = KafkaProducer(acks="all", **settings.kafka.client_kwargs())
+    prod = clients.producer(settings.kafka, acks="all")
     try:
         value = config.to_json() if config is not None else None
         prod.send(settings.kafka.topics.cameras, key=camera_id.encode(), value=value).get(timeout=30)

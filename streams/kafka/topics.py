@@ -51,12 +51,13 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     co-partitioned with them); `frames` takes records up to `worker.max_image_bytes` plus 64 KiB;
     `cameras` is compacted. Existing topics are left as they are.
     """
-    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    from streams.kafka import clients
+
     k = settings.kafka
-    admin = KafkaAdminClient(client_id=f"{settings.app_id}-admin", request_timeout_ms=int(timeout_s * 1000),
-                             **k.client_kwargs())
+    admin = clients.admin(k, client_id=f"{settings.app_id}-admin", request_timeout_ms=int(timeout_s * 1000))
     try:
         existing = set(admin.list_topics())
         want = {

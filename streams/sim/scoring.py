@@ -338,13 +338,12 @@ def verdict_check(gt_parts: Iterable[GroundTruthPart], verdicts: Iterable[dict[s
 
 def read_topic_events(settings: Settings, topic: str, idle_s: float = 5.0, event: str = "DefectEvent") -> list[dict[str, Any]]:
     """Every DefectEvent (or `event`) on `topic` (from the beginning, until no record arrives for `idle_s`)."""
-    from kafka import KafkaConsumer
-
     from schemas.codec import AvroCodec
+    from streams.kafka import clients
 
-    codec = AvroCodec(event, "confluent" if settings.kafka.confluent_wire_format else "single_object")
-    consumer = KafkaConsumer(topic, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
-                             consumer_timeout_ms=int(idle_s * 1000), **settings.kafka.client_kwargs())
+    codec = AvroCodec(event, clients.framing(settings.kafka))
+    consumer = clients.consumer(settings.kafka, topic, group_id=None, auto_offset_reset="earliest",
+                                enable_auto_commit=False, consumer_timeout_ms=int(idle_s * 1000))
     try:
         return [codec.decode(m.value) for m in consumer]
     finally:

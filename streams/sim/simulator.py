@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from schemas.events import FrameEvent
+from streams.kafka import clients
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -215,17 +216,14 @@ def simulate(settings: Settings, cfg: SimulationConfig,
     Rate-limited so that simulated time runs `time_scale` times faster than the wall clock.
     Raises the producer's error when a frame cannot be delivered.
     """
-    codec = FrameEvent.codec("confluent" if settings.kafka.confluent_wire_format else "single_object")
+    codec = FrameEvent.codec(clients.framing(settings.kafka))
     producer = None
     if send is None:
-        from kafka import KafkaProducer
-
         from streams.kafka.topics import ensure_topics
 
         ensure_topics(settings)
-        producer = KafkaProducer(
-            acks="all", enable_idempotence=True, linger_ms=5, max_request_size=16 * 1024 * 1024,
-            **settings.kafka.client_kwargs(),
+        producer = clients.producer(
+            settings.kafka, acks="all", enable_idempotence=True, linger_ms=5, max_request_size=16 * 1024 * 1024,
         )
         topic = settings.kafka.topics.frames
         futures: list[Any] = []
