@@ -53,7 +53,6 @@ from streams.inspection.intake import (
     frame_meta,
 )
 from streams.kafka import clients
-from streams.kafka import clients
 from streams.kafka.records import OutRecord, SourceRecord
 from streams.metrics import WorkerMetrics
 from streams.settings import Settings
