@@ -1,12 +1,19 @@
-"""Benchmark: `avro` vs `fastavro` encoding/decoding a 1600x256 FrameEvent; prints JSON.
+"""Benchmark: `avro` vs `fastavro` encoding/decoding a 1600x256 FrameEvent, and image decode; prints JSON.
 
-Run: .venv/bin/python ops/bench/codec.py [--iterations N] [--encoding raw|png]
+Run: .venv/bin/python ops/bench/codec.py [--iterations N] [--encoding raw|png] [--sizes 256x1600,256x256]
+         [--decode-iterations N] [--out out/bench/codec.json]
+
+`image_decode` times what the worker does per frame after the Avro decode: JPEG (quality 90, as the simulator
+writes), PNG and RAW bytes of a synthetic grey frame back to a uint8 array (cv2.imdecode / np.frombuffer), per
+frame size, in microseconds and MPix/s, plus the Avro decode of the whole FrameEvent carrying that image.
+The worker's own decode lives in streams/ (not imported here: it is being moved); this mirrors it.
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import os
 import platform
 import time
 
@@ -42,10 +49,45 @@ def _time(fn, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
+def _image_decode(sizes: list[tuple[int, int]], iterations: int) -> list[dict]:
+    """Decode cost of a synthetic grey frame per encoding and size (plus its FrameEvent's Avro decode)."""
+    import cv2
+
+    from models.synthetic import render_sample
+
+    codec = AvroCodec("FrameEvent", framing="raw")
+    rows = []
+    for h, w in sizes:
+        img = render_sample(12345, (h, w), defect_prob=1.0).image
+        encoded = {"JPEG": cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(),
+                   "PNG": cv2.imencode(".png", img)[1].tobytes(), "RAW": img.tobytes()}
+        for enc, data in encoded.items():
+            rec = dict(_frame_record("raw"), encoding=enc, width=w, height=h, image=data)
+            msg = codec.encode(rec)
+            if enc == "RAW":
+                fn = lambda: np.frombuffer(data, np.uint8).reshape(h, w).copy()  # noqa: E731  (the worker keeps a copy)
+            else:
+                fn = lambda: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # noqa: E731
+            out = fn()
+            assert out.shape[:2] == (h, w)
+            if enc != "JPEG":
+                assert np.array_equal(out.reshape(h, w), img), "lossless encodings must round-trip"
+            dt = _time(fn, iterations)
+            avro_dt = _time(lambda: codec.decode(msg), iterations)
+            rows.append({"frame": [h, w], "encoding": enc, "image_bytes": len(data), "event_bytes": len(msg),
+                         "image_decode_us": round(dt * 1e6, 1), "image_decode_mpix_per_s": round(h * w / dt / 1e6, 1),
+                         "avro_decode_us": round(avro_dt * 1e6, 1),
+                         "frames_per_s_one_core": round(1.0 / (dt + avro_dt), 1)})
+    return rows
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--encoding", choices=["raw", "png"], default="raw")
+    ap.add_argument("--sizes", default="256x1600,256x256", help="HxW,... for the image decode")
+    ap.add_argument("--decode-iterations", type=int, default=200)
+    ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
     rec = _frame_record(args.encoding)
 
@@ -68,14 +110,23 @@ def main() -> None:
     av_enc = _time(av_encode, args.iterations)
     av_dec = _time(lambda: reader.read(avro.io.BinaryDecoder(io.BytesIO(av_bytes))), args.iterations)
 
-    print(json.dumps({
-        "benchmark": "codec_frame_event",
+    sizes = [tuple(int(v) for v in part.lower().split("x")) for part in args.sizes.split(",") if part]
+    cpu_free = os.path.exists(os.path.join(os.path.dirname(__file__), "..", "..", "runs", ".cpu-free"))
+    result = {
+        "benchmark": "codec_frame_event", "cpu_free_marker": cpu_free,
         "frame": "1600x256 grey", "image_encoding": args.encoding, "event_bytes": len(fa_bytes),
         "iterations": args.iterations, "python": platform.python_version(),
         "fastavro": {"encode_us": round(fa_enc * 1e6, 1), "decode_us": round(fa_dec * 1e6, 1)},
         "avro": {"encode_us": round(av_enc * 1e6, 1), "decode_us": round(av_dec * 1e6, 1)},
         "speedup_fastavro": {"encode": round(av_enc / fa_enc, 2), "decode": round(av_dec / fa_dec, 2)},
-    }, indent=2))
+        "image_decode": _image_decode(sizes, args.decode_iterations),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
 
 
 if __name__ == "__main__":

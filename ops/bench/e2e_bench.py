@@ -1,0 +1,433 @@
+"""End-to-end benchmark on the local stack: simulated cameras -> Kafka -> worker -> sink -> ClickHouse; prints JSON.
+
+Run (after `ops/stack up`):
+    .venv/bin/python ops/bench/e2e_bench.py --mode ahead --cameras 4 --parts 40 --frames-per-part 4
+    .venv/bin/python ops/bench/e2e_bench.py --mode paced --cameras 4 --parts-per-minute 60 --frames-per-part 4 --duration 300
+
+It drives the system only through `defectstream` subprocesses (`db migrate`, `worker`, `sink`, `simulate`) and
+ClickHouse/Kafka clients, never by importing `streams.*`; everything it creates is its own: topics
+`<prefix>-frames|defects|parts|deadletter|alerts|cameras`, app id / consumer groups `<prefix>`, ClickHouse database
+`<prefix>` (underscores), a data dir under out/bench/; topics and database are dropped at the end (--keep keeps them),
+so it can run beside integration tests on the same stack.
+
+Modes:
+- ahead: the simulator publishes every frame first (1600x256 JPEG, no pacing), then the worker and sink start and
+  drain the backlog: `sustained_frames_per_s` = frames / (first part row visible -> last part row visible).
+- paced: worker and sink start first, the simulator publishes in real time (--time-scale 1, capture_ts = wall
+  clock): latency p50/p95/p99 from the capture timestamp of a part's last frame to the first poll (every
+  --poll-s) that sees its verdict row in ClickHouse, and the consumer lag over time (growth = slope of the
+  lag over the second half, frames/s).
+
+Per process (worker, sink, simulator, with their children): CPU seconds, mean cores, RSS first/max/last (psutil
+when installed, else /proc). Stage shares from the worker's and the sink's Prometheus metrics: model inference,
+the rest of the worker's micro-batch (decode, tracking, Avro encode, produce, state) and the sink's flushes, and
+CPU seconds per frame of each process. `cpu_free_marker` says whether runs/.cpu-free existed at the start.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _sample(pid: int) -> tuple[float, float] | None:
+    """(CPU seconds, RSS MiB) of a process tree; psutil when available, else /proc."""
+    try:
+        import psutil  # type: ignore
+
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+            cpu = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+            rss = sum(p.memory_info().rss for p in procs) / 2**20
+            return cpu, rss
+        except psutil.Error:
+            return None
+    except ImportError:
+        pass
+    cpu = rss = 0.0
+    found = False
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                f = fh.read().rsplit(")", 1)[1].split()
+            cpu += (int(f[11]) + int(f[12])) / TICK
+            rss += int(f[21]) * PAGE / 2**20
+            found = True
+        except (OSError, IndexError, ValueError):
+            pass
+    return (cpu, rss) if found else None
+
+
+class Proc:
+    """A `defectstream` subprocess with its log and CPU/RSS samples."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        self.fh = open(self.log, "w")
+        self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "defectstream"), *args], env=env, cwd=str(ROOT),
+                                     stdout=self.fh, stderr=subprocess.STDOUT, start_new_session=True)
+        self.started = time.monotonic()
+        self.samples: list[tuple[float, float, float]] = []  # (t, cpu s, rss MiB)
+        self.last: tuple[float, float] | None = None
+        self.baseline_cpu = 0.0  # CPU seconds spent before the measured phase (imports, model load, rendering ahead)
+
+    def sample(self) -> None:
+        if self.proc.poll() is None:
+            s = _sample(self.proc.pid)
+            if s is not None:
+                self.last = s
+                self.samples.append((time.monotonic() - self.started, *s))
+
+    def stop(self) -> None:
+        self.sample()
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.fh.close()
+
+    def summary(self, frames: int) -> dict[str, Any]:
+        if not self.samples:
+            return {"samples": 0}
+        t, cpu, rss = zip(*self.samples)
+        span = max(t[-1] - t[0], 1e-9)
+        work = cpu[-1] - self.baseline_cpu
+        return {"samples": len(t), "cpu_s": round(cpu[-1], 2), "cpu_s_measured_phase": round(work, 2),
+                "mean_cores": round((cpu[-1] - cpu[0]) / span, 3),
+                "cpu_ms_per_frame": round(1000 * work / max(frames, 1), 2), "rss_mib_first": round(rss[0], 1),
+                "rss_mib_max": round(max(rss), 1), "rss_mib_last": round(rss[-1], 1)}
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float = 600) -> str:
+    r = subprocess.run([str(ROOT / ".venv" / "bin" / "defectstream"), *args], env=env, cwd=str(ROOT),
+                       capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise SystemExit(f"defectstream {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return r.stdout
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value} (sums/counts only what we need)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) ([0-9.eE+-]+|NaN)$", line)
+        if m:
+            try:
+                out[m.group(1)] = float(m.group(2))
+            except ValueError:
+                pass
+    return out
+
+
+def _metric(m: dict[str, float], name: str, **labels: str) -> float:
+    total = 0.0
+    for k, v in m.items():
+        if k == name or k.startswith(name + "{"):
+            if all(f'{a}="{b}"' in k for a, b in labels.items()):
+                total += v
+    return total
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return round(v[min(len(v) - 1, max(0, int(round(q * (len(v) - 1)))))], 3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=("ahead", "paced"), default="ahead")
+    ap.add_argument("--cameras", type=int, default=4)
+    ap.add_argument("--parts", type=int, default=40, help="ahead: parts over all cameras")
+    ap.add_argument("--frames-per-part", type=int, default=4)
+    ap.add_argument("--parts-per-minute", type=float, default=60.0, help="per camera (paced: sets the frame rate)")
+    ap.add_argument("--duration", type=float, default=60.0, help="paced: seconds of publishing")
+    ap.add_argument("--frame-size", default="256x1600", help="HxW")
+    ap.add_argument("--defect-rate", type=float, default=0.3)
+    ap.add_argument("--runtime", default="auto", help="DEFECTSTREAM_MODEL__RUNTIME for the worker")
+    ap.add_argument("--batch-size", type=int, default=8, help="DEFECTSTREAM_MODEL__BATCH_SIZE")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--poll-s", type=float, default=0.25, help="ClickHouse/Kafka poll interval")
+    ap.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds of draining")
+    ap.add_argument("--prefix", default=None, help="topic/app/database prefix (default bench-e2e-<pid>)")
+    ap.add_argument("--keep", action="store_true", help="keep topics, database and data dir")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    args = ap.parse_args()
+
+    from clickhouse_driver import Client
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    marker = (ROOT / "runs" / ".cpu-free").exists()
+    prefix = args.prefix or f"bench-e2e-{os.getpid()}"
+    db = prefix.replace("-", "_")
+    work = ROOT / "out" / "bench" / prefix
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    bootstrap = os.environ.get("DEFECTSTREAM_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+    ch_host = os.environ.get("DEFECTSTREAM_CLICKHOUSE__HOST", "127.0.0.1")
+    ch_port = int(os.environ.get("DEFECTSTREAM_CLICKHOUSE__PORT", "19000"))
+    wport, sport = _free_port(), _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "DEFECTSTREAM_APP_ID": prefix, "DEFECTSTREAM_DATA_DIR": str(work / "worker-data"),
+           "DEFECTSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "DEFECTSTREAM_KAFKA__PARTITIONS": str(args.partitions),
+           "DEFECTSTREAM_CLICKHOUSE__DATABASE": db, "DEFECTSTREAM_SINK__GROUP_ID": f"{prefix}-sink",
+           "DEFECTSTREAM_MODEL__RUNTIME": args.runtime, "DEFECTSTREAM_MODEL__DEVICE": "cpu",
+           "DEFECTSTREAM_MODEL__BATCH_SIZE": str(args.batch_size),
+           "DEFECTSTREAM_WORKER__METRICS_PORT": str(wport), "DEFECTSTREAM_SINK__METRICS_PORT": str(sport),
+           "DEFECTSTREAM_TRACKING__PART_TIMEOUT_S": "4", "DEFECTSTREAM_TRACKING__TIMEOUT_CHECK_S": "1",
+           "DEFECTSTREAM_PLANT__TIMEZONE": "UTC"}
+    topics = {n: f"{prefix}-{n}" for n in ("frames", "defects", "parts", "deadletter", "alerts", "cameras")}
+    for n, t in topics.items():
+        env[f"DEFECTSTREAM_KAFKA__TOPICS__{n.upper()}"] = t
+    h, w = (int(v) for v in args.frame_size.lower().split("x"))
+    result: dict[str, Any] = {
+        "benchmark": "e2e", "mode": args.mode, "cpu_free_marker": marker, "load_avg_start": list(os.getloadavg()),
+        "cpus": os.cpu_count(), "prefix": prefix, "clickhouse_database": db, "frame": [h, w], "encoding": "JPEG",
+        "cameras": args.cameras, "frames_per_part": args.frames_per_part, "runtime": args.runtime,
+        "batch_size": args.batch_size, "partitions": args.partitions, "psutil": _has_psutil(),
+    }
+    sim_args = ["simulate", "--cameras", str(args.cameras), "--frames-per-part", str(args.frames_per_part),
+                "--defect-rate", str(args.defect_rate), "--frame-size", f"{h}x{w}", "--encoding", "jpeg",
+                "--parts-per-minute", str(args.parts_per_minute), "--camera-prefix", f"{prefix}-cam-",
+                "--ground-truth", str(work / "ground_truth.jsonl"), "--no-progress"]
+    procs: dict[str, Proc] = {}
+    ch = Client(host=ch_host, port=ch_port)
+    try:
+        _run(["db", "migrate"], env)
+        if args.mode == "ahead":
+            sim_args += ["--parts", str(args.parts), "--time-scale", "0"]
+            t0 = time.monotonic()
+            procs["simulator"] = Proc("simulator", sim_args, env, work)
+            while procs["simulator"].proc.poll() is None:
+                procs["simulator"].sample()
+                time.sleep(0.5)
+            if procs["simulator"].proc.returncode != 0:
+                raise SystemExit(f"simulator failed:\n{procs['simulator'].tail()}")
+            result["produce_s"] = round(time.monotonic() - t0, 2)
+        procs["sink"] = Proc("sink", ["sink"], env, work)
+        t_start = time.monotonic()
+        procs["worker"] = Proc("worker", ["worker", "--loglevel", "info"], env, work)
+        while "Worker]: Ready" not in procs["worker"].log.read_text(errors="replace"):
+            if procs["worker"].proc.poll() is not None or time.monotonic() - t_start > 180:
+                raise SystemExit(f"worker did not start:\n{procs['worker'].tail()}")
+            time.sleep(0.3)
+        result["worker_ready_s"] = round(time.monotonic() - t_start, 2)
+        ready_wall_ms = time.time() * 1000
+        for p in procs.values():
+            p.sample()
+            if p.name != "simulator" and p.last is not None:
+                p.baseline_cpu = p.last[0]
+        if args.mode == "paced":
+            sim_args += ["--duration", str(args.duration * 1.0), "--time-scale", "1"]
+            procs["simulator"] = Proc("simulator", sim_args, env, work)
+
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        cons = KafkaConsumer(bootstrap_servers=bootstrap)
+        seen: dict[str, tuple[float, int, int, int]] = {}  # part event_id -> (first seen wall ms, last_frame_ts, ingested_at, frames)
+        lag_series: list[tuple[float, int]] = []
+        deadline = time.monotonic() + args.timeout
+        stable_since = None
+        last_count = -1
+        while time.monotonic() < deadline:
+            now_ms = time.time() * 1000
+            try:
+                rows = ch.execute(f"SELECT event_id, last_frame_ts, ingested_at, frames FROM {db}.parts")
+            except Exception:
+                rows = []
+            for eid, lts, ing, nfr in rows:
+                if eid not in seen:
+                    seen[eid] = (now_ms, int(lts), int(ing), int(nfr))
+            try:
+                parts = cons.partitions_for_topic(topics["frames"]) or set()
+                tps = [TopicPartition(topics["frames"], p) for p in parts]
+                ends = cons.end_offsets(tps) if tps else {}
+                list_offsets = getattr(admin, "list_group_offsets", None) or admin.list_consumer_group_offsets
+                committed = list_offsets(prefix) if tps else {}
+                if prefix in committed and isinstance(committed[prefix], dict):  # newer kafka-python: {group: {tp: ...}}
+                    committed = committed[prefix]
+                def done(tp: Any) -> int:
+                    c = committed.get(tp)
+                    off = getattr(c, "offset", c if isinstance(c, int) else -1)
+                    return off if off is not None and off >= 0 else 0
+
+                lag = sum(ends[tp] - done(tp) for tp in tps)
+                lag_series.append((time.monotonic() - t_start, int(lag)))
+            except Exception:
+                pass
+            for p in procs.values():
+                p.sample()
+            sim_done = "simulator" in procs and procs["simulator"].proc.poll() is not None
+            if sim_done and args.mode == "paced" and procs["simulator"].proc.returncode != 0:
+                raise SystemExit(f"simulator failed:\n{procs['simulator'].tail()}")
+            produced = _gt_parts(work / "ground_truth.jsonl") if sim_done else None
+            if produced is not None and len(seen) >= produced:
+                break
+            if sim_done and lag_series and lag_series[-1][1] == 0 and len(seen) == last_count:
+                stable_since = stable_since or time.monotonic()
+                if time.monotonic() - stable_since > 15:  # parts that never closed: stop anyway
+                    break
+            else:
+                stable_since = None
+            last_count = len(seen)
+            time.sleep(args.poll_s)
+        wm, sm = _scrape(wport), _scrape(sport)
+        t_end = time.monotonic()
+        result["load_avg_end"] = list(os.getloadavg())
+    finally:
+        for p in procs.values():
+            p.stop()
+
+    gt_parts = _gt_parts(work / "ground_truth.jsonl") or 0
+    frames = gt_parts * args.frames_per_part
+    times = sorted(v[0] for v in seen.values())
+    result["parts_published"] = gt_parts
+    result["parts_visible"] = len(seen)
+    result["frames_published"] = frames
+    result["frames_processed_metric"] = _metric(wm, "defectstream_frames_total")
+    if times:
+        per_part = frames / max(gt_parts, 1)
+        drain = (times[-1] - ready_wall_ms) / 1000
+        result["drain_s"] = round(drain, 2)  # worker ready -> last part row visible
+        result["drain_frames_per_s"] = round(len(times) * per_part / max(drain, 1e-9), 2)
+        span = (times[-1] - times[0]) / 1000
+        result["visible_span_s"] = round(span, 2)
+        if span >= 5 * args.poll_s:  # first -> last part row: the sustained rate without start-up
+            result["sustained_frames_per_s"] = round((len(times) - 1) * per_part / span, 2)
+    result["wall_s"] = round(t_end - t_start, 2)
+    lat = [(v[0] - v[1]) / 1000 for v in seen.values()]
+    ing = [(v[2] - v[1]) / 1000 for v in seen.values() if v[2] > 0]
+    result["latency_capture_to_visible_s"] = {"p50": _pct(lat, 0.5), "p95": _pct(lat, 0.95), "p99": _pct(lat, 0.99),
+                                              "max": _pct(lat, 1.0), "n": len(lat),
+                                              "meaning": "capture_ts of a part's last frame -> first poll that saw its "
+                                                         "verdict row (ahead mode: includes the time the backlog waited)"}
+    result["latency_capture_to_ingested_at_s"] = {"p50": _pct(ing, 0.5), "p95": _pct(ing, 0.95), "p99": _pct(ing, 0.99)}
+    if lag_series:
+        lags = [l for _, l in lag_series]
+        half = lag_series[len(lag_series) // 2:]
+        slope = None
+        if len(half) >= 3:
+            xs, ys = [t for t, _ in half], [l for _, l in half]
+            mx, my = statistics.fmean(xs), statistics.fmean(ys)
+            den = sum((x - mx) ** 2 for x in xs)
+            slope = round(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den, 3) if den else None
+        result["consumer_lag"] = {"max": max(lags), "last": lags[-1], "mean": round(statistics.fmean(lags), 1),
+                                  "growth_frames_per_s_second_half": slope, "samples": len(lags)}
+    result["processes"] = {n: p.summary(frames) for n, p in procs.items()}
+    inf = _metric(wm, "defectstream_batch_seconds_sum", stage="inference")
+    batch = _metric(wm, "defectstream_batch_seconds_sum", stage="batch")
+    flush = _metric(sm, "defectstream_sink_flush_seconds_sum")
+    wcpu = result["processes"].get("worker", {}).get("cpu_s", 0.0)
+    scpu = result["processes"].get("sink", {}).get("cpu_s", 0.0)
+    result["stages"] = {
+        "worker_inference_s": round(inf, 2), "worker_batch_s": round(batch, 2),
+        "worker_batch_not_inference_s": round(batch - inf, 2), "sink_flush_s": round(flush, 2),
+        "worker_cpu_s": wcpu, "sink_cpu_s": scpu,
+        "share_of_batch_inference": round(inf / batch, 3) if batch else None,
+        "share_of_box_cpu_not_inference": round(1 - inf / (wcpu + scpu), 3) if wcpu + scpu else None,
+        "note": "inference seconds are wall time of the model calls (1 ONNX Runtime / torch thread per OMP_NUM_THREADS); "
+                "box CPU = worker + sink process trees (the simulator stands for the cameras and is reported apart)",
+    }
+    if not args.keep:
+        _cleanup(bootstrap, topics, prefix, ch, db, work)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+
+
+def _has_psutil() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("psutil") is not None
+
+
+def _gt_parts(path: Path) -> int | None:
+    """Parts the simulator published (one ground-truth line per part)."""
+    try:
+        with open(path) as fh:
+            return sum(1 for line in fh if line.strip())
+    except OSError:
+        return None
+
+
+def _cleanup(bootstrap: str, topics: dict[str, str], prefix: str, ch: Any, db: str, work: Path) -> None:
+    from kafka import KafkaAdminClient
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        mine = [t for t in admin.list_topics() if t.startswith(prefix)]
+        if mine:
+            admin.delete_topics(mine, timeout_ms=10_000)
+        for g in (prefix, f"{prefix}-sink"):
+            try:
+                (getattr(admin, "delete_groups", None) or admin.delete_consumer_groups)([g])
+            except Exception:
+                pass
+    except Exception as exc:  # leave them; report
+        print(f"# cleanup of topics failed: {exc}", file=sys.stderr)
+    try:
+        ch.execute(f"DROP DATABASE IF EXISTS {db}")
+    except Exception as exc:
+        print(f"# cleanup of database {db} failed: {exc}", file=sys.stderr)
+    shutil.rmtree(work / "worker-data", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
