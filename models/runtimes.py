@@ -27,9 +27,8 @@ golden input matched the PyTorch module's output within `PARITY_ATOL` + `PARITY_
 otherwise `RuntimeParityError` (a `CheckpointError`) refuses the runtime.
 
 Two more runtime names are resolved by `models.loading.load_inspector`, not here:
-- `auto` (the worker's default): torch on CUDA; on CPU ONNX Runtime, or OpenVINO when its package is
-  installed, it passes the same parity and a short timed trial finds it faster; torch when no ONNX
-  runtime can be used (logged);
+- `auto` (the worker's default): torch on CUDA; on CPU ONNX Runtime (OpenVINO, when installed, only
+  if ONNX Runtime cannot be used); torch when no ONNX runtime can be used (logged);
 - `onnxruntime-int8`: every network statically quantised to int8 (`ensure_int8_export`, QDQ,
   per-channel weights, calibrated on the inputs the networks see while the fp32 Inspector inspects
   calibration frames); int8 cannot meet the fp32 tolerance on raw outputs, so the gate is parity on
