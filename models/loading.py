@@ -17,7 +17,6 @@ depend on the family.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
