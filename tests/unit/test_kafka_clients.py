@@ -26,10 +26,7 @@ KAFKA_PYTHON = {"KafkaProducer", "KafkaConsumer", "KafkaAdminClient"}
 AIOKAFKA = {"AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaAdminClient"}
 CONSTRUCTORS = KAFKA_PYTHON | AIOKAFKA
 FACTORY = "streams/kafka/clients.py"
-ALLOWED = {
-    FACTORY,
-    "sinks/runner.py",  # sinks/runner.py: until the sink takes injected clients
-}
+ALLOWED = {FACTORY}  # the sink runner takes its clients from factories the sink command builds here
 
 
 def _name(func: ast.expr) -> str:
