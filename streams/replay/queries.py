@@ -1,6 +1,7 @@
 """The queries of `defectstream compare`: both runs' part verdicts and confirmed defects from ClickHouse.
 
-De-duplicated by event id (the tables are ReplacingMergeTree: correct before merges too), the
+One verdict per part (its winning delivery) and only that close's defects (the tables are
+ReplacingMergeTree: correct before merges too), the
 baseline restricted to the parts the candidate inspected; the comparison itself is
 `streams.replay.comparison` (pure), rendering and the command `streams.commands.compare`. The SQL
 runs unchanged on ClickHouse 18.16 and current releases.
@@ -42,30 +43,59 @@ def _scope(run_id: str, restrict_to: str | None, cameras: Sequence[str] | None, 
     return where, params
 
 
+_PART_COLUMNS = ("camera_id", "part_id", "verdict", "shift_name", "shift_start", "first_frame_ts", "defects_total",
+                 "model_version", "emission_id")
+
+
+def _winning_verdicts(where: str) -> str:
+    """One row per part event id: the columns of its winning delivery (highest `version`, ties broken by
+    `emission_id`, then the row), as in `streams.spc.queries.deduped_parts_sql`."""
+    cols = ", ".join(_PART_COLUMNS)
+    return f"""
+    SELECT event_id, argMax(p_tuple, (version, emission_id, p_tuple)) AS p_row
+    FROM (SELECT event_id, version, emission_id, tuple({cols}) AS p_tuple FROM parts WHERE {where})
+    GROUP BY event_id"""
+
+
 def parts_sql(run_id: str, *, restrict_to: str | None = None, cameras: Sequence[str] | None = None,
               since_ms: int | None = None, until_ms: int | None = None) -> str:
-    """Rendered SQL: one row per part event id of `run_id` (camera, part, verdict, shift, ts, defects, model)."""
+    """Rendered SQL: one row per part event id of `run_id` (camera, part, verdict, shift, ts, defects, model),
+    every column from the part's winning verdict."""
     where, params = _scope(run_id, restrict_to, cameras, since_ms, until_ms)
+    picked = ", ".join(f"tupleElement(p_row, {i})" for i in range(1, len(_PART_COLUMNS)))
     return render(f"""
-SELECT event_id, any(camera_id) AS cam, any(part_id) AS pid, any(verdict) AS v, any(shift_name) AS s_name,
-       any(shift_start) AS s_start, any(first_frame_ts) AS ts, any(defects_total) AS n, any(model_version) AS mv
-FROM parts
-WHERE {where}
-GROUP BY event_id""", params)
+SELECT event_id, {picked}
+FROM ({_winning_verdicts(where)}
+)""", params)
 
 
 def defects_sql(run_id: str, *, restrict_to: str | None = None, cameras: Sequence[str] | None = None,
                 since_ms: int | None = None, until_ms: int | None = None) -> str:
-    """Rendered SQL: one row per defect event id of `run_id`."""
+    """Rendered SQL: one row per defect event id of `run_id`, only from the close of its part whose verdict
+    wins (a part closed again after a crash shows one defect set, never both; rows written before
+    emission ids, '' on both sides, keep all their defects)."""
     where, params = _scope(run_id, restrict_to, cameras, since_ms, until_ms)
+    part_where, _ = _scope(run_id, restrict_to, cameras, None, None)
+    cols = ("camera_id", "part_id", "track_id", "defect_class", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
+            "best_frame_seq", "first_frame_ts", "last_frame_ts", "severity", "confidence")
+    picked = ", ".join(f"tupleElement(d_row, {i})" for i in range(1, len(cols) + 1))
     return render(f"""
-SELECT event_id, any(camera_id) AS cam, any(part_id) AS pid, any(track_id) AS tid, any(defect_class) AS cls,
-       any(bbox_x0) AS x0, any(bbox_y0) AS y0, any(bbox_x1) AS x1, any(bbox_y1) AS y1,
-       any(best_frame_seq) AS best, any(first_frame_ts) AS t0, any(last_frame_ts) AS t1,
-       any(severity) AS sev, any(confidence) AS conf
-FROM defects
-WHERE {where}
-GROUP BY event_id""", params)
+SELECT event_id, {picked}
+FROM
+(
+    SELECT event_id, argMax(d_tuple, (version, d_tuple)) AS d_row
+    FROM
+    (
+        SELECT event_id, version, tuple({", ".join(cols)}) AS d_tuple
+        FROM defects
+        WHERE {where}
+          AND (camera_id, part_id, model_version, emission_id) IN
+              (SELECT tupleElement(p_row, 1), tupleElement(p_row, 2), tupleElement(p_row, 8), tupleElement(p_row, 9)
+               FROM ({_winning_verdicts(part_where)}
+               ))
+    )
+    GROUP BY event_id
+)""", params)
 
 
 def _shift_label(name: str, start_ms: int, tz: ZoneInfo) -> str:

@@ -213,7 +213,7 @@ GROUP BY a_line, a_camera""",
 
 # -- the catalogue --------------------------------------------------------------------------------
 def query_catalog(start_ms: int, end_ms: int) -> dict[str, str]:
-    """Every SELECT of the report and the monitor, rendered for [start, end): name → SQL."""
+    """Every SELECT of the report, the monitor and `compare`, rendered for [start, end): name → SQL."""
     out: dict[str, str] = {}
     variants = {
         "all": ReportFilters(start_ms, end_ms),
@@ -231,6 +231,12 @@ def query_catalog(start_ms: int, end_ms: int) -> dict[str, str]:
     out["monitor_window"] = window_sql("production", start_ms, end_ms)
     out["monitor_baseline"] = baseline_sql("production", start_ms, end_ms, 3_600_000)
     out["monitor_alert_state"] = alert_state_sql("production")
+    from streams.replay import queries as compare_queries  # `defectstream compare` reads the same tables
+
+    scope = {"cameras": ["cam-1", "cam'1"], "since_ms": start_ms, "until_ms": end_ms}
+    out["compare_parts"] = compare_queries.parts_sql("it's a \\ replay", restrict_to="production", **scope)
+    out["compare_defects"] = compare_queries.defects_sql("it's a \\ replay", restrict_to="production", **scope)
+    out["compare_defects_all"] = compare_queries.defects_sql("production")
     out["model_runs"] = (
         "SELECT run_id, model_version, min(first_event_ts), max(last_event_ts) FROM model_runs "
         "GROUP BY run_id, model_version ORDER BY run_id, model_version"

@@ -105,3 +105,32 @@ def test_compare_queries_deduplicate_on_current_clickhouse(chdb, tmp_path):
     assert "baseline PASS" in text and "per shift" in text
     compare.plot_comparison(c, str(tmp_path / "c.png"))
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_compare_reads_one_verdict_and_the_defect_set_of_the_winning_close(chdb):
+    """A part the candidate run closed twice (re-processed after a crash: other track ids) counts once,
+    with the defects of its latest close only; a part written before emission ids keeps its defects."""
+    from dataclasses import replace
+
+    from schemas.events import emission_id_of
+
+    def close(part, defects):
+        eid = emission_id_of(part, defects)
+        return replace(part, emission_id=eid), [replace(x, emission_id=eid) for x in defects]
+
+    base = replace(make_part(1, T0, run_id="production", model_version="m1", plant=PLANT), part_id="cam-1-1")
+    a = replace(make_part(1, T0, fail=True, run_id="r1", model_version="m2", plant=PLANT), part_id="cam-1-1")
+    first = close(a, [make_defect(a, 0, "crack"), make_defect(a, 1, "scratch")])
+    second = close(a, [make_defect(a, 0, "crack"), make_defect(a, 2, "pit")])
+    legacy = replace(make_part(2, T0, fail=True, run_id="r1", model_version="m2", plant=PLANT), part_id="cam-1-2")
+    assert first[0].event_id == second[0].event_id and first[0].emission_id != second[0].emission_id
+    for (part, defects), version in ((first, 1), (second, 2), ((legacy, [make_defect(legacy, 0, "dent")]), 1)):
+        chdb.insert("parts", PART_COLUMNS, [part_row(part, PLANT, version)])
+        chdb.insert("defects", DEFECT_COLUMNS, [defect_row(x, PLANT, version) for x in defects])
+    chdb.insert("parts", PART_COLUMNS, [part_row(base, PLANT, 1)])
+    parts = queries.fetch_parts(chdb, "r1", PLANT)
+    assert sorted(p.part_id for p in parts) == ["cam-1-1", "cam-1-2"]
+    got = sorted((x.part_id, x.track_id, x.defect_class) for x in queries.fetch_defects(chdb, "r1"))
+    assert got == [("cam-1-1", 0, "crack"), ("cam-1-1", 2, "pit"), ("cam-1-2", 0, "dent")]
+    c = queries.run_compare(chdb, "production", "r1", PLANT, by="camera")
+    assert len(c.parts) == 1 and c.defects_only_candidate == 2  # the part both runs saw: its latest close's two
