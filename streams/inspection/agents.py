@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from streams.inspection.cameras import CameraRegistry
 from streams.inspection.pipeline import InspectPipeline
@@ -72,6 +72,51 @@ def partition_caught_up(consumer: Any, pipeline: InspectPipeline, partition: int
     committed = getattr(consumer, "_committed_offset", {}).get(tp)  # next offset to read, set at assignment
     done = max(pipeline.processed_next.get(partition, 0), committed or 0)
     return done >= hw
+
+
+class BrokerWatch:
+    """Since when the worker has seen each of its frames partitions through a broker that answers,
+    without a break (epoch ms by the pipeline's clock).
+
+    While the broker is down the cameras cannot publish, so their silence says nothing about their
+    parts: an outage clears every partition, and a part's inactivity is counted again only from
+    the first answer after it (finding 1 of issue 12, for broker outages). A partition newly
+    assigned here (start, rebalance) starts counting at its first answer too.
+    """
+
+    def __init__(self) -> None:
+        self.since: dict[int, int] = {}
+
+    def answered(self, partitions: Iterable[int], now_ms: int) -> None:
+        held = set(partitions)
+        for p in [p for p in self.since if p not in held]:
+            del self.since[p]
+        for p in held:
+            self.since.setdefault(p, now_ms)
+
+    def lost(self) -> None:
+        self.since.clear()
+
+
+async def probe_frames_partitions(consumer: Any, pipeline: InspectPipeline, watch: BrokerWatch, now_ms: int,
+                                  timeout_s: float) -> bool:
+    """Ask the broker for the end offsets of the frames partitions held here; record the answer in
+    `watch`. False (and the watch cleared) when the broker does not answer within `timeout_s`."""
+    try:
+        held = [tp for tp in consumer.assignment() if tp.topic == pipeline.frames_topic]
+    except Exception:  # noqa: BLE001 - consumer not started yet: nothing held, nothing to judge
+        watch.lost()
+        return False
+    if held:
+        try:
+            await asyncio.wait_for(consumer.highwaters(*held), timeout=timeout_s)
+        except Exception as exc:  # noqa: BLE001 - any failure to answer is an outage for this purpose
+            if watch.since:
+                log.warning("broker did not answer an end-offsets request (%r): part timeouts paused", exc)
+            watch.lost()
+            return False
+    watch.answered((tp.partition for tp in held), now_ms)
+    return True
 
 
 def frames_lag(consumer: Any, pipeline: InspectPipeline) -> dict[tuple[str, int], int]:
@@ -176,10 +221,20 @@ def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline
         p = pipeline.camera_partition(camera_id)
         return p is not None and partition_caught_up(app.consumer, pipeline, p)
 
+    watch = BrokerWatch()
+
     @app.timer(interval=settings.tracking.timeout_check_s)
     async def find_idle_parts() -> None:
         now = pipeline.now_ms()  # the pipeline's clock, which stamps the parts' last-touched times
-        for op in table.idle_parts(now, settings.tracking.part_timeout_s, caught_up):
+        if not await probe_frames_partitions(app.consumer, pipeline, watch, now,
+                                             timeout_s=max(1.0, settings.tracking.timeout_check_s)):
+            return  # the broker does not answer: cameras cannot publish either, nothing is idle
+
+        def observed_since(camera_id: str) -> int | None:
+            p = pipeline.camera_partition(camera_id)
+            return None if p is None else watch.since.get(p)
+
+        for op in table.idle_parts(now, settings.tracking.part_timeout_s, caught_up, observed_since):
             key = (op.camera_id, op.part_id, op.last_seq)
             if key in requested:
                 continue

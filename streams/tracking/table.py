@@ -76,17 +76,22 @@ class TrackingTable:
         with event_context(event):
             self.table[state.camera_id.encode()] = state.to_dict()
 
-    def idle_parts(self, now_ms: int, timeout_s: float, caught_up: Callable[[str], bool] | None = None) -> list[OpenPart]:
+    def idle_parts(self, now_ms: int, timeout_s: float, caught_up: Callable[[str], bool] | None = None,
+                   observed_since: Callable[[str], int | None] | None = None) -> list[OpenPart]:
         """Open parts (in the locally held partitions) with no frame for `timeout_s`.
 
         `caught_up(camera_id)`: whether every frame of the camera's partition has been processed;
         parts of cameras for which it is False are never idle (their frames may wait in the
-        backlog). None: no such gate."""
-        return idle_parts(self.table.items(), now_ms, timeout_s, caught_up)
+        backlog). `observed_since(camera_id)`: since when (ms) the worker has seen the camera's
+        partition through a broker that answers, without a break (None: not now); a part is idle
+        only after `timeout_s` of that too, so a broker outage, during which cameras cannot publish,
+        never counts as the camera's silence. None: no such gates."""
+        return idle_parts(self.table.items(), now_ms, timeout_s, caught_up, observed_since)
 
 
 def idle_parts(items: Iterable[tuple[Any, Any]], now_ms: int, timeout_s: float,
-               caught_up: Callable[[str], bool] | None = None) -> list[OpenPart]:
+               caught_up: Callable[[str], bool] | None = None,
+               observed_since: Callable[[str], int | None] | None = None) -> list[OpenPart]:
     """The idle open parts among table `items` (key, CameraState dict); see `TrackingTable.idle_parts`."""
     out = []
     for _key, raw in list(items):
@@ -95,6 +100,10 @@ def idle_parts(items: Iterable[tuple[Any, Any]], now_ms: int, timeout_s: float,
         state = CameraState.from_dict(raw)
         if state.part is None or (caught_up is not None and not caught_up(state.camera_id)):
             continue
+        if observed_since is not None:
+            since = observed_since(state.camera_id)
+            if since is None or now_ms - since < timeout_s * 1000:
+                continue
         if state.idle_part(now_ms, timeout_s) is not None:
             p = state.part
             out.append(OpenPart(state.camera_id, p.part_id, p.seqs[-1], p.touched_ms))

@@ -149,3 +149,13 @@ def test_the_checks_see_what_they_look_for():
     rel = ast.parse("from .base import TP\nfrom .. import schemas\n").body
     assert absolute("sinks.runner", rel[0], False) == "sinks.base"
     assert absolute("sinks.a.b", rel[1], False) == "sinks"
+
+
+def test_the_readme_and_architecture_name_every_streams_subpackage():
+    """The README's layout table and ARCHITECTURE.md follow the tree: every subpackage of streams/ is named."""
+    subpackages = sorted(p.parent.name for p in (ROOT / "streams").glob("*/__init__.py"))
+    assert subpackages, "no subpackages found"
+    for doc in ("README.md", "ARCHITECTURE.md"):
+        text = (ROOT / doc).read_text()
+        missing = [s for s in subpackages if f"`streams/{s}/`" not in text]
+        assert not missing, f"{doc} does not name {missing}"

@@ -297,6 +297,48 @@ def test_part_with_a_backlog_on_its_partition_never_times_out():
     assert idle_parts(_table_with_open_part(NOW - 5_000), NOW, 30.0, caught_up=lambda cam: True) == []
 
 
+def test_a_broker_outage_never_counts_as_the_cameras_silence():
+    """The part's last frame came 60 s ago, but the broker was back only 10 s ago (cameras could not
+    publish meanwhile): not idle until 30 s after the broker answered again."""
+    items = _table_with_open_part(touched_ms=NOW - 60_000)
+    up = lambda cam: True  # noqa: E731
+    assert idle_parts(items, NOW, 30.0, up, observed_since=lambda cam: None) == []  # broker not answering now
+    assert idle_parts(items, NOW, 30.0, up, observed_since=lambda cam: NOW - 10_000) == []
+    assert [p.part_id for p in idle_parts(items, NOW, 30.0, up, observed_since=lambda cam: NOW - 30_000)] == ["p1"]
+
+
+def test_broker_watch_counts_from_the_first_answer_after_an_outage():
+    from types import SimpleNamespace
+
+    from streams.inspection.agents import BrokerWatch, probe_frames_partitions
+
+    class Consumer:
+        down = False
+
+        def assignment(self):
+            return [SimpleNamespace(topic="frames", partition=0), SimpleNamespace(topic="frames", partition=1),
+                    SimpleNamespace(topic="parts", partition=0)]
+
+        async def highwaters(self, *tps):
+            if self.down:
+                raise ConnectionError("broker down")
+            return [(tp, 10) for tp in tps]
+
+    pipeline, watch, consumer = SimpleNamespace(frames_topic="frames"), BrokerWatch(), Consumer()
+    assert asyncio.run(probe_frames_partitions(consumer, pipeline, watch, 1_000, timeout_s=1))
+    assert watch.since == {0: 1_000, 1: 1_000}
+    assert asyncio.run(probe_frames_partitions(consumer, pipeline, watch, 2_000, timeout_s=1))
+    assert watch.since == {0: 1_000, 1: 1_000}  # continuous: the count goes on
+    consumer.down = True
+    assert not asyncio.run(probe_frames_partitions(consumer, pipeline, watch, 3_000, timeout_s=1))
+    assert watch.since == {}
+    consumer.down = False
+    assert asyncio.run(probe_frames_partitions(consumer, pipeline, watch, 9_000, timeout_s=1))
+    assert watch.since == {0: 9_000, 1: 9_000}  # counted again from the first answer
+    watch.answered([1], 9_500)  # partition 0 revoked in a rebalance
+    assert watch.since == {1: 9_000}
+
+
 class FakeConsumer:
     def __init__(self, hw, committed=None):
         from faust.types import TP
