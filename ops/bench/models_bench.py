@@ -43,7 +43,6 @@ def main() -> None:
 
     import os
 
-    import numpy as np
     import torch
 
     from models.detector import build_detector
@@ -119,7 +118,6 @@ def _stages(insp, frames: list, batch: int, rounds: int) -> dict:
     import pstats
 
     import cv2
-    import numpy as np
 
     import models.inspector as mi
 

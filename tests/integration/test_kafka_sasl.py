@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from schemas.events import FrameEvent, PartInspected
-from sinks.base import TP, ListSink
+from sinks.base import ListSink
 from sinks.runner import import_kafka
 from sinks.testing import make_alert, make_part
 from streams.commands.sink import build_runner

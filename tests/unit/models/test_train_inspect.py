@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.evaluate import PredictedDefect, ThresholdBaseline, evaluate_inspector, evaluate_predictions
+from models.evaluate import PredictedDefect, ThresholdBaseline, evaluate_predictions
 from models.inspector import SeverityInspector
 from models.synthetic import CLASS_NAMES, render_sample
 from models.train import ClassifierTrainConfig, DetectorTrainConfig, train_classifier, train_detector
