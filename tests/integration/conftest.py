@@ -57,6 +57,18 @@ def _collect_refused_kafka_sockets() -> Iterator[None]:
         gc.collect()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _collect_refused_kafka_sockets_at_exit() -> Iterator[None]:
+    """The same at the end of the session, for sockets whose kafka-python network threads ended only
+    after their test (a client of a broker that was restarted in a fault test)."""
+    yield
+    import gc
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
 @pytest.fixture(scope="session")
 def stack():
     """The running local stack's `StackConfig` (ports, stack dir); fails the test if it is not up."""
