@@ -283,6 +283,27 @@ def _config_record(cfg: Any) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items() if k not in _SYNTHETIC_FIELDS}
 
 
+def _training_images(cfg: RealDetectorConfig | RealClassifierConfig, spec: DataSpec, split: SplitData | None,
+                     needs: str) -> tuple[SplitData, list[PreparedImage], list[PreparedImage], tuple[str, ...], bool]:
+    """What both trainings start with: torch's threads and seed from `cfg`, the data loaded (unless
+    `split` is given) and prepared.
+
+    Returns:
+        (split, training images, validation images, class names, whether any mask was filled from boxes).
+    Raises:
+        DatasetError: unreadable or empty data, or no annotated defect in the training images
+            (the message ends with `needs`).
+    """
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    split = split if split is not None else spec.load()
+    train, names, fb_train = prepare_images(split.train)
+    val, _, fb_val = prepare_images(split.val)
+    if not any(im.boxes for im in train):
+        raise DatasetError(f"no annotated defect in the {len(train)} training images of {spec.data}; {needs}")
+    return split, train, val, names, fb_train or fb_val
+
+
 def train_detector_on_data(cfg: RealDetectorConfig, spec: DataSpec, out_dir: str | os.PathLike[str],
                            resume: bool = False, quiet: bool = False, log: Callable[[str], None] = print,
                            split: SplitData | None = None, grid: dict | None = None) -> TrainResult:
@@ -301,15 +322,9 @@ def train_detector_on_data(cfg: RealDetectorConfig, spec: DataSpec, out_dir: str
         DatasetError: unreadable or empty data, no annotated defect in the training images, or a
             training state made on other data.
     """
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     t0 = time.time()
-    split = split if split is not None else spec.load()
-    train, names, fb_train = prepare_images(split.train)
-    val, _, fb_val = prepare_images(split.val)
-    if not any(im.boxes for im in train):
-        raise DatasetError(f"no annotated defect in the {len(train)} training images of {spec.data}; "
-                           "the detector needs defect masks or boxes to learn from")
+    split, train, val, names, from_boxes = _training_images(cfg, spec, split,
+                                                            "the detector needs defect masks or boxes to learn from")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ck_path = out / f"detector_{cfg.arch}.pt"
@@ -333,7 +348,7 @@ def train_detector_on_data(cfg: RealDetectorConfig, spec: DataSpec, out_dir: str
         step, losses, history, best = int(st["step"]), list(st["losses"]), list(st["history"]), dict(st["best"])
         log(f"resumed detector training at step {step} (best validation mean IoU so far {best['miou']:.3f})")
     source = _PatchSource(train, cfg.patch)
-    record = _spec_record(spec, split, names, fb_train or fb_val)
+    record = _spec_record(spec, split, names, from_boxes)
     input_spec = {"channels": int(getattr(model, "in_channels", 1)), "dtype": "uint8", "range": [0, 255],
                   "stride": stride, "pad_multiple": int(model.pad_multiple), "train_patch": cfg.patch,
                   "severity_range": [0, 12], "label_lambda": cfg.label_lambda, "label_floor": cfg.label_floor,
@@ -494,15 +509,9 @@ def train_classifier_on_data(cfg: RealClassifierConfig, spec: DataSpec, out_dir:
             training state made on other data.
         CheckpointError: an unreadable `cfg.detector`.
     """
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     t0 = time.time()
-    split = split if split is not None else spec.load()
-    train, names, fb_train = prepare_images(split.train)
-    val, _, fb_val = prepare_images(split.val)
-    if not any(im.boxes for im in train):
-        raise DatasetError(f"no annotated defect in the {len(train)} training images of {spec.data}; "
-                           "the classifier needs defect regions to learn from")
+    split, train, val, names, from_boxes = _training_images(cfg, spec, split,
+                                                            "the classifier needs defect regions to learn from")
     detector = None
     if cfg.detector:
         detector, det_info = _load_detector(cfg.detector)
@@ -571,7 +580,7 @@ def train_classifier_on_data(cfg: RealClassifierConfig, spec: DataSpec, out_dir:
         input_spec={"channels": 2, "crop": CROP, "channel_0": "grey minus crop median, /40",
                     "channel_1": "region mask", "background_index": 0,
                     "colour": "converted to grey (ITU-R 601, as the Inspector does)"},
-        train_data={**_spec_record(spec, split, names, fb_train or fb_val), "hard_negatives_from": cfg.detector,
+        train_data={**_spec_record(spec, split, names, from_boxes), "hard_negatives_from": cfg.detector,
                     "crops_per_class": counts.astype(int).tolist(),
                     "val_crops_per_class": np.bincount(Yv, minlength=n_cls + 1).tolist(),
                     "config": _config_record(cfg), "best_epoch": best["epoch"], "val_history": history,
