@@ -1,17 +1,11 @@
 """The ClickHouse sink on the real stack: Kafka topics → ClickHouse, duplicates, bad bytes, an outage."""
 from __future__ import annotations
 
-import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Callable
 
-import pytest
 from clickhouse_driver import Client
 
 from schemas.events import DeadLetter, DefectEvent, PartInspected
@@ -23,76 +17,10 @@ from streams.commands.sink import run_sink
 from streams.settings import ClickHouseSettings, KafkaSettings, Settings, SinkSettings, TopicNames
 
 kafka = import_kafka()
-ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_763_700_000_000
-CLICKHOUSE_SERVER = shutil.which("clickhouse-server") or "/usr/sbin/clickhouse-server"
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ThrowawayClickHouse:
-    """A second ClickHouse server (same binary and config template as the stack) in a tmp dir.
-
-    Only this server is ever stopped; the shared stack is never touched.
-    """
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.tcp_port, self.http_port = free_port(), free_port()
-        for d in ("data", "log"):
-            (root / d).mkdir(parents=True, exist_ok=True)
-        text = (ROOT / "ops" / "clickhouse" / "config.xml").read_text()
-        for key, val in {"log_dir": root / "log", "tcp_port": self.tcp_port, "http_port": self.http_port,
-                         "data_dir": root / "data", "users_config": ROOT / "ops" / "clickhouse" / "users.xml"}.items():
-            text = text.replace("${%s}" % key, str(val))
-        (root / "config.xml").write_text(text)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 60) -> None:
-        self.proc = subprocess.Popen([CLICKHOUSE_SERVER, f"--config-file={self.root / 'config.xml'}"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.root)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                self.query("SELECT 1")
-                return
-            except Exception:  # noqa: BLE001
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"throwaway clickhouse-server exited with {self.proc.returncode}")
-                time.sleep(0.2)
-        raise TimeoutError("throwaway clickhouse-server did not answer")
-
-    def query(self, sql: str, database: str = "default") -> list:
-        client = Client("127.0.0.1", port=self.tcp_port, database=database, connect_timeout=1)
-        try:
-            return client.execute(sql)
-        finally:
-            client.disconnect()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-
-@pytest.fixture
-def throwaway_clickhouse(tmp_path):
-    server = ThrowawayClickHouse(tmp_path / "clickhouse")
-    server.start()
-    yield server
-    server.stop()
-
-
 def topics(fresh_topic, partitions: int = 2) -> TopicNames:
     return TopicNames(defects=fresh_topic(partitions), parts=fresh_topic(partitions), alerts=fresh_topic(1),
                       deadletter=fresh_topic(1))
@@ -199,8 +127,8 @@ def test_round_trip_duplicates_and_dead_letters(stack, kafka_bootstrap, fresh_to
 
 
 def test_clickhouse_outage_holds_and_resumes_without_loss_or_duplicates(
-        kafka_bootstrap, fresh_topic, throwaway_clickhouse):
-    server = throwaway_clickhouse
+        kafka_bootstrap, fresh_topic, clickhouse_server_factory):
+    server = clickhouse_server_factory()  # a throwaway server: only it goes down, never the stack's
     server.query("CREATE DATABASE sinktest")
     ex = DriverExecutor(Client("127.0.0.1", port=server.tcp_port, database="sinktest"))
     migrate(ex)
