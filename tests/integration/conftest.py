@@ -386,8 +386,12 @@ class KafkaBroker:
     """A throwaway single-node KRaft broker (the stack's Kafka jars, plaintext) in a tmp dir.
 
     Only this broker is ever stopped; `stop()` keeps its log dirs, so `start()` again is a restart
-    of the same cluster with its topics, records and committed offsets.
+    of the same cluster with its topics, records and committed offsets. A subclass sets another
+    client listener with `protocol` and `security_props()` (the controller stays plaintext).
     """
+
+    protocol = "PLAINTEXT"  # the client listener's security protocol
+    auto_create_topics = False
 
     def __init__(self, root: Path):
         ops = stack_module()
@@ -397,13 +401,15 @@ class KafkaBroker:
         self.port, self.controller = free_port(), free_port()
         (root / "data").mkdir(parents=True)
         self.props = root / "server.properties"
+        p = self.protocol
         self.props.write_text("\n".join([
             "process.roles=broker,controller", "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{self.controller}", "controller.listener.names=CONTROLLER",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}", "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            f"log.dirs={root / 'data'}", "num.partitions=1", "auto.create.topics.enable=false",
+            f"listeners={p}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller}",
+            f"advertised.listeners={p}://127.0.0.1:{self.port}", f"inter.broker.listener.name={p}",
+            f"listener.security.protocol.map={p}:{p},CONTROLLER:PLAINTEXT", *self.security_props(),
+            f"log.dirs={root / 'data'}", "num.partitions=1",
+            f"auto.create.topics.enable={str(self.auto_create_topics).lower()}",
             "offsets.topic.replication.factor=1", "offsets.topic.num.partitions=1",
             "transaction.state.log.replication.factor=1", "transaction.state.log.min.isr=1",
             "share.coordinator.state.topic.replication.factor=1", "share.coordinator.state.topic.min.isr=1",
@@ -413,9 +419,18 @@ class KafkaBroker:
         self.starts = 0
         self._log = None
 
+    def security_props(self) -> list[str]:
+        """server.properties lines for the client listener's security (none for plaintext)."""
+        return []
+
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """The log of the latest start."""
+        return self.root / f"broker-{self.starts}.log"
 
     def _java(self, *args: str) -> list[str]:
         return [self.java, "-Xmx384m", f"-Dlog4j2.configurationFile={self.log4j}", f"-Dkafka.logs.dir={self.root}",
@@ -431,7 +446,7 @@ class KafkaBroker:
             subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(self.props)),
                            capture_output=True, text=True, check=True)
         self.starts += 1
-        log_path = self.root / f"broker-{self.starts}.log"
+        log_path = self.log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self._java("kafka.Kafka", str(self.props)), stdout=self._log,
                                      stderr=subprocess.STDOUT, cwd=self.root)

@@ -10,12 +10,7 @@ really checks.
 from __future__ import annotations
 
 import asyncio
-import signal
-import socket
-import subprocess
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -24,79 +19,27 @@ from sinks.base import ListSink
 from sinks.runner import import_kafka
 from sinks.testing import make_alert, make_part
 from streams.commands.sink import build_runner
-from streams.commands.stack import stack_module
 from streams.settings import KafkaSettings, Settings, SinkSettings, TopicNames
+
+from .conftest import KafkaBroker
 
 kafka = import_kafka()
 USERS = {"admin": "admin-secret", "plant": "plant-secret"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class SaslBroker:
+class SaslBroker(KafkaBroker):
     """A single-node KRaft broker: SASL_PLAINTEXT (PLAIN) for clients, plaintext controller."""
 
-    def __init__(self, root: Path):
-        ops = stack_module()
-        cfg = ops.StackConfig.from_env()
-        self.java, self.libs, self.log4j = ops.find_java(), cfg.kafka_libs, ops.KAFKA_LOG4J
-        self.root = root
-        self.port, self.controller = free_port(), free_port()
+    protocol = "SASL_PLAINTEXT"
+    auto_create_topics = True
+
+    def security_props(self) -> list[str]:
         users = " ".join(f'user_{u}="{p}"' for u, p in USERS.items())
-        (root / "data").mkdir(parents=True)
-        self.props = root / "server.properties"
-        self.props.write_text("\n".join([
-            "process.roles=broker,controller", "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{self.controller}", "controller.listener.names=CONTROLLER",
-            f"listeners=SASL_PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller}",
-            f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{self.port}",
-            "inter.broker.listener.name=SASL_PLAINTEXT",
-            "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+        return [
             "sasl.enabled.mechanisms=PLAIN", "sasl.mechanism.inter.broker.protocol=PLAIN",
-            "listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule "
-            f'required username="admin" password="{USERS["admin"]}" {users};',
-            f"log.dirs={root / 'data'}", "num.partitions=1", "auto.create.topics.enable=true",
-            "offsets.topic.replication.factor=1", "offsets.topic.num.partitions=1",
-            "transaction.state.log.replication.factor=1", "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1", "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0", "",
-        ]))
-        self.proc: subprocess.Popen | None = None
-
-    def _java(self, *args: str) -> list[str]:
-        return [self.java, "-Xmx384m", f"-Dlog4j2.configurationFile={self.log4j}", f"-Dkafka.logs.dir={self.root}",
-                "-cp", str(self.libs / "*"), *args]
-
-    def start(self, timeout_s: float = 90.0) -> None:
-        cluster = subprocess.run(self._java("kafka.tools.StorageTool", "random-uuid"), capture_output=True,
-                                 text=True, check=True).stdout.strip().splitlines()[-1]
-        subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(self.props)),
-                       capture_output=True, text=True, check=True)
-        self.log = open(self.root / "broker.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self._java("kafka.Kafka", str(self.props)), stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=self.root)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"SASL broker exited: {(self.root / 'broker.log').read_text()[-3000:]}")
-            if "Kafka Server started" in (self.root / "broker.log").read_text(errors="replace"):
-                return
-            time.sleep(0.5)
-        raise TimeoutError("SASL broker did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
+            ("listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule "
+             f'required username="admin" password="{USERS["admin"]}" {users};'),
+        ]
 
     def settings(self, user: str = "plant", password: str | None = None) -> Settings:
         tag = uuid.uuid4().hex[:6]
@@ -109,7 +52,7 @@ class SaslBroker:
 @pytest.fixture(scope="module")
 def sasl_broker(tmp_path_factory):
     broker = SaslBroker(tmp_path_factory.mktemp("sasl-kafka"))
-    broker.start()
+    broker.start(timeout_s=90.0)
     yield broker
     broker.stop()
 
@@ -170,5 +113,5 @@ def test_a_wrong_password_is_refused(sasl_broker):
     with pytest.raises(kafka.errors.KafkaError):  # kafka-python reports it as a bootstrap failure
         admin = kafka.KafkaAdminClient(request_timeout_ms=5_000, **settings.kafka.client_kwargs())
         admin.close()
-    log = (sasl_broker.root / "broker.log").read_text(errors="replace")
+    log = sasl_broker.log_path.read_text(errors="replace")
     assert "Failed authentication" in log and "Invalid username or password" in log
