@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = ["register"]
 
@@ -247,28 +249,37 @@ def _train_severity_on_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retune_severity(args: argparse.Namespace, tune: Callable[[Any], Any], tuned_on: dict[str, object],
+                     on: str = "") -> int:
+    """Load the severity Inspector in `args.out`, re-choose its T and post-processing with `tune`,
+    record them (and `tuned_on`) in the detector checkpoint and print old and new."""
+    from models.inspector import SeverityInspector, resolve_checkpoints
+    from models.registry import update_metrics
+
+    insp = SeverityInspector.load(args.out, device="cpu", detector_arch=args.arch or "fast")
+    old = insp.threshold
+    best = tune(insp)
+    det_p, _ = resolve_checkpoints(args.out, args.arch or "fast")
+    update_metrics(det_p, {"val_pipeline_mean_iou": best.mean_iou, **tuned_on},
+                   threshold=best.threshold, postprocess=best.postprocess())
+    print(f"{det_p}: T {old:.2f} -> {best.threshold:.2f}, relative {best.relative:.2f}, hysteresis low "
+          f"{best.low:.2f} x T, holes up to {best.hole_area} px filled, flip TTA {'on' if best.flip_tta else 'off'} "
+          f"(validation pipeline mean IoU {best.mean_iou:.3f}{on})")
+    return 0
+
+
 def _tune_threshold_on_data(args: argparse.Namespace, spec: object) -> int:
     import torch
 
-    from models.inspector import SeverityInspector, resolve_checkpoints
-    from models.registry import update_metrics
     from models.train_real import prepare_images, tune_postprocess_on_images
 
     torch.set_num_threads(args.threads)
     split = spec.load()  # type: ignore[attr-defined]
     val, _, _ = prepare_images(split.val)
-    insp = SeverityInspector.load(args.out, device="cpu", detector_arch=args.arch or "fast")
-    old = insp.threshold
-    best = tune_postprocess_on_images(insp, val)
-    det_p, _ = resolve_checkpoints(args.out, args.arch or "fast")
-    update_metrics(det_p, {"val_pipeline_mean_iou": best.mean_iou,
-                           "threshold_tuned_on": f"{len(val)} validation images of {args.data} (detector+classifier)",
-                           "threshold_tuning_split": split.meta},
-                   threshold=best.threshold, postprocess=best.postprocess())
-    print(f"{det_p}: T {old:.2f} -> {best.threshold:.2f}, relative {best.relative:.2f}, hysteresis low "
-          f"{best.low:.2f} x T, holes up to {best.hole_area} px filled, flip TTA {'on' if best.flip_tta else 'off'} "
-          f"(validation pipeline mean IoU {best.mean_iou:.3f} on {len(val)} images)")
-    return 0
+    return _retune_severity(
+        args, lambda insp: tune_postprocess_on_images(insp, val),
+        {"threshold_tuned_on": f"{len(val)} validation images of {args.data} (detector+classifier)",
+         "threshold_tuning_split": split.meta}, on=f" on {len(val)} images")
 
 
 def _tune_segmenter(args: argparse.Namespace) -> int:
@@ -318,28 +329,18 @@ def _train_lite0(args: argparse.Namespace) -> int:
 def _tune_threshold(args: argparse.Namespace) -> int:
     import torch
 
-    from models.inspector import SeverityInspector, resolve_checkpoints
-    from models.registry import update_metrics
     from models.synthetic import render_sample
     from models.train import VAL_SEED_BASE
 
     torch.set_num_threads(args.threads)
-    insp = SeverityInspector.load(args.out, device="cpu", detector_arch=args.arch or "fast")
     n = args.val_frames or 100
     val = [render_sample(VAL_SEED_BASE + i) for i in range(n)]
-    old = insp.threshold
-    best = insp.tune_threshold([s.image for s in val], [s.class_mask for s in val],
-                               candidates=[0.5 * i for i in range(8, 24)],
-                               relatives=[0.0, 0.5], lows=[1.0, 0.8, 0.7, 0.6, 0.5],
-                               hole_areas=[0, 64, 256], flip_ttas=[False, True])
-    det_p, _ = resolve_checkpoints(args.out, args.arch or "fast")
-    update_metrics(det_p, {"val_pipeline_mean_iou": best.mean_iou,
-                           "threshold_tuned_on": f"synthetic:seed={VAL_SEED_BASE},n={n} (detector+classifier)"},
-                   threshold=best.threshold, postprocess=best.postprocess())
-    print(f"{det_p}: T {old:.2f} -> {best.threshold:.2f}, relative {best.relative:.2f}, hysteresis low "
-          f"{best.low:.2f} x T, holes up to {best.hole_area} px filled, flip TTA {'on' if best.flip_tta else 'off'} "
-          f"(validation pipeline mean IoU {best.mean_iou:.3f})")
-    return 0
+    return _retune_severity(
+        args, lambda insp: insp.tune_threshold([s.image for s in val], [s.class_mask for s in val],
+                                               candidates=[0.5 * i for i in range(8, 24)],
+                                               relatives=[0.0, 0.5], lows=[1.0, 0.8, 0.7, 0.6, 0.5],
+                                               hole_areas=[0, 64, 256], flip_ttas=[False, True]),
+        {"threshold_tuned_on": f"synthetic:seed={VAL_SEED_BASE},n={n} (detector+classifier)"})
 
 
 def _evaluate(args: argparse.Namespace) -> int:
