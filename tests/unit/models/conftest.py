@@ -1,6 +1,13 @@
-"""Keep torch to one thread in the model tests: the CI box (and dev boxes) are shared."""
+"""Keep torch to one thread in the model tests: the CI box (and dev boxes) are shared.
+
+`severity_dir`: a copy of the packaged synthetic severity checkpoints, one per test module."""
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
+
+from models.inspector import DEFAULT_CHECKPOINT_DIR
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -9,3 +16,13 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def severity_dir(tmp_path_factory) -> Path:
+    """A copy of the packaged synthetic checkpoints (exports must not land in the repository)."""
+    d = tmp_path_factory.mktemp("severity")
+    for p in DEFAULT_CHECKPOINT_DIR.iterdir():
+        if p.suffix in (".pt", ".json"):
+            shutil.copy(p, d / p.name)
+    return d

@@ -6,7 +6,6 @@ same detections as fp32, refused with a message that says what differed otherwis
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,20 +18,10 @@ import models.loading as loading
 import models.runtimes as rt
 from models.classifier import build_classifier
 from models.detector import build_detector
-from models.inspector import DEFAULT_CHECKPOINT_DIR
 from models.loading import compare_detections, load_inspector
 from models.registry import load_checkpoint, save_checkpoint
 from models.runtimes import INT8, RuntimeParityError, int8_export_name
 from models.synthetic import CLASS_NAMES
-
-
-@pytest.fixture(scope="module")
-def severity_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("severity-auto")
-    for p in DEFAULT_CHECKPOINT_DIR.iterdir():
-        if p.suffix in (".pt", ".json"):
-            shutil.copy(p, d / p.name)
-    return d
 
 
 def test_auto_serves_onnx_runtime_on_cpu(severity_dir):

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from models.image_classifier import build_image_classifier
-from models.inspector import DEFAULT_CHECKPOINT_DIR
 from models.loading import load_inspector
 from models.registry import CheckpointError, load_checkpoint, save_checkpoint
 from models.runtimes import PARITY_ATOL, RuntimeParityError, check_runtime_device, export_name
@@ -54,13 +53,11 @@ def assert_same_detections(a: list[list[Detection]], b: list[list[Detection]], f
     return n
 
 
-@pytest.fixture(scope="module")
-def severity_dir(tmp_path_factory) -> Path:
-    """A copy of the packaged synthetic checkpoints (exports must not land in the repository)."""
-    d = tmp_path_factory.mktemp("severity")
-    for p in DEFAULT_CHECKPOINT_DIR.iterdir():
-        if p.suffix in (".pt", ".json"):
-            shutil.copy(p, d / p.name)
+def _detector_and_classifier(severity_dir: Path, d: Path) -> Path:
+    """`d`, made here, holding only the packaged fast detector and the classifier."""
+    d.mkdir()
+    for name in ("detector_fast.pt", "classifier.pt"):
+        shutil.copy(severity_dir / name, d / name)
     return d
 
 
@@ -136,10 +133,7 @@ def test_image_classifier_matches_between_runtimes(tmp_path):
 
 
 def test_export_is_rebuilt_when_stale_and_old_exports_go(tmp_path, severity_dir):
-    d = tmp_path / "m"
-    d.mkdir()
-    for name in ("detector_fast.pt", "classifier.pt"):
-        shutil.copy(severity_dir / name, d / name)
+    d = _detector_and_classifier(severity_dir, tmp_path / "m")
     load_inspector(d, device="cpu", runtime="onnxruntime")
     info = load_checkpoint(d / "detector_fast.pt").info
     first = d / export_name(d / "detector_fast.pt", info.content_hash)
@@ -163,10 +157,7 @@ def test_tampered_export_is_refused(tmp_path, severity_dir, capsys):
     import onnx
     from onnx import numpy_helper
 
-    d = tmp_path / "m"
-    d.mkdir()
-    for name in ("detector_fast.pt", "classifier.pt"):
-        shutil.copy(severity_dir / name, d / name)
+    d = _detector_and_classifier(severity_dir, tmp_path / "m")
     load_inspector(d, device="cpu", runtime="onnxruntime")
     info = load_checkpoint(d / "detector_fast.pt").info
     path = d / export_name(d / "detector_fast.pt", info.content_hash)
@@ -191,10 +182,7 @@ def test_tampered_export_is_refused(tmp_path, severity_dir, capsys):
 def test_read_only_checkpoint_directory_exports_to_the_cache(tmp_path, severity_dir, monkeypatch, caplog):
     import models.runtimes as rt
 
-    d = tmp_path / "ro"
-    d.mkdir()
-    for name in ("detector_fast.pt", "classifier.pt"):
-        shutil.copy(severity_dir / name, d / name)
+    d = _detector_and_classifier(severity_dir, tmp_path / "ro")
     real = rt._write_atomic
 
     def write(path: Path, data: bytes) -> None:  # the tests run as root, where chmod does not stop writes
