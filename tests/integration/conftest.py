@@ -162,6 +162,20 @@ def fresh_database(request: pytest.FixtureRequest, clickhouse_client: Client) ->
 # ------------------------------------------------------------------------------- streams: the worker
 
 
+@pytest.fixture(scope="module")
+def needs_checkpoints() -> None:
+    """Skips the tests that run the Inspector while no checkpoint resolves (the packaged ones, or
+    DEFECTSTREAM_MODEL__PATH); module-scoped, so it is checked before a module's worker starts."""
+    import os
+
+    try:
+        from models.inspector import resolve_checkpoints
+
+        resolve_checkpoints(os.environ.get("DEFECTSTREAM_MODEL__PATH"))
+    except Exception as exc:  # noqa: BLE001 - CheckpointError, FileNotFoundError, ImportError
+        pytest.skip(f"no Inspector checkpoint yet ({exc}); train one with `defectstream train`")
+
+
 class StreamWorker:
     """`defectstream worker` as a subprocess on its own topics, app id and data dir.
 

@@ -39,7 +39,7 @@ from streams.settings import ClickHouseSettings, Settings, SinkSettings
 from streams.sim.simulator import SimulationConfig, generate
 
 kafka = import_kafka()
-pytestmark = [pytest.mark.fault, pytest.mark.slow]
+pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.usefixtures("needs_checkpoints")]
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "out" / "fault"
@@ -49,16 +49,6 @@ FRAMES_PER_PART = 3
 PART_TIMEOUT_S = 5
 BAD_EVERY = 25  # one undecodable record per this many frames: the only input that may be dead-lettered
 BAD_VALUE = b"\x00not a frame event"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _needs_checkpoints() -> None:
-    try:
-        from models.inspector import resolve_checkpoints
-
-        resolve_checkpoints(os.environ.get("DEFECTSTREAM_MODEL__PATH"))
-    except Exception as exc:  # noqa: BLE001 - CheckpointError, FileNotFoundError, ImportError
-        pytest.skip(f"no Inspector checkpoint yet ({exc}); train one with `defectstream train`")
 
 
 # ------------------------------------------------------------------------------------------ the run

@@ -5,7 +5,6 @@ each test uses its own cameras. Frames are small (128×256) and parts few, to st
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,7 @@ FRAME = (128, 256)
 T0 = 1_790_000_000_000  # simulated clock start (2026-09-21, UTC)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _needs_checkpoints() -> None:
-    try:
-        from models.inspector import resolve_checkpoints
-
-        resolve_checkpoints(os.environ.get("DEFECTSTREAM_MODEL__PATH"))
-    except Exception as exc:  # noqa: BLE001 - CheckpointError, FileNotFoundError, ImportError
-        pytest.skip(f"no Inspector checkpoint yet ({exc}); train one with `defectstream train`")
+pytestmark = pytest.mark.usefixtures("needs_checkpoints")
 
 
 def sim(worker, tmp_path: Path, name: str, **kw) -> tuple[Path, Any]:

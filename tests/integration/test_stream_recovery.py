@@ -2,10 +2,7 @@
 tracking table's changelog (and re-delivered frames are not lost)."""
 from __future__ import annotations
 
-import os
 import time
-
-import pytest
 
 from schemas.events import FrameEvent, PartInspected
 from streams.sim.simulator import SimulationConfig, generate
@@ -15,15 +12,9 @@ from .kafka_read import read_records
 T0 = 1_790_000_000_000
 
 
-def test_open_part_survives_a_worker_crash(stream_worker_factory):
+def test_open_part_survives_a_worker_crash(needs_checkpoints, stream_worker_factory):
     from kafka import KafkaProducer
 
-    from models.inspector import resolve_checkpoints
-
-    try:
-        resolve_checkpoints(os.environ.get("DEFECTSTREAM_MODEL__PATH"))
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"no Inspector checkpoint yet ({exc})")
     cfg = SimulationConfig(cameras=1, parts=1, frames_per_part=4, frame_shape=(128, 256), seed=41,
                            camera_prefix="r", start_time_ms=T0, progress=False)
     frames = [ev for ev, _gt in generate(cfg)]

@@ -7,8 +7,6 @@ import hashlib
 import os
 import time
 
-import pytest
-
 from schemas.events import DeadLetter, FrameEvent, PartInspected
 from streams.inspection.intake import expected_partition
 from streams.sim.simulator import SimulationConfig, generate
@@ -16,15 +14,10 @@ from streams.sim.simulator import SimulationConfig, generate
 from .kafka_read import read_records
 
 
-def test_rejected_2mb_frames_are_dead_lettered_and_the_frames_behind_them_processed(stream_worker_factory):
+def test_rejected_2mb_frames_are_dead_lettered_and_the_frames_behind_them_processed(needs_checkpoints,
+                                                                                  stream_worker_factory):
     from kafka import KafkaProducer
 
-    from models.inspector import resolve_checkpoints
-
-    try:
-        resolve_checkpoints(os.environ.get("DEFECTSTREAM_MODEL__PATH"))
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"no Inspector checkpoint yet ({exc})")
     cfg = SimulationConfig(cameras=1, parts=2, frames_per_part=3, frame_shape=(128, 256), seed=7,
                            camera_prefix="big", start_time_ms=int(time.time() * 1000) - 60_000, progress=False)
     frames = [ev for ev, _gt in generate(cfg)]
@@ -62,18 +55,12 @@ def test_rejected_2mb_frames_are_dead_lettered_and_the_frames_behind_them_proces
         (ev.part_id, 3, "LAST_FRAME") for ev in frames if ev.last_frame), worker.log_tail()
 
 
-def test_restart_longer_than_the_part_timeout_does_not_cut_parts_short(stream_worker_factory):
+def test_restart_longer_than_the_part_timeout_does_not_cut_parts_short(needs_checkpoints, stream_worker_factory):
     """Finding 1: the worker is down (SIGKILL) for longer than the part timeout while the rest of
     each part's frames arrive; after the restart every part closes on its last frame with all its
     frames, none as TIMEOUT, and no frame is dead-lettered as late."""
     from kafka import KafkaProducer
 
-    from models.inspector import resolve_checkpoints
-
-    try:
-        resolve_checkpoints(os.environ.get("DEFECTSTREAM_MODEL__PATH"))
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"no Inspector checkpoint yet ({exc})")
     timeout_s = 10
     cfg = SimulationConfig(cameras=6, parts=6, frames_per_part=6, frame_shape=(128, 256), seed=17,
                            camera_prefix="rs", start_time_ms=int(time.time() * 1000) - 60_000, progress=False)

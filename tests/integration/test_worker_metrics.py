@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
-
-import pytest
 
 from schemas.events import FrameEvent
 from streams.inspection.intake import expected_partition
@@ -20,16 +17,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_worker_serves_frames_dead_letters_lag_and_open_parts(stream_worker_factory, capsys):
+def test_worker_serves_frames_dead_letters_lag_and_open_parts(needs_checkpoints, stream_worker_factory, capsys):
     from kafka import KafkaProducer
 
-    from models.inspector import resolve_checkpoints
     from streams.cli import main
 
-    try:
-        resolve_checkpoints(os.environ.get("DEFECTSTREAM_MODEL__PATH"))
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"no Inspector checkpoint yet ({exc})")
     port = _free_port()
     worker = stream_worker_factory(DEFECTSTREAM_WORKER__METRICS_PORT=str(port), DEFECTSTREAM_TRACKING__PART_TIMEOUT_S="300")
     s = worker.settings
