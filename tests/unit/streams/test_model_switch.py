@@ -28,17 +28,29 @@ def ev(part, seq, idx, last, off, cam="cam-1", line="l1"):
     return SourceRecord("frames", 0, off, cam.encode(), CODEC.encode(fe.to_avro()))
 
 
-def test_promotion_applies_from_the_next_part():
+def _pipeline(load=lambda path: FakeInspector(path.rsplit("/", 1)[-1]), registry: CameraRegistry | None = None):
+    """(runner, emitter, pipeline) on a v1 Inspector; a promoted model path loads as `load(path)`."""
     settings = Settings(plant=PlantSettings(timezone="UTC"))
     runner = InferenceRunner(ModelSettings(device="cpu"), inspector=FakeInspector("v1"))
-    runner._load_path = lambda path: FakeInspector("v2")  # what Inspector.load(path) would return
+    runner._load_path = load
     emitter = ListEmitter()
-    pipe = InspectPipeline(settings, runner, CameraRegistry(), MemoryStore(), emitter)
+    pipe = InspectPipeline(settings, runner, registry if registry is not None else CameraRegistry(), MemoryStore(),
+                           emitter)
+    return runner, emitter, pipe
+
+
+def _part_versions(emitter: ListEmitter) -> dict[str, str]:
+    """part id -> the model version of its verdict, over every verdict sent."""
+    return {r.event.part_id: r.event.model_version for r in emitter.sent if r.kind == "parts"}
+
+
+def test_promotion_applies_from_the_next_part():
+    runner, emitter, pipe = _pipeline()
     asyncio.run(pipe.process([ev("p1", 1, 0, False, 0)]))
     runner.selection.apply(b"*", Promotion("v2", "/models/v2", 1).to_json())  # arrives mid-part
     asyncio.run(pipe.process([ev("p1", 2, 1, False, 1), ev("p1", 3, 2, True, 2), ev("p2", 4, 0, False, 3)]))
     asyncio.run(pipe.process([ev("p2", 5, 1, True, 4)]))
-    parts = {r.event.part_id: r.event.model_version for r in emitter.sent if r.kind == "parts"}
+    parts = _part_versions(emitter)
     assert parts == {"p1": "v1", "p2": "v2"}
     assert set(runner.versions) == {"v1", "v2"}
 
@@ -48,14 +60,11 @@ def _part(cam, part, seq0, off0, frames=2, line="l1"):
 
 
 def test_scoped_promotions_per_camera_and_line_and_clearing():
-    settings = Settings(plant=PlantSettings(timezone="UTC"))
-    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=FakeInspector("v1"))
     loaded = []
-    runner._load_path = lambda path: loaded.append(path) or FakeInspector(path.rsplit("/", 1)[-1])
     registry = CameraRegistry()
     registry.apply(b"cam-4", CameraConfig(line_id="l2").to_json())  # its frames say l1; its config moves it to l2
-    emitter = ListEmitter()
-    pipe = InspectPipeline(settings, runner, registry, MemoryStore(), emitter)
+    runner, emitter, pipe = _pipeline(lambda path: loaded.append(path) or FakeInspector(path.rsplit("/", 1)[-1]),
+                                      registry)
 
     def run(*events):
         asyncio.run(pipe.process(list(events)))
@@ -70,7 +79,7 @@ def test_scoped_promotions_per_camera_and_line_and_clearing():
     sel.apply(b"*camera:cam-1", None)
     sel.apply(b"*", Promotion("plantC", "/models/plantC", 2).to_json())
     run(*_part("cam-1", "a3", 50, 10), *_part("cam-2", "b2", 60, 12), *_part("cam-4", "d2", 70, 14))
-    parts = {r.event.part_id: r.event.model_version for r in emitter.sent if r.kind == "parts"}
+    parts = _part_versions(emitter)
     assert parts == {"a1": "v1", "a2": "seg", "b1": "v1", "d1": "lineB", "c1": "lineB",
                      "a3": "plantC", "b2": "plantC", "d2": "lineB"}
     defects = {r.event.part_id: r.event.model_version for r in emitter.sent if r.kind == "defects"}
@@ -80,11 +89,7 @@ def test_scoped_promotions_per_camera_and_line_and_clearing():
 
 
 def test_a_model_an_open_part_needs_is_not_evicted_by_other_cameras_batches():
-    settings = Settings(plant=PlantSettings(timezone="UTC"))
-    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=FakeInspector("v1"))
-    runner._load_path = lambda path: FakeInspector(path.rsplit("/", 1)[-1])
-    emitter = ListEmitter()
-    pipe = InspectPipeline(settings, runner, CameraRegistry(), MemoryStore(), emitter)
+    runner, emitter, pipe = _pipeline()
     asyncio.run(runner.ensure_loaded())
     runner.pool.max_loaded = 1  # only the default beyond what is needed
     sel = runner.selection
@@ -95,7 +100,7 @@ def test_a_model_an_open_part_needs_is_not_evicted_by_other_cameras_batches():
     asyncio.run(pipe.process(_part("cam-2", "b1", 10, 1)))  # a batch without cam-1 loads v3
     assert {"v2", "v3"} <= set(runner.versions)
     asyncio.run(pipe.process([ev("a1", 2, 1, True, 3, "cam-1")] + _part("cam-1", "a2", 20, 4)))
-    parts = {r.event.part_id: r.event.model_version for r in emitter.sent if r.kind == "parts"}
+    parts = _part_versions(emitter)
     assert parts == {"a1": "v2", "b1": "v3", "a2": "v3"}
     assert not [r for r in emitter.sent if r.kind == "deadletter"]
     asyncio.run(pipe.process(_part("cam-2", "b2", 30, 6)))  # no part needs v2 any more: evicted
@@ -103,11 +108,7 @@ def test_a_model_an_open_part_needs_is_not_evicted_by_other_cameras_batches():
 
 
 def test_a_batch_waits_until_the_cameras_topic_is_read():
-    settings = Settings(plant=PlantSettings(timezone="UTC"))
-    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=FakeInspector("v1"))
-    runner._load_path = lambda path: FakeInspector(path.rsplit("/", 1)[-1])
-    emitter = ListEmitter()
-    pipe = InspectPipeline(settings, runner, CameraRegistry(), MemoryStore(), emitter)
+    runner, emitter, pipe = _pipeline()
 
     async def scenario():
         pipe.cameras_ready = asyncio.Event()
@@ -122,5 +123,5 @@ def test_a_batch_waits_until_the_cameras_topic_is_read():
         await pipe.process(_part("cam-2", "b1", 10, 2))
 
     asyncio.run(scenario())
-    parts = {r.event.part_id: r.event.model_version for r in emitter.sent if r.kind == "parts"}
+    parts = _part_versions(emitter)
     assert parts == {"a1": "v2", "b1": "v1"} and pipe.cameras_ready.is_set()
