@@ -4,6 +4,9 @@ tests/integration/test_clickhouse_dialect.py runs the same on the ClickHouse 18.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
 from schemas.events import DefectEvent, PartInspected
@@ -40,6 +43,21 @@ def seeded(chdb_ex):
         assert sink.flush().ok
     seed(chdb_ex, [make_alert(T0 + 3_600_000), make_alert(T0 + 3_600_000)])
     return events
+
+
+@contextmanager
+def _scratch_database(ex, name: str) -> Iterator[None]:
+    """The block runs in database `name`, created and migrated here; afterwards the previous
+    database is current again and `name` is dropped."""
+    home = ex.query("SELECT currentDatabase()")[0][0]
+    try:
+        ex.query(f"CREATE DATABASE IF NOT EXISTS {name}")
+        ex.query(f"USE {name}")
+        migrate(ex)
+        yield
+    finally:
+        ex.query(f"USE {home}")
+        ex.query(f"DROP DATABASE IF EXISTS {name}")
 
 
 def test_migrations_are_idempotent(chdb_ex, seeded):
@@ -101,11 +119,7 @@ def test_a_resent_batch_changes_no_answer_of_the_report_or_monitor(chdb_ex):
     from sinks.testing import write_through_sink
     from streams.spc.queries import catalog_answers
 
-    home = chdb_ex.query("SELECT currentDatabase()")[0][0]
-    chdb_ex.query("CREATE DATABASE IF NOT EXISTS resent")
-    chdb_ex.query("USE resent")
-    try:
-        migrate(chdb_ex)
+    with _scratch_database(chdb_ex, "resent"):
         for table in ("parts", "defects", "alerts", "model_runs"):
             chdb_ex.query(f"SYSTEM STOP MERGES {table}")  # the queries, not a merge, must fold the copies
         events = list(sample_events(T0, 200, p=0.2)) + [make_alert(T0 + 3_600_000)]
@@ -119,9 +133,6 @@ def test_a_resent_batch_changes_no_answer_of_the_report_or_monitor(chdb_ex):
         assert chdb_ex.query("SELECT count() FROM parts")[0][0] == 4 * parts  # stored 4 times, not merged yet
         assert catalog_answers(chdb_ex, *span) == once
         assert any(rows for rows in once.values() if rows)  # the answers are not all empty
-    finally:
-        chdb_ex.query(f"USE {home}")
-        chdb_ex.query("DROP DATABASE IF EXISTS resent")
 
 
 def test_a_part_reprocessed_under_other_track_ids_counts_one_defect_set(chdb_ex):
@@ -131,7 +142,6 @@ def test_a_part_reprocessed_under_other_track_ids_counts_one_defect_set(chdb_ex)
     come from one defect set per (part, model version): the one of its latest verdict."""
     from sinks.testing import make_defect, make_part, write_through_sink
 
-    home = chdb_ex.query("SELECT currentDatabase()")[0][0]
     span = (T0, T0 + 60 * 60_000)
     f = report.ReportFilters(*span)
 
@@ -152,10 +162,7 @@ def test_a_part_reprocessed_under_other_track_ids_counts_one_defect_set(chdb_ex)
         ([first, make_defect(first, 0, "crack"), make_defect(first, 2, "scratch")], 1_000_050.0),
         ([latest, make_defect(latest, 3, "crack")], 1_000_100.0),
     ]
-    try:
-        chdb_ex.query("CREATE DATABASE IF NOT EXISTS reemitted")
-        chdb_ex.query("USE reemitted")
-        migrate(chdb_ex)
+    with _scratch_database(chdb_ex, "reemitted"):
         chdb_ex.query("SYSTEM STOP MERGES parts")  # the queries, not a merge, must choose the verdict
         for events, at in emissions[:2]:
             write_through_sink(chdb_ex, events, ingested_at_s=at)
@@ -165,24 +172,15 @@ def test_a_part_reprocessed_under_other_track_ids_counts_one_defect_set(chdb_ex)
         pareto, groups, scratch, window = answers()
         assert pareto == {"crack": 1} and groups == [(2, 1, 1)] and scratch == 0  # the latest verdict's set
         assert [(r[0], r[1], r[3], r[4]) for r in window] == [("line-1", "cam-1", 2, 1)]
-    finally:
-        chdb_ex.query(f"USE {home}")
-        chdb_ex.query("DROP DATABASE IF EXISTS reemitted")
 
     # Two closes the sink stored in one flush (same version): one whole verdict wins, the same one
     # whatever order the rows were written in, never a mix of the two rows' columns.
     got = []
     for order in ((first, latest), (latest, first)):
-        try:
-            chdb_ex.query("CREATE DATABASE IF NOT EXISTS reemitted")
-            chdb_ex.query("USE reemitted")
-            migrate(chdb_ex)
+        with _scratch_database(chdb_ex, "reemitted"):
             for ev in order:
                 write_through_sink(chdb_ex, [ev], ingested_at_s=1_000_000.0)
             got.append(answers()[:3])
-        finally:
-            chdb_ex.query(f"USE {home}")
-            chdb_ex.query("DROP DATABASE IF EXISTS reemitted")
     assert got[0] == got[1]
     assert got[0] in (({"crack": 1, "scratch": 1}, [(1, 1, 2)], 1), ({"crack": 1}, [(1, 1, 1)], 0))
 
@@ -230,11 +228,7 @@ def test_two_closes_of_a_part_count_once_with_the_defect_set_of_the_winning_verd
 
     first, second, legacy = _closes_of_one_part(T0)
     pid = first[0].part_id
-    home = chdb_ex.query("SELECT currentDatabase()")[0][0]
-    try:
-        chdb_ex.query("CREATE DATABASE IF NOT EXISTS closes")
-        chdb_ex.query("USE closes")
-        migrate(chdb_ex)
+    with _scratch_database(chdb_ex, "closes"):
         for table in ("parts", "defects"):
             chdb_ex.query(f"SYSTEM STOP MERGES {table}")  # the queries, not a merge, must choose
         write_through_sink(chdb_ex, first + legacy, ingested_at_s=1_000_000.0)
@@ -245,24 +239,15 @@ def test_two_closes_of_a_part_count_once_with_the_defect_set_of_the_winning_verd
         assert got["monitor"] == [("line-1", "cam-1", 2, 2)]
         assert got["defects"] == sorted([(pid, 0, "crack", 8.5), (pid, 2, "pit", 7.5),
                                          (legacy[0].part_id, 0, "crack", 7.5)])
-    finally:
-        chdb_ex.query(f"USE {home}")
-        chdb_ex.query("DROP DATABASE IF EXISTS closes")
 
     # both closes stored in one flush (same version): one close wins, the same in every query and
     # whatever order the rows were written in; its defect set is the one its verdict counts
     got = []
     for order in ((first, second), (second, first)):
-        try:
-            chdb_ex.query("CREATE DATABASE IF NOT EXISTS closes")
-            chdb_ex.query("USE closes")
-            migrate(chdb_ex)
+        with _scratch_database(chdb_ex, "closes"):
             for events in order:
                 write_through_sink(chdb_ex, events, ingested_at_s=1_000_000.0)
             got.append(reemission_answers(chdb_ex, T0))
-        finally:
-            chdb_ex.query(f"USE {home}")
-            chdb_ex.query("DROP DATABASE IF EXISTS closes")
     assert got[0] == got[1]
     assert got[0]["report"] == [(1, 1, 2)]
     assert got[0]["pareto"] in ({"crack": 1, "scratch": 1}, {"crack": 1, "pit": 1})
