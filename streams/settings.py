@@ -67,17 +67,11 @@ class KafkaSettings(BaseModel):
 
     def aiokafka_kwargs(self) -> dict[str, Any]:
         """The same connection for aiokafka clients (the worker's asyncio side): SSL needs an `ssl_context`."""
-        out: dict[str, Any] = {"bootstrap_servers": self.bootstrap_list, "security_protocol": self.security_protocol}
+        out: dict[str, Any] = {"bootstrap_servers": self.bootstrap_list, **self.security_kwargs()}
         if self.security_protocol in ("SSL", "SASL_SSL"):
             from aiokafka.helpers import create_ssl_context
 
             out["ssl_context"] = create_ssl_context()
-        if self.security_protocol.startswith("SASL"):
-            out.update(
-                sasl_mechanism=self.sasl_mechanism,
-                sasl_plain_username=self.sasl_username,
-                sasl_plain_password=self.sasl_password.get_secret_value() if self.sasl_password else None,
-            )
         return out
 
     @model_validator(mode="after")

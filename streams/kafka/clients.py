@@ -8,23 +8,10 @@ wire format (plain single-object Avro or Confluent's magic byte + schema id) eve
 """
 from __future__ import annotations
 
-import importlib
-import warnings
 from typing import Any
 
+from sinks.runner import import_kafka  # noqa: F401 - re-exported: kafka-python without its import warnings
 from streams.settings import KafkaSettings
-
-
-def import_kafka(module: str = "kafka") -> Any:
-    """Import kafka-python (or one of its modules) without its Python 3.11+ importlib DeprecationWarnings.
-
-    kafka-python 3.0 reads its protocol schemas with `importlib.resources.read_text`; the warning is
-    attributed to importlib, so the project's `kafka.*` warning filter does not catch it.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "open_text is deprecated", DeprecationWarning)
-        warnings.filterwarnings("ignore", "read_text is deprecated", DeprecationWarning)
-        return importlib.import_module(module)
 
 
 def framing(kafka: KafkaSettings) -> str:

@@ -44,17 +44,21 @@ def unique_name(request: pytest.FixtureRequest, prefix: str, sep: str = "_") -> 
 # ------------------------------------------------------------------------------------------- the stack
 
 
+def _collect_quietly() -> None:
+    import gc
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
 @pytest.fixture(autouse=True)
 def _collect_refused_kafka_sockets() -> Iterator[None]:
     """kafka-python leaves the sockets of refused or failed connects (a broker that is down, a wrong
     SASL password) to the garbage collector; its ResourceWarnings would surface, as errors, in
     whichever test the collector happens to run in. Collect them after each test, where they came from."""
     yield
-    import gc
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
+    _collect_quietly()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -62,11 +66,7 @@ def _collect_refused_kafka_sockets_at_exit() -> Iterator[None]:
     """The same at the end of the session, for sockets whose kafka-python network threads ended only
     after their test (a client of a broker that was restarted in a fault test)."""
     yield
-    import gc
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
+    _collect_quietly()
 
 
 @pytest.fixture(scope="session")
