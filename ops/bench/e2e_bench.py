@@ -112,6 +112,7 @@ class Proc:
         self.samples: list[tuple[float, float, float]] = []  # (t, cpu s, rss MiB)
         self.last: tuple[float, float] | None = None
         self.baseline_cpu = 0.0  # CPU seconds spent before the measured phase (imports, model load, rendering ahead)
+        self.warm_index: int | None = None  # first sample once the system delivered its first part (model loaded)
 
     def sample(self) -> None:
         if self.proc.poll() is None:
@@ -131,16 +132,48 @@ class Proc:
                 self.proc.wait(timeout=10)
         self.fh.close()
 
-    def summary(self, frames: int) -> dict[str, Any]:
+    def mark_warm(self) -> None:
+        if self.warm_index is None:
+            self.warm_index = len(self.samples)
+
+    def summary(self, frames: int, points: int = 30) -> dict[str, Any]:
         if not self.samples:
             return {"samples": 0}
         t, cpu, rss = zip(*self.samples)
         span = max(t[-1] - t[0], 1e-9)
         work = cpu[-1] - self.baseline_cpu
-        return {"samples": len(t), "cpu_s": round(cpu[-1], 2), "cpu_s_measured_phase": round(work, 2),
-                "mean_cores": round((cpu[-1] - cpu[0]) / span, 3),
-                "cpu_ms_per_frame": round(1000 * work / max(frames, 1), 2), "rss_mib_first": round(rss[0], 1),
-                "rss_mib_max": round(max(rss), 1), "rss_mib_last": round(rss[-1], 1)}
+        out: dict[str, Any] = {
+            "samples": len(t), "sampled_s": round(span, 1), "cpu_s": round(cpu[-1], 2),
+            "cpu_s_measured_phase": round(work, 2), "mean_cores": round((cpu[-1] - cpu[0]) / span, 3),
+            "cpu_ms_per_frame": round(1000 * work / max(frames, 1), 2), "rss_mib_first": round(rss[0], 1),
+            "rss_mib_max": round(max(rss), 1), "rss_mib_last": round(rss[-1], 1)}
+        w = self.warm_index
+        if w is not None and w < len(t):
+            # RSS once the model is loaded and the first part went through: what a long run should keep flat
+            base = rss[w]
+            tail = [(x, r) for x, r in zip(t[w:], rss[w:]) if x >= t[w] + (t[-1] - t[w]) / 2]
+            out.update({"rss_mib_after_warmup": round(base, 1), "rss_mib_max_after_warmup": round(max(rss[w:]), 1),
+                        "rss_growth_after_warmup_mib": round(rss[-1] - base, 1),
+                        "rss_growth_after_warmup_pct": round(100 * (rss[-1] - base) / base, 1) if base else None,
+                        "rss_slope_mib_per_min_second_half": _slope(tail, 60.0),
+                        "warmup_at_s": round(t[w], 1)})
+            # the allocator and ONNX Runtime settle over the first few hundred frames (ops/bench/worker_profile.py):
+            # growth from a quarter of the run to its end is the flatness figure for long runs
+            q = next(i for i, x in enumerate(t) if x >= t[0] + span / 4)
+            out.update({"rss_mib_at_quarter": round(rss[q], 1), "rss_growth_last_three_quarters_pct":
+                        round(100 * (rss[-1] - rss[q]) / rss[q], 1) if rss[q] else None})
+        # (t, mean cores since the previous point, RSS MiB), about `points` points over the run
+        step = max(1, len(t) // points)
+        idx = list(range(0, len(t), step))
+        if idx[-1] != len(t) - 1:
+            idx.append(len(t) - 1)
+        tl, prev = [], None
+        for i in idx:
+            cores = None if prev is None or t[i] <= t[prev] else round((cpu[i] - cpu[prev]) / (t[i] - t[prev]), 2)
+            tl.append([round(t[i], 1), cores, round(rss[i], 1)])
+            prev = i
+        out["timeline_t_cores_rss"] = tl
+        return out
 
     def tail(self, n: int = 30) -> str:
         try:
@@ -183,6 +216,16 @@ def _metric(m: dict[str, float], name: str, **labels: str) -> float:
     return total
 
 
+def _slope(points: list[tuple[float, float]], per: float = 1.0) -> float | None:
+    """Least-squares slope of (x, y) points, times `per` (e.g. 60: per minute when x is seconds)."""
+    if len(points) < 3:
+        return None
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return round(per * sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den, 3) if den else None
+
+
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -198,6 +241,8 @@ def main() -> None:
     ap.add_argument("--frames-per-part", type=int, default=4)
     ap.add_argument("--parts-per-minute", type=float, default=60.0, help="per camera (paced: sets the frame rate)")
     ap.add_argument("--duration", type=float, default=60.0, help="paced: seconds of publishing")
+    ap.add_argument("--fps", type=float, default=None,
+                    help="paced: total frames/s over all cameras (sets --parts-per-minute = fps*60/(cameras*frames-per-part))")
     ap.add_argument("--frame-size", default="256x1600", help="HxW")
     ap.add_argument("--defect-rate", type=float, default=0.3)
     ap.add_argument("--runtime", default="auto", help="DEFECTSTREAM_MODEL__RUNTIME for the worker")
@@ -205,10 +250,14 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--poll-s", type=float, default=0.25, help="ClickHouse/Kafka poll interval")
     ap.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds of draining")
+    ap.add_argument("--settle-s", type=float, default=20.0,
+                    help="after the last part row is visible, poll until the worker's committed lag reads 0, at most this long")
     ap.add_argument("--prefix", default=None, help="topic/app/database prefix (default bench-e2e-<pid>)")
     ap.add_argument("--keep", action="store_true", help="keep topics, database and data dir")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
+    if args.fps is not None:
+        args.parts_per_minute = args.fps * 60.0 / (args.cameras * args.frames_per_part)
 
     from clickhouse_driver import Client
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
@@ -241,7 +290,11 @@ def main() -> None:
         "cpus": os.cpu_count(), "prefix": prefix, "clickhouse_database": db, "frame": [h, w], "encoding": "JPEG",
         "cameras": args.cameras, "frames_per_part": args.frames_per_part, "runtime": args.runtime,
         "batch_size": args.batch_size, "partitions": args.partitions, "psutil": _has_psutil(),
+        "parts_per_minute_per_camera": round(args.parts_per_minute, 3),
     }
+    if args.mode == "paced":
+        result["offered_frames_per_s"] = round(args.cameras * args.parts_per_minute * args.frames_per_part / 60.0, 3)
+        result["duration_s"] = args.duration
     sim_args = ["simulate", "--cameras", str(args.cameras), "--frames-per-part", str(args.frames_per_part),
                 "--defect-rate", str(args.defect_rate), "--frame-size", f"{h}x{w}", "--encoding", "jpeg",
                 "--parts-per-minute", str(args.parts_per_minute), "--camera-prefix", f"{prefix}-cam-",
@@ -279,6 +332,12 @@ def main() -> None:
 
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         cons = KafkaConsumer(bootstrap_servers=bootstrap)
+        group = prefix  # Faust's consumer group is the app id (DEFECTSTREAM_APP_ID, streams/app.py; version 1: no suffix)
+        tps: list[Any] = []
+        starts: dict[Any, int] = {}
+        lag_errors: dict[str, int] = {}
+        lag_committed_partitions = 0
+        all_visible_at: float | None = None
         seen: dict[str, tuple[float, int, int, int]] = {}  # part event_id -> (first seen wall ms, last_frame_ts, ingested_at, frames)
         lag_series: list[tuple[float, int]] = []
         deadline = time.monotonic() + args.timeout
@@ -293,23 +352,22 @@ def main() -> None:
             for eid, lts, ing, nfr in rows:
                 if eid not in seen:
                     seen[eid] = (now_ms, int(lts), int(ing), int(nfr))
+            if seen:
+                for p in procs.values():
+                    p.mark_warm()
             try:
-                parts = cons.partitions_for_topic(topics["frames"]) or set()
-                tps = [TopicPartition(topics["frames"], p) for p in parts]
-                ends = cons.end_offsets(tps) if tps else {}
-                list_offsets = getattr(admin, "list_group_offsets", None) or admin.list_consumer_group_offsets
-                committed = list_offsets(prefix) if tps else {}
-                if prefix in committed and isinstance(committed[prefix], dict):  # newer kafka-python: {group: {tp: ...}}
-                    committed = committed[prefix]
-                def done(tp: Any) -> int:
-                    c = committed.get(tp)
-                    off = getattr(c, "offset", c if isinstance(c, int) else -1)
-                    return off if off is not None and off >= 0 else 0
-
-                lag = sum(ends[tp] - done(tp) for tp in tps)
-                lag_series.append((time.monotonic() - t_start, int(lag)))
-            except Exception:
-                pass
+                if not tps:
+                    parts = cons.partitions_for_topic(topics["frames"]) or set()
+                    tps = [TopicPartition(topics["frames"], p) for p in sorted(parts)]
+                    starts = cons.beginning_offsets(tps) if tps else {}
+                if tps:
+                    ends = cons.end_offsets(tps)
+                    committed = _committed(admin, group, tps)
+                    lag = sum(max(0, ends[tp] - committed.get(tp, starts.get(tp, 0))) for tp in tps)
+                    lag_series.append((time.monotonic() - t_start, int(lag)))
+                    lag_committed_partitions = max(lag_committed_partitions, len(committed))
+            except Exception as exc:  # noqa: BLE001 - a broker hiccup costs a sample, said in the JSON
+                lag_errors[f"{type(exc).__name__}: {exc}"[:200]] = lag_errors.get(f"{type(exc).__name__}: {exc}"[:200], 0) + 1
             for p in procs.values():
                 p.sample()
             sim_done = "simulator" in procs and procs["simulator"].proc.poll() is not None
@@ -317,7 +375,11 @@ def main() -> None:
                 raise SystemExit(f"simulator failed:\n{procs['simulator'].tail()}")
             produced = _gt_parts(work / "ground_truth.jsonl") if sim_done else None
             if produced is not None and len(seen) >= produced:
-                break
+                all_visible_at = all_visible_at or time.monotonic()
+                # the worker commits every few seconds (Faust's broker_commit_interval): wait for the lag to
+                # read 0 (at most --settle-s), so a run that ends with lag > 0 has lag the worker never caught up
+                if (lag_series and lag_series[-1][1] == 0) or time.monotonic() - all_visible_at > args.settle_s:
+                    break
             if sim_done and lag_series and lag_series[-1][1] == 0 and len(seen) == last_count:
                 stable_since = stable_since or time.monotonic()
                 if time.monotonic() - stable_since > 15:  # parts that never closed: stop anyway
@@ -360,15 +422,28 @@ def main() -> None:
     if lag_series:
         lags = [l for _, l in lag_series]
         half = lag_series[len(lag_series) // 2:]
-        slope = None
-        if len(half) >= 3:
-            xs, ys = [t for t, _ in half], [l for _, l in half]
-            mx, my = statistics.fmean(xs), statistics.fmean(ys)
-            den = sum((x - mx) ** 2 for x in xs)
-            slope = round(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den, 3) if den else None
-        result["consumer_lag"] = {"max": max(lags), "last": lags[-1], "mean": round(statistics.fmean(lags), 1),
-                                  "growth_frames_per_s_second_half": slope, "samples": len(lags)}
+        slope = _slope([(float(t), float(l)) for t, l in half])
+        result["consumer_lag"] = {"group": group, "max": max(lags), "last": lags[-1],
+                                  "mean": round(statistics.fmean(lags), 1),
+                                  "growth_frames_per_s_second_half": slope, "samples": len(lags),
+                                  "partitions_with_commits": lag_committed_partitions,
+                                  "zero_after_peak_s": next((round(t, 2) for t, l in lag_series
+                                                          if l == 0 and t > lag_series[lags.index(max(lags))][0]), None),
+                                  "timeline": _downsample([(round(t, 1), l) for t, l in lag_series], 40),
+                                  "meaning": "sum over the frames partitions of end offset - the worker group's committed "
+                                             "offset (Faust commits every ~2.8 s, so it trails the work by that much)"}
+    if lag_errors:
+        result.setdefault("consumer_lag", {})["errors"] = lag_errors
     result["processes"] = {n: p.summary(frames) for n, p in procs.items()}
+    sim = _sim_report(procs["simulator"].log) if "simulator" in procs else None
+    if sim is not None and args.mode == "paced":
+        sim_span = (sim.get("sim_end_ms", 0) - sim.get("sim_start_ms", 0)) / 1000
+        result["simulator"] = {"frames": sim.get("frames"), "wall_s": round(sim.get("wall_s", 0.0), 2),
+                               "simulated_s": round(sim_span, 2), "published_frames_per_s": sim.get("fps"),
+                               "behind_s": round(sim.get("wall_s", 0.0) - sim_span, 2),
+                               "meaning": "behind_s > ~1: the simulator could not render and publish in real time (it "
+                                          "shares the box), so capture_ts is earlier than the publish and latency "
+                                          "includes that delay"}
     inf = _metric(wm, "defectstream_batch_seconds_sum", stage="inference")
     batch = _metric(wm, "defectstream_batch_seconds_sum", stage="batch")
     flush = _metric(sm, "defectstream_sink_flush_seconds_sum")
@@ -392,10 +467,45 @@ def main() -> None:
         Path(args.out).write_text(text + "\n")
 
 
+def _committed(admin: Any, group: str, tps: list[Any]) -> dict[Any, int]:
+    """{TopicPartition: committed offset} of `group` on `tps` (partitions without a commit left out).
+
+    kafka-python 3.x: `list_group_offsets({group: [tp, ...]})` -> {group: {tp: OffsetAndMetadata}};
+    2.x: `list_consumer_group_offsets(group, partitions=...)` -> {tp: OffsetAndMetadata}.
+    """
+    if hasattr(admin, "list_group_offsets"):
+        got = admin.list_group_offsets({group: list(tps)})
+        got = got.get(group, {}) if isinstance(got, dict) else {}
+    else:
+        got = admin.list_consumer_group_offsets(group, partitions=list(tps))
+    out = {}
+    for tp, om in got.items():
+        off = getattr(om, "offset", om)
+        if isinstance(off, int) and off >= 0:
+            out[tp] = off
+    return out
+
+
+def _downsample(points: list[Any], n: int) -> list[Any]:
+    if len(points) <= n:
+        return points
+    step = (len(points) - 1) / (n - 1)
+    return [points[round(i * step)] for i in range(n)]
+
+
 def _has_psutil() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("psutil") is not None
+
+
+def _sim_report(log: Path) -> dict[str, Any] | None:
+    """The JSON report `defectstream simulate` prints last."""
+    try:
+        text = log.read_text(errors="replace")
+        return json.loads(text[text.rindex("\n{\n") + 1:] if "\n{\n" in text else text[text.index("{"):])
+    except (OSError, ValueError):
+        return None
 
 
 def _gt_parts(path: Path) -> int | None:
