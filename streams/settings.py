@@ -92,6 +92,11 @@ class ModelSettings(BaseModel):
         "auto", description="auto (torch on CUDA; on CPU onnxruntime, or openvino when installed, parity-checked and "
                             "faster), torch (eager), onnxruntime or openvino (CPU, fp32; ONNX exports checked for parity "
                             "at load), onnxruntime-int8 (CPU, refused unless detections match fp32); see models/runtimes.py")
+    flip_tta: Literal["checkpoint", "on", "off"] = Field(
+        "checkpoint",
+        description="flip test-time augmentation of the severity detector (3 passes per frame): as the checkpoint "
+                    "chose it when its thresholds were tuned, or forced; 'off' is ~2x faster and less accurate "
+                    "(packaged checkpoint, 1600x256: 14 -> 30 frames/s, synthetic mIoU 0.826 -> 0.801)")
     export_cache: str | None = Field(
         None, description="where ONNX exports go when the checkpoint directory is read-only; "
                           "None = $XDG_CACHE_HOME/defectstream/onnx")

@@ -17,6 +17,13 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
+def apply_flip_tta(inspector: Inspector, flip_tta: str) -> None:
+    """Force the severity detector's flip TTA on or off (`model.flip_tta`); "checkpoint" keeps the
+    checkpoint's choice. Families without flip TTA are left as they are."""
+    if flip_tta != "checkpoint" and hasattr(inspector, "flip_tta"):
+        inspector.flip_tta = flip_tta == "on"  # type: ignore[attr-defined]
+
+
 class InferenceRunner:
     """Runs `Inspector.inspect` in a single-thread executor (the model is not thread-safe and a
     single thread keeps the GPU queue ordered); the event loop keeps serving heartbeats,
@@ -38,8 +45,10 @@ class InferenceRunner:
     def _load_path(self, path: str | None) -> Inspector:
         from models.loading import load_inspector
 
-        return load_inspector(path, device=self.settings.device, runtime=self.settings.runtime,
+        insp = load_inspector(path, device=self.settings.device, runtime=self.settings.runtime,
                               export_cache=self.settings.export_cache)
+        apply_flip_tta(insp, self.settings.flip_tta)
+        return insp
 
     def _load(self) -> Inspector:
         if self._inspector is None:

@@ -441,10 +441,12 @@ class Replayer:
     def _load_inspector(self) -> Inspector:
         if self._inspector is None:
             from models.loading import load_inspector
+            from streams.inspection.inference import apply_flip_tta
 
             m = self.settings.model
             self._inspector = load_inspector(self.request.model_path, device=m.device, runtime=m.runtime,
                                              export_cache=m.export_cache)
+            apply_flip_tta(self._inspector, m.flip_tta)
         return self._inspector
 
     def _plan(self, consumer: Any) -> dict[int, PartitionPlan]:
