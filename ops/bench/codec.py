@@ -23,6 +23,8 @@ import numpy as np
 
 from schemas.codec import AvroCodec, _strip_logical_types
 
+from _emit import emit  # ops/bench/_emit.py: print the JSON, also write it to --out
+
 
 def _frame_record(encoding: str) -> dict:
     rng = np.random.default_rng(0)
@@ -121,12 +123,7 @@ def main() -> None:
         "speedup_fastavro": {"encode": round(av_enc / fa_enc, 2), "decode": round(av_dec / fa_dec, 2)},
         "image_decode": _image_decode(sizes, args.decode_iterations),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from _emit import emit  # ops/bench/_emit.py: print the JSON, also write it to --out
+
 ROOT = Path(__file__).resolve().parents[2]
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -460,11 +462,7 @@ def main() -> None:
     }
     if not args.keep:
         _cleanup(bootstrap, topics, prefix, ch, db, work)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 def _committed(admin: Any, group: str, tps: list[Any]) -> dict[Any, int]:

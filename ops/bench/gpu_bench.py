@@ -19,12 +19,13 @@ Weights come from the packaged checkpoint (`--checkpoint DIR` for others). The I
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from _emit import emit  # ops/bench/_emit.py: print the JSON, also write it to --out
 
 
 def main() -> None:
@@ -154,11 +155,7 @@ def main() -> None:
         result["rows"].append(row)
         print(f"# batch {b} done", flush=True, file=__import__("sys").stderr)
     pool.shutdown()
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

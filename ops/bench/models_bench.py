@@ -17,10 +17,11 @@ regions it finds.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
+
+from _emit import emit  # ops/bench/_emit.py: print the JSON, also write it to --out
 
 
 def main() -> None:
@@ -104,11 +105,7 @@ def main() -> None:
     if args.int8:
         result["int8"] = _int8(args.checkpoint, frames[: args.batch], max(3, args.repeats))
     result["load_avg_after"] = list(os.getloadavg())
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 def _stages(insp, frames: list, batch: int, rounds: int) -> dict:

@@ -39,7 +39,6 @@ import concurrent.futures
 import cProfile
 import hashlib
 import io
-import json
 import os
 import pstats
 import sys
@@ -48,6 +47,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from _emit import emit  # ops/bench/_emit.py: print the JSON, also write it to --out
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -420,11 +421,7 @@ def main() -> None:
             "non_inference_share_of_real": round(non_inf / real_ms, 4) if real_ms else None,
         }
     result["load_avg_end"] = list(os.getloadavg())
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
