@@ -147,6 +147,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "input, else the model is refused; auto (the worker's default: an ONNX runtime on CPU, torch "
                          "on CUDA); onnxruntime-int8 (static int8, refused unless golden frames give the same "
                          "detections as fp32, see models/README.md)")
+    ev.add_argument("--flip-tta", choices=("checkpoint", "on", "off"), default="checkpoint",
+                    help="the severity detector's flip test-time augmentation: as its checkpoint chose it, or forced "
+                         "(the worker's DEFECTSTREAM_MODEL__FLIP_TTA; 'off' is about twice as fast)")
     ev.add_argument("--export-cache", default=None,
                     help="where ONNX exports go when the checkpoint directory is read-only "
                          "(default $XDG_CACHE_HOME/defectstream/onnx)")

@@ -520,6 +520,8 @@ def evaluate_inspector(inspector: Any, samples: Iterable[InspectionSample], batc
                      "device": inspector.device, "runtime": getattr(inspector, "runtime", "torch")})
     if getattr(inspector, "threshold", None) is not None:
         rep.meta["threshold"] = inspector.threshold
+    if hasattr(inspector, "flip_tta"):
+        rep.meta["flip_tta"] = bool(inspector.flip_tta)
     return rep
 
 
@@ -627,6 +629,9 @@ def run_evaluation_cli(args: Any) -> int:
     except ValueError as exc:  # a runtime that does not fit the device
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    flip = getattr(args, "flip_tta", "checkpoint")
+    if flip != "checkpoint" and hasattr(insp, "flip_tta"):  # what the worker's model.flip_tta does
+        insp.flip_tta = flip == "on"
     # stream the data unless the baseline needs it twice (fit + evaluate)
     data: Iterable[InspectionSample] = open_dataset(args.format, args.data, limit=args.limit)
     if getattr(args, "held_out", False):

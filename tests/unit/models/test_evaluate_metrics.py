@@ -331,3 +331,17 @@ def test_missing_model_directory_is_a_clear_error(tmp_path, capsys):
     rc = main(["evaluate", "--data", "synthetic:seed=1,n=2", "--checkpoint", str(tmp_path / "none")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: model path") and "does not exist" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag,expected", [("checkpoint", True), ("off", False), ("on", True)])
+def test_evaluate_flip_tta_forces_the_detectors_setting(tmp_path, monkeypatch, flag, expected):
+    import models.loading
+
+    fake = FakeInspector()
+    fake.flip_tta = True  # as a severity checkpoint tuned with flip TTA
+    monkeypatch.setattr(models.loading, "load_inspector", lambda *a, **k: fake)
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--data", str(_fake_dataset(tmp_path)), "--format", "plain", "--out", str(out),
+                 "--threads", "1", "--flip-tta", flag]) == 0
+    rep = next(iter(json.loads((out / "metrics.json").read_text()).values()))
+    assert rep["meta"]["flip_tta"] is expected and fake.flip_tta is expected
