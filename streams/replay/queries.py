@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from sinks.sql import Executor, render
 from streams.replay.comparison import Comparison, DefectRow, PartRow, compare_runs, score_sides
 from streams.settings import PlantSettings
+from streams.spc.queries import winning_defects_sql
 
 
 def _time_filter(since_ms: int | None, until_ms: int | None) -> tuple[str, dict[str, Any]]:
@@ -79,22 +80,11 @@ def defects_sql(run_id: str, *, restrict_to: str | None = None, cameras: Sequenc
     cols = ("camera_id", "part_id", "track_id", "defect_class", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
             "best_frame_seq", "first_frame_ts", "last_frame_ts", "severity", "confidence")
     picked = ", ".join(f"tupleElement(d_row, {i})" for i in range(1, len(cols) + 1))
+    winners = ("SELECT tupleElement(p_row, 1), tupleElement(p_row, 2), tupleElement(p_row, 8), tupleElement(p_row, 9)"
+               f" FROM ({_winning_verdicts(part_where)}\n)")
     return render(f"""
 SELECT event_id, {picked}
-FROM
-(
-    SELECT event_id, argMax(d_tuple, (version, d_tuple)) AS d_row
-    FROM
-    (
-        SELECT event_id, version, tuple({", ".join(cols)}) AS d_tuple
-        FROM defects
-        WHERE {where}
-          AND (camera_id, part_id, model_version, emission_id) IN
-              (SELECT tupleElement(p_row, 1), tupleElement(p_row, 2), tupleElement(p_row, 8), tupleElement(p_row, 9)
-               FROM ({_winning_verdicts(part_where)}
-               ))
-    )
-    GROUP BY event_id
+FROM ({winning_defects_sql(cols, where, winners)}
 )""", params)
 
 

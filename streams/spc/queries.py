@@ -148,24 +148,30 @@ def defect_set_sql(filters: ReportFilters) -> str:
         params["defect_class"] = filters.defect_class
     cols = DEFECT_SET_COLUMNS[1:]
     picked = ", ".join(f"tupleElement(d_row, {i}) AS d_{c}" for i, c in enumerate(cols, 1))
+    winners = f"SELECT camera, x_part_id, x_model_version, x_emission_id FROM ({inner}\n              )"
     sql = f"""
 SELECT event_id, {picked}
-FROM
-(
+FROM ({winning_defects_sql(cols, " AND ".join(conds), winners)}
+)
+ORDER BY d_camera_id, d_part_id, d_track_id, event_id"""
+    return render(sql, params)
+
+
+def winning_defects_sql(cols: Sequence[str], where: str, winners: str) -> str:
+    """Subquery: one row per defect event id (`d_row`, a tuple of `cols` from its latest delivery), only
+    defects of the closes in `winners` (a SELECT of (camera, part, model version, emission id) rows:
+    each part's winning verdict). Shared by the report's defect set and `compare`."""
+    return f"""
     SELECT event_id, argMax(d_tuple, (version, d_tuple)) AS d_row
     FROM
     (
         SELECT event_id, version, tuple({", ".join(cols)}) AS d_tuple
         FROM defects
-        WHERE {" AND ".join(conds)}
+        WHERE {where}
           AND (camera_id, part_id, model_version, emission_id) IN
-              (SELECT camera, x_part_id, x_model_version, x_emission_id FROM ({inner}
-              ))
+              ({winners})
     )
-    GROUP BY event_id
-)
-ORDER BY d_camera_id, d_part_id, d_track_id, event_id"""
-    return render(sql, params)
+    GROUP BY event_id"""
 
 
 # -- monitor --------------------------------------------------------------------------------------
