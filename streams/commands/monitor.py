@@ -7,7 +7,7 @@ import time
 
 from streams.commands.report import parse_time
 from streams.spc import monitor
-from streams.spc.monitor import Monitor, _pct, kafka_publisher
+from streams.spc.monitor import Monitor, kafka_publisher, pct
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +52,7 @@ def run_monitor(args: argparse.Namespace) -> int:
             return 1
         mon.restore_state()
         for scope, lim in sorted(limits.items(), key=lambda kv: (kv[0].line_id, kv[0].camera_id or "")):
-            print(f"{scope}: p̄ {_pct(lim.center)} (Phase II, frozen)")
+            print(f"{scope}: p̄ {pct(lim.center)} (Phase II, frozen)")
         mon.run(once=args.once)
     except KeyboardInterrupt:
         pass

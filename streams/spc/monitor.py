@@ -75,7 +75,7 @@ class Decision:
     violations: tuple[spc.RuleViolation, ...] = ()
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
@@ -117,8 +117,8 @@ def judge(counts: WindowCounts, limits: spc.Limits, state: ScopeState, *, window
         in_cooldown = state.last_spike_ms is not None and now_ms - state.last_spike_ms < cooldown_s * 1000
         if in_cooldown:
             return Decision(None, replace(new, alerting=True, announced=False, spike_rule=rule), point, violations)
-        text = (f"{scope}: fraction defective {_pct(point.value)} ({counts.defective}/{counts.inspected}) "
-                f"above its limits (UCL {_pct(point.ucl)}, CL {_pct(point.center)}) — {rule}: {spc.RULE_TEXT[rule]}")
+        text = (f"{scope}: fraction defective {pct(point.value)} ({counts.defective}/{counts.inspected}) "
+                f"above its limits (UCL {pct(point.ucl)}, CL {pct(point.center)}) — {rule}: {spc.RULE_TEXT[rule]}")
         alert = make("SPIKE", rule, text)
         return Decision(alert, replace(new, alerting=True, announced=True, spike_rule=rule, last_spike_ms=now_ms),
                         point, violations)
@@ -126,8 +126,8 @@ def judge(counts: WindowCounts, limits: spc.Limits, state: ScopeState, *, window
         recovered = replace(new, alerting=False, announced=False)
         if not state.announced:
             return Decision(None, recovered, point)
-        text = (f"{scope}: back in control, fraction defective {_pct(point.value)} "
-                f"({counts.defective}/{counts.inspected}), UCL {_pct(point.ucl)}, CL {_pct(point.center)}")
+        text = (f"{scope}: back in control, fraction defective {pct(point.value)} "
+                f"({counts.defective}/{counts.inspected}), UCL {pct(point.ucl)}, CL {pct(point.center)}")
         return Decision(make("RECOVERY", state.spike_rule or "WE1", text), recovered, point)
     return Decision(None, new, point, violations)
 
