@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import pickle
 import sys
 from pathlib import Path
 
@@ -57,22 +56,13 @@ def run_score(args: argparse.Namespace) -> int:
         model_path = args.model_path or settings.model.path
         # what the cached detections depend on (delete the cache after retraining a checkpoint)
         key = (cfg.parts, cfg.seed, cfg.frames_per_part, cfg.frame_shape, cfg.defect_rate, model_path)
-        run = None
-        if args.cache and args.cache.exists():
-            try:
-                with open(args.cache, "rb") as fh:
-                    cached = pickle.load(fh)  # our own file, written below
-            except (pickle.UnpicklingError, ImportError, AttributeError, EOFError) as e:
-                log.warning("ignoring unreadable detection cache %s (%s); recomputing", args.cache, e)
-                cached = {}
-            run = cached["run"] if cached.get("key") == key else None
+        run = scoring.load_offline_run(args.cache, key) if args.cache and args.cache.exists() else None
         if run is None:
             insp = load_inspector(model_path, device=settings.model.device, runtime=settings.model.runtime,
                                   export_cache=settings.model.export_cache)
             run = run_offline(insp, cfg)
             if args.cache:
-                with open(args.cache, "wb") as fh:
-                    pickle.dump({"key": key, "run": run}, fh)
+                scoring.save_offline_run(run, key, args.cache)
         t = settings.tracking
         grid = [(t.min_hits, t.min_hit_ratio, t.short_track_min_confidence)]
         if args.sweep:

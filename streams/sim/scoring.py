@@ -25,10 +25,13 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
+import numpy as np
+
+from models.types import BBox, Detection
 from streams.settings import Settings, TrackingSettings
 from streams.sim.simulator import GroundTruthPart, gt_defects, gt_nuisances
 from streams.tracking.tracker import PartTracker, iou, track_part_offline
@@ -241,6 +244,64 @@ def run_offline(inspector: Any, cfg: OfflineConfig) -> OfflineRun:
     if bar is not None:
         bar.close()
     return run
+
+
+CACHE_FORMAT = "defectstream-offline-run/1"
+
+
+def save_offline_run(run: OfflineRun, key: Sequence[Any], path: str | Path) -> None:
+    """Write `run` (and the `key` it was computed under) to `path` as an `.npz` archive.
+
+    No pickle anywhere: the ground truth and detection scalars are one JSON document, the masks one
+    flat bool array with per-detection shapes, and `load_offline_run` reads them with
+    ``allow_pickle=False`` — a cache file from elsewhere can give wrong numbers, never run code.
+    """
+    masks: list[np.ndarray] = []
+    dets = []
+    for part in run.detections:
+        dets.append([[[list(map(int, d.bbox)), d.defect_class, float(d.confidence), float(d.severity_mean),
+                       float(d.severity_max), int(d.area_px), [float(c) for c in d.class_scores],
+                       list(np.asarray(d.mask).shape)] for d in frame] for frame in part])
+        masks.extend(np.asarray(d.mask, dtype=bool).ravel() for frame in part for d in frame)
+    doc = {"format": CACHE_FORMAT, "key": json.loads(json.dumps(list(key))),
+           "model_version": run.model_version, "inference_s": run.inference_s, "frames": run.frames,
+           "gts": [asdict(g) for g in run.gts], "detections": dets}
+    flat = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, doc=np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8), masks=flat)
+
+
+def load_offline_run(path: str | Path, key: Sequence[Any]) -> OfflineRun | None:
+    """The run cached at `path` if it was computed under `key`; None if not, or if the file is unreadable.
+
+    Never unpickles (``allow_pickle=False``): an object array or a pickle file is refused as unreadable.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            doc = json.loads(z["doc"].tobytes().decode())
+            flat = z["masks"]
+        if not isinstance(doc, dict) or doc.get("format") != CACHE_FORMAT:
+            raise ValueError(f"not a {CACHE_FORMAT} file")
+        if doc.get("key") != json.loads(json.dumps(list(key))):
+            return None
+        run = OfflineRun(model_version=str(doc["model_version"]), inference_s=float(doc["inference_s"]),
+                         frames=int(doc["frames"]), gts=[GroundTruthPart(**g) for g in doc["gts"]])
+        pos = 0
+        for part in doc["detections"]:
+            frames = []
+            for frame in part:
+                ds = []
+                for bbox, cls, conf, smean, smax, area, scores, shape in frame:
+                    n = int(np.prod(shape))
+                    mask = flat[pos:pos + n].reshape(shape)
+                    pos += n
+                    ds.append(Detection(BBox(*bbox), mask, cls, conf, smean, smax, area, tuple(scores)))
+                frames.append(ds)
+            run.detections.append(frames)
+        return run
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        log.warning("ignoring unreadable detection cache %s (%s); recomputing", path, e)
+        return None
 
 
 def score_offline(run: OfflineRun, tracking: TrackingSettings, *, frame_ms: float = 100.0,

@@ -112,3 +112,54 @@ def test_verdict_check_finds_missing_and_double_verdicts():
     assert out["parts_with_verdict"] == 1 and out["missing"] == ["q"] and out["more_than_one_verdict"] == []
     out = verdict_check(gts, [{"part_id": "p", "event_id": "a"}, {"part_id": "p", "event_id": "b"}])
     assert out["more_than_one_verdict"] == ["p"]
+
+
+def _offline_run():
+    import numpy as np
+
+    from models.types import BBox, Detection
+    from streams.sim.scoring import OfflineRun
+
+    gt = GroundTruthPart(camera_id="offline", line_id="offline", part_id="part-1", seed=1, family="f", frames=2,
+                         frame_seqs=[0, 100], capture_ts=[0, 100], speed_px_per_frame=3.0,
+                         defects=[{"defect_id": "d", "defect_class": "scratch", "boxes": {"0": [1, 2, 5, 6]}}],
+                         nuisance_boxes={"1": [[0, 0, 2, 2]]})
+    mask = np.zeros((4, 4), bool)
+    mask[1:3, 0:2] = True
+    det = Detection(BBox(1, 2, 5, 6), mask, "scratch", 0.9, 3.5, 7.0, 4, (0.9, 0.1))
+    return OfflineRun(gts=[gt], detections=[[[det], []]], model_version="v-abc", inference_s=0.5, frames=2)
+
+
+def test_offline_cache_round_trips_without_pickle(tmp_path):
+    import numpy as np
+
+    from streams.sim.scoring import load_offline_run, save_offline_run
+
+    run, key = _offline_run(), (1, 1000, 6, (256, 512), 0.5, "ckpt")
+    path = tmp_path / "cache.npz"
+    save_offline_run(run, key, path)
+    got = load_offline_run(path, key)
+    assert got is not None and got.gts == run.gts and got.model_version == "v-abc" and got.frames == 2
+    d0, e0 = got.detections[0][0][0], run.detections[0][0][0]
+    assert d0._replace(mask=None) == e0._replace(mask=None) and np.array_equal(d0.mask, e0.mask)
+    assert got.detections[0][1] == []
+    assert load_offline_run(path, key[:-1] + ("other",)) is None  # another checkpoint: recompute
+
+
+def test_offline_cache_never_unpickles(tmp_path):
+    """A pickle planted as the cache file is refused as unreadable; its payload never runs."""
+    import os
+    import pickle
+
+    from streams.sim.scoring import load_offline_run
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    path = tmp_path / "cache.npz"
+    path.write_bytes(pickle.dumps({"key": (1,), "run": Payload()}))
+    assert load_offline_run(path, (1,)) is None
+    assert not marker.exists()
