@@ -76,7 +76,7 @@ def partition_caught_up(consumer: Any, pipeline: InspectPipeline, partition: int
 
 class BrokerWatch:
     """Since when the worker has seen each of its frames partitions through a broker that answers,
-    without a break (epoch ms by the pipeline's clock).
+    without a break (ms on the pipeline's monotonic clock, so a wall-clock step is no outage or answer).
 
     While the broker is down the cameras cannot publish, so their silence says nothing about their
     parts: an outage clears every partition, and a part's inactivity is counted again only from
@@ -225,7 +225,7 @@ def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline
 
     @app.timer(interval=settings.tracking.timeout_check_s)
     async def find_idle_parts() -> None:
-        now = pipeline.now_ms()  # the pipeline's clock, which stamps the parts' last-touched times
+        now = pipeline.mono_ms()  # the monotonic clock that stamps the parts' last-touched times
         if not await probe_frames_partitions(app.consumer, pipeline, watch, now,
                                              timeout_s=max(1.0, settings.tracking.timeout_check_s)):
             return  # the broker does not answer: cameras cannot publish either, nothing is idle
@@ -234,7 +234,8 @@ def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline
             p = pipeline.camera_partition(camera_id)
             return None if p is None else watch.since.get(p)
 
-        for op in table.idle_parts(now, settings.tracking.part_timeout_s, caught_up, observed_since):
+        for op in table.idle_parts(now, settings.tracking.part_timeout_s, caught_up, observed_since,
+                                   epoch=pipeline.clock_epoch):
             key = (op.camera_id, op.part_id, op.last_seq)
             if key in requested:
                 continue

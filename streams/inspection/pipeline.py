@@ -40,7 +40,7 @@ import numpy as np
 
 from models.types import Detection
 from schemas.events import DeadLetter, FrameEvent
-from streams.clock import Clock, wall_clock
+from streams.clock import MONOTONIC_EPOCH, Clock, monotonic_clock, wall_clock
 from streams.inspection.cameras import CameraRegistry
 from streams.inspection.inference import InferenceRunner
 from streams.inspection.intake import (
@@ -106,15 +106,19 @@ def _decode_images(frames: Sequence[FrameEvent]) -> list[np.ndarray | Rejected]:
 class InspectPipeline:
     """One micro-batch of `frames` records in, outputs sent and tracker state saved.
 
-    `clock` (default: the wall clock) stamps the capture-time window, dead letters and the
-    tracker's last-touched times; the part-timeout timer reads the same clock.
+    `clock` (default: the wall clock) stamps the capture-time window and dead letters;
+    `monotonic` (default: `time.monotonic`, its origin named `clock_epoch`) stamps the tracker's
+    last-touched times, which the part-timeout timer compares with the same monotonic clock, so a
+    wall-clock step never cuts a part short or holds it open.
     """
 
     def __init__(self, settings: Settings, runner: InferenceRunner, registry: CameraRegistry, store: StateStore,
                  emitter: Emitter, *, frames_topic: str | None = None, metrics: WorkerMetrics | None = None,
-                 clock: Clock = wall_clock):
+                 clock: Clock = wall_clock, monotonic: Clock = monotonic_clock, clock_epoch: str = MONOTONIC_EPOCH):
         self.settings = settings
         self.clock = clock
+        self.monotonic = monotonic
+        self.clock_epoch = clock_epoch
         self.metrics = metrics or WorkerMetrics()
         self.runner = runner
         self.registry = registry
@@ -141,6 +145,10 @@ class InspectPipeline:
     def now_ms(self) -> int:
         """The pipeline's clock in epoch milliseconds."""
         return int(self.clock() * 1000)
+
+    def mono_ms(self) -> int:
+        """The pipeline's monotonic clock in milliseconds (comparable only within `clock_epoch`)."""
+        return int(self.monotonic() * 1000)
 
     def _dead(self, msg: SourceRecord, rej: Rejected) -> OutRecord:
         self.deadletters[rej.error_class] += 1
@@ -332,7 +340,7 @@ class InspectPipeline:
         if ok:
             self.metrics.batch_seconds.labels(stage="inference").observe(time.perf_counter() - started)
         # track
-        now = self.now_ms()
+        now = self.mono_ms()  # the parts' last-touched stamps: idleness is a duration
         outcomes: list[PartOutcome] = []
         for (ev, meta, _img), dets, version in zip(ok, detections, versions):
             if isinstance(dets, Exception):
@@ -346,6 +354,7 @@ class InspectPipeline:
             outcomes += states[meta.camera_id].observe(
                 self.tracker, meta, dets, model_version=version, run_id=self.settings.run_id,
                 plant=self.settings.plant, policy=self.registry.policy(meta.camera_id), now_ms=now,
+                epoch=self.clock_epoch,
             )
         # emit, then persist the state; the caller acks afterwards
         records.extend(self._outputs(outcomes))

@@ -77,7 +77,8 @@ class TrackingTable:
             self.table[state.camera_id.encode()] = state.to_dict()
 
     def idle_parts(self, now_ms: int, timeout_s: float, caught_up: Callable[[str], bool] | None = None,
-                   observed_since: Callable[[str], int | None] | None = None) -> list[OpenPart]:
+                   observed_since: Callable[[str], int | None] | None = None,
+                   epoch: str | None = None) -> list[OpenPart]:
         """Open parts (in the locally held partitions) with no frame for `timeout_s`.
 
         `caught_up(camera_id)`: whether every frame of the camera's partition has been processed;
@@ -85,13 +86,15 @@ class TrackingTable:
         backlog). `observed_since(camera_id)`: since when (ms) the worker has seen the camera's
         partition through a broker that answers, without a break (None: not now); a part is idle
         only after `timeout_s` of that too, so a broker outage, during which cameras cannot publish,
-        never counts as the camera's silence. None: no such gates."""
-        return idle_parts(self.table.items(), now_ms, timeout_s, caught_up, observed_since)
+        never counts as the camera's silence. None: no such gates. `now_ms` and `observed_since` are
+        monotonic readings on the clock named `epoch` (see `CameraState.idle_part`)."""
+        return idle_parts(self.table.items(), now_ms, timeout_s, caught_up, observed_since, epoch)
 
 
 def idle_parts(items: Iterable[tuple[Any, Any]], now_ms: int, timeout_s: float,
                caught_up: Callable[[str], bool] | None = None,
-               observed_since: Callable[[str], int | None] | None = None) -> list[OpenPart]:
+               observed_since: Callable[[str], int | None] | None = None,
+               epoch: str | None = None) -> list[OpenPart]:
     """The idle open parts among table `items` (key, CameraState dict); see `TrackingTable.idle_parts`."""
     out = []
     for _key, raw in list(items):
@@ -104,7 +107,7 @@ def idle_parts(items: Iterable[tuple[Any, Any]], now_ms: int, timeout_s: float,
             since = observed_since(state.camera_id)
             if since is None or now_ms - since < timeout_s * 1000:
                 continue
-        if state.idle_part(now_ms, timeout_s) is not None:
+        if state.idle_part(now_ms, timeout_s, epoch) is not None:
             p = state.part
             out.append(OpenPart(state.camera_id, p.part_id, p.seqs[-1], p.touched_ms))
     return out

@@ -254,7 +254,11 @@ class PartState:
     next_track_id: int = 0
     last_shift: tuple[float, float] | None = None
     policy: PartPolicy = field(default_factory=PartPolicy)
-    touched_ms: int = 0  # wall clock of the last frame (for the inactivity timeout)
+    # monotonic ms of the last frame (the inactivity timeout), on the clock named `touched_epoch`:
+    # a wall-clock step must not make a part look idle (or busy); a stamp of another process's
+    # clock (a restart, a rebalance) is not compared, see `CameraState.idle_part`
+    touched_ms: int = 0
+    touched_epoch: str = ""
 
     @property
     def frames(self) -> int:
@@ -286,6 +290,7 @@ class PartState:
             "last_shift": list(self.last_shift) if self.last_shift is not None else None,
             "policy": {k: v for k, v in self.policy._asdict().items() if v is not None},
             "touched_ms": self.touched_ms,
+            "touched_epoch": self.touched_epoch,
         }
 
     @classmethod
@@ -309,6 +314,7 @@ class PartState:
             last_shift=(float(ls[0]), float(ls[1])) if ls is not None else None,
             policy=PartPolicy(**pol),
             touched_ms=int(d.get("touched_ms", 0)),
+            touched_epoch=str(d.get("touched_epoch", "")),
         )
 
 
@@ -361,8 +367,9 @@ class PartTracker:
         return roi[0] <= cx < roi[2] and roi[1] <= cy < roi[3]
 
     # -- one frame ---------------------------------------------------------------------------
-    def observe(self, part: PartState, meta: FrameMeta, detections: Sequence[Detection], now_ms: int = 0) -> None:
-        """Add one frame's detections to the part (mutates `part`)."""
+    def observe(self, part: PartState, meta: FrameMeta, detections: Sequence[Detection], now_ms: int = 0,
+                epoch: str = "") -> None:
+        """Add one frame's detections to the part (mutates `part`); `now_ms`: the monotonic clock named `epoch`."""
         min_conf = part.policy.min_confidence if part.policy.min_confidence is not None else self.s.min_confidence
         dets = [
             d for d in merge_adjacent(detections, self.s.merge_gap_px)
@@ -379,6 +386,7 @@ class PartTracker:
         part.seqs.append(meta.frame_seq)
         part.ts.append(meta.capture_ts)
         part.touched_ms = now_ms
+        part.touched_epoch = epoch
         frame = part.frames - 1
         pos = part.pos
         here = pos[frame]
@@ -632,6 +640,7 @@ class CameraState:
         plant: PlantSettings,
         policy: PartPolicy | None = None,
         now_ms: int = 0,
+        epoch: str = "",
     ) -> list[PartOutcome]:
         """Feed an admitted frame; returns the parts it closed (NEXT_PART before, LAST_FRAME or
         MAX_FRAMES after: a part closes when it reaches `max_frames_per_part`).
@@ -651,7 +660,7 @@ class CameraState:
                 model_version=model_version,
                 policy=pol,
             )
-        tracker.observe(self.part, meta, detections, now_ms=now_ms)
+        tracker.observe(self.part, meta, detections, now_ms=now_ms, epoch=epoch)
         if meta.last_frame:
             outcomes.append(self._close(tracker, CLOSE_LAST_FRAME, run_id, plant))
         elif self.part.frames >= tracker.s.max_frames_per_part:
@@ -660,11 +669,21 @@ class CameraState:
             outcomes.append(self._close(tracker, CLOSE_MAX_FRAMES, run_id, plant))
         return outcomes
 
-    def idle_part(self, now_ms: int, timeout_s: float) -> str | None:
+    def idle_part(self, now_ms: int, timeout_s: float, epoch: str | None = None) -> str | None:
         """The open part's id when it has had no frame for `timeout_s` (shorter once it has
-        reached the camera's frames-per-part hint), else None."""
+        reached the camera's frames-per-part hint), else None.
+
+        `now_ms` is a monotonic reading on the clock named `epoch`. A part last touched on another
+        clock (stamped by a previous process, or before stamps had an epoch) had no frame here at
+        all, so its silence is as long as this process has watched: it counts as idle, and the
+        caller's observation gate (`streams.tracking.table.idle_parts`, `observed_since`: the
+        partition watched through a broker that answers for `timeout_s`) bounds it. `epoch` None
+        compares the stamps as they are.
+        """
         if self.part is None:
             return None
+        if epoch is not None and self.part.touched_epoch != epoch:
+            return self.part.part_id
         limit = timeout_s
         hint = self.part.policy.frames_per_part
         if hint and self.part.frames >= hint:

@@ -125,7 +125,18 @@ def test_the_pipeline_reads_its_injected_clock():
     asyncio.run(pipe.process([event(b"garbage", offset=0), event(frame_value(part="A", seq=0), offset=1)]))
     assert pipe.now_ms() == 1_790_000_000_500
     assert pipe.emitter.sent[0].event.failed_at == 1_790_000_000_500  # the dead letter's stamp
-    assert store.data["cam-1"]["part"]["touched_ms"] == 1_790_000_000_500  # what the part-timeout timer compares
+    assert store.data["cam-1"]["part"]["touched_ms"] != 1_790_000_000_500  # idleness is timed on the monotonic clock
+
+
+def test_the_parts_last_touched_stamp_is_the_injected_monotonic_clock():
+    from streams.clock import FakeClock
+
+    fc = FakeClock(wall=1_790_000_000.5, mono=42.25, epoch="test-epoch")
+    pipe, store = make(clock=fc, monotonic=fc.monotonic, clock_epoch=fc.epoch)
+    asyncio.run(pipe.process([event(frame_value(part="A", seq=0))]))
+    part = store.data["cam-1"]["part"]
+    assert (part["touched_ms"], part["touched_epoch"]) == (42_250, "test-epoch")  # what the part-timeout timer compares
+    assert pipe.now_ms() == 1_790_000_000_500 and pipe.mono_ms() == 42_250
 
 
 def test_metrics_count_frames_dead_letters_by_reason_parts_and_batch_latency():

@@ -359,3 +359,45 @@ def test_partition_is_caught_up_only_when_every_frame_up_to_the_high_watermark_i
     assert not partition_caught_up(FakeConsumer(hw=50, committed=40), pipe, 1)
     pipe.processed_next[1] = 50
     assert partition_caught_up(FakeConsumer(hw=50, committed=40), pipe, 1)
+
+
+# ----------------------------------------------------------------------- issue 17 #8: idleness on a monotonic clock
+
+
+def test_a_wall_clock_step_neither_cuts_a_part_short_nor_holds_it_open():
+    """NTP (or an operator) steps the worker's wall clock an hour forward, then back: the part's
+    idleness is measured on the monotonic clock, so it times out exactly `part_timeout_s` after
+    its last frame, not at once (forward step) and not an hour late (backward step)."""
+    from streams.clock import FakeClock
+
+    fc = FakeClock(wall=NOW / 1000, mono=5_000.0, epoch="this-process")
+    settings = Settings(plant=PlantSettings(timezone="UTC"))
+    runner = InferenceRunner(ModelSettings(device="cpu"), inspector=FakeInspector())
+    store = MemoryStore()
+    pipe = InspectPipeline(settings, runner, CameraRegistry(), store, ListEmitter(),
+                           clock=fc, monotonic=fc.monotonic, clock_epoch=fc.epoch)
+    asyncio.run(pipe.process([event(value(frame(part="p1", seq=0)), offset=0)]))
+    watched_since = pipe.mono_ms() - 600_000  # the broker has answered for ten minutes
+
+    def idle():
+        return [p.part_id for p in idle_parts(store.data.items(), pipe.mono_ms(), 30.0, lambda cam: True,
+                                              lambda cam: watched_since, epoch=pipe.clock_epoch)]
+
+    fc.step(3_600)  # wall clock one hour ahead
+    fc.advance(5)
+    assert idle() == []  # 5 s of silence, not 3605 s
+    fc.step(-7_200)  # and one hour behind where it started
+    fc.advance(26)
+    assert idle() == ["p1"]  # 31 s of silence: timed out on time
+
+
+def test_a_part_stamped_on_another_process_clock_waits_for_this_process_to_watch():
+    """A restored part's stamp comes from a predecessor's monotonic clock (here far ahead of ours):
+    it is not compared; the part is idle once this process has watched its partition for the
+    timeout (`observed_since`) with no frame of it."""
+    foreign = _table_with_open_part(touched_ms=NOW + 10**9)
+    foreign[0][1]["part"]["touched_epoch"] = "predecessor"
+    up = lambda cam: True  # noqa: E731
+    assert idle_parts(foreign, NOW, 30.0, up, observed_since=lambda cam: NOW - 10_000, epoch="this-process") == []
+    assert [p.part_id for p in idle_parts(foreign, NOW, 30.0, up, observed_since=lambda cam: NOW - 30_000,
+                                          epoch="this-process")] == ["p1"]
