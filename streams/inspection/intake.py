@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
+import struct
 import time
 from typing import NamedTuple
 
@@ -167,9 +169,123 @@ def decode_frame(value: bytes | None, key: bytes | None, codec: AvroCodec, limit
     return ev
 
 
-def decode_image(ev: FrameEvent) -> np.ndarray | Rejected:
-    """The frame's pixels as uint8 (H, W) grey or (H, W, 3); checks they match the header."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Baseline, extended and progressive Huffman JPEG (SOF0-2): what cameras send. Lossless, hierarchical
+# and arithmetic-coded frames (SOF3, SOF5-7, SOF9-11, SOF13-15) are refused, not decoded.
+_JPEG_SOF_ACCEPTED = {0xC0, 0xC1, 0xC2}
+_JPEG_SOF_ALL = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # C4 DHT, C8 JPG, CC DAC are not frames
+JPEG_MAX_SCANS = 100  # a progressive JPEG has ~10; each scan re-reads the whole coefficient buffer
+_JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # the first marker after entropy-coded data
+
+
+def image_size(data: bytes, encoding: str) -> tuple[int, int] | str:
+    """(width, height) of an encoded PNG or JPEG image, read from its own headers without decoding.
+
+    Returns why the bytes are refused instead: not the format `encoding` names (a TIFF, WebP, BMP,
+    … that OpenCV would sniff and decode whatever the header says), a second IHDR or an animated
+    PNG, a JPEG with no frame header, several frame headers of different sizes, an unsupported JPEG
+    process, a height left to a DNL marker, or more than `JPEG_MAX_SCANS` scans. Every frame header
+    the file holds is read (all chunks of a PNG, all markers of a JPEG, past its scans), so a
+    decoder never meets a size this did not see. Linear in len(data); never raises.
+    """
     try:
+        if encoding == "PNG":
+            return _png_size(data)
+        if encoding == "JPEG":
+            return _jpeg_size(data)
+    except (IndexError, struct.error) as exc:  # truncated header
+        return f"{encoding} header truncated ({exc})"
+    return f"no header parser for encoding {encoding!r}"
+
+
+def _png_size(data: bytes) -> tuple[int, int] | str:
+    if not data.startswith(PNG_SIGNATURE):
+        return "not a PNG (no PNG signature)"
+    pos, size = len(PNG_SIGNATURE), None
+    while pos + 8 <= len(data):
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        if ctype == b"IHDR":
+            if size is not None:
+                return "PNG has a second IHDR chunk"
+            if pos != len(PNG_SIGNATURE) or length != 13:
+                return "PNG IHDR is not the first chunk or not 13 bytes"
+            size = struct.unpack_from(">II", data, pos + 8)
+        elif size is None:
+            return "PNG does not start with IHDR"
+        elif ctype in (b"acTL", b"fcTL", b"fdAT"):
+            return "animated PNG (APNG) is not accepted"
+        elif ctype == b"IEND":
+            break
+        pos += 12 + length
+    if size is None:
+        return "PNG has no IHDR chunk"
+    return size
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | str:
+    if not data.startswith(b"\xff\xd8"):
+        return "not a JPEG (no SOI marker)"
+    pos, sizes, scans = 2, set(), 0
+    n = len(data)
+    while pos < n:
+        if data[pos] != 0xFF:
+            return f"JPEG marker expected at byte {pos}"
+        while pos < n and data[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= n:
+            break
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:  # EOI
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # RSTn, TEM: no length
+            continue
+        if marker == 0xD8:
+            return "JPEG has a second SOI marker outside a segment"
+        (length,) = struct.unpack_from(">H", data, pos)
+        if length < 2:
+            return f"JPEG segment of length {length}"
+        if marker in _JPEG_SOF_ALL:
+            if marker not in _JPEG_SOF_ACCEPTED:
+                return f"JPEG process SOF{marker - 0xC0} is not accepted (baseline, extended, progressive only)"
+            precision, h, w = struct.unpack_from(">BHH", data, pos + 2)
+            if precision != 8:
+                return f"JPEG sample precision {precision} bits is not accepted"
+            if h == 0:
+                return "JPEG height is defined by a DNL marker (not accepted)"
+            sizes.add((w, h))
+        pos += length
+        if marker == 0xDA:  # SOS: skip the entropy-coded data to the next marker
+            scans += 1
+            if scans > JPEG_MAX_SCANS:
+                return f"JPEG has more than {JPEG_MAX_SCANS} scans"
+            m = _JPEG_SCAN_END.search(data, pos)
+            pos = m.start() if m else n
+    if not sizes:
+        return "JPEG has no frame header (SOF)"
+    if len(sizes) > 1:
+        return f"JPEG has frame headers of different sizes {sorted(sizes)}"
+    return sizes.pop()
+
+
+def decode_image(ev: FrameEvent) -> np.ndarray | Rejected:
+    """The frame's pixels as uint8 (H, W) grey or (H, W, 3); checks they match the header.
+
+    Decompression bombs: a PNG or JPEG is decoded only after its own headers (`image_size`, every
+    IHDR/SOF it holds) say it has exactly the header's width x height, which `decode_frame` bounded
+    by `max_pixels`; so what the decoder allocates is known before it runs, and a small file that
+    claims a huge image is refused in microseconds. The bytes must also be the format `encoding`
+    names: OpenCV sniffs the format from the content, so a TIFF, WebP, BMP, … sent as "PNG" would
+    otherwise reach a decoder this never checked.
+    """
+    try:
+        if ev.encoding != "RAW":
+            size = image_size(ev.image, ev.encoding)
+            if isinstance(size, str):
+                return Rejected("bad_image", size, ev.camera_id)
+            if size != (ev.width, ev.height):
+                return Rejected("bad_image", f"{ev.encoding} headers say {size[0]}x{size[1]}, frame header says "
+                                             f"{ev.width}x{ev.height}; not decoded", ev.camera_id)
         if ev.encoding == "RAW":
             want = ev.width * ev.height * ev.channels
             if len(ev.image) != want:

@@ -122,3 +122,145 @@ def test_camera_registry_applies_and_removes():
     assert not reg.apply(b"cam-9", json.dumps({"min_confidence": 7}).encode())
     assert reg.get("cam-9").line_id == "l9"  # bad records leave the last good config
     assert reg.apply(b"cam-9", None) and reg.get("cam-9") is None
+
+
+# ----------------------------------------------------------------------- decompression bombs (issue 17, #9)
+def _chunk(ctype: bytes, body: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF)
+
+
+def png_bomb(w: int, h: int) -> bytes:
+    """A 1-bit PNG that inflates to w x h pixels (~100 KiB for 28000 x 28000, 784 MB decoded)."""
+    import struct
+    import zlib
+
+    row = b"\x00" * (1 + (w + 7) // 8)
+    comp = zlib.compressobj(9)
+    data = b"".join(comp.compress(row) for _ in range(h)) + comp.flush()
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+            + _chunk(b"IDAT", data) + _chunk(b"IEND", b""))
+
+
+def jpeg_with_size(w: int, h: int, jpeg: bytes | None = None) -> bytes:
+    """A real 32x64 JPEG whose SOF0 is edited to claim w x h (a 600-byte file, gigabytes decoded)."""
+    import struct
+
+    jpeg = jpeg or cv2.imencode(".jpg", np.full((32, 64), 128, np.uint8))[1].tobytes()
+    i = jpeg.index(b"\xff\xc0")
+    return jpeg[:i + 5] + struct.pack(">HH", h, w) + jpeg[i + 9:]
+
+
+@pytest.fixture
+def no_decoder(monkeypatch):
+    """The calls that reached OpenCV's decoder (each also raises, as a decoder running out of memory would)."""
+    import streams.inspection.intake as intake
+
+    calls = []
+
+    def refuse(*a, **k):
+        calls.append(a)
+        raise MemoryError("cv2.imdecode was called on bytes the headers should have refused")
+
+    monkeypatch.setattr(intake.cv2, "imdecode", refuse)
+    yield calls
+    assert calls == [], "bytes reached cv2.imdecode"
+
+
+@pytest.mark.parametrize("encoding, image", [
+    ("PNG", png_bomb(28000, 28000)),
+    ("JPEG", jpeg_with_size(30000, 30000)),
+    ("JPEG", jpeg_with_size(64, 33)),  # one row more than the header: refused, not decoded
+])
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(no_decoder, encoding, image):
+    """Header 64x32 (inside max_pixels), image bytes that inflate to far more: refused from the
+    image's own headers, before any decoder allocates."""
+    out = decode_image(frame(encoding=encoding, image=image))
+    assert isinstance(out, Rejected) and out.error_class == "bad_image" and "not decoded" in out.reason
+
+
+def _other_formats():
+    img = np.full((32, 64), 128, np.uint8)
+    out = []
+    for ext in (".tiff", ".webp", ".bmp", ".pgm", ".pbm", ".ppm", ".jp2", ".sr", ".ras", ".hdr", ".exr", ".pfm",
+                ".avif", ".gif"):
+        try:
+            ok, buf = cv2.imencode(ext, img if ext not in (".hdr", ".exr", ".pfm") else img.astype(np.float32))
+        except cv2.error:
+            continue
+        if ok:
+            out.append(pytest.param(buf.tobytes(), id=ext))
+    return out
+
+
+@pytest.mark.parametrize("encoding", ["PNG", "JPEG"])
+@pytest.mark.parametrize("image", _other_formats())
+def test_formats_the_product_does_not_accept_never_reach_a_decoder(no_decoder, encoding, image):
+    """OpenCV sniffs the format from the bytes: a TIFF or WebP (any size it likes) sent as PNG/JPEG
+    would be decoded by a decoder no size check saw. Only the format `encoding` names is decoded."""
+    out = decode_image(frame(encoding=encoding, image=image))
+    assert isinstance(out, Rejected) and out.error_class == "bad_image"
+
+
+def _apng() -> bytes:
+    png = cv2.imencode(".png", np.full((32, 64), 128, np.uint8))[1].tobytes()
+    i = png.index(b"IDAT") - 4
+    return png[:i] + _chunk(b"acTL", bytes(8)) + png[i:]
+
+
+def _second_ihdr() -> bytes:
+    import struct
+
+    png = cv2.imencode(".png", np.full((32, 64), 128, np.uint8))[1].tobytes()
+    i = png.index(b"IDAT") - 4
+    return png[:i] + _chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 32, 8, 0, 0, 0, 0)) + png[i:]
+
+
+def _jpeg_two_sofs() -> bytes:
+    jpeg = cv2.imencode(".jpg", np.full((32, 64), 128, np.uint8))[1].tobytes()
+    i = jpeg.index(b"\xff\xc0")
+    j = jpeg.index(b"\xff", i + 2)
+    sof = jpeg[i:j]
+    return jpeg[:j] + jpeg_with_size(9000, 9000, sof + b"")[:len(sof)] + jpeg[j:]
+
+
+def _jpeg_sof(marker: int) -> bytes:
+    jpeg = cv2.imencode(".jpg", np.full((32, 64), 128, np.uint8))[1].tobytes()
+    i = jpeg.index(b"\xff\xc0")
+    return jpeg[:i + 1] + bytes([marker]) + jpeg[i + 2:]
+
+
+def _jpeg_many_scans() -> bytes:
+    jpeg = cv2.imencode(".jpg", np.full((32, 64), 128, np.uint8))[1].tobytes()
+    i = jpeg.index(b"\xff\xda")
+    body = jpeg[i:-2]
+    return jpeg[:i] + body * 101 + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("encoding, image, says", [
+    ("PNG", _apng(), "animated"),
+    ("PNG", _second_ihdr(), "second IHDR"),
+    ("JPEG", _jpeg_two_sofs(), "different sizes"),
+    ("JPEG", _jpeg_sof(0xC3), "SOF3"),  # lossless
+    ("JPEG", _jpeg_sof(0xC9), "SOF9"),  # arithmetic coding
+    ("JPEG", _jpeg_many_scans(), "scans"),
+    ("JPEG", jpeg_with_size(64, 0), "DNL"),
+    ("PNG", b"\x89PNG\r\n\x1a\n\x00\x00", "IHDR"),
+    ("PNG", b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00", "truncated"),
+])
+def test_every_frame_header_in_the_file_is_checked(no_decoder, encoding, image, says):
+    out = decode_image(frame(encoding=encoding, image=image))
+    assert isinstance(out, Rejected) and out.error_class == "bad_image" and says in out.reason
+
+
+@pytest.mark.parametrize("encoding, image", [
+    ("JPEG", cv2.imencode(".jpg", np.full((32, 64), 128, np.uint8))[1].tobytes()),
+    ("JPEG", cv2.imencode(".jpg", np.full((32, 64), 128, np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()),
+    ("PNG", cv2.imencode(".png", np.full((32, 64, 3), 128, np.uint8))[1].tobytes()),
+    ("PNG", cv2.imencode(".png", np.full((32, 64), 128, np.uint16))[1].tobytes()),  # 16-bit grey
+])
+def test_ordinary_camera_images_still_decode(encoding, image):
+    out = decode_image(frame(encoding=encoding, image=image))
+    assert isinstance(out, np.ndarray) and out.shape[:2] == (32, 64)
