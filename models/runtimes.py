@@ -9,22 +9,32 @@ moved severities by up to 0.4 units here and fails the parity check.
 
 Exports (`ensure_export`):
 - live beside the checkpoint as `<stem>.<content hash[:12]>.onnx` (e.g. `detector_fast.1ba15bf7161b.onnx`),
-  so a retrained checkpoint never meets an old export; the full content hash and the export
-  format are recorded in the ONNX metadata and checked at load (rebuilt when stale, missing or
-  unreadable); written atomically (temp file + rename); when the checkpoint directory is not
-  writable, the export goes to a cache directory (`default_cache_dir`, or the caller's) with a
-  log line saying so;
+  so a retrained checkpoint never meets an old export; written atomically (temp file + rename); when
+  the checkpoint directory is not writable, the export goes to a cache directory
+  (`default_cache_dir`, or the caller's) with a log line saying so;
+- are tied to their checkpoint and to their own bytes by an export record written beside them at
+  export time, outside the ONNX file (`<export>.json`: the checkpoint's full content hash, the
+  export format and the SHA-256 of the ONNX file). At load the file's SHA-256 must equal the
+  record's and the record's content hash the checkpoint's (which `models.registry` verifies);
+  the runtime is then built from exactly the bytes that were hashed. An export that fails (edited
+  on disk, cut short, no record, another checkpoint's) is refused — never loaded — with a
+  warning, set aside as `<export>.refused` and re-exported from the checkpoint. Nothing inside an
+  ONNX file (its metadata included) is trusted;
 - dynamic batch, height and width (every network here is fully convolutional or ends in global
   pooling); fp32 throughout; ONNX opset `OPSET`, made with PyTorch's TorchScript-based exporter
   (`dynamo=False`: it exports these plain CNNs in well under a second with no extra package, while
   the torch.export-based exporter needs onnxscript and takes 10-30x longer per network here;
   both gave the same outputs within 1e-5 on these networks);
-- carry one golden input (`defectstream.golden`, a deterministic synthetic frame prepared as the
-  Inspector prepares frames).
+- carry no golden input: the golden input is the checkpoint's side (`Network.golden`, a
+  deterministic synthetic frame the Inspector prepares as it prepares frames), so an edited file
+  cannot choose the input it is checked on.
 
 Parity is checked, never assumed: an `OrtRunner`/`OvRunner` is only built after its output on the
 golden input matched the PyTorch module's output within `PARITY_ATOL` + `PARITY_RTOL` x |torch|;
-otherwise `RuntimeParityError` (a `CheckpointError`) refuses the runtime.
+otherwise `RuntimeParityError` (a `CheckpointError`) refuses the runtime. The export record guards
+against an ONNX file changed on its own; whoever can rewrite both the file and its record can also
+replace the checkpoint directory's files, which is why that directory must be writable by the
+model's owner only.
 
 Two more runtime names are resolved by `models.loading.load_inspector`, not here:
 - `auto` (the worker's default): torch on CUDA; on CPU ONNX Runtime (OpenVINO, when installed, only
@@ -37,8 +47,9 @@ Two more runtime names are resolved by `models.loading.load_inspector`, not here
 """
 from __future__ import annotations
 
-import base64
+import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -67,7 +78,8 @@ RUNTIMES = ("torch", "onnxruntime", "openvino", INT8)  # what a runner can be bu
 RUNTIME_CHOICES = (AUTO, *RUNTIMES)  # what a setting / --runtime may say (`auto` resolved by models.loading)
 INT8_FORMAT = "1"  # bump when the quantisation recipe changes: old int8 files are rebuilt
 OPSET = 17
-EXPORT_FORMAT = "1"  # bump when what an export holds changes (wrapper outputs, metadata): old files are rebuilt
+EXPORT_FORMAT = "2"  # bump when what an export holds changes (wrapper outputs, metadata): old files are rebuilt
+RECORD_FORMAT = "defectstream-onnx-export-record/1"  # the `<export>.json` written beside every export
 PARITY_ATOL = 1e-3  # largest allowed |onnx - torch| on the golden input (+ PARITY_RTOL x |torch|)
 PARITY_RTOL = 1e-3
 _META = "defectstream."
@@ -222,16 +234,6 @@ def export_name(checkpoint: Path, content_hash: str) -> str:
     return f"{checkpoint.stem}.{content_hash[:12]}.onnx"
 
 
-def _encode(arr: np.ndarray) -> str:
-    buf = io.BytesIO()
-    np.save(buf, arr.astype(np.float32), allow_pickle=False)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _decode(text: str) -> np.ndarray:
-    return np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False)
-
-
 def _export_bytes(net: Network) -> bytes:
     """The network as ONNX bytes (fp32, dynamic N/H/W) with the metadata that identifies it."""
     import onnx
@@ -246,9 +248,9 @@ def _export_bytes(net: Network) -> bytes:
                           output_names=["output"], do_constant_folding=True,
                           dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch"}})
     model = onnx.load_from_string(buf.getvalue())
+    # descriptive only: what is trusted at load is the export record beside the file (`_check_export`)
     meta = {"content_hash": net.content_hash, "export_format": EXPORT_FORMAT, "checkpoint": net.checkpoint.name,
-            "torch": torch.__version__, "exporter": "torch.onnx TorchScript (dynamo=False)", "precision": "fp32",
-            "golden": _encode(net.golden)}
+            "torch": torch.__version__, "exporter": "torch.onnx TorchScript (dynamo=False)", "precision": "fp32"}
     for k, v in meta.items():
         p = model.metadata_props.add()
         p.key, p.value = _META + k, v
@@ -274,41 +276,105 @@ def _remove_stale(directory: Path, checkpoint: Path, keep: str) -> None:
         if p.name != keep and pat.match(p.name):
             try:
                 p.unlink()
+                record_path(p).unlink(missing_ok=True)
             except OSError:
                 pass
 
 
-def _metadata(path: Path) -> dict[str, str] | None:
-    """The defectstream metadata of an ONNX file (without its weights), or None when unreadable."""
+def record_path(export: Path) -> Path:
+    """The export record of an ONNX file: `<export>.json` beside it."""
+    return export.with_name(export.name + ".json")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_export(path: Path, data: bytes, record: dict[str, str]) -> None:
+    """Write the ONNX bytes, then their record (content hash, format, SHA-256 of exactly these bytes).
+
+    The record goes last: a crash in between leaves an export without a record, which is refused
+    and rebuilt, never trusted."""
+    _write_atomic(path, data)
+    body = {"format": RECORD_FORMAT, "file": path.name, "sha256": _sha256(data), **record}
+    _write_atomic(record_path(path), (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _check_export(path: Path, want: dict[str, str]) -> tuple[bytes | None, str | None]:
+    """(the file's bytes, None) when `path` is an export whose record matches `want` (content hash,
+    formats, …) and whose SHA-256 is the one recorded; (None, why it is refused) when it exists but
+    fails; (None, None) when there is no file."""
+    if not path.is_file():
+        return None, None
     try:
-        import onnx
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror or exc})"
+    try:
+        rec = json.loads(record_path(path).read_text())
+    except FileNotFoundError:
+        return None, f"no export record ({record_path(path).name}) says which bytes were exported"
+    except (OSError, ValueError) as exc:
+        return None, f"unreadable export record {record_path(path).name} ({exc})"
+    if not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT or rec.get("file") != path.name:
+        return None, f"{record_path(path).name} is not the export record of {path.name}"
+    for k, v in want.items():
+        if rec.get(k) != v:
+            return None, f"recorded {k} {str(rec.get(k))[:16]!r}, expected {v[:16]!r}"
+    got = _sha256(data)
+    if got != rec.get("sha256"):
+        return None, (f"its SHA-256 {got[:16]}… is not the {str(rec.get('sha256'))[:16]}… recorded when it was "
+                      f"exported: the file changed on disk")
+    return data, None
 
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        return None
-    return {p.key[len(_META):]: p.value for p in model.metadata_props if p.key.startswith(_META)}
+
+def _refuse(path: Path, why: str, checkpoint: Path) -> None:
+    """Log why an export is not used and set it aside (`<export>.refused`) so it is never loaded;
+    the caller re-exports from the checkpoint."""
+    log.warning("refusing ONNX export %s: %s; re-exporting it from %s", path, why, checkpoint)
+    try:
+        os.replace(path, path.with_name(path.name + ".refused"))
+    except OSError:
+        pass  # a read-only directory: the new export goes to the cache, this one stays refused
 
 
-def _current(path: Path, content_hash: str) -> bool:
-    meta = _metadata(path) if path.is_file() else None
-    return bool(meta) and meta.get("content_hash") == content_hash and meta.get("export_format") == EXPORT_FORMAT
+def _export_record(net: Network) -> dict[str, str]:
+    return {"content_hash": net.content_hash, "export_format": EXPORT_FORMAT, "checkpoint": net.checkpoint.name}
+
+
+def verified_export_bytes(path: Path, net: Network, extra: dict[str, str] | None = None) -> bytes:
+    """The bytes of the export at `path` after its record was checked against `net` (see `_check_export`).
+
+    Raises:
+        RuntimeParityError: the file or its record does not match (it changed since it was checked).
+    """
+    data, why = _check_export(path, {**_export_record(net), **(extra or {})})
+    if data is None:
+        raise RuntimeParityError(f"ONNX export {path} refused: {why or 'missing'}; load again to re-export it")
+    return data
 
 
 def ensure_export(net: Network, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The current ONNX export of `net`: found beside the checkpoint (or in the cache), else written.
 
     Returns:
-        the export's path. A stale, unreadable or missing export is (re)built; the checkpoint
-        directory is tried first, then `cache_dir` (default `default_cache_dir()`).
+        the export's path, whose bytes match the SHA-256 in its export record and whose record
+        names this checkpoint content. A stale, unreadable, missing or changed export is refused
+        (logged, set aside as `.refused`) and rebuilt; the checkpoint directory is tried first,
+        then `cache_dir` (default `default_cache_dir()`).
     Raises:
         CheckpointError: neither directory is writable, or the export failed.
     """
     name = export_name(net.checkpoint, net.content_hash)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     candidates = [net.checkpoint.parent / name, cache / name]
+    want = _export_record(net)
     for p in candidates:
-        if _current(p, net.content_hash):
+        data, why = _check_export(p, want)
+        if data is not None:
             return p
+        if why is not None:
+            _refuse(p, why, net.checkpoint)
     try:
         data = _export_bytes(net)
     except Exception as exc:
@@ -317,7 +383,7 @@ def ensure_export(net: Network, cache_dir: str | os.PathLike[str] | None = None)
     for p in candidates:
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(p, data)
+            _write_export(p, data, want)
         except OSError as exc:
             errors.append(f"{p.parent}: {exc.strerror or exc}")
             log.warning("cannot write the ONNX export of %s in %s (%s); trying %s", net.checkpoint,
@@ -384,29 +450,32 @@ def ensure_int8_export(net: Network, calibration: list[np.ndarray] | None, calib
     name = int8_export_name(net.checkpoint, net.content_hash)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     candidates = list(dict.fromkeys([fp32.parent / name, net.checkpoint.parent / name, cache / name]))
+    want = {**_export_record(net), "int8_format": INT8_FORMAT, "calibration": calibration_id}
     for p in candidates:
-        meta = _metadata(p) if p.is_file() else None
-        if meta and meta.get("content_hash") == net.content_hash and meta.get("int8_format") == INT8_FORMAT \
-                and meta.get("calibration") == calibration_id:
+        data, why = _check_export(p, want)
+        if data is not None:
             return p
+        if why is not None:
+            _refuse(p, why, net.checkpoint)
     if not calibration:
         raise CheckpointError(f"no int8 export of {net.checkpoint} and no calibration inputs to make one")
     meta = {"content_hash": net.content_hash, "export_format": EXPORT_FORMAT, "int8_format": INT8_FORMAT,
             "checkpoint": net.checkpoint.name, "precision": "int8 (QDQ, per-channel weights, uint8 activations)",
-            "calibration": calibration_id, "calibration_inputs": str(len(calibration)), "golden": _encode(net.golden)}
+            "calibration": calibration_id, "calibration_inputs": str(len(calibration))}
     try:
         data = _quantize_bytes(fp32, calibration, meta)
     except Exception as exc:
         raise CheckpointError(f"could not quantise {fp32} to int8: {exc}") from exc
     for p in candidates:
         try:
-            _write_atomic(p, data)
+            _write_export(p, data, want)
         except OSError:
             continue
         log.info("quantised %s to int8 in %s (%d calibration inputs)", net.checkpoint, p, len(calibration))
         for old in p.parent.glob(net.checkpoint.stem + ".*.int8.onnx"):
             if old.name != name:
                 old.unlink(missing_ok=True)
+                record_path(old).unlink(missing_ok=True)
         return p
     raise CheckpointError(f"cannot write the int8 export of {net.checkpoint} in {fp32.parent} or {cache}")
 
@@ -437,7 +506,8 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def _session(path: Path, threads: int) -> Any:
+def _session(path: Path, threads: int, data: bytes | None = None) -> Any:
+    """An fp32 CPU session on `data` (the verified bytes of `path`; `path` itself when None)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - declared dependency
@@ -451,7 +521,7 @@ def _session(path: Path, threads: int) -> Any:
     # fp32 explicitly: no bf16 fast-math GEMMs (ARM) and no reduced-precision kernels
     so.add_session_config_entry("mlas.enable_gemm_fastmath_arm64_bfloat16", "0")
     try:
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(data if data is not None else str(path), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise RuntimeParityError(f"ONNX Runtime cannot load {path}: {exc} (delete it to re-export)") from exc
     types = [t.type for t in (*sess.get_inputs(), *sess.get_outputs())]
@@ -477,14 +547,10 @@ def _ov_compile(path: Path, threads: int) -> Any:
 _LABEL = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
 
-def _parity(net: Network, infer: Callable[[np.ndarray], np.ndarray], meta: dict[str, str], path: Path,
-            runtime: str) -> float:
-    """Largest |runtime - torch| on the golden input stored in the export; raises RuntimeParityError beyond tolerance."""
-    text = meta.get("golden")
-    if meta.get("content_hash") != net.content_hash or text is None:
-        raise RuntimeParityError(f"{path} does not carry the golden input and content hash of {net.checkpoint}; "
-                                 f"delete it to re-export")
-    golden = _decode(text)
+def _parity(net: Network, infer: Callable[[np.ndarray], np.ndarray], path: Path, runtime: str) -> float:
+    """Largest |runtime - torch| on the checkpoint's golden input (`net.golden`, never one the export
+    carries); raises RuntimeParityError beyond tolerance."""
+    golden = np.ascontiguousarray(net.golden, np.float32)
     with torch.inference_mode():
         ref = net.module.to("cpu").eval()(torch.from_numpy(golden)).float().numpy()
     got = infer(golden)
@@ -548,7 +614,8 @@ def build_runner(net: Network, runtime: str = "torch", device: str = "cpu",
         if calibration is None:
             raise ValueError("runtime onnxruntime-int8 needs calibration (use models.loading.load_inspector)")
         path = ensure_int8_export(net, calibration[1], calibration[0], cache_dir)
-        sess = _session(path, n_threads)
+        sess = _session(path, n_threads, verified_export_bytes(
+            path, net, {"int8_format": INT8_FORMAT, "calibration": calibration[0]}))
         runner8 = OrtRunner(sess, path, 0.0)
         runner8.runtime = INT8
         with torch.inference_mode():
@@ -562,15 +629,14 @@ def build_runner(net: Network, runtime: str = "torch", device: str = "cpu",
     path = ensure_export(net, cache_dir)
     runner: OrtRunner | OvRunner
     if runtime == "onnxruntime":
-        sess = _session(path, n_threads)
-        meta = {k[len(_META):]: v for k, v in sess.get_modelmeta().custom_metadata_map.items() if k.startswith(_META)}
+        sess = _session(path, n_threads, verified_export_bytes(path, net))  # the bytes whose SHA-256 was checked
         runner = OrtRunner(sess, path, 0.0)
         infer: Callable[[np.ndarray], np.ndarray] = lambda a: sess.run(None, {sess.get_inputs()[0].name: a})[0]
     else:
+        verified_export_bytes(path, net)
         runner = OvRunner(_ov_compile(path, n_threads), path, 0.0)
-        meta = _metadata(path) or {}
         infer = runner.infer
-    runner.max_abs_diff = _parity(net, infer, meta, path, runtime)
+    runner.max_abs_diff = _parity(net, infer, path, runtime)
     log.info("%s: %s passed parity on its golden input (largest difference %.2g)", runtime, path.name,
              runner.max_abs_diff)
     return runner

@@ -153,30 +153,151 @@ def test_export_is_rebuilt_when_stale_and_old_exports_go(tmp_path, severity_dir)
     assert not first.exists()
 
 
-def test_tampered_export_is_refused(tmp_path, severity_dir, capsys):
+def test_tampered_export_is_refused(tmp_path, severity_dir, caplog):
+    """Weights edited in place (name and metadata kept): the SHA-256 in the export record no longer
+    matches, so the file is refused (never loaded), set aside, and re-exported from the checkpoint."""
     import onnx
     from onnx import numpy_helper
+
+    from models.runtimes import record_path
 
     d = _detector_and_classifier(severity_dir, tmp_path / "m")
     load_inspector(d, device="cpu", runtime="onnxruntime")
     info = load_checkpoint(d / "detector_fast.pt").info
     path = d / export_name(d / "detector_fast.pt", info.content_hash)
+    assert json.loads(record_path(path).read_text())["content_hash"] == info.content_hash
     model = onnx.load(str(path))
     init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
     w = numpy_helper.to_array(init).copy()
     w.flat[: w.size // 2] *= 1.5  # the file keeps its name and metadata; only its weights changed
     init.CopyFrom(numpy_helper.from_array(w, init.name))
-    path.write_bytes(model.SerializeToString())
+    tampered = model.SerializeToString()
+    path.write_bytes(tampered)
+    with caplog.at_level(logging.WARNING, logger="models.runtimes"):
+        ort = load_inspector(d, device="cpu", runtime="onnxruntime")
+    assert any("refusing ONNX export" in r.getMessage() and path.name in r.getMessage() and "SHA-256" in r.getMessage()
+               for r in caplog.records)
+    assert path.with_name(path.name + ".refused").read_bytes() == tampered  # kept aside for inspection, never loaded
+    assert path.read_bytes() != tampered
+    frames = _frames(3, (128, 320))
+    ref = load_inspector(d, device="cpu")
+    assert ort.model_version == ref.model_version
+    assert assert_same_detections(ref.inspect(frames), ort.inspect(frames), frames) >= 3
+
+
+def _golden_of(path: Path) -> np.ndarray | None:
+    import base64
+    import io
+
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    text = meta.get("defectstream.golden")
+    return None if text is None else np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False)
+
+
+def zero_output_for_width(path: Path, width: int, golden: np.ndarray) -> bytes:
+    """Edit the ONNX file at `path` so that its output is zero whenever the input is `width` px wide,
+    and put `golden` (another width) where an export used to carry its golden input."""
+    import base64
+    import io
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    out = g.output[0].name
+    for n in g.node:
+        for i, o in enumerate(n.output):
+            if o == out:
+                n.output[i] = out + "_untampered"
+    g.initializer.extend([numpy_helper.from_array(np.array(3, np.int64), "t_axis"),
+                          numpy_helper.from_array(np.array(width, np.int64), "t_width")])
+    g.node.extend([
+        helper.make_node("Shape", [g.input[0].name], ["t_shape"]),
+        helper.make_node("Gather", ["t_shape", "t_axis"], ["t_w"], axis=0),
+        helper.make_node("Equal", ["t_w", "t_width"], ["t_eq"]),
+        helper.make_node("Not", ["t_eq"], ["t_keep"]),
+        helper.make_node("Cast", ["t_keep"], ["t_keepf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [out + "_untampered", "t_keepf"], [out]),
+    ])
+    buf = io.BytesIO()
+    np.save(buf, golden.astype(np.float32), allow_pickle=False)
+    props = [p for p in model.metadata_props if p.key != "defectstream.golden"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(props)
+    p = model.metadata_props.add()
+    p.key, p.value = "defectstream.golden", base64.b64encode(buf.getvalue()).decode("ascii")
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    path.write_bytes(data)
+    return data
+
+
+def _detector_golden(d: Path) -> np.ndarray:
+    return load_inspector(d, device="cpu").networks()["detector"].golden
+
+
+def test_export_edited_to_zero_one_width_never_serves_under_the_model_version(tmp_path, severity_dir):
+    """The issue's probe: the detector's export edited to output zeros on 96-px-wide inputs, its
+    golden input moved to another width. It must not load: torch finds the defects on 96-px frames,
+    the runtime that serves them must too."""
+    d = _detector_and_classifier(severity_dir, tmp_path / "m")
+    load_inspector(d, device="cpu", runtime="onnxruntime")
+    info = load_checkpoint(d / "detector_fast.pt").info
+    path = d / export_name(d / "detector_fast.pt", info.content_hash)
+    golden = _detector_golden(d)
+    assert golden.shape[-1] == 96
+    zero_output_for_width(path, 96, np.pad(golden, ((0, 0), (0, 0), (0, 0), (0, 32)), mode="edge"))
+    frames = _frames(4, (64, 96))
+    ref = load_inspector(d, device="cpu")
+    ort = load_inspector(d, device="cpu", runtime="onnxruntime")
+    assert ort.model_version == ref.model_version and ort.runtime == "onnxruntime"
+    assert assert_same_detections(ref.inspect(frames), ort.inspect(frames), frames) >= 1
+
+
+def test_export_and_its_record_both_rewritten_fail_parity_on_the_checkpoints_golden(tmp_path, severity_dir, capsys):
+    """Whoever also rewrites the export record (the new SHA-256) still meets the golden input of
+    the checkpoint's side, not the one in the file: refused with RuntimeParityError, not served."""
+    import hashlib
+
+    from models.runtimes import record_path
+
+    d = _detector_and_classifier(severity_dir, tmp_path / "m")
+    load_inspector(d, device="cpu", runtime="onnxruntime")
+    info = load_checkpoint(d / "detector_fast.pt").info
+    path = d / export_name(d / "detector_fast.pt", info.content_hash)
+    golden = _detector_golden(d)
+    data = zero_output_for_width(path, 96, np.pad(golden, ((0, 0), (0, 0), (0, 0), (0, 32)), mode="edge"))
+    rec = json.loads(record_path(path).read_text())
+    rec["sha256"] = hashlib.sha256(data).hexdigest()
+    record_path(path).write_text(json.dumps(rec))
     with pytest.raises(RuntimeParityError, match="parity failed.*refusing"):
         load_inspector(d, device="cpu", runtime="onnxruntime")
     assert issubclass(RuntimeParityError, CheckpointError)
-    assert path.read_bytes() == model.SerializeToString()  # refused, not silently replaced
-    # the evaluate CLI refuses it too, with the reason
     capsys.readouterr()
     rc = cli(["evaluate", "--data", "synthetic:seed=9000,n=1,size=64x64", "--format", "synthetic", "--checkpoint",
               str(d), "--runtime", "onnxruntime", "--threads", "1"])
     err = capsys.readouterr().err
     assert rc != 0 and "parity failed" in err and path.name in err
+
+
+def test_export_without_a_record_or_of_another_checkpoint_is_rebuilt(tmp_path, severity_dir):
+    from models.runtimes import record_path
+
+    d = _detector_and_classifier(severity_dir, tmp_path / "m")
+    load_inspector(d, device="cpu", runtime="onnxruntime")
+    info = load_checkpoint(d / "detector_fast.pt").info
+    path = d / export_name(d / "detector_fast.pt", info.content_hash)
+    record_path(path).unlink()  # e.g. an export made before records existed
+    load_inspector(d, device="cpu", runtime="onnxruntime")
+    rec = json.loads(record_path(path).read_text())
+    assert rec["content_hash"] == info.content_hash and path.with_name(path.name + ".refused").is_file()
+    rec["content_hash"] = "0" * 64  # a record that names another checkpoint content
+    record_path(path).write_text(json.dumps(rec))
+    load_inspector(d, device="cpu", runtime="onnxruntime")
+    assert json.loads(record_path(path).read_text())["content_hash"] == info.content_hash
 
 
 def test_read_only_checkpoint_directory_exports_to_the_cache(tmp_path, severity_dir, monkeypatch, caplog):
@@ -194,7 +315,7 @@ def test_read_only_checkpoint_directory_exports_to_the_cache(tmp_path, severity_
     cache = tmp_path / "cache"
     with caplog.at_level(logging.WARNING, logger="models.runtimes"):
         insp = load_inspector(d, device="cpu", runtime="onnxruntime", export_cache=cache)
-    assert not list(d.glob("*.onnx"))
+    assert not list(d.glob("*.onnx*"))
     assert sorted(p.name.split(".")[0] for p in cache.glob("*.onnx")) == ["classifier", "detector_fast"]
     assert any("cannot write the ONNX export" in r.getMessage() and str(cache) in r.getMessage() for r in caplog.records)
     assert insp.runtime == "onnxruntime"
