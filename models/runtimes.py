@@ -68,7 +68,7 @@ from models.registry import CheckpointError
 __all__ = ["RUNTIMES", "RUNTIME_CHOICES", "AUTO", "INT8", "OPSET", "EXPORT_FORMAT", "PARITY_ATOL", "PARITY_RTOL", "RuntimeParityError", "Runner",
            "TorchRunner", "OrtRunner", "OvRunner", "Network", "Select", "export_name", "ensure_export", "build_runner",
            "default_cache_dir", "golden_frame", "check_runtime_device", "int8_export_name", "ensure_int8_export",
-           "record_inputs", "int8_calibration", "openvino_available"]
+           "record_inputs", "int8_calibration", "openvino_available", "record_path", "verified_export_bytes"]
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "streams.commands.replay",
     "streams.commands.compare",
     "streams.commands.models",
+    "streams.commands.kafka_init",
 ]
 
 

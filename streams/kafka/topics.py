@@ -49,10 +49,11 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
 
     `frames` and the timeouts topic get `kafka.partitions` partitions (the tracking table is
     co-partitioned with them); `frames` takes records up to `worker.max_image_bytes` plus 64 KiB;
-    `cameras` is compacted. Existing topics are left as they are.
+    `cameras` is compacted. Existing topics are left as they are, and so are topics this client
+    is not authorised to create (a role under ACLs: they are `defectstream kafka-init`'s).
     """
     from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError
 
     from streams.kafka import clients
 
@@ -81,6 +82,10 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
                 created.append(t.name)
             except TopicAlreadyExistsError:
                 pass
+            except TopicAuthorizationFailedError:
+                # With ACLs (streams.kafka.security) a role sees and may create only its own topics; the
+                # others are the deployment's (`defectstream kafka-init` creates them all as the admin).
+                log.info("not authorised to create topic %s; left to the deployment's kafka-init", t.name)
         if created:
             log.info("created topics %s", created)
         return created

@@ -405,6 +405,7 @@ class KafkaBroker:
     """
 
     protocol = "PLAINTEXT"  # the client listener's security protocol
+    controller_protocol = "PLAINTEXT"  # the controller listener's (a subclass with SASL there sets its mechanism)
     auto_create_topics = False
 
     def __init__(self, root: Path):
@@ -421,7 +422,7 @@ class KafkaBroker:
             f"controller.quorum.voters=1@127.0.0.1:{self.controller}", "controller.listener.names=CONTROLLER",
             f"listeners={p}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller}",
             f"advertised.listeners={p}://127.0.0.1:{self.port}", f"inter.broker.listener.name={p}",
-            f"listener.security.protocol.map={p}:{p},CONTROLLER:PLAINTEXT", *self.security_props(),
+            f"listener.security.protocol.map={p}:{p},CONTROLLER:{self.controller_protocol}", *self.security_props(),
             f"log.dirs={root / 'data'}", "num.partitions=1",
             f"auto.create.topics.enable={str(self.auto_create_topics).lower()}",
             "offsets.topic.replication.factor=1", "offsets.topic.num.partitions=1",
@@ -435,6 +436,10 @@ class KafkaBroker:
 
     def security_props(self) -> list[str]:
         """server.properties lines for the client listener's security (none for plaintext)."""
+        return []
+
+    def format_args(self) -> list[str]:
+        """Extra `kafka-storage format` arguments (e.g. `--add-scram` for a SCRAM super user)."""
         return []
 
     @property
@@ -457,7 +462,8 @@ class KafkaBroker:
         if self.starts == 0:
             cluster = subprocess.run(self._java("kafka.tools.StorageTool", "random-uuid"), capture_output=True,
                                      text=True, check=True).stdout.strip().splitlines()[-1]
-            subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(self.props)),
+            subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(self.props),
+                                      *self.format_args()),
                            capture_output=True, text=True, check=True)
         self.starts += 1
         log_path = self.log_path

@@ -18,7 +18,8 @@ def test_compose_has_the_plant_services():
     services = _compose()["services"]
     for name in ("kafka", "clickhouse", "worker", "simulator", "grafana", "sink", "monitor"):
         assert name in services, name
-    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    broker = (ROOT / "ops/kafka/compose-broker.sh").read_text()
+    assert "process.roles=broker,controller" in broker and services["kafka"]["command"][-1].endswith("compose-broker.sh")
 
 
 def test_compose_references_existing_files():
@@ -52,7 +53,7 @@ def test_compose_commands_are_real_subcommands():
             assert cmd[0] in subcommands, f"{name}: {cmd[0]} is not a defectstream subcommand"
 
 
-ONE_SHOT = {"migrate"}
+ONE_SHOT = {"migrate", "kafka-init"}
 # `${VAR:?message}`: compose refuses to start without the variable; no default secret in the file.
 REQUIRED_ENV = re.compile(r"^\$\{([A-Z0-9_]+):\?[^}]*\}$")
 
@@ -159,3 +160,77 @@ def test_grafana_has_the_prometheus_datasource_and_starts_after_it():
     (ds,) = doc["datasources"]
     assert ds["type"] == "prometheus" and ds["url"] == "http://prometheus:9090" and ds["editable"] is False
     assert not ds.get("isDefault")  # the ClickHouse datasource stays the default of the SPC dashboard
+
+
+# ----------------------------------------------------------------------- Kafka: SASL/SCRAM + ACLs (issue 17, #10)
+KAFKA_ROLE_OF = {"worker": "worker", "sink": "sink", "monitor": "monitor", "simulator": "camera"}
+
+
+def _broker_props() -> dict[str, str]:
+    text = (ROOT / "ops/kafka/compose-broker.sh").read_text()
+    body = re.search(r'cat > "\$PROPS" <<EOF\n(.*?)\nEOF', text, re.S).group(1)
+    return dict(line.split("=", 1) for line in body.splitlines() if line and not line.startswith("#"))
+
+
+def test_the_compose_broker_authenticates_and_authorises_every_client():
+    props = _broker_props()
+    listeners = props["listeners"].split(",")
+    assert all(not x.startswith("PLAINTEXT") for x in listeners), listeners  # no unauthenticated listener
+    proto = dict(x.split(":") for x in props["listener.security.protocol.map"].split(","))
+    assert set(proto.values()) == {"SASL_PLAINTEXT"}  # the controller listener too
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert props["allow.everyone.if.no.acl.found"] == "false" and props["super.users"] == "User:admin"
+    assert props["auto.create.topics.enable"] == "false"
+    assert "${KAFKA_ADMIN_PASSWORD}" in props["listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config"]
+    script = (ROOT / "ops/kafka/compose-broker.sh").read_text()
+    assert ': "${KAFKA_ADMIN_PASSWORD:?' in script and "--add-scram" in script  # no default admin password
+    kafka = _compose()["services"]["kafka"]
+    assert REQUIRED_ENV.match(kafka["environment"]["KAFKA_ADMIN_PASSWORD"])
+    assert not kafka.get("ports")  # reached inside the compose network; publish 9092 only with these settings
+    assert any(v.startswith("./ops/kafka/compose-broker.sh:") for v in kafka["volumes"])
+
+
+def test_every_kafka_client_in_compose_logs_in_as_its_own_role_after_kafka_init():
+    from streams.kafka.security import PASSWORD_ENV
+
+    services = _compose()["services"]
+    init = services["kafka-init"]
+    assert init["command"] == ["kafka-init"] and init["depends_on"]["kafka"]["condition"] == "service_healthy"
+    ienv = init["environment"]
+    assert ienv["DEFECTSTREAM_KAFKA__SASL_USERNAME"] == "admin"
+    assert REQUIRED_ENV.match(ienv["DEFECTSTREAM_KAFKA__SASL_PASSWORD"]).group(1) == "KAFKA_ADMIN_PASSWORD"
+    for role, var in PASSWORD_ENV.items():
+        assert REQUIRED_ENV.match(ienv[var]).group(1) == var, role  # kafka-init gets every role's password
+    for name, role in KAFKA_ROLE_OF.items():
+        svc = services[name]
+        env = svc["environment"]
+        assert env["DEFECTSTREAM_KAFKA__SECURITY_PROTOCOL"] == "SASL_PLAINTEXT", name
+        assert env["DEFECTSTREAM_KAFKA__SASL_MECHANISM"] == "SCRAM-SHA-512", name
+        assert env["DEFECTSTREAM_KAFKA__SASL_USERNAME"] == role, name
+        assert REQUIRED_ENV.match(env["DEFECTSTREAM_KAFKA__SASL_PASSWORD"]).group(1) == PASSWORD_ENV[role], name
+        assert svc["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully", name
+    for name, svc in services.items():  # nobody else reaches Kafka, and none as admin but kafka-init
+        env = svc.get("environment") or {}
+        if name not in KAFKA_ROLE_OF and name != "kafka-init" and "build" in svc:
+            assert env.get("DEFECTSTREAM_KAFKA__SECURITY_PROTOCOL") == "PLAINTEXT" and "DEFECTSTREAM_KAFKA__SASL_USERNAME" not in env, name
+
+
+def test_the_acl_plan_gives_each_role_only_its_own_topics():
+    from streams.kafka.security import acl_plan
+    from streams.settings import Settings
+
+    s = Settings()
+    t = s.kafka.topics
+    plan = acl_plan(s)
+    by = {}
+    for g in plan:
+        by.setdefault(g.principal, set()).add((g.resource, g.name, g.pattern, g.operation))
+    assert by["User:camera"] == {("TOPIC", t.frames, "LITERAL", "WRITE"), ("TOPIC", t.frames, "LITERAL", "DESCRIBE")}
+    writes = {p: {n for r, n, _pat, op in grants if r == "TOPIC" and op in ("WRITE", "ALL")} for p, grants in by.items()}
+    assert writes["User:worker"] == {t.defects, t.parts, t.deadletter, f"{s.app_id}-"}
+    assert writes["User:sink"] == {t.deadletter} and writes["User:monitor"] == {t.alerts}
+    assert not any(t.cameras in w for w in writes.values())  # promotions: the admin only
+    assert ("GROUP", s.app_id, "LITERAL", "READ") in by["User:worker"]
+    assert ("GROUP", s.sink.group_id, "LITERAL", "READ") in by["User:sink"]
+    assert all(g.principal != "User:admin" for g in plan)  # the super user needs none
