@@ -705,3 +705,87 @@ def test_frames_redelivered_after_a_sigkill_are_not_dead_lettered(group_worker_f
     assert not good, f"{len(good)} good frames dead-lettered: {good[:5]}"
     assert "re-delivered frames already in the tracking state" in worker.log_path.read_text(), \
         "nothing was re-delivered: the kill did not test anything"
+
+
+def _zero_detector_except_golden_width(path: Path, golden_width: int = 96) -> None:
+    """Edit an ONNX export in place (onnx package) so that its output is zero on every input that
+    is not `golden_width` px wide: parity on the old golden input passes, every real frame finds
+    nothing. The file keeps its name and metadata."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    out = g.output[0].name
+    for n in g.node:
+        for i, o in enumerate(n.output):
+            if o == out:
+                n.output[i] = out + "_untampered"
+    g.initializer.extend([numpy_helper.from_array(np.array(3, np.int64), "t_axis"),
+                          numpy_helper.from_array(np.array(golden_width, np.int64), "t_width")])
+    g.node.extend([
+        helper.make_node("Shape", [g.input[0].name], ["t_shape"]),
+        helper.make_node("Gather", ["t_shape", "t_axis"], ["t_w"], axis=0),
+        helper.make_node("Equal", ["t_w", "t_width"], ["t_keep"]),
+        helper.make_node("Cast", ["t_keep"], ["t_keepf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [out + "_untampered", "t_keepf"], [out]),
+    ])
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
+def test_an_onnx_file_altered_on_disk(stack, group_worker_factory, kafka_bootstrap, clickhouse_connect,
+                                      fresh_database, tmp_path):
+    """The worker serves `onnxruntime` from a checkpoint directory whose detector export was edited
+    on disk before it started (outputs zeroed except on the golden input's width), and edited again
+    while it ran, followed by a SIGKILL. Each start refuses the edited file (its SHA-256 is not the
+    one recorded at export), re-exports it from the checkpoint and serves the real model: nothing
+    lost or doubled, no crash loop, and the defects are found (the edited file would find none)."""
+    from models.inspector import DEFAULT_CHECKPOINT_DIR
+    from models.loading import load_inspector
+    from models.registry import load_checkpoint
+    from models.runtimes import export_name
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_CHECKPOINT_DIR, model_dir, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.*"))
+    load_inspector(model_dir, device="cpu", runtime="onnxruntime")  # the exports and their records
+    det = model_dir / "detector_fast.pt"
+    export = model_dir / export_name(det, load_checkpoint(det).info.content_hash)
+    _zero_detector_except_golden_width(export)
+    run = make_run("x", cameras=2)
+    worker = group_worker_factory(kafka_bootstrap, DEFECTSTREAM_TRACKING__PART_TIMEOUT_S=str(PART_TIMEOUT_S),
+                                  DEFECTSTREAM_MODEL__PATH=str(model_dir), DEFECTSTREAM_MODEL__RUNTIME="onnxruntime")
+    s = worker.settings
+    worker.start(timeout_s=180)
+    ch = fresh_db(clickhouse_connect, fresh_database)
+    sink = SinkThread(sink_settings(s, stack.host, stack.clickhouse_port, fresh_database))
+    pub = Publisher(s.kafka.bootstrap_servers, s.kafka.topics.frames, run, publish_seconds(run, 30))
+    pub.start()
+    logs = []
+    try:
+        wait_until(lambda: pub.fraction() > 0.3, 120, "a third of the run published")
+        _zero_detector_except_golden_width(export)  # altered again while it serves, then a crash
+        worker.stop(kill=True)
+        logs.append(worker.log_path.read_text(errors="replace"))
+        worker.start(timeout_s=180)
+        pub.join(publish_seconds(run, 0) + 600)
+        assert pub.error is None and pub.done, pub.error
+        wait_for_clickhouse(ch, run, drain_timeout(run))
+        assert worker.alive(), worker.log_tail()
+        logs.append(worker.log_path.read_text(errors="replace"))
+    finally:
+        pub.stop()
+        stats = sink.stop()
+    a = audit(ch(), run, pub, s.kafka.bootstrap_servers, s.kafka.topics.deadletter)
+    refusals = [sum(1 for line in log.splitlines() if "refusing ONNX export" in line and export.name in line)
+                for log in logs]
+    versions = {r[0] for r in ch().execute("SELECT DISTINCT model_version FROM parts")}
+    report("onnx_altered", a, worker_starts=worker.starts, edited_file_refusals_per_start=refusals,
+           refused_file_kept=export.with_name(export.name + ".refused").is_file(), model_versions=sorted(versions),
+           sink_rows_written=stats.rows_written)
+    assert refusals == [1, 1], refusals  # each start refused the edited export once, then served
+    assert worker.starts == 2  # no crash loop: one start per start the test made
+    assert versions == {load_inspector(model_dir, device="cpu").model_version}
+    assert a.defects_stored > 0, "no defect found: the edited export served"
+    assert not a.problems(), a.problems()
