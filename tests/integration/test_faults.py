@@ -718,18 +718,19 @@ def _zero_detector_except_golden_width(path: Path, golden_width: int = 96) -> No
     model = onnx.load(str(path))
     g = model.graph
     out = g.output[0].name
+    t = f"t{uuid.uuid4().hex[:6]}_"  # fresh names: the file may carry an earlier edit
     for n in g.node:
         for i, o in enumerate(n.output):
             if o == out:
-                n.output[i] = out + "_untampered"
-    g.initializer.extend([numpy_helper.from_array(np.array(3, np.int64), "t_axis"),
-                          numpy_helper.from_array(np.array(golden_width, np.int64), "t_width")])
+                n.output[i] = t + "untampered"
+    g.initializer.extend([numpy_helper.from_array(np.array(3, np.int64), t + "axis"),
+                          numpy_helper.from_array(np.array(golden_width, np.int64), t + "width")])
     g.node.extend([
-        helper.make_node("Shape", [g.input[0].name], ["t_shape"]),
-        helper.make_node("Gather", ["t_shape", "t_axis"], ["t_w"], axis=0),
-        helper.make_node("Equal", ["t_w", "t_width"], ["t_keep"]),
-        helper.make_node("Cast", ["t_keep"], ["t_keepf"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", [out + "_untampered", "t_keepf"], [out]),
+        helper.make_node("Shape", [g.input[0].name], [t + "shape"]),
+        helper.make_node("Gather", [t + "shape", t + "axis"], [t + "w"], axis=0),
+        helper.make_node("Equal", [t + "w", t + "width"], [t + "keep"]),
+        helper.make_node("Cast", [t + "keep"], [t + "keepf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [t + "untampered", t + "keepf"], [out]),
     ])
     onnx.checker.check_model(model)
     path.write_bytes(model.SerializeToString())
