@@ -294,7 +294,8 @@ def _write_export(path: Path, data: bytes, record: dict[str, str]) -> None:
     """Write the ONNX bytes, then their record (content hash, format, SHA-256 of exactly these bytes).
 
     The record goes last: a crash in between leaves an export without a record, which is refused
-    and rebuilt, never trusted."""
+    and rebuilt, never trusted. An export's bytes are deterministic (same checkpoint, same bytes:
+    measured), so two processes exporting one network at once write the same file and record."""
     _write_atomic(path, data)
     body = {"format": RECORD_FORMAT, "file": path.name, "sha256": _sha256(data), **record}
     _write_atomic(record_path(path), (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
@@ -633,7 +634,7 @@ def build_runner(net: Network, runtime: str = "torch", device: str = "cpu",
         runner = OrtRunner(sess, path, 0.0)
         infer: Callable[[np.ndarray], np.ndarray] = lambda a: sess.run(None, {sess.get_inputs()[0].name: a})[0]
     else:
-        verified_export_bytes(path, net)
+        verified_export_bytes(path, net)  # OpenVINO compiles from the path: checked just before, and parity after
         runner = OvRunner(_ov_compile(path, n_threads), path, 0.0)
         infer = runner.infer
     runner.max_abs_diff = _parity(net, infer, path, runtime)
