@@ -29,10 +29,8 @@ def _violations(path: Path) -> list[str]:
         elif isinstance(node, ast.Call):
             name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
             kw = {k.arg: k.value for k in node.keywords}
-            if name == "load" and "weights_only" not in kw and "allow_pickle" not in kw and len(node.args) <= 1:
-                base = getattr(node.func, "value", None)
-                if getattr(base, "id", None) == "torch":
-                    out.append(f"{node.lineno}: torch.load without weights_only=True")
+            if name == "load" and "weights_only" not in kw and getattr(getattr(node.func, "value", None), "id", None) == "torch":
+                out.append(f"{node.lineno}: torch.load without weights_only=True")
             for arg in ("weights_only",):
                 v = kw.get(arg)
                 if v is not None and not (isinstance(v, ast.Constant) and v.value is True):
@@ -58,8 +56,9 @@ def test_nothing_loads_with_pickle():
 def test_scan_catches_what_it_forbids(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import pickle\nimport torch\nfrom dill import loads\n"
-                   "torch.load('x', weights_only=False)\ntorch.load('y')\nnp.load('z', allow_pickle=True)\n")
-    assert len(_violations(bad)) == 5
+                   "torch.load('x', weights_only=False)\ntorch.load('y')\ntorch.load('y', 'cpu')\n"
+                   "np.load('z', allow_pickle=True)\n")
+    assert len(_violations(bad)) == 6
     good = tmp_path / "good.py"
     good.write_text("import torch\ntorch.load('x', map_location='cpu', weights_only=True)\n"
                     "np.load('z', allow_pickle=False)\n")
