@@ -244,6 +244,8 @@ def _check_reachable(settings: Settings, timeout_s: float) -> None:
 
 def _read_cameras(kafka: Any, TopicPartition: Any, settings: Settings, timeout_s: float,  # noqa: N803
                   selection: ModelSelection, registry: Any) -> None:
+    from streams.inspection.cameras import apply_cameras_record
+
     ms = max(1000, int(timeout_s * 1000))
     topic = settings.kafka.topics.cameras
     deadline = time.monotonic() + timeout_s
@@ -269,8 +271,8 @@ def _read_cameras(kafka: Any, TopicPartition: Any, settings: Settings, timeout_s
                 raise KafkaUnavailable(f"reading topic {topic} timed out after {timeout_s:.0f}s")
             for tp, records in consumer.poll(timeout_ms=300).items():
                 for r in records:
-                    if r.offset < end[tp] and not selection.apply(r.key, r.value):
-                        registry.apply(r.key, r.value)
+                    if r.offset < end[tp]:
+                        apply_cameras_record(r.key, r.value, registry, selection, r.offset)
             todo = {tp for tp in todo if consumer.position(tp) < end[tp]}  # compaction leaves offset gaps
     except KafkaUnavailable:
         raise

@@ -112,10 +112,11 @@ def test_clearing_a_scope_falls_back_and_applies_at_the_part_boundary():
     assert sel.apply(b"*line:l2", None)
     assert sel.version_for_frame("p3", ("p2", "line"), None, avail, "c3", "l2") == "v0"
     assert sel.wanted() == [] and sel.promotions == {}
-    # an older promotion re-read later never replaces a newer one of the same scope; other scopes are independent
-    sel.apply(b"*camera:c3", promo("new", 10).to_json())
-    sel.apply(b"*camera:c3", promo("old", 5).to_json())
-    sel.apply(b"*camera:c4", promo("old", 5).to_json())
+    # records apply in offset order whatever their promoted_at; a record re-read (an offset already
+    # applied) changes nothing; other scopes are independent
+    sel.apply(b"*camera:c3", promo("new", 5).to_json(), offset=10)
+    sel.apply(b"*camera:c3", promo("old", 1).to_json(), offset=7)  # read again after a seek
+    sel.apply(b"*camera:c4", promo("old", 5).to_json(), offset=11)
     assert {str(s): p.model_version for s, p in sel.promotions.items()} == {"camera c3": "new", "camera c4": "old"}
     # a value under a scope key that is no promotion is ignored (and not taken for a camera config)
     assert sel.apply(b"*camera:c3", b'{"line_id": "x"}') and sel.promotions[Scope("camera", "c3")].model_version == "new"
@@ -136,9 +137,9 @@ def test_new_parts_switch_open_parts_keep_their_model():
     # a camera pinned to a loaded version keeps it (canary / hold-back)
     assert sel.version_for_new_part("v1", ["v1", "v2"]) == "v1"
     assert sel.version_for_new_part("v9", ["v1", "v2"]) == "v2"  # pinned version not loaded
-    # an older promotion read later never wins; a tombstone returns to the default
+    # the record read last wins (offset order), whatever its promoted_at; a tombstone returns to the default
     sel.apply(b"*", promo("v0", 3).to_json())
-    assert [p.model_version for p in sel.wanted()] == ["v2"]
+    assert [p.model_version for p in sel.wanted()] == ["v0"]
     sel.apply(b"*", None)
     assert sel.wanted() == [] and sel.version_for_new_part(None, ["v1", "v2"]) == "v1"
 
@@ -157,7 +158,7 @@ def test_inspector_pool_loads_once_refuses_bad_promotions_and_evicts():
     assert pool.ensure(promo("v2", 1)) and pool.ensure(promo("v2", 1)) and loads == ["/models/v2"]
     assert pool.get("v2").model_version == "v2"
     assert not pool.ensure(promo("v3", 2, "/models/broken")) and not pool.ensure(promo("v3", 2, "/models/broken"))
-    assert loads.count("/models/broken") == 1  # not retried
+    assert loads.count("/models/broken") == 1  # not retried before its backoff (see the retry test)
     assert not pool.ensure(promo("v4", 3, "/models/other"))  # holds another version than promised
     assert pool.ensure(promo("v5", 4), in_use=["v2"])  # v2 still inspects an open part: kept
     assert set(pool.versions) == {"v1", "v2", "v5"}
