@@ -286,3 +286,25 @@ def test_reading_promotions_from_an_unreachable_broker_is_a_clear_error():
     s.kafka.bootstrap_servers = "127.0.0.1:1"  # nothing listens there
     with pytest.raises(KafkaUnavailable, match="127.0.0.1:1 is not reachable"):
         read_cameras_topic(s, timeout_s=1.0)
+
+
+def test_models_list_says_which_promotions_are_not_in_force(tmp_path):
+    from streams.commands.models import loadable
+
+    d = tmp_path / "d"
+    _pair(d)
+    sent = []
+    p = promote(Settings(), str(d), [tmp_path], camera="c1", send=lambda k, v: sent.append((k, v)))
+    assert loadable(p) == "ok"
+    _pair(d, 3.0)  # retrained in place: the promoted version is gone from that path
+    assert loadable(p).startswith("not loadable: the path holds model")
+    assert loadable(p._replace(model_path=str(tmp_path / "missing"))).startswith("not loadable:")
+
+
+def test_production_view_follows_a_renamed_camera():
+    sel = ModelSelection("v0")
+    sel.apply(b"*camera:old", promo("cam", 3, scope="*camera:old").to_json())
+    reg = CameraRegistry()
+    reg.apply(b"*alias:new", b'{"kind": "camera_alias", "camera_id": "new", "alias_of": "old"}')
+    view = {c.camera_id: (c.rule, c.model_version) for c in production_view(sel, reg, "v0")}
+    assert view == {"new": ("camera", "cam"), "old": ("camera", "cam")}
