@@ -12,7 +12,8 @@ A tombstone (null value) on one of these keys clears that scope's promotion (`mo
 the current promotions. The rules, pure and unit-tested:
 
 * a part keeps the model version it was opened with until it closes (its tracks, votes and event
-  ids belong to one model), so a switch happens at the camera's next part boundary;
+  ids belong to one model) while that model is loaded, so a switch happens at the camera's next
+  part boundary (for a part whose model is gone, see the last rule);
 * a new part uses the first of these whose Inspector is loaded:
   1. the camera-scoped promotion;
   2. the camera's pinned ``model_version`` from its camera config (a canary / hold-back: it keeps

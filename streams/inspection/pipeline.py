@@ -19,11 +19,12 @@ duplicate_frame).
 Only input that can never be processed is dead-lettered (see `streams.inspection.intake`). A model
 call that fails is judged by a probe: the same model on a blank frame of the same size. When
 the probe passes the model is healthy and the frame is at fault (``inference_error``); when it
-fails (a model version that is not, or no longer, loaded fails it too), or the error is one of
+fails, or the error is one of
 a sick device (CUDA out of memory or another CUDA error, MemoryError), the call is retried with
 exponential backoff (`inference_retries`, `inference_backoff_s`) and then
 :class:`ModelUnavailable` stops the worker, so the frames are re-delivered to its successor
-instead of being lost.
+instead of being lost. A part whose model version is no longer loaded never gets there: it finishes
+on the camera's current model (`_version_for`, `streams.inspection.model_selection`).
 
 Dead letters are bounded (`deadletter_original_max_bytes` of the original, else a pointer with
 size and SHA-256) so that one never exceeds the producer's request limit.
