@@ -301,7 +301,9 @@ async def follow_camera_topic(settings: Settings, registry: CameraRegistry, sele
                 for r in records:
                     what = apply_cameras_record(r.key, r.value, registry, selection, r.offset, on_rejected)
                     if not what.startswith("rejected"):
-                        log.info("%s %s: %r", what.replace("_", " "), r.key, (r.value or b"")[:200])
+                        label = {"promotion": "model promotion", "camera_config": "camera config"}.get(
+                            what, what.replace("_", " "))
+                        log.info("%s %s: %s", label, r.key, (r.value or b"")[:500])
     finally:
         if ready is not None:
             ready.set()
