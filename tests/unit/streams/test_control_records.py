@@ -73,6 +73,8 @@ GARBAGE = [
     (b"*", _promo_json(content_hashes={"detector": 1})),
     (b"*", _promo_json(model_version=7)),
     (b"*line:l1", DEEP),
+    (b"*line:l1", b"[" * 30_000 + b"]" * 30_000),  # under the size limit: the parser's depth bound refuses it
+    (b"cam-1", b'{"line_id": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"),
     (b"*camera:cam-1", b"\xff\xfe not utf-8"),
     (b"*", b'{"kind": "model_promotion", "model_version": "v", "model_path": "/p", "x": ' + b"1" * 70_000 + b"}"),
     (b"cam-1", DEEP),
