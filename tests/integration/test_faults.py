@@ -753,7 +753,7 @@ def one_verdict_audit(ch: Client, run: Run, publisher: Publisher, bootstrap: str
     want = {row[9]: int(row[8]) for row in winners}
     have: dict[str, int] = {}
     for row in ex.query(q.defect_set_sql(f)):
-        have[row[4]] = have.get(row[4], 0) + 1
+        have[row[3]] = have.get(row[3], 0) + 1
     a.defects_doubled = sum(max(0, have.get(p, 0) - n) for p, n in want.items())
     a.defects_lost = sum(max(0, n - have.get(p, 0)) for p, n in want.items())
     return a, len(two_models)
