@@ -146,7 +146,8 @@ class CameraRegistry:
                 table[cam] = rec.reset_id if kind == "camera_reset" else rec.alias_of
                 return True
         if is_control_key(key):
-            return self._reject("reserved", repr(k[:80]), "an unknown control key (keys starting with '*' are reserved)")
+            return self._reject("reserved", repr(k[:80]),
+                                "an unknown control key (keys starting with '*' are reserved)")
         if value is None:
             self._configs.pop(k, None)
             return True
@@ -255,7 +256,8 @@ def publish_camera_reset(settings: "Settings", camera_id: str, note: str = "",
     return rec
 
 
-def publish_camera_alias(settings: "Settings", camera_id: str, alias_of: str | None, note: str = "") -> CameraAlias | None:
+def publish_camera_alias(settings: "Settings", camera_id: str, alias_of: str | None,
+                         note: str = "") -> CameraAlias | None:
     """Publish that `camera_id` is the renamed `alias_of` (None: remove the alias); returns the record."""
     if alias_of is None:
         publish_cameras_record(settings, ALIAS_PREFIX + camera_id, None)

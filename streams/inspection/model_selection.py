@@ -386,7 +386,8 @@ class InspectorPool:
         f = self._failed.get((p.model_path, p.model_version))
         return f is None or seq > f.seq or self.clock() >= f.retry_at
 
-    def missing(self, promotions: Iterable[Promotion], seqs: Callable[[Promotion], int] = lambda p: 0) -> list[Promotion]:
+    def missing(self, promotions: Iterable[Promotion],
+                seqs: Callable[[Promotion], int] = lambda p: 0) -> list[Promotion]:
         """The promotions whose model is not loaded and whose load is due: never tried, its retry
         time reached (backoff), or promoted again since it failed (`seqs(p)` grew)."""
         with self._lock:

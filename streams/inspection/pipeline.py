@@ -118,8 +118,9 @@ class InspectPipeline:
         self.clock = clock
         self.metrics = metrics or WorkerMetrics()
         self.runner = runner
-        if runner.on_load_failure is None:
-            runner.on_load_failure = lambda f: self.metrics.model_load_failures.labels(model_version=f.model_version).inc()
+        if runner.on_load_failure is None:  # failed loads of promoted models, counted by version
+            runner.on_load_failure = lambda f: self.metrics.model_load_failures.labels(
+                model_version=f.model_version).inc()
         self.registry = registry
         self.store = store
         self.emitter = emitter

@@ -727,7 +727,8 @@ def _no_crash_loop(worker) -> dict[str, int]:
             "tracebacks": logs.count("Traceback (most recent call last)")}
 
 
-def one_verdict_audit(ch: Client, run: Run, publisher: Publisher, bootstrap: str, deadletter_topic: str) -> tuple[Audit, int]:
+def one_verdict_audit(ch: Client, run: Run, publisher: Publisher, bootstrap: str,
+                      deadletter_topic: str) -> tuple[Audit, int]:
     """`audit`, with one verdict per part whatever the model version, as every query counts (issue 17,
     item 5): a part emitted under one model before the SIGKILL and closed again under another after it
     (its model gone) has two verdict ids but counts once, with the defect set of its later close.
@@ -805,8 +806,9 @@ def test_a_promotion_during_open_parts_followed_by_a_sigkill(
     a, two_models = one_verdict_audit(ch(), run, pub, s.kafka.bootstrap_servers, s.kafka.topics.deadletter)
     switched = _worker_logs(worker).count("which is no longer loaded; it finishes on")
     stops = _no_crash_loop(worker)
-    report("promotion_then_sigkill", a, promoted=v2, frames_sent_at_kill=killed_at, parts_finished_on_another_model=switched,
-           parts_closed_under_two_models=two_models, sink_rows_written=stats.rows_written, **stops)
+    report("promotion_then_sigkill", a, promoted=v2, frames_sent_at_kill=killed_at,
+           parts_finished_on_another_model=switched, parts_closed_under_two_models=two_models,
+           sink_rows_written=stats.rows_written, **stops)
     assert not a.problems(), a.problems()
     assert stops["batches_failed"] == 0 and stops["model_unavailable"] == 0, stops
     assert switched >= 1, "no open part was on the withdrawn model at the kill: the test tested nothing"
