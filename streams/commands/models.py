@@ -372,9 +372,13 @@ def _production(settings: Settings, timeout_s: float) -> dict[str, Any]:
         doc.update(reachable=False, error=str(exc))
         return doc
     doc["reachable"] = True
-    doc["promotions"] = [{**p._asdict(), "scope_name": str(_scope(p)), "loadable": loadable(p)}
+    state = {p.scope: loadable(p) for p in selection.wanted()}  # Promotion holds a dict: not hashable
+    doc["promotions"] = [{**p._asdict(), "scope_name": str(_scope(p)), "loadable": state[p.scope]}
                          for p in selection.wanted()]
-    doc["cameras"] = [c._asdict() for c in production_view(selection, registry, doc["default"])]
+    # what cameras run: a promotion not in force is skipped, as the workers skip it (next rule)
+    in_force = ModelSelection()
+    in_force.promotions = {sc: p for sc, p in selection.promotions.items() if state.get(p.scope) == "ok"}
+    doc["cameras"] = [c._asdict() for c in production_view(in_force, registry, doc["default"])]
     doc["aliases"] = registry.aliases()
     doc["rejected_records"] = {"promotion": selection.rejected, **registry.rejected}
     return doc

@@ -308,3 +308,24 @@ def test_production_view_follows_a_renamed_camera():
     reg.apply(b"*alias:new", b'{"kind": "camera_alias", "camera_id": "new", "alias_of": "old"}')
     view = {c.camera_id: (c.rule, c.model_version) for c in production_view(sel, reg, "v0")}
     assert view == {"new": ("camera", "cam"), "old": ("camera", "cam")}
+
+
+def test_models_list_shows_a_promotion_not_in_force_and_what_its_cameras_run_instead(tmp_path, monkeypatch):
+    import streams.commands.models as cmd
+
+    d = tmp_path / "d"
+    _pair(d)
+    good = promote(Settings(), str(d), [tmp_path], line="l2", send=lambda k, v: None)
+    sel = ModelSelection()
+    sel.apply(b"*line:l2", good.to_json(), 0)
+    sel.apply(b"*", promo("gone", 1, "/nowhere").to_json(), 1)
+    sel.apply(b"*camera:c1", b'{"kind": "model_promotion", "promoted_at": "soon"}', 2)
+    reg = CameraRegistry()
+    reg.apply(b"c1", CameraConfig(line_id="l1").to_json())
+    reg.apply(b"c2", CameraConfig(line_id="l2").to_json())
+    monkeypatch.setattr(cmd, "read_cameras_topic", lambda settings, timeout_s: (sel, reg))
+    doc = cmd._production(Settings(), 1.0)
+    assert {p["scope_name"]: p["loadable"][:13] for p in doc["promotions"]} == {"line l2": "ok", "plant": "not loadable:"}
+    cams = {c["camera_id"]: (c["rule"], c["model_version"]) for c in doc["cameras"]}
+    assert cams["c1"][0] == "default" and cams["c2"] == ("line", good.model_version)
+    assert doc["rejected_records"] == {"promotion": 1}
