@@ -128,7 +128,9 @@ class PartInspected(Event):
     defect_counts: dict[str, int] = field(default_factory=dict)
     shift: str = ""  # = shift_name (the name DefectEvent uses); filled from shift_name when left empty
     emission_id: str = ""  # id of this close of the part, see `emission_id_of()` ('' before version 3)
-    schema_version: int = 3
+    # the model the part opened with when it finished on another (its model was gone); '' otherwise / before v4
+    opened_model_version: str = ""
+    schema_version: int = 4
 
     def __post_init__(self) -> None:
         # a verdict written before version 3 decodes with shift '' but has its shift in shift_name

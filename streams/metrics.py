@@ -39,6 +39,18 @@ class WorkerMetrics:
                                        ["stage"], buckets=_LATENCY_BUCKETS, registry=r)
         self.open_parts = Gauge("defectstream_open_parts", "Parts open (awaiting more frames) in the tracking "
                                 "table partitions this worker holds", registry=r)
+        self.control_rejected = Counter("defectstream_control_records_rejected", "Records of the cameras topic "
+                                        "skipped as invalid (logged), by kind: promotion, camera_config, "
+                                        "camera_reset, camera_alias, reserved", ["kind"], registry=r)
+        self.model_load_failures = Counter("defectstream_model_load_failures", "Failed loads of a promoted model "
+                                           "(retried with backoff), by promoted model version", ["model_version"],
+                                           registry=r)
+        self.promotions_not_loaded = Gauge("defectstream_promotions_not_loaded", "Current promotions whose model "
+                                           "this worker could not load (their cameras fall back to the next rule)",
+                                           registry=r)
+        self.parts_model_switched = Counter("defectstream_parts_model_switched", "Open parts that finished on "
+                                            "another model than they opened with, because theirs could no longer "
+                                            "be loaded", registry=r)
         self.consumer_lag = Gauge("defectstream_consumer_lag", "Frames not yet processed per partition "
                                   "(high watermark minus next offset to process)", ["topic", "partition"], registry=r)
 

@@ -1,9 +1,18 @@
-"""`defectstream camera-config`: set or delete a camera's settings on the compacted `cameras` topic."""
+"""`defectstream camera-config` and `defectstream cameras reset|alias`: camera records on the compacted `cameras` topic.
+
+`camera-config CAM …` sets or deletes a camera's settings. `cameras reset CAM` tells the workers
+that CAM was replaced and counts ``frame_seq`` from 0 again (a `CameraReset`: each worker clears
+that camera's sequence history once, at its next frame; publish it after the old camera stopped,
+frames of the new one read before it are dead-lettered as out of order). `cameras alias NEW OLD`
+says NEW is the renamed OLD: OLD's camera config and camera-scoped promotion apply to NEW while NEW
+has none of its own (`--clear` removes it). See `streams.inspection.cameras`.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 
-from streams.inspection.cameras import CameraConfig, publish_camera_config
+from streams.inspection.cameras import CameraConfig, publish_camera_alias, publish_camera_config, publish_camera_reset
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +29,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames-per-part", type=int)
     p.add_argument("--delete", action="store_true", help="remove the camera's entry (back to defaults)")
     p.set_defaults(func=_run_camera_config)
+
+    c = sub.add_parser("cameras", help="reset a replaced camera's frame_seq, or alias a renamed camera",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    csub = c.add_subparsers(dest="cameras_command", metavar="ACTION")
+    r = csub.add_parser("reset", help="the camera was replaced: its frame_seq restarts (workers forget the old one)")
+    r.add_argument("camera_id")
+    r.add_argument("--note", default="", help="why (stored with the record)")
+    r.set_defaults(func=_run_reset)
+    a = csub.add_parser("alias", help="NEW is the renamed OLD: OLD's config and camera promotion follow it")
+    a.add_argument("camera_id", metavar="NEW")
+    a.add_argument("alias_of", metavar="OLD", nargs="?")
+    a.add_argument("--clear", action="store_true", help="remove NEW's alias (no OLD)")
+    a.add_argument("--note", default="")
+    a.set_defaults(func=_run_alias)
+    c.set_defaults(func=lambda args: (c.print_help(), 2)[1])
+
+
+def _run_reset(args: argparse.Namespace) -> int:
+    from streams.settings import Settings
+
+    rec = publish_camera_reset(Settings(), args.camera_id, note=args.note)
+    print(rec.to_json().decode())
+    return 0
+
+
+def _run_alias(args: argparse.Namespace) -> int:
+    import sys
+
+    from streams.settings import Settings
+
+    if args.clear == bool(args.alias_of):
+        print("cameras alias: give NEW OLD, or NEW --clear", file=sys.stderr)
+        return 2
+    if args.alias_of == args.camera_id:
+        print("cameras alias: a camera cannot be its own alias", file=sys.stderr)
+        return 2
+    rec = publish_camera_alias(Settings(), args.camera_id, None if args.clear else args.alias_of, note=args.note)
+    print(rec.to_json().decode() if rec else json.dumps({"cleared_alias": args.camera_id}))
+    return 0
 
 
 def _run_camera_config(args: argparse.Namespace) -> int:

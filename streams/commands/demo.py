@@ -232,7 +232,8 @@ def run(plan: DemoPlan, *, out: Path, webhook: str | None = None, timeout_s: flo
         print(f"demo: simulated {simulated} parts from {plan.cameras} cameras over {plan.hours} h of plant time")
 
         def stored() -> int:
-            return int(ex.query("SELECT uniqExact(event_id) FROM parts WHERE run_id = 'production'")[0][0])
+            # one verdict per part whatever the model version (a part re-closed under another has another id)
+            return int(ex.query("SELECT uniqExact(camera_id, part_id) FROM parts WHERE run_id = 'production'")[0][0])
 
         got = wait_until(stored, simulated, timeout_s, "parts in ClickHouse", services)
         if got < simulated:

@@ -244,6 +244,8 @@ def _check_reachable(settings: Settings, timeout_s: float) -> None:
 
 def _read_cameras(kafka: Any, TopicPartition: Any, settings: Settings, timeout_s: float,  # noqa: N803
                   selection: ModelSelection, registry: Any) -> None:
+    from streams.inspection.cameras import apply_cameras_record
+
     ms = max(1000, int(timeout_s * 1000))
     topic = settings.kafka.topics.cameras
     deadline = time.monotonic() + timeout_s
@@ -269,8 +271,8 @@ def _read_cameras(kafka: Any, TopicPartition: Any, settings: Settings, timeout_s
                 raise KafkaUnavailable(f"reading topic {topic} timed out after {timeout_s:.0f}s")
             for tp, records in consumer.poll(timeout_ms=300).items():
                 for r in records:
-                    if r.offset < end[tp] and not selection.apply(r.key, r.value):
-                        registry.apply(r.key, r.value)
+                    if r.offset < end[tp]:
+                        apply_cameras_record(r.key, r.value, registry, selection, r.offset)
             todo = {tp for tp in todo if consumer.position(tp) < end[tp]}  # compaction leaves offset gaps
     except KafkaUnavailable:
         raise
@@ -298,11 +300,13 @@ def production_view(selection: ModelSelection, registry: Any, default_version: s
     sel = ModelSelection(default_version or "default")
     sel.promotions = dict(selection.promotions)
     out = []
+    cams |= set(registry.aliases()) if hasattr(registry, "aliases") else set()
     for cam in sorted(c for c in cams if c):
         cfg = registry.get(cam)
         line = cfg.line_id if cfg is not None else None
         pinned = cfg.model_version if cfg is not None else None
-        rule, version = sel.candidates(cam, line, pinned)[0]
+        alias = registry.alias_of(cam) if hasattr(registry, "alias_of") else None
+        rule, version = sel.candidates(cam, line, pinned, alias)[0]
         out.append(CameraModel(cam, line, pinned, rule, version))
     return out
 
@@ -368,9 +372,35 @@ def _production(settings: Settings, timeout_s: float) -> dict[str, Any]:
         doc.update(reachable=False, error=str(exc))
         return doc
     doc["reachable"] = True
-    doc["promotions"] = [{**p._asdict(), "scope_name": str(_scope(p))} for p in selection.wanted()]
-    doc["cameras"] = [c._asdict() for c in production_view(selection, registry, doc["default"])]
+    state = {p.scope: loadable(p) for p in selection.wanted()}  # Promotion holds a dict: not hashable
+    doc["promotions"] = [{**p._asdict(), "scope_name": str(_scope(p)), "loadable": state[p.scope]}
+                         for p in selection.wanted()]
+    # what cameras run: a promotion not in force is skipped, as the workers skip it (next rule)
+    in_force = ModelSelection()
+    in_force.promotions = {sc: p for sc, p in selection.promotions.items() if state.get(p.scope) == "ok"}
+    doc["cameras"] = [c._asdict() for c in production_view(in_force, registry, doc["default"])]
+    doc["aliases"] = registry.aliases()
+    doc["rejected_records"] = {"promotion": selection.rejected, **registry.rejected}
     return doc
+
+
+def loadable(promotion: Promotion) -> str:
+    """"ok" when the promoted path holds the promised model (version and every content hash, checked
+    here), else why not: a worker cannot load it either, retries with backoff and meanwhile runs the
+    scope's cameras on the next rule (see `streams.inspection.model_selection`)."""
+    from models.loading import model_identity
+    from models.registry import CheckpointError
+
+    try:
+        version, hashes, _metrics = model_identity(promotion.model_path)
+    except (CheckpointError, OSError, ValueError) as exc:
+        return f"not loadable: {exc}"
+    if version != promotion.model_version:
+        return f"not loadable: the path holds model {version}, not {promotion.model_version}"
+    diff = sorted(k for k, h in promotion.content_hashes.items() if hashes.get(k) != h)
+    if diff:
+        return f"not loadable: content hash of {', '.join(diff)} differs from the promoted one"
+    return "ok"
 
 
 def _scope(p: Promotion) -> Scope:
@@ -395,13 +425,19 @@ def cli_list(args: argparse.Namespace) -> int:
     else:
         for p in prod["promotions"]:
             when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(p["promoted_at"] / 1000))
-            print(f"  {p['scope_name']:<24} {p['model_version']:<56} promoted {when}  {p['note']}")
+            state = "" if p["loadable"] == "ok" else f"  NOT IN FORCE ({p['loadable']})"
+            print(f"  {p['scope_name']:<24} {p['model_version']:<56} promoted {when}  {p['note']}{state}")
         default = prod["default"] or f"(unreadable: {prod['default_path'] or 'packaged'})"
         print(f"  {'default':<24} {default}  (the worker's configured model, where nothing else applies)")
         for c in prod["cameras"]:
             line = f"line {c['line_id']}" if c["line_id"] else "line from its frames"
             pin = f", pinned {c['pinned']}" if c["pinned"] else ""
             print(f"  camera {c['camera_id']} ({line}{pin}): {c['model_version']} [{c['rule']}]")
+        for new, old in sorted(prod["aliases"].items()):
+            print(f"  camera {new} is the renamed {old} (its config and camera promotion apply)")
+        bad = {k: v for k, v in prod["rejected_records"].items() if v}
+        if bad:
+            print(f"  invalid records skipped on the topic: {bad}")
     print()
     if not infos:
         print("no checkpoints under " + ", ".join(str(r) for r in roots))

@@ -19,6 +19,9 @@ class WorkerStatus(NamedTuple):
     batch_mean_s: float | None  # mean micro-batch latency over the interval (None: no batch in it)
     deadletters: dict[str, int]  # reason → dead letters since the worker started
     open_parts: int
+    control_rejected: dict[str, int] = {}  # kind → invalid `cameras` records skipped
+    promotions_not_loaded: int = 0  # current promotions whose model the worker could not load (retried)
+    model_load_failures: dict[str, int] = {}  # promoted model version → failed loads
 
 
 class SinkStatus(NamedTuple):
@@ -60,6 +63,11 @@ def worker_status(after: list[Sample], before: list[Sample] | None = None, inter
         batch_mean_s=batch_mean,
         deadletters={r: int(v) for (r,), v in sorted(by_label(after, "defectstream_deadletters_total", "reason").items())},
         open_parts=int(total(after, "defectstream_open_parts") or 0),
+        control_rejected={k: int(v) for (k,), v in
+                          sorted(by_label(after, "defectstream_control_records_rejected_total", "kind").items())},
+        promotions_not_loaded=int(total(after, "defectstream_promotions_not_loaded") or 0),
+        model_load_failures={k: int(v) for (k,), v in
+                             sorted(by_label(after, "defectstream_model_load_failures_total", "model_version").items())},
     )
 
 
@@ -161,6 +169,10 @@ def format_table(worker: WorkerStatus | None, sink: SinkStatus | None, errors: d
             ("worker batch latency", "-" if worker.batch_mean_s is None else f"{worker.batch_mean_s * 1000:.0f} ms mean"),
             ("worker dead letters", _dict_text(worker.deadletters)),
             ("worker open parts", str(worker.open_parts)),
+            ("worker promotions", "all loaded" if not worker.promotions_not_loaded else
+             f"{worker.promotions_not_loaded} NOT LOADED (retrying; failed loads: "
+             f"{_dict_text(worker.model_load_failures)})"),
+            ("worker bad cameras records", _dict_text(worker.control_rejected)),
         ]
     else:
         rows.append(("worker", "UNREACHABLE" if "worker" in errors else "-"))

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-from streams.inspection.cameras import CameraRegistry
+from streams.inspection.cameras import CameraRegistry, apply_cameras_record
 from streams.inspection.pipeline import InspectPipeline
 from streams.kafka.records import OutRecord, SourceRecord
 from streams.settings import Settings
@@ -257,7 +257,8 @@ def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline
 
     @app.task
     async def follow_cameras() -> None:
-        await follow_camera_topic(settings, pipeline.registry, pipeline.runner.selection, pipeline.cameras_ready)
+        await follow_camera_topic(settings, pipeline.registry, pipeline.runner.selection, pipeline.cameras_ready,
+                                  on_rejected=lambda kind: pipeline.metrics.control_rejected.labels(kind=kind).inc())
 
     @app.timer(interval=min(5.0, settings.tracking.timeout_check_s))
     async def update_gauges() -> None:
@@ -272,10 +273,13 @@ def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline
 
 
 async def follow_camera_topic(settings: Settings, registry: CameraRegistry, selection: Any = None,
-                              ready: asyncio.Event | None = None) -> None:
+                              ready: asyncio.Event | None = None,
+                              on_rejected: Callable[[str], None] | None = None) -> None:
     """Read the compacted `cameras` topic from the start and keep following it (no consumer
     group: every worker holds every camera's config). Model promotions (keys ``*``,
-    ``*line:<id>``, ``*camera:<id>``) go to `selection` (a `streams.inspection.model_selection.ModelSelection`).
+    ``*line:<id>``, ``*camera:<id>``) go to `selection` (a `streams.inspection.model_selection.ModelSelection`),
+    in offset order; camera configs, resets and aliases to `registry`. An invalid record is logged,
+    counted (`on_rejected(kind)`) and skipped (`streams.inspection.cameras.apply_cameras_record`).
     `ready` is set after the first poll that returns nothing (the topic is read up to its end),
     and when following stops."""
     from streams.kafka import clients
@@ -296,11 +300,11 @@ async def follow_camera_topic(settings: Settings, registry: CameraRegistry, sele
                 ready.set()
             for records in batches.values():
                 for r in records:
-                    if selection is not None and selection.apply(r.key, r.value):
-                        log.info("model promotion %s: %s", r.key, r.value)
-                        continue
-                    if registry.apply(r.key, r.value):
-                        log.info("camera config %s: %s", r.key, r.value)
+                    what = apply_cameras_record(r.key, r.value, registry, selection, r.offset, on_rejected)
+                    if not what.startswith("rejected"):
+                        label = {"promotion": "model promotion", "camera_config": "camera config"}.get(
+                            what, what.replace("_", " "))
+                        log.info("%s %s: %s", label, r.key, (r.value or b"")[:500])
     finally:
         if ready is not None:
             ready.set()

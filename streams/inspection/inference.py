@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 
 from models.types import Detection, Inspector
-from streams.inspection.model_selection import InspectorPool, ModelSelection
+from streams.inspection.model_selection import InspectorPool, LoadFailure, ModelSelection
 from streams.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class InferenceRunner:
         self._device: str | None = None
         self.selection = ModelSelection()
         self.pool: InspectorPool | None = None
+        self.on_load_failure: Callable[[LoadFailure], None] | None = None  # set before the first load (metrics)
 
     def _load_path(self, path: str | None) -> Inspector:
         from models.loading import load_inspector
@@ -56,7 +57,7 @@ class InferenceRunner:
             log.info("inspector %s loaded on %s (runtime %s)", self._inspector.model_version, self.device,
                      getattr(self._inspector, "runtime", "torch"))
         if self.pool is None:
-            self.pool = InspectorPool(self._inspector, self._load_path)
+            self.pool = InspectorPool(self._inspector, self._load_path, on_failure=self.on_load_failure)
             self.selection.default_version = str(self._inspector.model_version)
         return self._inspector
 
@@ -103,17 +104,27 @@ class InferenceRunner:
 
     async def refresh_models(self, in_use: Sequence[str] = ()) -> None:
         """Load every promoted model (plant, line and camera scopes) that is not loaded yet, in the
-        executor thread; a checkpoint that fails to load is logged and not retried. Models no open
-        part (`in_use`) and no current promotion needs may be evicted beyond the pool's bound."""
+        executor thread; a checkpoint that fails to load is logged, counted and tried again after a
+        backoff, or at once when it is promoted again (`InspectorPool.ensure`). Models no open part
+        (`in_use`) and no current promotion needs may be evicted beyond the pool's bound."""
         await self.ensure_loaded()
         if self.pool is None:
             return
         wanted = self.selection.wanted()
-        if self.pool.missing(wanted):
+        seqs = self.selection.promotion_seq
+        if self.pool.missing(wanted, seqs):
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self.pool.sync, wanted, list(in_use))
+            await loop.run_in_executor(self._executor, self.pool.sync, wanted, list(in_use), seqs)
         else:
             self.pool.release(set(in_use) | {p.model_version for p in wanted})
+
+    @property
+    def load_failures(self) -> list[LoadFailure]:
+        """Current promotions whose model failed to load (retried with backoff)."""
+        if self.pool is None:
+            return []
+        wanted = {(p.model_path, p.model_version) for p in self.selection.wanted()}
+        return [f for f in self.pool.failures if (f.model_path, f.model_version) in wanted]
 
     async def run(self, fn: Callable[..., R], *args: Any) -> R:
         """Run another blocking step (e.g. image decoding) on the same thread."""

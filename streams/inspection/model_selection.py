@@ -12,7 +12,8 @@ A tombstone (null value) on one of these keys clears that scope's promotion (`mo
 the current promotions. The rules, pure and unit-tested:
 
 * a part keeps the model version it was opened with until it closes (its tracks, votes and event
-  ids belong to one model), so a switch happens at the camera's next part boundary;
+  ids belong to one model) while that model is loaded, so a switch happens at the camera's next
+  part boundary (for a part whose model is gone, see the last rule);
 * a new part uses the first of these whose Inspector is loaded:
   1. the camera-scoped promotion;
   2. the camera's pinned ``model_version`` from its camera config (a canary / hold-back: it keeps
@@ -23,8 +24,20 @@ the current promotions. The rules, pure and unit-tested:
   4. the plant-wide promotion;
   5. the worker's configured default;
 * a promotion whose checkpoint is not loaded (yet, or at all: missing file, hash mismatch) is
-  skipped, so the camera falls through to the next rule (logged when loading fails);
-* within one scope an older promotion read later (``promoted_at``) never replaces a newer one.
+  skipped, so the camera falls through to the next rule (logged and counted when loading fails);
+  a failed load is retried with exponential backoff (`LoadBackoff`) and at once when the scope is
+  promoted again, never blocked for the life of the process;
+* within one scope the record read last wins: promotions are ordered by the topic's offsets (one
+  key lives on one partition), never by ``promoted_at``, which is a wall clock of the machine that
+  promoted (a clock an hour ahead must not make workers ignore the promotions after it); a record
+  at an offset already applied (re-read) changes nothing;
+* every record is validated (`PromotionRecord`, pydantic, strict types, bounded JSON nesting): a bad
+  one is logged and skipped (`apply` returns True: it was a scope key, not a camera), never raises;
+* an open part whose model can no longer be loaded (its promotion was replaced and the worker
+  restarted, the partition moved to a worker that never loaded it, or a redeploy with another
+  ``MODEL__PATH``) finishes on the model a new part of its camera would get now, and its verdict
+  says so (`streams.tracking.tracker.PartState.opened_model_version`,
+  ``PartInspected.opened_model_version``): the partition never stops for it.
 
 :class:`InspectorPool` holds several loaded Inspectors by version (loading happens in the
 inference thread): the default, every current promotion's, and every open part's are never
@@ -35,8 +48,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from models.types import Inspector
 
@@ -46,6 +62,8 @@ PROMOTION_KEY = "*"  # the plant-wide scope
 LINE_PREFIX = "*line:"
 CAMERA_PREFIX = "*camera:"
 PROMOTION_KIND = "model_promotion"
+CONTROL_PREFIX = "*"  # every key that starts with it is a control record, never a camera id
+MAX_CONTROL_RECORD_BYTES = 64 * 1024  # a promotion is a few hundred bytes; anything this large is not one
 
 
 class Scope(NamedTuple):
@@ -111,28 +129,80 @@ class Promotion(NamedTuple):
         return json.dumps({"kind": PROMOTION_KIND, **self._asdict()}, sort_keys=True).encode()
 
 
+class PromotionRecord(BaseModel):
+    """The validated value of a promotion record: strict types (no coercion of ``"soon"`` or ``null``
+    into a time, of ``[1]`` into hashes), unknown keys ignored (records of newer releases)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: Literal["model_promotion"]
+    model_version: StrictStr = Field(min_length=1, max_length=1024)
+    model_path: StrictStr = Field(min_length=1, max_length=4096)
+    promoted_at: StrictInt = Field(0, ge=0)
+    content_hashes: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    note: StrictStr = ""
+    scope: StrictStr | None = None
+
+
+class BadControlRecord(ValueError):
+    """A `cameras` control record that does not validate (the reason is the message)."""
+
+
+def validate_json(model: type[BaseModel], value: bytes | str) -> BaseModel:
+    """`model` validated from a record's JSON value (pydantic's parser: bounded nesting depth, so a
+    value nested 200 000 levels deep is an error, not a RecursionError).
+
+    Raises:
+        BadControlRecord: too large, not JSON, or not valid for `model`.
+    """
+    if len(value) > MAX_CONTROL_RECORD_BYTES:
+        raise BadControlRecord(f"{len(value)} bytes (more than {MAX_CONTROL_RECORD_BYTES})")
+    try:
+        return model.model_validate_json(value)
+    except ValidationError as exc:
+        raise BadControlRecord("; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'value'}: {e['msg']}"
+                                         for e in exc.errors()[:5])) from None
+    except (ValueError, TypeError, RecursionError) as exc:  # belt and braces: never raise out of a follower
+        raise BadControlRecord(f"{type(exc).__name__}: {exc}") from None
+
+
+def parse_promotion_strict(value: bytes | str, key: bytes | str | None = None) -> Promotion:
+    """The promotion in a scope record's value (not a tombstone).
+
+    Raises:
+        BadControlRecord: the value is no valid promotion.
+    """
+    rec = validate_json(PromotionRecord, value)
+    assert isinstance(rec, PromotionRecord)
+    scope = parse_scope(key)
+    return Promotion(rec.model_version, rec.model_path, rec.promoted_at, dict(rec.content_hashes), rec.note,
+                     scope.key if scope is not None else (rec.scope or PROMOTION_KEY))
+
+
 def parse_promotion(value: bytes | str | None, key: bytes | str | None = None) -> Promotion | None:
-    """The promotion in a scope record's value; None for a tombstone or a value that is not one.
+    """The promotion in a scope record's value; None for a tombstone or a value that is not a valid one.
 
     When `key` is given, the promotion's `scope` is that key (the key is what workers act on).
     """
     if value is None:
         return None
     try:
-        d = json.loads(value)
-    except ValueError:
+        return parse_promotion_strict(value, key)
+    except BadControlRecord:
         return None
-    if not isinstance(d, dict) or d.get("kind") != PROMOTION_KIND or not d.get("model_version") or not d.get("model_path"):
-        return None
-    scope = parse_scope(key)
-    return Promotion(str(d["model_version"]), str(d["model_path"]), int(d.get("promoted_at", 0)),
-                     dict(d.get("content_hashes") or {}), str(d.get("note", "")),
-                     scope.key if scope is not None else str(d.get("scope") or PROMOTION_KEY))
 
 
 def is_promotion_key(key: bytes | str | None) -> bool:
     """True for the keys of promotion scopes (``*``, ``*line:<id>``, ``*camera:<id>``)."""
     return parse_scope(key) is not None
+
+
+def is_control_key(key: bytes | str | None) -> bool:
+    """True for every reserved key (starting with ``*``): promotion scopes and the camera control
+    records of `streams.inspection.cameras`; never a camera's config."""
+    if key is None:
+        return False
+    return (key.startswith(b"*") if isinstance(key, bytes) else key.startswith(CONTROL_PREFIX))
 
 
 class ModelSelection:
@@ -141,34 +211,52 @@ class ModelSelection:
     def __init__(self, default_version: str | None = None):
         self.default_version = default_version  # the worker's configured model; set once it is loaded
         self.promotions: dict[Scope, Promotion] = {}
+        self.offsets: dict[Scope, int] = {}  # scope -> offset of the record applied last (promotion or tombstone)
+        self.applied = 0  # records applied (promotions and tombstones): a re-promotion is a new one
+        self.seq: dict[Scope, int] = {}  # scope -> `applied` when its promotion was applied
+        self.rejected = 0  # scope records skipped as invalid
 
     @property
     def promotion(self) -> Promotion | None:
         """The plant-wide promotion (None: none)."""
         return self.promotions.get(PLANT)
 
-    def apply(self, key: bytes | str | None, value: bytes | None) -> bool:
+    def apply(self, key: bytes | str | None, value: bytes | None, offset: int | None = None) -> bool:
         """Apply one `cameras` record; True when it was a promotion record (a scope key).
 
-        A tombstone clears the scope; a value that is no promotion is logged and ignored; an
-        older promotion than the scope's current one is ignored.
+        A tombstone clears the scope; a value that is no valid promotion is logged, counted in
+        `rejected` and ignored (the scope keeps its promotion). Records are applied in the order
+        read, which is the topic's offset order for a key; with `offset`, a record at or before the
+        scope's last applied offset (read again) changes nothing. ``promoted_at`` plays no part.
+        Never raises.
         """
         scope = parse_scope(key)
         if scope is None:
             return False
-        promo = parse_promotion(value, key)
-        if value is not None and promo is None:
-            log.warning("ignoring a %r record on the cameras topic that is not a model promotion: %r", scope.key,
-                        value[:200])
-            return True
-        current = self.promotions.get(scope)
+        if offset is not None and offset <= self.offsets.get(scope, -1):
+            return True  # read again (a re-read of the topic): already applied
+        promo: Promotion | None = None
+        if value is not None:
+            try:
+                promo = parse_promotion_strict(value, key)
+            except BadControlRecord as exc:
+                self.rejected += 1
+                log.warning("skipping an invalid model promotion record %r on the cameras topic: %s", scope.key, exc)
+                return True
+        if offset is not None:
+            self.offsets[scope] = offset
+        self.applied += 1
         if promo is None:
             self.promotions.pop(scope, None)
+            self.seq.pop(scope, None)
             return True
-        if current is not None and promo.promoted_at < current.promoted_at:
-            return True  # an older promotion (e.g. re-read out of order) never wins
         self.promotions[scope] = promo
+        self.seq[scope] = self.applied
         return True
+
+    def promotion_seq(self, promotion: Promotion) -> int:
+        """When `promotion` was applied (a counter): a re-promotion of a failed path gets a new one."""
+        return self.seq.get(parse_scope(promotion.scope) or PLANT, 0)
 
     def wanted(self) -> list[Promotion]:
         """Every current promotion (camera, then line, then plant scopes): the models workers should load."""
@@ -176,10 +264,12 @@ class ModelSelection:
         return [self.promotions[s] for s in sorted(self.promotions, key=lambda s: (order[s.kind], s.name or ""))]
 
     def candidates(self, camera_id: str | None = None, line_id: str | None = None,
-                   camera_version: str | None = None) -> list[tuple[str, str]]:
+                   camera_version: str | None = None, camera_alias: str | None = None) -> list[tuple[str, str]]:
         """(rule, version) in precedence order for a camera; the first loaded one is used.
 
-        Rules: "camera", "pinned", "line", "plant", "default" (see the module doc).
+        Rules: "camera", "pinned", "line", "plant", "default" (see the module doc). `camera_alias`:
+        the id the camera had before a rename (`streams.inspection.cameras.CameraAlias`); its camera
+        promotion applies when the camera has none of its own.
         """
         out: list[tuple[str, str]] = []
         for rule, scope in (("camera", Scope("camera", camera_id) if camera_id else None), ("pinned", None),
@@ -189,6 +279,8 @@ class ModelSelection:
                     out.append((rule, camera_version))
                 continue
             promo = self.promotions.get(scope) if scope is not None else None
+            if promo is None and rule == "camera" and camera_alias:
+                promo = self.promotions.get(Scope("camera", camera_alias))
             if promo is not None:
                 out.append((rule, promo.model_version))
         if self.default_version is not None:
@@ -196,14 +288,14 @@ class ModelSelection:
         return out
 
     def version_for_new_part(self, camera_version: str | None, available: Iterable[str], camera_id: str | None = None,
-                             line_id: str | None = None) -> str:
+                             line_id: str | None = None, camera_alias: str | None = None) -> str:
         """Model version for a part of `camera_id` on `line_id` that opens now (see the module doc).
 
         Raises:
             RuntimeError: no default version is set yet and no other rule applies.
         """
         avail = set(available)
-        for _rule, version in self.candidates(camera_id, line_id, camera_version):
+        for _rule, version in self.candidates(camera_id, line_id, camera_version, camera_alias):
             if version in avail:
                 return version
         if self.default_version is None:
@@ -211,14 +303,43 @@ class ModelSelection:
         return self.default_version
 
     def version_for_frame(self, part_id: str, open_part: tuple[str, str] | None, camera_version: str | None,
-                          available: Iterable[str], camera_id: str | None = None, line_id: str | None = None) -> str:
+                          available: Iterable[str], camera_id: str | None = None, line_id: str | None = None,
+                          camera_alias: str | None = None) -> str:
         """Model version for a frame of `part_id`, given the camera's open part (id, version).
 
-        A frame of the open part keeps that part's version; any other frame opens a new part.
+        A frame of the open part keeps that part's version while it is loaded (in `available`);
+        when it is not (no longer promoted after a restart or a rebalance, or a redeploy with another
+        default) the frame gets the version a new part would get: the part finishes on it (the
+        caller records the switch in the part). Any other frame opens a new part.
         """
-        if open_part is not None and open_part[0] == part_id:
+        avail = set(available)
+        if open_part is not None and open_part[0] == part_id and open_part[1] in avail:
             return open_part[1]
-        return self.version_for_new_part(camera_version, available, camera_id, line_id)
+        return self.version_for_new_part(camera_version, avail, camera_id, line_id, camera_alias)
+
+
+class LoadBackoff(NamedTuple):
+    """Retry delays of a promoted model that failed to load: `initial_s`, doubled up to `max_s`."""
+
+    initial_s: float = 5.0
+    max_s: float = 300.0
+
+    def delay(self, attempts: int) -> float:
+        return min(self.max_s, self.initial_s * 2 ** max(0, attempts - 1))
+
+
+class LoadFailure(NamedTuple):
+    """A promoted model that failed to load: why, how often, when it is tried again."""
+
+    model_version: str
+    model_path: str
+    error: str
+    attempts: int
+    retry_at: float  # `clock()` time of the next attempt
+    seq: int  # the promotion's `ModelSelection.promotion_seq` at the last attempt
+
+    def to_dict(self) -> dict[str, object]:
+        return self._asdict()
 
 
 class InspectorPool:
@@ -228,12 +349,19 @@ class InspectorPool:
     promotions' versions) names them, and the least recently used beyond `max_loaded` are dropped.
     """
 
-    def __init__(self, default: Inspector, loader: Callable[[str], Inspector], max_loaded: int = 3):
+    def __init__(self, default: Inspector, loader: Callable[[str], Inspector], max_loaded: int = 3,
+                 backoff: LoadBackoff = LoadBackoff(), clock: Callable[[], float] = time.monotonic,
+                 on_failure: Callable[[LoadFailure], None] | None = None):
         self.default = default
         self.loader = loader
         self.max_loaded = max(1, max_loaded)
+        self.backoff = backoff
+        self.clock = clock
+        self.on_failure = on_failure  # called after each failed load (metrics)
         self._by_version: OrderedDict[str, Inspector] = OrderedDict({str(default.model_version): default})
-        self._failed: set[str] = set()
+        # (path, promised version) -> the last failure: a path holding another version than one
+        # promotion promised may still be right for another (a retrained directory promoted twice)
+        self._failed: dict[tuple[str, str], LoadFailure] = {}
         self._lock = threading.Lock()
 
     @property
@@ -248,52 +376,81 @@ class InspectorPool:
             self._by_version.move_to_end(version)
             return insp
 
-    def missing(self, promotions: Iterable[Promotion]) -> list[Promotion]:
-        """The promotions whose model is neither loaded nor known to fail loading."""
+    @property
+    def failures(self) -> list[LoadFailure]:
+        """Promoted models whose last load failed (and that are not loaded since)."""
         with self._lock:
-            return [p for p in promotions if p.model_version not in self._by_version and p.model_path not in self._failed]
+            return [f for f in self._failed.values() if f.model_version not in self._by_version]
 
-    def ensure(self, promotion: Promotion | None, in_use: Iterable[str] = ()) -> bool:
+    def _due(self, p: Promotion, seq: int) -> bool:
+        f = self._failed.get((p.model_path, p.model_version))
+        return f is None or seq > f.seq or self.clock() >= f.retry_at
+
+    def missing(self, promotions: Iterable[Promotion],
+                seqs: Callable[[Promotion], int] = lambda p: 0) -> list[Promotion]:
+        """The promotions whose model is not loaded and whose load is due: never tried, its retry
+        time reached (backoff), or promoted again since it failed (`seqs(p)` grew)."""
+        with self._lock:
+            return [p for p in promotions if p.model_version not in self._by_version and self._due(p, seqs(p))]
+
+    def ensure(self, promotion: Promotion | None, in_use: Iterable[str] = (), seq: int = 0) -> bool:
         """Load the promoted checkpoint if it is not loaded yet; True when it is available.
 
-        A checkpoint that fails to load (missing file, hash mismatch) or whose version differs
-        from the promotion's is not retried for that path and leaves the selection unchanged.
-        Versions in `in_use` (and the default and this promotion's) survive the eviction.
+        A checkpoint that fails to load (missing file, hash mismatch) or whose version differs from
+        the promotion's leaves the selection unchanged and is tried again after a backoff
+        (`LoadBackoff`, doubling), or at once when promoted again (a larger `seq`). A path that
+        holds another version than promised keeps what it loaded under its own version when that
+        version is wanted too (it is then only evicted like any other). Versions in `in_use` (and
+        the default and this promotion's) survive the eviction.
         """
         if promotion is None:
             return True
+        key = (promotion.model_path, promotion.model_version)
         with self._lock:
             if promotion.model_version in self._by_version:
+                self._failed.pop(key, None)
                 return True
-            if promotion.model_path in self._failed:
+            if not self._due(promotion, seq):
                 return False
         try:
             insp = self.loader(promotion.model_path)
+            error = None
+            if str(insp.model_version) != promotion.model_version:
+                error = f"the path holds model {insp.model_version}, not {promotion.model_version}"
         except Exception as exc:  # noqa: BLE001 - a bad promotion must not stop the worker
-            log.error("cannot load promoted model %s from %s: %s", promotion.model_version, promotion.model_path, exc)
+            insp, error = None, f"{type(exc).__name__}: {exc}"
+        if error is not None:
             with self._lock:
-                self._failed.add(promotion.model_path)
-            return False
-        if str(insp.model_version) != promotion.model_version:
-            log.error("promoted path %s holds model %s, not %s; ignored", promotion.model_path, insp.model_version,
-                      promotion.model_version)
-            with self._lock:
-                self._failed.add(promotion.model_path)
+                prev = self._failed.get(key)
+                attempts = (prev.attempts if prev is not None and seq <= prev.seq else 0) + 1
+                delay = self.backoff.delay(attempts)
+                failure = LoadFailure(promotion.model_version, promotion.model_path, error, attempts,
+                                      self.clock() + delay, max(seq, prev.seq if prev is not None else 0))
+                self._failed[key] = failure
+                if insp is not None and str(insp.model_version) in set(in_use):
+                    # a retrained directory promoted twice: what it holds now is another promotion's model
+                    self._by_version[str(insp.model_version)] = insp
+            log.error("cannot load promoted model %s from %s (attempt %d, next in %.0fs): %s",
+                      promotion.model_version, promotion.model_path, attempts, delay, error)
+            if self.on_failure is not None:
+                self.on_failure(failure)
             return False
         with self._lock:
+            self._failed.pop(key, None)
             self._by_version[promotion.model_version] = insp
             self._evict(set(in_use) | {promotion.model_version})
         log.warning("model %s loaded from %s", promotion.model_version, promotion.model_path)
         return True
 
-    def sync(self, promotions: Iterable[Promotion], in_use: Iterable[str] = ()) -> set[str]:
-        """Load every promotion's model that is missing, keep all of them and `in_use`, evict the rest
-        beyond `max_loaded`; returns the promoted versions that are available."""
+    def sync(self, promotions: Iterable[Promotion], in_use: Iterable[str] = (),
+             seqs: Callable[[Promotion], int] = lambda p: 0) -> set[str]:
+        """Load every promotion's model that is missing and due, keep all of them and `in_use`,
+        evict the rest beyond `max_loaded`; returns the promoted versions that are available."""
         promos = list(promotions)
         keep = set(in_use) | {p.model_version for p in promos}
-        ok = {p.model_version for p in promos if self.ensure(p, keep)}
+        ok = {p.model_version for p in promos if self.ensure(p, keep, seqs(p))}
         self.release(keep)
-        return ok
+        return ok | ({p.model_version for p in promos} & set(self.versions))
 
     def release(self, keep: Iterable[str]) -> None:
         """Drop least recently used Inspectors beyond `max_loaded` that `keep` does not name."""

@@ -19,11 +19,12 @@ duplicate_frame).
 Only input that can never be processed is dead-lettered (see `streams.inspection.intake`). A model
 call that fails is judged by a probe: the same model on a blank frame of the same size. When
 the probe passes the model is healthy and the frame is at fault (``inference_error``); when it
-fails (a model version that is not, or no longer, loaded fails it too), or the error is one of
+fails, or the error is one of
 a sick device (CUDA out of memory or another CUDA error, MemoryError), the call is retried with
 exponential backoff (`inference_retries`, `inference_backoff_s`) and then
 :class:`ModelUnavailable` stops the worker, so the frames are re-delivered to its successor
-instead of being lost.
+instead of being lost. A part whose model version is no longer loaded never gets there: it finishes
+on the camera's current model (`_version_for`, `streams.inspection.model_selection`).
 
 Dead letters are bounded (`deadletter_original_max_bytes` of the original, else a pointer with
 size and SHA-256) so that one never exceeds the producer's request limit.
@@ -121,6 +122,9 @@ class InspectPipeline:
         self.clock_epoch = clock_epoch
         self.metrics = metrics or WorkerMetrics()
         self.runner = runner
+        if runner.on_load_failure is None:  # failed loads of promoted models, counted by version
+            runner.on_load_failure = lambda f: self.metrics.model_load_failures.labels(
+                model_version=f.model_version).inc()
         self.registry = registry
         self.store = store
         self.emitter = emitter
@@ -238,12 +242,31 @@ class InspectPipeline:
 
     def _version_for(self, state: CameraState, meta: FrameMeta) -> str:
         """A part keeps the model it opened with; a new part takes the selected one (camera, pinned,
-        line, plant promotion, default). The line is the one the part is reported under."""
+        line, plant promotion, default). The line is the one the part is reported under.
+
+        An open part whose model is not loaded any more (its promotion was replaced before a restart
+        or a rebalance, or the worker was redeployed with another ``MODEL__PATH``) finishes on the
+        model a new part of the camera gets now: the part records the switch and its verdict says
+        so (``model_version`` the current model, ``opened_model_version`` the first); the partition
+        never stops for it."""
         open_part = (state.part.part_id, state.part.model_version) if state.part is not None else None
         cfg = self.registry.get(meta.camera_id)
         line = (cfg.line_id if cfg is not None and cfg.line_id else None) or meta.line_id
-        return self.runner.selection.version_for_frame(meta.part_id, open_part, cfg.model_version if cfg else None,
-                                                       self.runner.versions, camera_id=meta.camera_id, line_id=line)
+        version = self.runner.selection.version_for_frame(
+            meta.part_id, open_part, cfg.model_version if cfg else None, self.runner.versions,
+            camera_id=meta.camera_id, line_id=line, camera_alias=self.registry.alias_of(meta.camera_id))
+        if state.part is not None and state.part.part_id == meta.part_id and version != state.part.model_version:
+            log.warning("part %s of camera %s opened on model %s, which is no longer loaded; it finishes on %s",
+                        meta.part_id, meta.camera_id, state.part.model_version, version)
+            state.part.switch_model(version)
+            self.metrics.parts_model_switched.inc()
+        return version
+
+    def _apply_reset(self, state: CameraState) -> None:
+        """Apply the operator's latest sequence reset of the camera (`defectstream cameras reset`) once."""
+        rid = self.registry.reset_id(state.camera_id)
+        if rid is not None and state.reset_sequence(rid):
+            log.warning("camera %s: frame_seq history cleared by reset %s (a replaced camera)", state.camera_id, rid)
 
     def _note_open_parts(self, states: dict[str, CameraState] | Sequence[CameraState]) -> None:
         """Remember which model each camera's open part runs (cameras of earlier batches too), so
@@ -307,6 +330,7 @@ class InspectPipeline:
             state = states.get(meta.camera_id)
             if state is None:
                 state = states[meta.camera_id] = self.store.load(meta.camera_id)
+                self._apply_reset(state)
             last_source[meta.camera_id] = ev
             rej = state.admit(meta)
             if rej is not None:
@@ -334,6 +358,7 @@ class InspectPipeline:
         # model per frame (a promotion takes effect at each camera's next part), then inspect
         self._note_open_parts(states)
         await self.runner.refresh_models(sorted(set(self.open_part_versions.values())))
+        self.metrics.promotions_not_loaded.set(len(self.runner.load_failures))
         versions = [self._version_for(states[meta.camera_id], meta) for _, meta, _ in ok]
         started = time.perf_counter()
         detections = await self._inspect_by_version([img for _, _, img in ok], versions)

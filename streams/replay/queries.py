@@ -49,19 +49,24 @@ _PART_COLUMNS = ("camera_id", "part_id", "verdict", "shift_name", "shift_start",
 
 
 def _winning_verdicts(where: str) -> str:
-    """One row per part event id: the columns of its winning delivery (highest `version`, ties broken by
-    `emission_id`, then the row), as in `streams.spc.queries.deduped_parts_sql`."""
+    """One row per part (camera × part id of the run, whatever the model version that closed it): the
+    columns of its winning delivery (highest `version`, ties broken by `emission_id`, then the row) and
+    its verdict's `event_id`, as in `streams.spc.queries.deduped_parts_sql`."""
     cols = ", ".join(_PART_COLUMNS)
     return f"""
-    SELECT event_id, argMax(p_tuple, (version, emission_id, p_tuple)) AS p_row
-    FROM (SELECT event_id, version, emission_id, tuple({cols}) AS p_tuple FROM parts WHERE {where})
-    GROUP BY event_id"""
+    SELECT tupleElement(p_row, {len(_PART_COLUMNS) + 1}) AS event_id, p_row
+    FROM (
+        SELECT argMax(p_tuple, (version, emission_id, p_tuple)) AS p_row
+        FROM (SELECT camera_id, part_id, version, emission_id, tuple({cols}, event_id) AS p_tuple
+              FROM parts WHERE {where})
+        GROUP BY camera_id, part_id
+    )"""
 
 
 def parts_sql(run_id: str, *, restrict_to: str | None = None, cameras: Sequence[str] | None = None,
               since_ms: int | None = None, until_ms: int | None = None) -> str:
-    """Rendered SQL: one row per part event id of `run_id` (camera, part, verdict, shift, ts, defects, model),
-    every column from the part's winning verdict."""
+    """Rendered SQL: one row per part of `run_id` (its winning verdict's event id, camera, part, verdict,
+    shift, ts, defects, model), every column from the part's winning verdict."""
     where, params = _scope(run_id, restrict_to, cameras, since_ms, until_ms)
     picked = ", ".join(f"tupleElement(p_row, {i})" for i in range(1, len(_PART_COLUMNS)))
     return render(f"""

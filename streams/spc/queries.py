@@ -1,7 +1,7 @@
 """Every SQL query of the SPC report and the monitor, and the catalogue of them the dialect tests run.
 
-The queries read de-duplicated parts (one verdict per part and model version: see
-`deduped_parts_sql`) and run unchanged on ClickHouse 18.16 and current releases (no window
+The queries read de-duplicated parts (one verdict per part of a run, whatever the model version
+that closed it: see `deduped_parts_sql`) and run unchanged on ClickHouse 18.16 and current releases (no window
 functions, no WITH FILL, no DateTime64). `query_catalog` renders each of them, so one test can
 run every statement on the ClickHouse server and on chdb (the current engine): a query that only
 works on one of them fails there.
@@ -57,10 +57,13 @@ def _part_measures(defect_class: str | None) -> tuple[str, str]:
 
 
 def deduped_parts_sql(filters: ReportFilters, extra_columns: Sequence[str] = ()) -> tuple[str, dict]:
-    """Subquery: one row per part event_id (part × model version × run), all columns of its latest verdict.
+    """Subquery: one row per part (camera × part id, within the run), all columns of its latest verdict.
 
-    Columns: ts, s_start, s_name, s_date, line, camera, defective, defects (+ x_<extra>). Every
-    column comes from the same row: the delivery with the highest `version`, ties broken by the
+    A part has one verdict whatever the model version: a part emitted under v2 and closed again
+    under v1 by the worker that took over (v2 not loadable there) has two verdict event ids (the
+    id hashes the model version) and counts once. Columns: event_id (of the winning verdict), ts,
+    s_start, s_name, s_date, line, camera, defective, defects (+ x_<extra>). Every column comes from
+    the same row: the delivery with the highest `version` (the later close), ties broken by the
     `emission_id` (so every query picks the same close of the part, whichever columns it reads, and
     `defect_set_sql` its defects), then by the row (deterministic whatever the read order, unlike `any()`).
     """
@@ -73,15 +76,17 @@ def deduped_parts_sql(filters: ReportFilters, extra_columns: Sequence[str] = ())
             *((c, f"x_{c}") for c in extra_columns)]
     picked = ",\n        ".join(f"tupleElement(v_row, {i}) AS {alias}" for i, (_e, alias) in enumerate(cols, 1))
     row = ", ".join(e for e, _a in cols)
+    # grouped by (camera, part), not by event_id: the verdict's event id differs per model version
     sql = f"""
     SELECT
-        event_id,
+        tupleElement(v_row, {len(cols) + 1}) AS event_id,
         {picked}
     FROM
     (
-        SELECT event_id, argMax(v_tuple, (version, emission_id, v_tuple)) AS v_row
-        FROM (SELECT event_id, version, emission_id, tuple({row}) AS v_tuple FROM parts WHERE {where})
-        GROUP BY event_id
+        SELECT argMax(v_tuple, (version, emission_id, v_tuple)) AS v_row
+        FROM (SELECT camera_id, part_id, version, emission_id, tuple({row}, event_id) AS v_tuple
+              FROM parts WHERE {where})
+        GROUP BY camera_id, part_id
     )"""
     return sql, params
 
@@ -109,7 +114,7 @@ def pareto_sql(filters: ReportFilters) -> str:
     """Rendered SQL: confirmed defects per class, most frequent first.
 
     Counted from each part's latest verdict (its per-class counts), so a part counts one defect set
-    per model version however often, and under whichever track ids, it was re-emitted.
+    however often, under whichever model versions and track ids, it was re-emitted.
     """
     unfiltered = ReportFilters(filters.since_ms, filters.until_ms, filters.run_id, filters.line, filters.camera)
     inner, params = deduped_parts_sql(unfiltered, extra_columns=("defect_classes", "defect_class_counts"))

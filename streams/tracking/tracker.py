@@ -259,6 +259,16 @@ class PartState:
     # clock (a restart, a rebalance) is not compared, see `CameraState.idle_part`
     touched_ms: int = 0
     touched_epoch: str = ""
+    # The model the part was opened with, when that model could no longer be loaded and the part
+    # finishes on the camera's current one (`model_version` then; streams.inspection.model_selection).
+    opened_model_version: str = ""
+
+    def switch_model(self, version: str) -> None:
+        """Go on with `version` because the part's model is gone: the verdict names both
+        (`model_version` = `version`, whose event ids these are; `opened_model_version` = the first)."""
+        if version != self.model_version:
+            self.opened_model_version = self.opened_model_version or self.model_version
+            self.model_version = version
 
     @property
     def frames(self) -> int:
@@ -291,6 +301,7 @@ class PartState:
             "policy": {k: v for k, v in self.policy._asdict().items() if v is not None},
             "touched_ms": self.touched_ms,
             "touched_epoch": self.touched_epoch,
+            **({"opened_model_version": self.opened_model_version} if self.opened_model_version else {}),
         }
 
     @classmethod
@@ -315,6 +326,7 @@ class PartState:
             policy=PartPolicy(**pol),
             touched_ms=int(d.get("touched_ms", 0)),
             touched_epoch=str(d.get("touched_epoch", "")),
+            opened_model_version=str(d.get("opened_model_version") or ""),
         )
 
 
@@ -545,6 +557,7 @@ class PartTracker:
             shift_start=shift_start,
             defect_counts=counts,
             shift=shift_name,
+            opened_model_version=part.opened_model_version,
         )
         # ties every defect to this close: a re-close with another defect set gets another emission id
         verdict.emission_id = emission_id_of(verdict, defects)
@@ -578,6 +591,19 @@ class CameraState:
     # broker re-delivers after a crash or rebalance (read before, not committed) from a duplicate
     # the camera sent again (at a new offset).
     read_to: list[int] | None = None
+    # the camera reset (`streams.inspection.cameras.CameraReset`) this state has applied: a new one
+    # clears the sequence guard once (a replaced camera counts frame_seq from 0 again)
+    reset_id: str | None = None
+
+    def reset_sequence(self, reset_id: str) -> bool:
+        """Apply the operator's reset `reset_id` once: forget the frame_seq history (the open part and
+        the closed-part lists stay). True when it was new."""
+        if reset_id == self.reset_id:
+            return False
+        self.reset_id = reset_id
+        self.last_seq = None
+        self.recent_seqs = []
+        return True
 
     def note_read(self, partition: int, offset: int) -> None:
         """Record that the frame at `offset` of `partition` has been through this state."""
@@ -708,6 +734,7 @@ class CameraState:
             "part": self.part.to_dict() if self.part is not None else None,
             "capped_parts": self.capped_parts,
             "read_to": self.read_to,
+            **({"reset_id": self.reset_id} if self.reset_id is not None else {}),
         }
 
     @classmethod
@@ -720,6 +747,7 @@ class CameraState:
             part=PartState.from_dict(d["part"]) if d.get("part") else None,
             capped_parts=[str(p) for p in d.get("capped_parts", [])],
             read_to=[int(x) for x in d["read_to"]] if d.get("read_to") else None,
+            reset_id=str(d["reset_id"]) if d.get("reset_id") is not None else None,
         )
 
 

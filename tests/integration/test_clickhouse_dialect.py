@@ -201,3 +201,30 @@ def test_two_closes_of_a_part_count_once_with_the_defect_set_of_the_winning_verd
         ex.query(f"SYSTEM START MERGES {table}")
         ex.query(f"OPTIMIZE TABLE {table} FINAL")
     assert answers() == expected  # a merge keeps the newest rows: the same close wins
+
+
+def test_a_part_closed_under_two_model_versions_counts_once_in_every_query(ex, clickhouse_connect, fresh_database):
+    """Item 5 of issue 17 on 18.16 (tests/unit/sinks/test_sql_dialect_chdb.py runs the same on chdb): a part
+    emitted under v2 and closed again under v1 after a crash counts once (the later close) in the report,
+    the pareto, the monitor, the defect set and compare, before a merge and after one."""
+    from sinks.testing import write_through_sink
+    from tests.unit.sinks.test_sql_dialect_chdb import _closes_under_two_models, model_switch_answers
+
+    under_v2, under_v1, other = _closes_under_two_models(T0)
+    pid = under_v2[0].part_id
+    migrate(ex)
+    for table in ("parts", "defects"):
+        ex.query(f"SYSTEM STOP MERGES {table}")
+    writer = DriverExecutor(clickhouse_connect("writer", "writer", fresh_database))
+    write_through_sink(writer, under_v2 + other, ingested_at_s=1_000_000.0)
+    write_through_sink(writer, under_v1, ingested_at_s=1_000_100.0)
+    expected = {
+        "report": [(2, 1, 1)], "pareto": {"pit": 1}, "monitor": [("line-1", "cam-1", 2, 1)],
+        "defects": [(pid, 0, "pit", 7.5)],
+        "compare_parts": sorted([(pid, "FAIL", "v1"), (other[0].part_id, "PASS", "v1")]), "compare_defects": ["pit"],
+    }
+    assert model_switch_answers(ex, T0) == expected
+    for table in ("parts", "defects"):
+        ex.query(f"SYSTEM START MERGES {table}")
+        ex.query(f"OPTIMIZE TABLE {table} FINAL")
+    assert model_switch_answers(ex, T0) == expected

@@ -112,10 +112,11 @@ def test_clearing_a_scope_falls_back_and_applies_at_the_part_boundary():
     assert sel.apply(b"*line:l2", None)
     assert sel.version_for_frame("p3", ("p2", "line"), None, avail, "c3", "l2") == "v0"
     assert sel.wanted() == [] and sel.promotions == {}
-    # an older promotion re-read later never replaces a newer one of the same scope; other scopes are independent
-    sel.apply(b"*camera:c3", promo("new", 10).to_json())
-    sel.apply(b"*camera:c3", promo("old", 5).to_json())
-    sel.apply(b"*camera:c4", promo("old", 5).to_json())
+    # records apply in offset order whatever their promoted_at; a record re-read (an offset already
+    # applied) changes nothing; other scopes are independent
+    sel.apply(b"*camera:c3", promo("new", 5).to_json(), offset=10)
+    sel.apply(b"*camera:c3", promo("old", 1).to_json(), offset=7)  # read again after a seek
+    sel.apply(b"*camera:c4", promo("old", 5).to_json(), offset=11)
     assert {str(s): p.model_version for s, p in sel.promotions.items()} == {"camera c3": "new", "camera c4": "old"}
     # a value under a scope key that is no promotion is ignored (and not taken for a camera config)
     assert sel.apply(b"*camera:c3", b'{"line_id": "x"}') and sel.promotions[Scope("camera", "c3")].model_version == "new"
@@ -136,9 +137,9 @@ def test_new_parts_switch_open_parts_keep_their_model():
     # a camera pinned to a loaded version keeps it (canary / hold-back)
     assert sel.version_for_new_part("v1", ["v1", "v2"]) == "v1"
     assert sel.version_for_new_part("v9", ["v1", "v2"]) == "v2"  # pinned version not loaded
-    # an older promotion read later never wins; a tombstone returns to the default
+    # the record read last wins (offset order), whatever its promoted_at; a tombstone returns to the default
     sel.apply(b"*", promo("v0", 3).to_json())
-    assert [p.model_version for p in sel.wanted()] == ["v2"]
+    assert [p.model_version for p in sel.wanted()] == ["v0"]
     sel.apply(b"*", None)
     assert sel.wanted() == [] and sel.version_for_new_part(None, ["v1", "v2"]) == "v1"
 
@@ -157,7 +158,7 @@ def test_inspector_pool_loads_once_refuses_bad_promotions_and_evicts():
     assert pool.ensure(promo("v2", 1)) and pool.ensure(promo("v2", 1)) and loads == ["/models/v2"]
     assert pool.get("v2").model_version == "v2"
     assert not pool.ensure(promo("v3", 2, "/models/broken")) and not pool.ensure(promo("v3", 2, "/models/broken"))
-    assert loads.count("/models/broken") == 1  # not retried
+    assert loads.count("/models/broken") == 1  # not retried before its backoff (see the retry test)
     assert not pool.ensure(promo("v4", 3, "/models/other"))  # holds another version than promised
     assert pool.ensure(promo("v5", 4), in_use=["v2"])  # v2 still inspects an open part: kept
     assert set(pool.versions) == {"v1", "v2", "v5"}
@@ -285,3 +286,46 @@ def test_reading_promotions_from_an_unreachable_broker_is_a_clear_error():
     s.kafka.bootstrap_servers = "127.0.0.1:1"  # nothing listens there
     with pytest.raises(KafkaUnavailable, match="127.0.0.1:1 is not reachable"):
         read_cameras_topic(s, timeout_s=1.0)
+
+
+def test_models_list_says_which_promotions_are_not_in_force(tmp_path):
+    from streams.commands.models import loadable
+
+    d = tmp_path / "d"
+    _pair(d)
+    sent = []
+    p = promote(Settings(), str(d), [tmp_path], camera="c1", send=lambda k, v: sent.append((k, v)))
+    assert loadable(p) == "ok"
+    _pair(d, 3.0)  # retrained in place: the promoted version is gone from that path
+    assert loadable(p).startswith("not loadable: the path holds model")
+    assert loadable(p._replace(model_path=str(tmp_path / "missing"))).startswith("not loadable:")
+
+
+def test_production_view_follows_a_renamed_camera():
+    sel = ModelSelection("v0")
+    sel.apply(b"*camera:old", promo("cam", 3, scope="*camera:old").to_json())
+    reg = CameraRegistry()
+    reg.apply(b"*alias:new", b'{"kind": "camera_alias", "camera_id": "new", "alias_of": "old"}')
+    view = {c.camera_id: (c.rule, c.model_version) for c in production_view(sel, reg, "v0")}
+    assert view == {"new": ("camera", "cam"), "old": ("camera", "cam")}
+
+
+def test_models_list_shows_a_promotion_not_in_force_and_what_its_cameras_run_instead(tmp_path, monkeypatch):
+    import streams.commands.models as cmd
+
+    d = tmp_path / "d"
+    _pair(d)
+    good = promote(Settings(), str(d), [tmp_path], line="l2", send=lambda k, v: None)
+    sel = ModelSelection()
+    sel.apply(b"*line:l2", good.to_json(), 0)
+    sel.apply(b"*", promo("gone", 1, "/nowhere").to_json(), 1)
+    sel.apply(b"*camera:c1", b'{"kind": "model_promotion", "promoted_at": "soon"}', 2)
+    reg = CameraRegistry()
+    reg.apply(b"c1", CameraConfig(line_id="l1").to_json())
+    reg.apply(b"c2", CameraConfig(line_id="l2").to_json())
+    monkeypatch.setattr(cmd, "read_cameras_topic", lambda settings, timeout_s: (sel, reg))
+    doc = cmd._production(Settings(), 1.0)
+    assert {p["scope_name"]: p["loadable"][:13] for p in doc["promotions"]} == {"line l2": "ok", "plant": "not loadable:"}
+    cams = {c["camera_id"]: (c["rule"], c["model_version"]) for c in doc["cameras"]}
+    assert cams["c1"][0] == "default" and cams["c2"] == ("line", good.model_version)
+    assert doc["rejected_records"] == {"promotion": 1}

@@ -200,7 +200,7 @@ def test_version_2_defects_and_version_3_verdicts_round_trip_with_shift_and_emis
         for framing in ("single_object", "confluent", "raw"):
             codec = type(ev).codec(framing)
             assert type(ev).from_avro(codec.decode(codec.encode(ev.to_avro()))) == ev
-    assert (d.schema_version, v.schema_version) == (2, 3)
+    assert (d.schema_version, v.schema_version) == (2, 4)
 
 
 def test_new_versions_stay_readable_by_old_readers():
@@ -228,3 +228,20 @@ def test_emission_id_follows_what_the_close_produced():
     assert emission_id_of(v, [d0]) != emission_id_of(v, [defect(event_id="c", track_id=2)])
     assert emission_id_of(v, [d0]) != emission_id_of(verdict(event_id="other"), [d0])
     assert emission_id_of(v, [d0]) == emission_id_of(verdict(), [defect(event_id="a", track_id=0, emission_id="z")])
+
+
+@pytest.mark.parametrize("framing", ["single_object", "confluent"])
+def test_verdicts_written_before_version_4_decode_without_a_model_switch(framing):
+    rec = {k: v for k, v in verdict(emission_id="x").to_avro().items() if k != "opened_model_version"}
+    rec["schema_version"] = 3
+    data = AvroCodec("PartInspected.v3", framing=framing).encode(rec)
+    if framing == "confluent":
+        assert struct.unpack_from(">I", data, 1)[0] == 10  # the id version 3 had
+    ev = PartInspected.from_avro(AvroCodec("PartInspected", framing=framing).decode(data))
+    assert (ev.opened_model_version, ev.schema_version, ev.emission_id) == ("", 3, "x")
+    v = verdict(model_version="v3", opened_model_version="v2")
+    for fr in ("single_object", "confluent", "raw"):
+        codec = PartInspected.codec(fr)
+        assert PartInspected.from_avro(codec.decode(codec.encode(v.to_avro()))) == v
+    old = AvroCodec("PartInspected.v3").decode(AvroCodec("PartInspected").encode(v.to_avro()), writer="PartInspected")
+    assert "opened_model_version" not in old and old["model_version"] == "v3"

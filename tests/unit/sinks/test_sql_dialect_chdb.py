@@ -252,3 +252,52 @@ def test_two_closes_of_a_part_count_once_with_the_defect_set_of_the_winning_verd
     assert got[0]["report"] == [(1, 1, 2)]
     assert got[0]["pareto"] in ({"crack": 1, "scratch": 1}, {"crack": 1, "pit": 1})
     assert sorted(c for _p, _t, c, _s in got[0]["defects"]) == sorted(got[0]["pareto"])
+
+
+def _closes_under_two_models(t0: int):
+    """One part emitted under v2 (a whole part in one batch, the worker died before saving its state) and
+    closed again under v1 by the worker that took over (v2 not loadable there): other event ids."""
+    from dataclasses import replace
+
+    from schemas.events import emission_id_of
+    from sinks.testing import make_defect, make_part
+
+    def close(part, defects):
+        eid = emission_id_of(part, defects)
+        return [replace(part, emission_id=eid)] + [replace(d, emission_id=eid) for d in defects]
+
+    v2 = make_part(1, t0 + 1_000, fail=True, counts={"crack": 1, "scratch": 1}, model_version="v2")
+    v1 = make_part(1, t0 + 1_000, fail=True, counts={"pit": 1}, model_version="v1")
+    assert v1.part_id == v2.part_id and v1.event_id != v2.event_id
+    other = make_part(2, t0 + 2_000, model_version="v1")
+    return (close(v2, [make_defect(v2, 0, "crack"), make_defect(v2, 1, "scratch")]),
+            close(v1, [make_defect(v1, 0, "pit")]), [other])
+
+
+def model_switch_answers(ex, t0: int) -> dict:
+    from streams.replay import queries as cq
+
+    got = reemission_answers(ex, t0)
+    got["compare_parts"] = sorted((r[2], r[3], r[8]) for r in ex.query(cq.parts_sql("production")))
+    got["compare_defects"] = sorted(r[4] for r in ex.query(cq.defects_sql("production")))
+    return got
+
+
+def test_a_part_closed_under_two_model_versions_counts_once_in_every_query(chdb_ex):
+    """Item 5 of issue 17: one verdict per part whatever the model version (the later close wins), in the
+    report, the pareto, the monitor, the defect set and compare."""
+    from sinks.testing import write_through_sink
+
+    under_v2, under_v1, other = _closes_under_two_models(T0)
+    pid = under_v2[0].part_id
+    with _scratch_database(chdb_ex, "switch"):
+        for table in ("parts", "defects"):
+            chdb_ex.query(f"SYSTEM STOP MERGES {table}")
+        write_through_sink(chdb_ex, under_v2 + other, ingested_at_s=1_000_000.0)
+        write_through_sink(chdb_ex, under_v1, ingested_at_s=1_000_100.0)  # the re-close, later
+        got = model_switch_answers(chdb_ex, T0)
+    assert got["report"] == [(2, 1, 1)] and got["pareto"] == {"pit": 1}
+    assert got["monitor"] == [("line-1", "cam-1", 2, 1)]
+    assert got["defects"] == [(pid, 0, "pit", 7.5)]
+    assert got["compare_parts"] == sorted([(pid, "FAIL", "v1"), (other[0].part_id, "PASS", "v1")])
+    assert got["compare_defects"] == ["pit"]

@@ -133,3 +133,15 @@ def test_status_command_with_an_endpoint_down_exits_nonzero_without_traceback(en
     assert rc == 1
     assert "UNREACHABLE" in captured.out and "worker frames/s" in captured.out
     assert f"error: {down} is unreachable" in captured.err and "Traceback" not in captured.err
+
+
+def test_status_shows_promotions_not_loaded_and_bad_cameras_records():
+    w = WorkerMetrics()
+    w.control_rejected.labels(kind="promotion").inc(2)
+    w.model_load_failures.labels(model_version="v2").inc(3)
+    w.promotions_not_loaded.set(1)
+    st = worker_status(parse(generate_latest(w.registry).decode()))
+    assert st.control_rejected == {"promotion": 2} and st.model_load_failures == {"v2": 3}
+    assert st.promotions_not_loaded == 1
+    text = format_table(st, None, {})
+    assert "1 NOT LOADED" in text and "v2 3" in text and "promotion 2" in text
