@@ -18,7 +18,7 @@ COMMAND_MODULES = [
     "streams.commands.stack",
     "streams.commands.smoke",
     "streams.commands.demo",
-    "models.cli",
+    "streams.commands.train",
     "streams.commands.worker",
     "streams.commands.simulate",
     "streams.commands.score",
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from models.datasets import DatasetError
-    from models.registry import CheckpointError
+    from models.data.datasets import DatasetError
+    from models.core.checkpoints import CheckpointError
 
     try:
         return int(args.func(args) or 0)

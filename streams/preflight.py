@@ -159,7 +159,7 @@ def check_clickhouse(clickhouse: Any, *, database: str | None = None) -> None:
 def check_checkpoint(model: Any) -> None:
     """Raise `PreflightError` unless the configured model directory/checkpoint exists and names a model family."""
     from models.loading import model_files
-    from models.registry import CheckpointError
+    from models.core.checkpoints import CheckpointError
 
     try:
         model_files(model.path)

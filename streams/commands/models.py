@@ -55,7 +55,7 @@ def default_roots() -> list[Path]:
 
 def list_infos(roots: Sequence[str | Path]) -> list[Any]:
     """Registry entries (every checkpoint file) under `roots`, de-duplicated by path."""
-    from models.registry import list_checkpoints
+    from models.core.checkpoints import list_checkpoints
 
     seen, out = set(), []
     for root in roots:
@@ -69,12 +69,12 @@ def list_infos(roots: Sequence[str | Path]) -> list[Any]:
 
 
 def _model_refs(directory: Path) -> list[Path]:
-    """Paths that select each model a directory can hold: every detector variant, the segmenter,
-    and the directory itself (its default choice)."""
-    refs = sorted(directory.glob("detector_*.pt"))
-    if (directory / "segmenter.pt").is_file():
-        refs.append(directory / "segmenter.pt")
-    return refs + [directory]
+    """Paths that select each model a directory can hold (each family's `selectors`, e.g. every detector
+    variant and the segmenter), and the directory itself (its default choice)."""
+    from models.core.families import family_specs
+    from models.loading import FAMILIES  # noqa: F401  (importing models.loading registers the families)
+
+    return [p for spec in family_specs() for p in spec.selectors(directory)] + [directory]
 
 
 def list_models(roots: Sequence[str | Path]) -> list[ModelEntry]:
@@ -83,7 +83,7 @@ def list_models(roots: Sequence[str | Path]) -> list[ModelEntry]:
     Directories whose checkpoints do not form a model (or fail validation) are skipped.
     """
     from models.loading import model_files, model_identity
-    from models.registry import CheckpointError
+    from models.core.checkpoints import CheckpointError
 
     out: list[ModelEntry] = []
     seen: set[tuple[str, ...]] = set()
@@ -113,7 +113,7 @@ def resolve_model(ref: str, roots: Sequence[str | Path]) -> Path:
         ModelRefError: nothing valid, or more than one model, matches.
     """
     from models.loading import model_files
-    from models.registry import CheckpointError
+    from models.core.checkpoints import CheckpointError
 
     p = Path(ref)
     if p.exists():
@@ -151,7 +151,7 @@ def promote(settings: Settings, ref: str, roots: Sequence[str | Path], *, camera
             on `settings.kafka.topics.cameras` when None).
         executor: ClickHouse executor for the `model_runs` record (None: not recorded).
     Raises:
-        ModelRefError / models.registry.CheckpointError: `ref` names no valid model.
+        ModelRefError / models.core.checkpoints.CheckpointError: `ref` names no valid model.
         ValueError: both `camera` and `line`, or an empty id.
     Guarantees: nothing is published unless every checkpoint's hash verifies; the promotion is
     durable on the topic before it is recorded; publishing the same model again is harmless
@@ -348,7 +348,7 @@ def _roots(args: argparse.Namespace) -> list[Path]:
 
 def _default_version(settings: Settings) -> str | None:
     from models.loading import model_identity
-    from models.registry import CheckpointError
+    from models.core.checkpoints import CheckpointError
 
     try:
         return model_identity(settings.model.path)[0]
@@ -419,7 +419,7 @@ def cli_list(args: argparse.Namespace) -> int:
 
 def cli_show(args: argparse.Namespace) -> int:
     from models.loading import model_files, model_identity
-    from models.registry import CheckpointError, read_info
+    from models.core.checkpoints import CheckpointError, read_info
 
     try:
         path = resolve_model(args.model, _roots(args))
@@ -435,7 +435,7 @@ def cli_show(args: argparse.Namespace) -> int:
 
 
 def cli_promote(args: argparse.Namespace) -> int:
-    from models.registry import CheckpointError
+    from models.core.checkpoints import CheckpointError
     from sinks.sql import DriverExecutor
 
     if args.clear == bool(args.model):

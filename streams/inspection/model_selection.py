@@ -38,7 +38,7 @@ import threading
 from collections import OrderedDict
 from typing import Callable, Iterable, NamedTuple
 
-from models.types import Inspector
+from models.core.types import Inspector
 
 log = logging.getLogger(__name__)
 

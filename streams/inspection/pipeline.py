@@ -38,7 +38,7 @@ from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
 
-from models.types import Detection
+from models.core.types import Detection
 from schemas.events import DeadLetter, FrameEvent
 from streams.clock import Clock, wall_clock
 from streams.inspection.cameras import CameraRegistry

@@ -212,7 +212,7 @@ class OfflineRun:
 
 def run_offline(inspector: Any, cfg: OfflineConfig) -> OfflineRun:
     """Render `cfg.parts` sequences and run the Inspector on every frame."""
-    from models.synthetic import render_part_sequence
+    from models.data.synthetic import render_part_sequence
 
     run = OfflineRun(model_version=str(inspector.model_version))
     bar = None

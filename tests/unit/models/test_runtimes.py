@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.image_classifier import build_image_classifier
+from models.families.image_classifier.model import build_image_classifier
 from models.loading import load_inspector
-from models.registry import CheckpointError, load_checkpoint, save_checkpoint
-from models.runtimes import PARITY_ATOL, RuntimeParityError, check_runtime_device, export_name
-from models.segmenter import LiteUNet
-from models.synthetic import render_sample
-from models.types import Detection
+from models.core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from models.runtime.runtimes import PARITY_ATOL, RuntimeParityError, check_runtime_device, export_name
+from models.families.segmenter.model import LiteUNet
+from models.data.synthetic import render_sample
+from models.core.types import Detection
 from streams.cli import main as cli
 
 CONF_TOL = 1e-3  # largest confidence difference between runtimes on one detection
@@ -180,7 +180,7 @@ def test_tampered_export_is_refused(tmp_path, severity_dir, capsys):
 
 
 def test_read_only_checkpoint_directory_exports_to_the_cache(tmp_path, severity_dir, monkeypatch, caplog):
-    import models.runtimes as rt
+    import models.runtime.runtimes as rt
 
     d = _detector_and_classifier(severity_dir, tmp_path / "ro")
     real = rt._write_atomic
@@ -192,7 +192,7 @@ def test_read_only_checkpoint_directory_exports_to_the_cache(tmp_path, severity_
 
     monkeypatch.setattr(rt, "_write_atomic", write)
     cache = tmp_path / "cache"
-    with caplog.at_level(logging.WARNING, logger="models.runtimes"):
+    with caplog.at_level(logging.WARNING, logger="models.runtime.runtimes"):
         insp = load_inspector(d, device="cpu", runtime="onnxruntime", export_cache=cache)
     assert not list(d.glob("*.onnx"))
     assert sorted(p.name.split(".")[0] for p in cache.glob("*.onnx")) == ["classifier", "detector_fast"]
@@ -278,7 +278,7 @@ def test_openvino_reduced_precision_is_refused(severity_dir, monkeypatch):
     ov = pytest.importorskip("openvino")
     if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         pytest.skip("this CPU has no bf16 inference in OpenVINO")
-    import models.runtimes as rt
+    import models.runtime.runtimes as rt
 
     monkeypatch.setattr(rt, "_ov_compile", lambda path, threads: ov.Core().compile_model(
         str(path), "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": "1"}))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.loading import model_identity
-from models.registry import save_checkpoint
+from models.core.checkpoints import save_checkpoint
 from streams.commands.models import (
     KafkaUnavailable,
     ModelRefError,

@@ -14,16 +14,16 @@ import cv2
 import numpy as np
 import torch
 
-from models.classifier import build_classifier, region_crops
-from models.detector import build_detector, infer_severity
-from models.postprocess import Region, image_iou, regions_from_severity, upsample_severity
-from models.registry import CheckpointError, CheckpointInfo, load_checkpoint
-from models.runtimes import Network, Runner, Select, TorchRunner, build_runner, golden_frame
-from models.types import BBox, Detection
+from models.families.severity.region_classifier import build_classifier, region_crops
+from models.families.severity.detector import build_detector, infer_severity
+from models.core.regions import Region, image_iou, regions_from_severity, upsample_severity
+from models.core.checkpoints import DEFAULT_CHECKPOINT_DIR, CheckpointError, CheckpointInfo, load_checkpoint
+from models.runtime.runtimes import Network, Runner, Select, TorchRunner, golden_frame
+from models.runtime.swap import RuntimeSwap
+from models.core.types import BBox, Detection
 
 __all__ = ["SeverityInspector", "TunedPostprocess", "DEFAULT_CHECKPOINT_DIR", "resolve_checkpoints"]
 
-DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 
 def resolve_checkpoints(path: str | Path | None, detector_arch: str | None = None) -> tuple[Path, Path]:
@@ -96,8 +96,8 @@ def _to_grey(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(g)
 
 
-class SeverityInspector:
-    """He & Liu's pipeline as an `Inspector` (models.types): batch defect inspection of decoded frames.
+class SeverityInspector(RuntimeSwap):
+    """He & Liu's pipeline as an `Inspector` (models.core.types): batch defect inspection of decoded frames.
 
     Attributes:
         model_version: "<detector version>+<classifier version>" (content-hash based).
@@ -107,6 +107,7 @@ class SeverityInspector:
     """
 
     family = "severity"
+    _runners = {"detector": "_run_detector", "classifier": "_run_classifier"}  # RuntimeSwap.use_runtime
 
     def __init__(self, detector: torch.nn.Module, det_info: CheckpointInfo, classifier: torch.nn.Module,
                  cls_info: CheckpointInfo, device: str, min_area: int = 12, max_crops: int = 512) -> None:
@@ -170,15 +171,10 @@ class SeverityInspector:
                                   Select(self.classifier, _probs_of), crops, (3, crops.shape[1], 64, 64)),
         }
 
-    def use_runtime(self, runtime: str, cache_dir: str | Path | None = None) -> "SeverityInspector":
-        """Run both networks in `runtime` ("torch", "onnxruntime" or "openvino"); exports are made/checked as
-        `models.runtimes.build_runner` says. Raises RuntimeParityError / CheckpointError (then nothing changes)."""
-        nets = self.networks()
-        det = build_runner(nets["detector"], runtime, self.device, cache_dir)
-        clf = build_runner(nets["classifier"], runtime, self.device, cache_dir)
-        with self._lock:
-            self._run_detector, self._run_classifier, self.runtime = det, clf, runtime
-        return self
+    @property
+    def report_label(self) -> str:
+        """How an evaluation report names this model: the family and the detector's arch."""
+        return f"{self.family}, {self.det_info.arch}"
 
     def severity_maps(self, greys: Sequence[np.ndarray], flip_tta: bool | None = None) -> list[np.ndarray]:
         """Pixel severity maps (H, W) in [0, 12] for grey uint8 frames.

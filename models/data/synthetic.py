@@ -20,7 +20,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from models.types import BBox, InspectionSample
+from models.core.types import BBox, InspectionSample
 
 CLASS_NAMES: tuple[str, ...] = (
     "scratch",
@@ -47,7 +47,10 @@ __all__ = [
     "render_sample",
     "render_scene",
     "parse_synthetic_spec",
+    "VAL_SEED_BASE",
 ]
+
+VAL_SEED_BASE = 50000  # validation seeds of the packaged checkpoints (T, post-processing); 50000-50099
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from models.types import BBox
+from models.core.types import BBox
 
 __all__ = ["Region", "upsample_severity", "regions_from_severity", "binary_from_severity",
            "choose_threshold", "image_iou", "fill_holes", "JOIN_DISTANCE_PX"]

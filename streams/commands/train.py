@@ -1,10 +1,15 @@
-"""`defectstream train` and `defectstream evaluate`: model training and evaluation commands."""
+"""`defectstream train` and `defectstream evaluate`: the arguments, and their handlers over `models/` (which parses nothing)."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    from models.core.types import InspectionSample
 
 __all__ = ["register"]
 
@@ -157,8 +162,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _json_object(text: str) -> dict:
-    import json
-
     try:
         value = json.loads(text)
     except ValueError as e:
@@ -177,44 +180,51 @@ def _apply_overrides(cfg: object, args: argparse.Namespace, **fields: str) -> No
 
 
 def _train(args: argparse.Namespace) -> int:
-    from models.train import ClassifierTrainConfig, DetectorTrainConfig, train_classifier, train_detector
+    """Dispatch on `train WHAT` (a table, not a comparison of family names: `threshold` asks the registry)."""
+    return _TRAIN[args.what](args)
 
-    if args.what in ("segmenter", "gate") or (args.what == "classifier" and _classifier_arch(args) == "lite0"):
-        return _train_lite0(args)
-    if args.what == "threshold" and args.data and (Path(args.out) / "segmenter.pt").is_file():
-        return _tune_segmenter(args)
+
+def _train_detector(args: argparse.Namespace) -> int:
+    from models.families.severity.train_synthetic import DetectorTrainConfig, train_detector
+
     if args.data:
         return _train_severity_on_data(args)
-    if args.what == "detector":
-        if args.arch not in (None, "paper", "fast"):
-            raise SystemExit(f"--arch {args.arch} is not a detector architecture (paper, fast)")
-        cfg = DetectorTrainConfig(arch=args.arch or "fast", seed=args.seed, threads=args.threads)
-        _apply_overrides(cfg, args, steps="steps", batch="batch", n_frames="frames", seed_base="seed_base",
-                         n_val="val_frames", patch="patch", lr="lr", defect_weight="defect_weight",
-                         label_floor="label_floor", label_lambda="label_lambda", arch_config="arch_config")
-        cfg.init = args.init
-        res = train_detector(cfg, args.out, resume=args.resume, quiet=args.quiet)
-    elif args.what == "threshold":
-        return _tune_threshold(args)
-    else:
-        ccfg = ClassifierTrainConfig(seed=args.seed, threads=args.threads, detector=args.detector)
-        unknown = set(args.arch_config or {}) - {"width"}
-        if unknown:
-            raise SystemExit(f"--arch-config for the classifier takes only 'width', not {sorted(unknown)}")
-        ccfg.width = int((args.arch_config or {}).get("width", ccfg.width))
-        _apply_overrides(ccfg, args, epochs="epochs", lr="lr", batch="batch", n_frames="frames",
-                         seed_base="seed_base")
-        res = train_classifier(ccfg, args.out, resume=args.resume, quiet=args.quiet)
+    if args.arch not in (None, "paper", "fast"):
+        raise SystemExit(f"--arch {args.arch} is not a detector architecture (paper, fast)")
+    cfg = DetectorTrainConfig(arch=args.arch or "fast", seed=args.seed, threads=args.threads)
+    _apply_overrides(cfg, args, steps="steps", batch="batch", n_frames="frames", seed_base="seed_base",
+                     n_val="val_frames", patch="patch", lr="lr", defect_weight="defect_weight",
+                     label_floor="label_floor", label_lambda="label_lambda", arch_config="arch_config")
+    cfg.init = args.init
+    res = train_detector(cfg, args.out, resume=args.resume, quiet=args.quiet)
+    print(f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s")
+    return 0
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    """lite0: one class per image (the image classifier family); cnn4: He & Liu's region classifier."""
+    from models.families.severity.train_synthetic import ClassifierTrainConfig, train_classifier
+
+    if _classifier_arch(args) == "lite0":
+        return _train_lite0(args)
+    if args.data:
+        return _train_severity_on_data(args)
+    ccfg = ClassifierTrainConfig(seed=args.seed, threads=args.threads, detector=args.detector)
+    unknown = set(args.arch_config or {}) - {"width"}
+    if unknown:
+        raise SystemExit(f"--arch-config for the classifier takes only 'width', not {sorted(unknown)}")
+    ccfg.width = int((args.arch_config or {}).get("width", ccfg.width))
+    _apply_overrides(ccfg, args, epochs="epochs", lr="lr", batch="batch", n_frames="frames",
+                     seed_base="seed_base")
+    res = train_classifier(ccfg, args.out, resume=args.resume, quiet=args.quiet)
     print(f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s")
     return 0
 
 
 def _train_severity_on_data(args: argparse.Namespace) -> int:
-    """He & Liu's detector, region classifier ('cnn4') or post-processing on the plant's data."""
-    import sys
-
-    from models.train_real import (DataSpec, RealClassifierConfig, RealDetectorConfig, train_classifier_on_data,
-                                   train_detector_on_data)
+    """He & Liu's detector or region classifier ('cnn4') on the plant's data."""
+    from models.families.severity.train_data import (DataSpec, RealClassifierConfig, RealDetectorConfig,
+                                                     train_classifier_on_data, train_detector_on_data)
 
     def usage(msg: str) -> int:
         print(f"error: {msg}", file=sys.stderr)
@@ -235,76 +245,33 @@ def _train_severity_on_data(args: argparse.Namespace) -> int:
         res = train_detector_on_data(cfg, spec, args.out, resume=args.resume, quiet=args.quiet)
         print(f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s; validation mean IoU "
               f"{res.info.metrics['val_mean_iou']:.3f}, T {res.info.threshold:.2f}")
-    elif args.what == "threshold":
-        return _tune_threshold_on_data(args, spec)
-    else:
-        if args.arch not in (None, "cnn4"):
-            return usage(f"--arch {args.arch} is not a region classifier architecture (cnn4; lite0 is an image classifier)")
-        unknown = set(args.arch_config or {}) - {"width"}
-        if unknown:
-            return usage(f"--arch-config for the classifier takes only 'width', not {sorted(unknown)}")
-        ccfg = RealClassifierConfig(seed=args.seed, threads=args.threads, detector=args.detector)
-        ccfg.width = int((args.arch_config or {}).get("width", ccfg.width))
-        _apply_overrides(ccfg, args, epochs="epochs", lr="lr", batch="batch")
-        res = train_classifier_on_data(ccfg, spec, args.out, resume=args.resume, quiet=args.quiet)
-        print(f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s; validation accuracy "
-              f"{res.info.metrics['val_accuracy']:.3f} (balanced {res.info.metrics['val_balanced_accuracy']:.3f})")
+        return 0
+    if args.arch not in (None, "cnn4"):
+        return usage(f"--arch {args.arch} is not a region classifier architecture (cnn4; lite0 is an image classifier)")
+    unknown = set(args.arch_config or {}) - {"width"}
+    if unknown:
+        return usage(f"--arch-config for the classifier takes only 'width', not {sorted(unknown)}")
+    ccfg = RealClassifierConfig(seed=args.seed, threads=args.threads, detector=args.detector)
+    ccfg.width = int((args.arch_config or {}).get("width", ccfg.width))
+    _apply_overrides(ccfg, args, epochs="epochs", lr="lr", batch="batch")
+    res = train_classifier_on_data(ccfg, spec, args.out, resume=args.resume, quiet=args.quiet)
+    print(f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s; validation accuracy "
+          f"{res.info.metrics['val_accuracy']:.3f} (balanced {res.info.metrics['val_balanced_accuracy']:.3f})")
     return 0
 
 
-def _retune_severity(args: argparse.Namespace, tune: Callable[[Any], Any], tuned_on: dict[str, object],
-                     on: str = "") -> int:
-    """Load the severity Inspector in `args.out`, re-choose its T and post-processing with `tune`,
-    record them (and `tuned_on`) in the detector checkpoint and print old and new."""
-    from models.inspector import SeverityInspector, resolve_checkpoints
-    from models.registry import update_metrics
+def _retune(args: argparse.Namespace) -> int:
+    """`train threshold`: the family of the model in --out re-chooses its post-processing (its spec's `retune`)."""
+    from models.core.checkpoints import CheckpointError
+    from models.core.families import RetuneRequest
+    from models.loading import model_files
 
-    insp = SeverityInspector.load(args.out, device="cpu", detector_arch=args.arch or "fast")
-    old = insp.threshold
-    best = tune(insp)
-    det_p, _ = resolve_checkpoints(args.out, args.arch or "fast")
-    update_metrics(det_p, {"val_pipeline_mean_iou": best.mean_iou, **tuned_on},
-                   threshold=best.threshold, postprocess=best.postprocess())
-    print(f"{det_p}: T {old:.2f} -> {best.threshold:.2f}, relative {best.relative:.2f}, hysteresis low "
-          f"{best.low:.2f} x T, holes up to {best.hole_area} px filled, flip TTA {'on' if best.flip_tta else 'off'} "
-          f"(validation pipeline mean IoU {best.mean_iou:.3f}{on})")
-    return 0
-
-
-def _tune_threshold_on_data(args: argparse.Namespace, spec: object) -> int:
-    import torch
-
-    from models.train_real import prepare_images, tune_postprocess_on_images
-
-    torch.set_num_threads(args.threads)
-    split = spec.load()  # type: ignore[attr-defined]
-    val, _, _ = prepare_images(split.val)
-    return _retune_severity(
-        args, lambda insp: tune_postprocess_on_images(insp, val),
-        {"threshold_tuned_on": f"{len(val)} validation images of {args.data} (detector+classifier)",
-         "threshold_tuning_split": split.meta}, on=f" on {len(val)} images")
-
-
-def _tune_segmenter(args: argparse.Namespace) -> int:
-    """Re-choose a segmenter's per-class thresholds and minimum areas on validation images."""
-    import torch
-
-    from models.datasets import load_split
-    from models.registry import update_metrics
-    from models.seg_train import frame_probabilities
-    from models.segmenter import SegmenterInspector, choose_postprocess
-
-    torch.set_num_threads(args.threads)
-    path = Path(args.out) / "segmenter.pt"
-    insp = SegmenterInspector.load(path, device="cpu")
-    split = load_split(args.format, args.data, val_data=args.val_data, val_split=args.val_split, seed=args.split_seed)
-    post, ious = choose_postprocess(frame_probabilities(insp.model, split.val, insp.scale, "cpu"),
-                                    len(insp.class_names))
-    meta = {k: v for k, v in split.meta.items() if k != "val_sources"}
-    update_metrics(path, {"val_iou_per_class_postprocessed": dict(zip(insp.class_names, ious)),
-                          "postprocess_tuned_on": meta}, postprocess=post.to_dict())
-    print(f"{path}: " + ", ".join(f"{c}: p >= {t:.2f}, area >= {a} px (val IoU {v:.3f})" for c, t, a, v in
-                                  zip(insp.class_names, post.thresholds, post.min_areas, ious)))
+    mf = model_files(args.out, args.arch if args.arch in ("fast", "paper") else None)
+    if mf.spec.retune is None:
+        raise CheckpointError(f"the {mf.family} model in {args.out} has no post-processing to re-choose")
+    print(mf.spec.retune(RetuneRequest(out=args.out, data=args.data, fmt=args.format, val_data=args.val_data,
+                                       val_split=args.val_split, split_seed=args.split_seed, threads=args.threads,
+                                       arch=args.arch, val_frames=args.val_frames)))
     return 0
 
 
@@ -314,7 +281,7 @@ def _classifier_arch(args: argparse.Namespace) -> str:
 
 
 def _train_lite0(args: argparse.Namespace) -> int:
-    from models.seg_train import LiteTrainConfig, train_lite0
+    from models.training.lite0 import LiteTrainConfig, train_lite0
 
     if args.data is None:
         raise SystemExit(f"train {args.what} needs --data PATH (the plant's annotated images) and --format")
@@ -329,24 +296,107 @@ def _train_lite0(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tune_threshold(args: argparse.Namespace) -> int:
-    import torch
-
-    from models.synthetic import render_sample
-    from models.train import VAL_SEED_BASE
-
-    torch.set_num_threads(args.threads)
-    n = args.val_frames or 100
-    val = [render_sample(VAL_SEED_BASE + i) for i in range(n)]
-    return _retune_severity(
-        args, lambda insp: insp.tune_threshold([s.image for s in val], [s.class_mask for s in val],
-                                               candidates=[0.5 * i for i in range(8, 24)],
-                                               relatives=[0.0, 0.5], lows=[1.0, 0.8, 0.7, 0.6, 0.5],
-                                               hole_areas=[0, 64, 256], flip_ttas=[False, True]),
-        {"threshold_tuned_on": f"synthetic:seed={VAL_SEED_BASE},n={n} (detector+classifier)"})
+_TRAIN: dict[str, Callable[[argparse.Namespace], int]] = {
+    "segmenter": _train_lite0, "gate": _train_lite0, "detector": _train_detector, "classifier": _train_classifier,
+    "threshold": _retune}
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from models.evaluate import run_evaluation_cli
-
     return run_evaluation_cli(args)
+
+
+def _held_out(data: Iterable[InspectionSample], root: str, checkpoint: Any, detector_arch: Any) -> list[InspectionSample]:
+    """The samples that the model's training split held out for validation (names recorded in the checkpoint)."""
+    from models import loading
+    from models.core.checkpoints import read_info
+    from models.data.datasets import DatasetError, source_name
+
+    mf = loading.model_files(checkpoint, detector_arch)
+    primary = mf.primary  # the family's first checkpoint records the split
+    td = read_info(primary).train_data
+    names = set(td.get("val_sources") or ())
+    if not names or len(names) < int(td.get("val_images", 0)):
+        raise DatasetError(f"{primary} records no complete list of held-out images (trained with --val-data "
+                           f"or on a split of more than 5000 validation images); evaluate on a separate folder")
+    held = [s for s in data if source_name(s.source, root) in names]
+    if len(held) != len(names):
+        raise DatasetError(f"{len(names)} held-out images recorded in {primary}, {len(held)} found in the data "
+                           f"(use the same --data path and --format as for training)")
+    return held
+
+
+def run_evaluation_cli(args: Any) -> int:
+    """Handler of `defectstream evaluate` (arguments: `register`).
+
+    Returns 0, or 2 (message on stderr) for options that do not fit together. Raises
+    CheckpointError for a missing/invalid model (the CLI prints it).
+    """
+    import torch
+
+    from models import loading
+    from models.core import checkpoints
+    from models.data.datasets import open_dataset, tile_samples
+    from models.data.synthetic import VAL_SEED_BASE, render_sample
+    from models.evaluation.evaluate import (EvalReport, ExampleCollector, ThresholdBaseline, evaluate_inspector,
+                                            evaluate_predictions, to_markdown)
+
+    n_examples = getattr(args, "save_examples", None)
+    if n_examples is not None and n_examples < 1:
+        print(f"error: --save-examples must be at least 1, got {n_examples}", file=sys.stderr)
+        return 2
+    if n_examples and not args.out:
+        print("error: --save-examples needs --out (the overlays go to <out>/examples/)", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    try:
+        insp = loading.load_inspector(args.checkpoint, device=args.device, detector_arch=args.detector_arch,
+                              runtime=getattr(args, "runtime", "torch"), export_cache=getattr(args, "export_cache", None))
+    except ValueError as exc:  # a runtime that does not fit the device
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    flip = getattr(args, "flip_tta", "checkpoint")
+    if flip != "checkpoint" and hasattr(insp, "flip_tta"):  # what the worker's model.flip_tta does
+        insp.flip_tta = flip == "on"
+    # stream the data unless the baseline needs it twice (fit + evaluate)
+    data: Iterable[InspectionSample] = open_dataset(args.format, args.data, limit=args.limit)
+    if getattr(args, "held_out", False):
+        data = _held_out(data, args.data, args.checkpoint, args.detector_arch)
+    if getattr(args, "tile", None):
+        data = tile_samples(list(data), int(args.tile))
+    if args.baseline:
+        data = list(data)
+    collector = ExampleCollector(n_examples) if n_examples else None
+    rep = evaluate_inspector(insp, data, examples=collector)
+    if isinstance(getattr(insp, "stats", None), dict) and insp.stats.get("frames"):
+        st = insp.stats
+        rep.meta["gate"] = {"threshold": getattr(insp, "threshold", None), "frames": st["frames"],
+                            "skipped": st["skipped"], "skipped_share": st["skipped"] / st["frames"]}
+    label = getattr(insp, "report_label", insp.family)
+    reports: dict[str, EvalReport] = {f"inspector ({label})": rep}
+    if args.baseline:
+        samples = data
+        base = ThresholdBaseline()
+        val = [render_sample(VAL_SEED_BASE + i) for i in range(100)] if args.format == "synthetic" else samples
+        t = base.fit(val)
+        brep = evaluate_predictions(samples, base.predict, None)
+        brep.meta["threshold"] = t
+        brep.meta["fitted_on"] = "synthetic validation seeds" if args.format == "synthetic" else "the evaluated data"
+        reports["intensity threshold baseline"] = brep
+    out = Path(args.out) if args.out else None
+    if collector is not None and out is not None:
+        index = collector.write(out / "examples")
+        rep.meta["examples"] = {"folder": str(out / "examples"), "written": len(index),
+                                "fp": "most predicted defect pixels outside the ground truth",
+                                "fn": "most ground-truth defect pixels missed"}
+    md = to_markdown(f"Evaluation on {args.format}: {args.data}", reports)
+    print(md)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps({k: v.to_dict() for k, v in reports.items()}, indent=2) + "\n")
+        (out / "metrics.md").write_text(md)
+        print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
+    if args.record:
+        key = f"eval[{args.data}]"
+        for p in loading.model_files(args.checkpoint, args.detector_arch).files.values():
+            checkpoints.update_metrics(p, {key: rep.metrics})
+    return 0

@@ -38,7 +38,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,12 +46,12 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence, Union
 import cv2
 import numpy as np
 
-from models.postprocess import Region, choose_threshold, image_iou, regions_from_severity
-from models.types import BBox, Detection, InspectionSample, box_iou
+from models.core.regions import Region, choose_threshold, image_iou, regions_from_severity
+from models.core.types import BBox, Detection, InspectionSample, box_iou
 
 __all__ = ["PredictedDefect", "ScoredPredictions", "evaluate_predictions", "evaluate_inspector",
            "ThresholdBaseline", "EvalReport", "ExampleCollector", "image_auroc", "average_precision",
-           "to_markdown", "run_evaluation_cli"]
+           "to_markdown"]
 
 GOOD = "good"  # image class of an image without defects
 
@@ -509,7 +508,7 @@ def _detections_to_preds(dets: list[Detection]) -> list[PredictedDefect]:
 
 def evaluate_inspector(inspector: Any, samples: Iterable[InspectionSample], batch: int = 8,
                        examples: ExampleCollector | None = None) -> EvalReport:
-    """Evaluate an `Inspector` (models.types) end to end on annotated samples, scored through
+    """Evaluate an `Inspector` (models.core.types) end to end on annotated samples, scored through
     `inspect_scored` (one pass gives detections and the image-level score)."""
     def predict(ims: list[np.ndarray]) -> ScoredPredictions:
         dets, scores = inspector.inspect_scored(ims)
@@ -581,103 +580,3 @@ def to_markdown(title: str, reports: dict[str, EvalReport]) -> str:
             lines.append(f"| {rw} | " + " | ".join(str(r.confusion[rw].get(c, 0)) for c in cols) + " |")
         lines += ["", "meta: `" + json.dumps(r.meta, sort_keys=True) + "`"]
     return "\n".join(lines) + "\n"
-
-
-def _held_out(data: Iterable[InspectionSample], root: str, checkpoint: Any, detector_arch: Any) -> list[InspectionSample]:
-    """The samples that the model's training split held out for validation (names recorded in the checkpoint)."""
-    from models.datasets import DatasetError, source_name
-    from models.loading import model_files
-    from models.registry import read_info
-
-    mf = model_files(checkpoint, detector_arch)
-    role = next(r for r in ("segmenter", "detector", "classifier", "gate") if r in mf.files)
-    td = read_info(mf.files[role]).train_data
-    names = set(td.get("val_sources") or ())
-    if not names or len(names) < int(td.get("val_images", 0)):
-        raise DatasetError(f"{mf.files[role]} records no complete list of held-out images (trained with --val-data "
-                           f"or on a split of more than 5000 validation images); evaluate on a separate folder")
-    held = [s for s in data if source_name(s.source, root) in names]
-    if len(held) != len(names):
-        raise DatasetError(f"{len(names)} held-out images recorded in {mf.files[role]}, {len(held)} found in the data "
-                           f"(use the same --data path and --format as for training)")
-    return held
-
-
-def run_evaluation_cli(args: Any) -> int:
-    """Handler of `defectstream evaluate` (see models/cli.py for the arguments).
-
-    Returns 0, or 2 (message on stderr) for options that do not fit together. Raises
-    CheckpointError for a missing/invalid model (the CLI prints it).
-    """
-    import torch
-
-    from models.datasets import open_dataset
-    from models.loading import load_inspector, model_files
-    from models.registry import update_metrics
-
-    n_examples = getattr(args, "save_examples", None)
-    if n_examples is not None and n_examples < 1:
-        print(f"error: --save-examples must be at least 1, got {n_examples}", file=sys.stderr)
-        return 2
-    if n_examples and not args.out:
-        print("error: --save-examples needs --out (the overlays go to <out>/examples/)", file=sys.stderr)
-        return 2
-    torch.set_num_threads(args.threads)
-    try:
-        insp = load_inspector(args.checkpoint, device=args.device, detector_arch=args.detector_arch,
-                              runtime=getattr(args, "runtime", "torch"), export_cache=getattr(args, "export_cache", None))
-    except ValueError as exc:  # a runtime that does not fit the device
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    flip = getattr(args, "flip_tta", "checkpoint")
-    if flip != "checkpoint" and hasattr(insp, "flip_tta"):  # what the worker's model.flip_tta does
-        insp.flip_tta = flip == "on"
-    # stream the data unless the baseline needs it twice (fit + evaluate)
-    data: Iterable[InspectionSample] = open_dataset(args.format, args.data, limit=args.limit)
-    if getattr(args, "held_out", False):
-        data = _held_out(data, args.data, args.checkpoint, args.detector_arch)
-    if getattr(args, "tile", None):
-        from models.datasets import tile_samples
-
-        data = tile_samples(list(data), int(args.tile))
-    if args.baseline:
-        data = list(data)
-    collector = ExampleCollector(n_examples) if n_examples else None
-    rep = evaluate_inspector(insp, data, examples=collector)
-    if isinstance(getattr(insp, "stats", None), dict) and insp.stats.get("frames"):
-        st = insp.stats
-        rep.meta["gate"] = {"threshold": getattr(insp, "threshold", None), "frames": st["frames"],
-                            "skipped": st["skipped"], "skipped_share": st["skipped"] / st["frames"]}
-    det_info = getattr(insp, "det_info", None)
-    label = f"{insp.family}, {det_info.arch}" if det_info is not None else insp.family
-    reports: dict[str, EvalReport] = {f"inspector ({label})": rep}
-    if args.baseline:
-        from models.synthetic import render_sample
-        from models.train import VAL_SEED_BASE
-
-        samples = data
-        base = ThresholdBaseline()
-        val = [render_sample(VAL_SEED_BASE + i) for i in range(100)] if args.format == "synthetic" else samples
-        t = base.fit(val)
-        brep = evaluate_predictions(samples, base.predict, None)
-        brep.meta["threshold"] = t
-        brep.meta["fitted_on"] = "synthetic validation seeds" if args.format == "synthetic" else "the evaluated data"
-        reports["intensity threshold baseline"] = brep
-    out = Path(args.out) if args.out else None
-    if collector is not None and out is not None:
-        index = collector.write(out / "examples")
-        rep.meta["examples"] = {"folder": str(out / "examples"), "written": len(index),
-                                "fp": "most predicted defect pixels outside the ground truth",
-                                "fn": "most ground-truth defect pixels missed"}
-    md = to_markdown(f"Evaluation on {args.format}: {args.data}", reports)
-    print(md)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps({k: v.to_dict() for k, v in reports.items()}, indent=2) + "\n")
-        (out / "metrics.md").write_text(md)
-        print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
-    if args.record:
-        key = f"eval[{args.data}]"
-        for p in model_files(args.checkpoint, args.detector_arch).files.values():
-            update_metrics(p, {key: rep.metrics})
-    return 0

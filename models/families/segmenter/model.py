@@ -22,13 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backbone import LITE0_CHANNELS, build_lite0_encoder, to_input
-from models.registry import CheckpointError, CheckpointInfo, load_checkpoint
-from models.runtimes import Network, Runner, Select, TorchRunner, build_runner, golden_frame
-from models.types import BBox, Detection
+from models.core.backbone import LITE0_CHANNELS, build_lite0_encoder, to_input
+from models.core.checkpoints import CheckpointError, CheckpointInfo, load_checkpoint
+from models.core.types import BBox, Detection, InspectionSample
+from models.data.datasets import sample_class_mask
+from models.runtime.runtimes import Network, Runner, Select, TorchRunner, golden_frame
+from models.runtime.swap import RuntimeSwap
 
 __all__ = ["LiteUNet", "SegOutput", "SegmenterInspector", "SegPostprocess", "choose_postprocess",
-           "prepare_frame", "class_regions", "segment_probabilities", "PAD_MULTIPLE"]
+           "prepare_frame", "class_regions", "segment_probabilities", "PAD_MULTIPLE",
+           "frame_probabilities"]
 
 PAD_MULTIPLE = 32
 
@@ -216,10 +219,19 @@ def _to_frame(probs: np.ndarray, shape: tuple[int, int], scale: float) -> np.nda
     return np.ascontiguousarray(p.reshape(h, w, -1).transpose(2, 0, 1))
 
 
-class SegmenterInspector:
-    """A trained segmenter as an `Inspector` (models.types): frames -> per-class regions."""
+def frame_probabilities(model: torch.nn.Module, samples: Sequence[InspectionSample], scale: float, device: str):
+    """Yield ((1 + C, H, W) probabilities at the frame's own size, class ids) as the Inspector sees them."""
+    model.eval()
+    for s in samples:
+        img = s.image if s.image.ndim == 2 or s.image.shape[2] == 3 else s.image[:, :, 0]
+        yield segment_probabilities(lambda x: model(x).logits, [img], scale, device)[0], sample_class_mask(s)
+
+
+class SegmenterInspector(RuntimeSwap):
+    """A trained segmenter as an `Inspector` (models.core.types): frames -> per-class regions."""
 
     family = "segmenter"
+    _runners = {"segmenter": "_run"}  # network -> runner attribute (RuntimeSwap.use_runtime)
 
     def __init__(self, model: LiteUNet, info: CheckpointInfo, device: str = "cpu", batch: int = 8) -> None:
         self.model = model.to(device).eval()
@@ -241,13 +253,6 @@ class SegmenterInspector:
         x = to_input([g, np.ascontiguousarray(g[:, ::-1])], "cpu").numpy()
         return {"segmenter": Network(Path(self.info.path), self.info.content_hash, Select(self.model, _logits_of),
                                      x, (1, 3, 64, 64))}
-
-    def use_runtime(self, runtime: str, cache_dir: str | Path | None = None) -> "SegmenterInspector":
-        """Run the U-Net in `runtime` (see `models.runtimes.build_runner`). Raises RuntimeParityError / CheckpointError."""
-        run = build_runner(self.networks()["segmenter"], runtime, self.device, cache_dir)
-        with self._lock:
-            self._run, self.runtime = run, runtime
-        return self
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "SegmenterInspector":

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.types import BBox
+from models.core.types import BBox
 
 __all__ = ["CROP", "MAX_WINDOW", "ClassifierOutput", "DefectClassifier", "build_classifier", "region_crops",
            "crop_windows"]

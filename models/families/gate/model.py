@@ -13,10 +13,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.image_classifier import build_image_classifier, image_network, image_probabilities
-from models.registry import CheckpointError, load_checkpoint
-from models.runtimes import Network, Runner, Select, TorchRunner, build_runner
-from models.types import Detection
+from models.families.image_classifier.model import build_image_classifier, image_network, image_probabilities
+from models.core.checkpoints import CheckpointError, load_checkpoint
+from models.runtime.runtimes import Network, Runner, Select, TorchRunner
+from models.runtime.swap import RuntimeSwap
+from models.core.types import Detection
 
 __all__ = ["GatedInspector", "choose_gate_threshold", "load_gate"]
 
@@ -44,7 +45,7 @@ def load_gate(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     return model.to(device).eval(), ck.info
 
 
-class GatedInspector:
+class GatedInspector(RuntimeSwap):
     """`inner` behind the gate; itself an `Inspector` (version = inner version + gate version).
 
     Scores: a frame that passes gets 0.5 + 0.5 x the inner score, a skipped one 0.5 x its gate
@@ -53,6 +54,7 @@ class GatedInspector:
 
     def __init__(self, model: Any, info: Any, inner: Any, device: str = "cpu") -> None:
         self.gate_model, self.gate_info, self.inner = model, info, inner
+        self._runners = {"gate": "_run"}  # network -> runner attribute (RuntimeSwap.use_runtime)
         self.device = device
         self.threshold = float(info.threshold if info.threshold is not None else 0.01)
         self.size = int(info.input_spec["size"])
@@ -68,13 +70,18 @@ class GatedInspector:
         """The inner model's networks and the gate (-> its one logit), exportable with golden inputs."""
         return {**self.inner.networks(), "gate": image_network(self.gate_model, self.gate_info)}
 
-    def use_runtime(self, runtime: str, cache_dir: str | Path | None = None) -> "GatedInspector":
-        """Run the gate and the inner model in `runtime`. Raises RuntimeParityError / CheckpointError."""
-        run = build_runner(self.networks()["gate"], runtime, self.device, cache_dir)
-        self.inner.use_runtime(runtime, cache_dir)
-        with self._lock:
-            self._run, self.runtime = run, runtime
-        return self
+    @property
+    def _inner(self) -> Any:  # RuntimeSwap switches the gated family's networks too
+        return self.inner
+
+    @property
+    def flip_tta(self) -> bool:
+        """The gated family's flip TTA (`model.flip_tta`, `evaluate --flip-tta`); AttributeError when it has none."""
+        return self.inner.flip_tta
+
+    @flip_tta.setter
+    def flip_tta(self, on: bool) -> None:
+        self.inner.flip_tta = on
 
     @classmethod
     def load(cls, path: str | Path, inner: Any, device: str = "cpu") -> "GatedInspector":

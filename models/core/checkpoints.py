@@ -1,4 +1,4 @@
-"""Checkpoint registry: save, validate, load and list model checkpoints.
+"""Checkpoints: save, validate, load and list model checkpoint files (the family registry is `models.core.families`).
 
 A checkpoint is one `.pt` file holding {"meta": {...}, "state_dict": {...}} plus a readable
 `.json` sidecar with the same metadata. The metadata carries the model version, the content
@@ -21,9 +21,11 @@ from typing import Any
 import torch
 
 __all__ = ["CheckpointError", "CheckpointInfo", "LoadedCheckpoint", "content_hash", "save_checkpoint",
-           "load_checkpoint", "read_info", "list_checkpoints", "update_metrics", "FORMAT_VERSION"]
+           "load_checkpoint", "read_info", "list_checkpoints", "update_metrics", "FORMAT_VERSION",
+           "DEFAULT_CHECKPOINT_DIR"]
 
 FORMAT_VERSION = 1
+DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"  # the packaged synthetic default
 _REQUIRED = ("format_version", "kind", "model_version", "content_hash", "arch", "arch_config", "input_spec",
              "class_names")
 

@@ -1,7 +1,7 @@
 """Dataset readers (local paths only, never downloads), each yielding `InspectionSample`s.
 
 Formats:
-- synthetic: a spec 'synthetic:seed=9000,n=200,size=256x256' (models.synthetic).
+- synthetic: a spec 'synthetic:seed=9000,n=200,size=256x256' (models.data.synthetic).
 - plain: `images/*` + `masks/<stem>.png` (class ids, 0 = background) + `classes.txt`
   (one class per line; line i is id i+1).
 - dagm: DAGM 2007 (`ClassN/[Train|Test]/*.PNG` with `Label/<stem>_label.PNG`, or the
@@ -29,11 +29,12 @@ from typing import Iterator, NamedTuple
 import cv2
 import numpy as np
 
-from models.types import BBox, InspectionSample
+from models.core.types import BBox, InspectionSample
 
 __all__ = ["open_dataset", "read_plain", "read_dagm", "read_neu", "read_severstal", "read_mvtec",
            "read_magnetic_tile", "read_synthetic", "rle_decode", "rle_encode", "instances_from_class_mask",
-           "NEU_CLASSES", "MAGNETIC_TILE_CLASSES", "DatasetError", "SplitData", "load_split", "tile_samples"]
+           "NEU_CLASSES", "MAGNETIC_TILE_CLASSES", "DatasetError", "SplitData", "load_split", "tile_samples",
+           "sample_class_mask", "image_label"]
 
 NEU_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
 MAGNETIC_TILE_CLASSES = ("Blowhole", "Break", "Crack", "Fray", "Uneven")
@@ -97,7 +98,7 @@ def _images(d: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------------------------
 def read_synthetic(spec: str) -> Iterator[InspectionSample]:
-    from models.synthetic import parse_synthetic_spec, render_sample
+    from models.data.synthetic import parse_synthetic_spec, render_sample
 
     cfg = parse_synthetic_spec(spec)
     for i in range(int(cfg["n"])):  # type: ignore[arg-type]
@@ -311,6 +312,30 @@ def _nonempty(it: Iterator[InspectionSample], fmt: str, data: str) -> Iterator[I
         yield s
     if n == 0:
         raise DatasetError(f"no images found in {data} as format {fmt!r} (check the path and --format)")
+
+
+def sample_class_mask(s: InspectionSample) -> np.ndarray:
+    """Per-pixel class ids: the mask, or the boxes filled with their class for box-only data."""
+    if s.class_mask is not None:
+        return s.class_mask.astype(np.uint8)
+    m = np.zeros(s.image.shape[:2], np.uint8)
+    for b, c in sorted(s.boxes, key=lambda bc: -bc[0].area):  # small boxes drawn last stay visible
+        m[b.y0:b.y1, b.x0:b.x1] = c
+    return m
+
+
+def image_label(s: InspectionSample) -> int:
+    """The image's class id: the class covering most annotated area (0 = no defect)."""
+    if s.class_mask is not None:
+        counts = np.bincount(s.class_mask.reshape(-1).astype(np.int64), minlength=len(s.class_names) + 1)
+        counts[0] = 0
+        return int(np.argmax(counts)) if counts.sum() else 0
+    if not s.boxes:
+        return 0
+    area: dict[int, int] = {}
+    for b, c in s.boxes:
+        area[c] = area.get(c, 0) + b.area
+    return max(area, key=lambda c: (area[c], -c))
 
 
 class SplitData(NamedTuple):

@@ -77,10 +77,10 @@ class InspectionSample(NamedTuple):
 class Inspector(Protocol):
     """What every model family offers the streaming layer, replay, evaluation and promotion.
 
-    Implementations: `models.inspector.SeverityInspector` (He & Liu severity regression + region
-    classifier, family "severity"), `models.segmenter.SegmenterInspector` ("segmenter"),
-    `models.image_classifier.ImageClassifierInspector` ("classifier") and
-    `models.gate.GatedInspector` (any of them behind an image-level defect/no-defect gate).
+    Implementations: `models.families.severity.inspector.SeverityInspector` (He & Liu severity regression + region
+    classifier, family "severity"), `models.families.segmenter.model.SegmenterInspector` ("segmenter"),
+    `models.families.image_classifier.model.ImageClassifierInspector` ("classifier") and
+    `models.families.gate.model.GatedInspector` (any of them behind an image-level defect/no-defect gate).
     `models.loading.load_inspector` loads any of them from a checkpoint directory.
     """
 

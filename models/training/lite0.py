@@ -1,6 +1,6 @@
 """Training of the pretrained-encoder families on a plant's own images: segmenter, gate, classifier.
 
-`train_lite0` reads any dataset format (`models.datasets`), splits off validation images
+`train_lite0` reads any dataset format (`models.data.datasets`), splits off validation images
 (`--val-data` or a seeded `--val-split`, recorded in the checkpoint), trains with a progress bar
 (loss, validation metric, ETA), evaluates every epoch, keeps the best epoch (early stopping after
 `patience` epochs without improvement) and writes a registry checkpoint. `<out>/train_state_<task>.pt`
@@ -12,12 +12,12 @@ when a GPU is present.
   contrast; loss = cross-entropy + Focal-Tversky (alpha 0.7 on misses, gamma 0.75) over the
   defect classes + 0.2 x BCE of the image-level head. Validation metric: mean IoU over
   background and the classes (argmax). Per-class thresholds and minimum areas are then chosen on
-  the validation images (`models.segmenter.choose_postprocess`).
+  the validation images (`models.families.segmenter.model.choose_postprocess`).
 - classifier: one label per image (the class covering most of its annotated area; "good" when the
   data holds defect-free images), images resized to `size`; cross-entropy with label smoothing.
   Validation metric: accuracy.
 - gate: defect / no-defect per image (or per `tile` x `tile` tile); BCE; validation metric:
-  AUROC; the threshold is chosen recall-first on validation (`models.gate.choose_gate_threshold`).
+  AUROC; the threshold is chosen recall-first on validation (`models.families.gate.model.choose_gate_threshold`).
 """
 from __future__ import annotations
 
@@ -33,10 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.backbone import to_input
-from models.datasets import DatasetError, load_split, tile_samples
-from models.registry import save_checkpoint, update_metrics
-from models.types import InspectionSample
+from models.core.backbone import to_input
+from models.data.datasets import DatasetError, image_label, load_split, sample_class_mask, tile_samples
+from models.core.checkpoints import save_checkpoint, update_metrics
+from models.core.types import InspectionSample
+from models.families.gate.model import choose_gate_threshold
+from models.families.image_classifier.model import build_image_classifier, image_probabilities, resize_square
+from models.families.segmenter.model import LiteUNet, choose_postprocess, frame_probabilities, prepare_frame
 
 __all__ = ["LiteTrainConfig", "LiteTrainResult", "train_lite0", "focal_tversky_loss", "image_label",
            "sample_class_mask"]
@@ -78,30 +81,6 @@ class LiteTrainResult(NamedTuple):
 # --------------------------------------------------------------------------------------------
 # Labels
 # --------------------------------------------------------------------------------------------
-def sample_class_mask(s: InspectionSample) -> np.ndarray:
-    """Per-pixel class ids: the mask, or the boxes filled with their class for box-only data."""
-    if s.class_mask is not None:
-        return s.class_mask.astype(np.uint8)
-    m = np.zeros(s.image.shape[:2], np.uint8)
-    for b, c in sorted(s.boxes, key=lambda bc: -bc[0].area):  # small boxes drawn last stay visible
-        m[b.y0:b.y1, b.x0:b.x1] = c
-    return m
-
-
-def image_label(s: InspectionSample) -> int:
-    """The image's class id: the class covering most annotated area (0 = no defect)."""
-    if s.class_mask is not None:
-        counts = np.bincount(s.class_mask.reshape(-1).astype(np.int64), minlength=len(s.class_names) + 1)
-        counts[0] = 0
-        return int(np.argmax(counts)) if counts.sum() else 0
-    if not s.boxes:
-        return 0
-    area: dict[int, int] = {}
-    for b, c in s.boxes:
-        area[c] = area.get(c, 0) + b.area
-    return max(area, key=lambda c: (area[c], -c))
-
-
 # --------------------------------------------------------------------------------------------
 # Losses
 # --------------------------------------------------------------------------------------------
@@ -176,11 +155,7 @@ def _geometric(rng: np.random.Generator, img: np.ndarray, cm: np.ndarray | None)
 # --------------------------------------------------------------------------------------------
 def _build(task: str, n_out: int, pretrained: bool) -> torch.nn.Module:
     if task == "segmenter":
-        from models.segmenter import LiteUNet
-
         return LiteUNet(n_out, pretrained=pretrained)
-    from models.image_classifier import build_image_classifier
-
     return build_image_classifier(n_out, pretrained=pretrained)
 
 
@@ -207,16 +182,6 @@ def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     avg = (csum - (cnt - 1) / 2.0)[inv]
     ranks[order] = avg
     return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
-def frame_probabilities(model: torch.nn.Module, samples: Sequence[InspectionSample], scale: float, device: str):
-    """Yield ((1 + C, H, W) probabilities at the frame's own size, class ids) as the Inspector sees them."""
-    from models.segmenter import segment_probabilities
-
-    model.eval()
-    for s in samples:
-        img = s.image if s.image.ndim == 2 or s.image.shape[2] == 3 else s.image[:, :, 0]
-        yield segment_probabilities(lambda x: model(x).logits, [img], scale, device)[0], sample_class_mask(s)
 
 
 class _Trainer:
@@ -304,8 +269,6 @@ class _Trainer:
         return x, y, (y > 0).flatten(1).any(1).float()
 
     def _image_batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        from models.image_classifier import resize_square
-
         imgs = []
         for i in idx:
             im = resize_square(self.tr_img[i], self.size)
@@ -333,8 +296,6 @@ class _Trainer:
 
     def seg_probs(self, model: torch.nn.Module, items: Sequence[tuple[np.ndarray, np.ndarray]]):
         """Yield ((1 + C, H, W) probabilities, class ids) for validation images."""
-        from models.segmenter import prepare_frame
-
         model.eval()
         with torch.inference_mode():
             for img, cm in items:
@@ -358,8 +319,6 @@ class _Trainer:
             per = {("background" if c == 0 else self.class_names[c - 1]): (None if np.isnan(v) else float(v))
                    for c, v in enumerate(ious)}
             return float(np.nanmean(ious)), {"val_iou_per_class": per}
-        from models.image_classifier import image_probabilities
-
         probs = image_probabilities(model, self.va_img, self.size, self.device, sigmoid=self.task == "gate")
         if self.task == "gate":
             s = probs[:, 0]
@@ -450,8 +409,6 @@ class _Trainer:
         post: dict = {}
         threshold = None
         if self.task == "segmenter":
-            from models.segmenter import choose_postprocess
-
             post_t, per_iou = choose_postprocess(frame_probabilities(model, self.va_samples, cfg.scale, self.device),
                                                  self.n_out)
             post = post_t.to_dict()
@@ -460,9 +417,6 @@ class _Trainer:
             arch_config = {"n_classes": self.n_out, "decoder": [128, 64, 48, 32]}
             input_spec = {**spec_common, "scale": cfg.scale, "pad_multiple": 32, "train_patch": self.patch}
         elif self.task == "gate":
-            from models.gate import choose_gate_threshold
-            from models.image_classifier import image_probabilities
-
             s = image_probabilities(model, self.va_img, self.size, self.device, sigmoid=True)[:, 0]
             threshold = choose_gate_threshold(s, self.va_y, cfg.gate_min_recall)
             passed = s >= threshold

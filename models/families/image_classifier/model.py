@@ -3,7 +3,7 @@
 - `ImageClassifierInspector`: the NEU-CLS style classifier (one defect class per image, plus
   "good" when the training data had defect-free images). A defective frame gives one Detection
   that covers the frame, with the class and its probability.
-- The gate (`models.gate`) is the same network with one output: defect / no defect.
+- The gate (`models.families.gate.model`) is the same network with one output: defect / no defect.
 
 Images of any size are resized to the checkpoint's `size` x `size` (recorded in `input_spec`).
 """
@@ -17,10 +17,11 @@ import cv2
 import numpy as np
 import torch
 
-from models.backbone import build_lite0, to_input
-from models.registry import CheckpointError, CheckpointInfo, load_checkpoint
-from models.runtimes import Network, Runner, Select, TorchRunner, build_runner, golden_frame
-from models.types import BBox, Detection
+from models.core.backbone import build_lite0, to_input
+from models.core.checkpoints import CheckpointError, CheckpointInfo, load_checkpoint
+from models.runtime.runtimes import Network, Runner, Select, TorchRunner, golden_frame
+from models.runtime.swap import RuntimeSwap
+from models.core.types import BBox, Detection
 
 __all__ = ["build_image_classifier", "resize_square", "ImageClassifierInspector", "image_probabilities",
            "image_network"]
@@ -55,7 +56,7 @@ def image_network(model: torch.nn.Module, info: CheckpointInfo) -> Network:
 def image_probabilities(model: torch.nn.Module | Runner, frames: Sequence[np.ndarray], size: int, device: str,
                         batch: int = 32, sigmoid: bool = False) -> np.ndarray:
     """(N, outputs) softmax (or sigmoid) outputs of an image-level model (a module or a
-    `models.runtimes` runner) for frames of any size."""
+    `models.runtime.runtimes` runner) for frames of any size."""
     if isinstance(model, torch.nn.Module):
         model.eval()
     amp = device.startswith("cuda")
@@ -68,10 +69,11 @@ def image_probabilities(model: torch.nn.Module | Runner, frames: Sequence[np.nda
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
-class ImageClassifierInspector:
-    """A one-class-per-image classifier as an `Inspector` (models.types)."""
+class ImageClassifierInspector(RuntimeSwap):
+    """A one-class-per-image classifier as an `Inspector` (models.core.types)."""
 
     family = "classifier"
+    _runners = {"classifier": "_run"}  # network -> runner attribute (RuntimeSwap.use_runtime)
 
     def __init__(self, model: torch.nn.Module, info: CheckpointInfo, device: str = "cpu") -> None:
         self.model = model.to(device).eval()
@@ -88,13 +90,6 @@ class ImageClassifierInspector:
     def networks(self) -> dict[str, Network]:
         """The classifier (-> logits) as an exportable network with its golden input."""
         return {"classifier": image_network(self.model, self.info)}
-
-    def use_runtime(self, runtime: str, cache_dir: str | Path | None = None) -> "ImageClassifierInspector":
-        """Run the network in `runtime` (see `models.runtimes.build_runner`). Raises RuntimeParityError / CheckpointError."""
-        run = build_runner(self.networks()["classifier"], runtime, self.device, cache_dir)
-        with self._lock:
-            self._run, self.runtime = run, runtime
-        return self
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "ImageClassifierInspector":

@@ -8,7 +8,7 @@ they write a registry checkpoint (`detector_<arch>.pt` / `classifier.pt`) with t
 Seeds: training frames use `seed_base + i` with defaults (detector 100000+, classifier 200000+,
 validation 50000+) that never overlap the evaluation seeds of the README (9000+).
 
-Training on a plant's annotated images lives in `models.train_real`; it shares the optimiser,
+Training on a plant's annotated images lives in `models.families.severity.train_data`; it shares the optimiser,
 loss and augmentation steps defined here (`detector_step`, `classifier_step`, ...).
 """
 from __future__ import annotations
@@ -24,19 +24,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.augment import defect_crop, geometric, photometric
-from models.classifier import CROP, build_classifier, region_crops
-from models.detector import build_detector, infer_severity
-from models.postprocess import choose_threshold, regions_from_severity, upsample_severity
-from models.registry import save_checkpoint
-from models.severity_labels import severity_labels
-from models.synthetic import CLASS_NAMES, render_scene
-from models.types import BBox, box_iou
+from models.core.augment import defect_crop, geometric, photometric
+from models.families.severity.region_classifier import CROP, build_classifier, region_crops
+from models.families.severity.detector import build_detector, infer_severity
+from models.core.regions import choose_threshold, regions_from_severity, upsample_severity
+from models.core.checkpoints import save_checkpoint
+from models.families.severity.labels import severity_labels
+from models.data.synthetic import CLASS_NAMES, VAL_SEED_BASE, render_scene
+from models.core.types import BBox, box_iou
 
 __all__ = ["DetectorTrainConfig", "ClassifierTrainConfig", "train_detector", "train_classifier", "TrainResult",
            "detector_optimiser", "detector_step", "classifier_step", "class_weights", "augment_crops"]
 
-VAL_SEED_BASE = 50000
 
 
 @dataclass
@@ -52,7 +51,7 @@ class DetectorTrainConfig:
     n_val: int = 100
     seed: int = 0
     label_lambda: float = 24.0  # grey levels; small enough that defect interiors saturate
-    # Min severity of annotated cells (see models.severity_labels). High on purpose: with a
+    # Min severity of annotated cells (see models.families.severity.labels). High on purpose: with a
     # floor F every annotated cell sits at F or above, so a threshold T a little under F keeps
     # whole low-contrast defects (e.g. the flat centre of a mild imprint) instead of cutting
     # holes in them. Measured with the ground-truth labels themselves as the "prediction"
@@ -176,7 +175,7 @@ def train_detector(cfg: DetectorTrainConfig, out_dir: str | os.PathLike[str], re
     model = build_detector(cfg.arch, **cfg.arch_config)
     prior_seconds = 0.0
     if cfg.init:
-        from models.registry import load_checkpoint
+        from models.core.checkpoints import load_checkpoint
 
         ck = load_checkpoint(cfg.init, expected_kind="detector")
         if ck.info.arch != cfg.arch or ck.info.arch_config != dict(cfg.arch_config):
@@ -333,7 +332,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | os.PathLike[str]
     t0 = time.time()
     detector = None
     if cfg.detector:
-        from models.registry import load_checkpoint
+        from models.core.checkpoints import load_checkpoint
 
         ck = load_checkpoint(cfg.detector, expected_kind="detector")
         dm = build_detector(ck.info.arch, **ck.info.arch_config)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.types import BBox
+from models.core.types import BBox
 
 __all__ = ["defect_crop", "geometric", "photometric"]
 

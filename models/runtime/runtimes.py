@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.registry import CheckpointError
+from models.core.checkpoints import CheckpointError
 
 __all__ = ["RUNTIMES", "RUNTIME_CHOICES", "AUTO", "INT8", "OPSET", "EXPORT_FORMAT", "PARITY_ATOL", "PARITY_RTOL", "RuntimeParityError", "Runner",
            "TorchRunner", "OrtRunner", "OvRunner", "Network", "Select", "export_name", "ensure_export", "build_runner",
@@ -206,7 +206,7 @@ class Network(NamedTuple):
 
 def golden_frame(shape: tuple[int, int] = (64, 96), seed: int = 7) -> np.ndarray:
     """A deterministic synthetic uint8 (H, W) frame with defects (the generator is seeded)."""
-    from models.synthetic import render_sample
+    from models.data.synthetic import render_sample
 
     return render_sample(seed, shape, defect_prob=1.0).image
 

@@ -172,7 +172,7 @@ def infer_severity(model: nn.Module, images: "list", device: str = "cpu", amp: b
         model: a detector in eval mode (its stride and padding multiple are used).
         images: uint8 arrays (H, W) or (H, W, C) matching the model's input channels; frames of
             equal shape are batched together.
-        run: the forward call (a `models.runtimes` runner: padded input -> severity map); default
+        run: the forward call (a `models.runtime.runtimes` runner: padded input -> severity map); default
             `model(x).severity`.
     """
     import numpy as np

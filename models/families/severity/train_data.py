@@ -1,6 +1,6 @@
 """Training of He & Liu's severity detector and region classifier ('cnn4') on a plant's annotated images.
 
-The data come from `models.datasets.load_split` (a training set and a validation set: `val_data`
+The data come from `models.data.datasets.load_split` (a training set and a validation set: `val_data`
 or a seeded fraction of `data`). Images are converted to grey exactly as the Inspector does.
 Mask datasets give the annotation directly; box-only datasets (NEU-DET) get their boxes filled
 as masks, which the checkpoint records (`train_data.masks_from_boxes`).
@@ -8,7 +8,7 @@ as masks, which the checkpoint records (`train_data.masks_from_boxes`).
 Detector: random training patches (images smaller than the patch are reflect-padded), a
 fraction `p_defect` of them centred on a pixel of a randomly chosen annotated defect instance
 so that rare defect cells are seen often enough; per-cell severity labels from the annotation
-(`models.severity_labels`). Every `val_every` steps the detector's mean IoU on the validation
+(`models.families.severity.labels`). Every `val_every` steps the detector's mean IoU on the validation
 images (severity map > T, best T of a fixed grid) is measured and the best weights are kept
 (written as `detector_<arch>.pt` at once, so an interrupted run leaves its best model). At the
 end the best weights get their post-processing (T, per-region relative cut, hysteresis, hole
@@ -40,17 +40,17 @@ import cv2
 import numpy as np
 import torch
 
-from models.augment import geometric, photometric
-from models.classifier import CROP, ClassifierOutput, build_classifier, region_crops
-from models.datasets import DatasetError, SplitData, instances_from_class_mask, load_split
-from models.detector import build_detector, infer_severity
-from models.postprocess import choose_threshold, regions_from_severity, upsample_severity
-from models.registry import CheckpointInfo, save_checkpoint, update_metrics
-from models.severity_labels import severity_labels
-from models.train import (ClassifierTrainConfig, DetectorTrainConfig, TrainResult, _load_state, _progress,
+from models.core.augment import geometric, photometric
+from models.families.severity.region_classifier import CROP, ClassifierOutput, build_classifier, region_crops
+from models.data.datasets import DatasetError, SplitData, instances_from_class_mask, load_split
+from models.families.severity.detector import build_detector, infer_severity
+from models.core.regions import choose_threshold, regions_from_severity, upsample_severity
+from models.core.checkpoints import CheckpointInfo, save_checkpoint, update_metrics
+from models.families.severity.labels import severity_labels
+from models.families.severity.train_synthetic import (ClassifierTrainConfig, DetectorTrainConfig, TrainResult, _load_state, _progress,
                           _save_state, augment_crops, class_weights, classifier_step, detector_optimiser,
                           detector_step)
-from models.types import BBox, InspectionSample
+from models.core.types import BBox, InspectionSample
 
 __all__ = ["DataSpec", "RealDetectorConfig", "RealClassifierConfig", "PreparedImage", "prepare_images",
            "train_detector_on_data", "train_classifier_on_data", "tune_postprocess_on_images",
@@ -77,7 +77,7 @@ class DataSpec:
     limit: int | None = None
 
     def load(self) -> SplitData:
-        """Read the split (see `models.datasets.load_split`).
+        """Read the split (see `models.data.datasets.load_split`).
 
         Raises:
             DatasetError: wrong path or layout, empty set, masks not matching their images.
@@ -112,7 +112,7 @@ class PreparedImage(NamedTuple):
 
 def _grey(image: np.ndarray) -> np.ndarray:
     # The Inspector's own conversion: the detector is trained on what it will see in service.
-    from models.inspector import _to_grey
+    from models.families.severity.inspector import _to_grey
 
     return _to_grey(np.asarray(image))
 
@@ -272,7 +272,7 @@ def tune_postprocess_on_images(inspector: Any, images: Sequence[PreparedImage], 
 
 
 def _detector_only_inspector(model: torch.nn.Module, det_info: CheckpointInfo, names: Sequence[str]) -> Any:
-    from models.inspector import SeverityInspector
+    from models.families.severity.inspector import SeverityInspector
 
     stand_in = CheckpointInfo(path="", kind="classifier", model_version="accept-all", content_hash="",
                               arch="accept-all", arch_config={}, input_spec={}, class_names=list(names))
@@ -331,7 +331,7 @@ def train_detector_on_data(cfg: RealDetectorConfig, spec: DataSpec, out_dir: str
     state_path = out / f"train_state_detector_{cfg.arch}.pt"
     model = build_detector(cfg.arch, **cfg.arch_config)
     if cfg.init:
-        from models.registry import load_checkpoint
+        from models.core.checkpoints import load_checkpoint
 
         ck = load_checkpoint(cfg.init, expected_kind="detector")
         if ck.info.arch != cfg.arch or ck.info.arch_config != dict(cfg.arch_config):
@@ -483,7 +483,7 @@ def _accuracies(model: torch.nn.Module, X: np.ndarray, Y: np.ndarray) -> tuple[f
 
 
 def _load_detector(path: str) -> tuple[tuple[torch.nn.Module, float, dict], CheckpointInfo]:
-    from models.registry import load_checkpoint
+    from models.core.checkpoints import load_checkpoint
 
     ck = load_checkpoint(path, expected_kind="detector")
     dm = build_detector(ck.info.arch, **ck.info.arch_config)
