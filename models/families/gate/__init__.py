@@ -6,6 +6,7 @@ from typing import Any
 
 from models.core.backbone import to_input
 from models.core.families import FamilySpec, register_family
+from models.families.gate import train as _train  # noqa: F401  (registers the Lite0 task "gate")
 from models.families.gate.model import GatedInspector
 from models.families.image_classifier.model import resize_square
 

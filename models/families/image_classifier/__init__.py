@@ -7,6 +7,7 @@ from typing import Any
 from models.core.backbone import to_input
 from models.core.checkpoints import CheckpointError, read_info
 from models.core.families import FamilySpec, register_family
+from models.families.image_classifier import train as _train  # noqa: F401  (registers the Lite0 task "classifier")
 from models.families.image_classifier.model import ImageClassifierInspector, resize_square
 
 FILE = "classifier.pt"

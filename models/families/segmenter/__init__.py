@@ -6,6 +6,7 @@ from typing import Any
 
 from models.core.backbone import to_input
 from models.core.families import FamilySpec, register_family
+from models.families.segmenter import train as _train  # noqa: F401  (registers the Lite0 task "segmenter")
 from models.families.segmenter.model import SegmenterInspector, prepare_frame
 from models.families.segmenter.tune import retune
 
