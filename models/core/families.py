@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from models.core.checkpoints import CheckpointError, LoadedCheckpoint
 
-__all__ = ["FamilySpec", "RetuneRequest", "register_family", "get_family", "list_families", "family_specs",
+__all__ = ["FamilySpec", "RetuneRequest", "TinyRun", "register_family", "get_family", "list_families", "family_specs",
            "wrapper_specs"]
 
 
@@ -34,6 +34,13 @@ class RetuneRequest:
     val_frames: int | None = None  # synthetic validation frames, where the family tunes on synthetic data
 
 
+class TinyRun(NamedTuple):
+    """What a family's tiny example training returns: the model directory and its losses, first to last."""
+
+    directory: Path
+    losses: list[float]
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     """What the rest of the code may know about one family.
@@ -49,7 +56,8 @@ class FamilySpec:
         check: validates the loaded checkpoints together (e.g. class names agree); raises CheckpointError.
         retune: re-chooses the post-processing (`train threshold`); returns the line to print.
         bench_networks: (Inspector, frames) -> {network name: (runner, input tensor)} for the benchmarks.
-        example: module with `tiny_model(directory, seed)` and `tiny_train(directory)` for the conformance test.
+        example: module with `tiny_model(directory) -> Path` (tiny confident random weights) and
+            `tiny_train(directory) -> TinyRun` (seconds of training on tiny data), for the conformance test.
         wraps: a wrapper (the gate) runs in front of another family's model instead of being one.
         priority: order in which families claim a directory (lower first).
     """

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import cv2
@@ -48,6 +49,7 @@ __all__ = [
     "render_scene",
     "parse_synthetic_spec",
     "VAL_SEED_BASE",
+    "write_plain_set",
 ]
 
 VAL_SEED_BASE = 50000  # validation seeds of the packaged checkpoints (T, post-processing); 50000-50099
@@ -642,3 +644,18 @@ def render_part_sequence(seed: int, n_frames: int = 6, frame_shape=(256, 512), d
                 d.boxes[i] = _clip_box(b, H, W)
     return PartSequence(frames=frames, defects=gt, nuisance_boxes=nuisance, speed_px_per_frame=speed,
                         family=fam, class_masks=cmasks)
+
+
+def write_plain_set(directory: str | Path, n: int, shape: tuple[int, int] = (64, 64), seed: int = 0,
+                    defect_prob: float = 0.7) -> Path:
+    """Write `n` seeded synthetic samples (seeds `seed`..) as a `plain` data set (`images/`, `masks/`,
+    `classes.txt`) in `directory`; the families' tiny examples train on it. Returns the directory."""
+    d = Path(directory)
+    (d / "images").mkdir(parents=True, exist_ok=True)
+    (d / "masks").mkdir(exist_ok=True)
+    (d / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    for i in range(n):
+        s = render_sample(seed + i, shape, defect_prob=defect_prob)
+        cv2.imwrite(str(d / "images" / f"{i:04d}.png"), s.image)
+        cv2.imwrite(str(d / "masks" / f"{i:04d}.png"), s.class_mask.astype(np.uint8))
+    return d
