@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from models.data.datasets import DatasetError
     from models.core.checkpoints import CheckpointError
+    from models.data.datasets import DatasetError
 
     try:
         return int(args.func(args) or 0)

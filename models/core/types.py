@@ -1,7 +1,7 @@
 """Typed results that cross the border between the models and the streaming layer."""
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import Any, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -77,17 +77,18 @@ class InspectionSample(NamedTuple):
 class Inspector(Protocol):
     """What every model family offers the streaming layer, replay, evaluation and promotion.
 
-    Implementations: `models.families.severity.inspector.SeverityInspector` (He & Liu severity regression + region
-    classifier, family "severity"), `models.families.segmenter.model.SegmenterInspector` ("segmenter"),
-    `models.families.image_classifier.model.ImageClassifierInspector` ("classifier") and
-    `models.families.gate.model.GatedInspector` (any of them behind an image-level defect/no-defect gate).
+    Each family folder (`models/families/<name>/`) implements it and registers a `FamilySpec`
+    (`models.core.families`): `SeverityInspector` (He & Liu severity regression + region classifier,
+    family "severity"), `SegmenterInspector` ("segmenter"), `ImageClassifierInspector` ("classifier")
+    and `GatedInspector` (any of them behind an image-level defect/no-defect gate, "gate+<family>").
     `models.loading.load_inspector` loads any of them from a checkpoint directory.
     """
 
     model_version: str  # content-hash based; equal weights and settings give the same version
     class_names: list[str]  # defect classes it can report (never "background")
     device: str  # "cpu" or "cuda[:N]"
-    family: str  # "severity" | "segmenter" | "classifier" (+ "gate+" prefix when gated)
+    family: str  # a registered family's name (`models.core.families.list_families`), "gate+" prefixed when gated
+    runtime: str  # what serves its networks: "torch", "onnxruntime", "openvino" or "onnxruntime-int8"
 
     def inspect(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
         """Detections per frame (uint8 (H, W) grey or (H, W, 3) RGB, any size), in input order."""
@@ -95,4 +96,13 @@ class Inspector(Protocol):
 
     def inspect_scored(self, frames: Sequence[np.ndarray]) -> tuple[list[list[Detection]], list[float]]:
         """`inspect` plus a per-frame defect score in [0, 1] (image-level AUROC/AP use it), in one pass."""
+        ...
+
+    def networks(self) -> dict[str, Any]:
+        """Its networks by checkpoint role (`models.runtime.runtimes.Network`: path, content hash, module, golden
+        input); the keys and hashes are what `models.loading.model_identity` reports."""
+        ...
+
+    def use_runtime(self, runtime: str, cache_dir: Any = None) -> Any:
+        """Serve every network in `runtime` (export + parity check; `models.runtime.swap.RuntimeSwap`)."""
         ...

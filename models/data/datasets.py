@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from models.core.types import BBox, InspectionSample
+from models.data.synthetic import parse_synthetic_spec, render_sample
 
 __all__ = ["open_dataset", "read_plain", "read_dagm", "read_neu", "read_severstal", "read_mvtec",
            "read_magnetic_tile", "read_synthetic", "rle_decode", "rle_encode", "instances_from_class_mask",
@@ -98,8 +99,6 @@ def _images(d: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------------------------
 def read_synthetic(spec: str) -> Iterator[InspectionSample]:
-    from models.data.synthetic import parse_synthetic_spec, render_sample
-
     cfg = parse_synthetic_spec(spec)
     for i in range(int(cfg["n"])):  # type: ignore[arg-type]
         yield render_sample(int(cfg["seed"]) + i, tuple(cfg["shape"]))  # type: ignore[arg-type]

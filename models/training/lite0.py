@@ -32,9 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.data.datasets import DatasetError, image_label, load_split, sample_class_mask  # noqa: F401  (re-exported)
 from models.core.checkpoints import save_checkpoint, update_metrics
 from models.core.types import InspectionSample
+from models.data.datasets import DatasetError, image_label, load_split, sample_class_mask  # noqa: F401  (re-exported)
 
 __all__ = ["LiteTrainConfig", "LiteTrainResult", "train_lite0", "focal_tversky_loss", "image_label",
            "sample_class_mask", "LiteTask", "LiteTrainer", "CheckpointPlan", "register_task", "tasks", "auroc",

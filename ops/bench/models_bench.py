@@ -46,11 +46,11 @@ def main() -> None:
 
     import torch
 
+    from models.core.checkpoints import load_checkpoint
+    from models.data.synthetic import render_sample
     from models.families.severity.detector import build_detector
     from models.families.severity.inspector import DEFAULT_CHECKPOINT_DIR
     from models.loading import load_inspector
-    from models.core.checkpoints import load_checkpoint
-    from models.data.synthetic import render_sample
 
     torch.set_num_threads(args.threads)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
@@ -187,9 +187,9 @@ def _int8(checkpoint, frames: list, repeats: int) -> dict:
     import onnxruntime as ort
     import torch
 
+    from models.core.checkpoints import load_checkpoint
     from models.families.severity.inspector import DEFAULT_CHECKPOINT_DIR
     from models.loading import INT8_CONF_TOL, INT8_MIN_IOU, load_inspector
-    from models.core.checkpoints import load_checkpoint
     from models.runtime.runtimes import INT8, RuntimeParityError, export_name, int8_export_name
 
     d = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT_DIR

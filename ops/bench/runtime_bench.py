@@ -56,8 +56,8 @@ def _random_lite_dir(d: Path, size: int) -> dict[str, Path]:
     """Random-init segmenter, image classifier and gate checkpoints (the shipped architectures)."""
     import torch
 
-    from models.families.image_classifier.model import build_image_classifier
     from models.core.checkpoints import save_checkpoint
+    from models.families.image_classifier.model import build_image_classifier
     from models.families.segmenter.model import LiteUNet
 
     torch.manual_seed(0)
@@ -141,8 +141,8 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    from models.loading import DEFAULT_CHECKPOINT_DIR, load_inspector
     from models.data.synthetic import render_sample
+    from models.loading import DEFAULT_CHECKPOINT_DIR, load_inspector
 
     torch.set_num_threads(args.threads)
     runtimes = ["torch"] + [r for r in args.runtimes.split(",") if r and r != "torch"]

@@ -82,8 +82,8 @@ def list_models(roots: Sequence[str | Path]) -> list[ModelEntry]:
 
     Directories whose checkpoints do not form a model (or fail validation) are skipped.
     """
-    from models.loading import model_files, model_identity
     from models.core.checkpoints import CheckpointError
+    from models.loading import model_files, model_identity
 
     out: list[ModelEntry] = []
     seen: set[tuple[str, ...]] = set()
@@ -112,8 +112,8 @@ def resolve_model(ref: str, roots: Sequence[str | Path]) -> Path:
     Raises:
         ModelRefError: nothing valid, or more than one model, matches.
     """
-    from models.loading import model_files
     from models.core.checkpoints import CheckpointError
+    from models.loading import model_files
 
     p = Path(ref)
     if p.exists():
@@ -347,8 +347,8 @@ def _roots(args: argparse.Namespace) -> list[Path]:
 
 
 def _default_version(settings: Settings) -> str | None:
-    from models.loading import model_identity
     from models.core.checkpoints import CheckpointError
+    from models.loading import model_identity
 
     try:
         return model_identity(settings.model.path)[0]
@@ -418,8 +418,8 @@ def cli_list(args: argparse.Namespace) -> int:
 
 
 def cli_show(args: argparse.Namespace) -> int:
-    from models.loading import model_files, model_identity
     from models.core.checkpoints import CheckpointError, read_info
+    from models.loading import model_files, model_identity
 
     try:
         path = resolve_model(args.model, _roots(args))

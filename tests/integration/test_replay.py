@@ -35,8 +35,8 @@ def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     """(strong, weak) checkpoint directories (detector_<arch>.pt + classifier.pt each)."""
     import torch
 
-    from models.families.severity.inspector import resolve_checkpoints
     from models.core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+    from models.families.severity.inspector import resolve_checkpoints
 
     root = tmp_path_factory.mktemp("checkpoints")
     try:

@@ -13,11 +13,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.families.image_classifier.model import build_image_classifier, image_network, image_probabilities
 from models.core.checkpoints import CheckpointError, load_checkpoint
+from models.core.types import Detection
+from models.families.image_classifier.model import build_image_classifier, image_network, image_probabilities
 from models.runtime.runtimes import Network, Runner, Select, TorchRunner
 from models.runtime.swap import RuntimeSwap
-from models.core.types import Detection
 
 __all__ = ["GatedInspector", "choose_gate_threshold", "load_gate"]
 

@@ -1,4 +1,5 @@
-"""Training hooks of the gate (the Lite0 engine): defect / no-defect per image or tile, BCE, AUROC, recall-first threshold."""
+"""Training hooks of the gate (the Lite0 engine): defect / no-defect per image or tile, BCE, AUROC,
+recall-first threshold."""
 from __future__ import annotations
 
 import math

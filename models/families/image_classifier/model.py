@@ -19,9 +19,9 @@ import torch
 
 from models.core.backbone import build_lite0, to_input
 from models.core.checkpoints import CheckpointError, CheckpointInfo, load_checkpoint
+from models.core.types import BBox, Detection
 from models.runtime.runtimes import Network, Runner, Select, TorchRunner, golden_frame
 from models.runtime.swap import RuntimeSwap
-from models.core.types import BBox, Detection
 
 __all__ = ["build_image_classifier", "resize_square", "ImageClassifierInspector", "image_probabilities",
            "image_network"]

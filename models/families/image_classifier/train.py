@@ -1,4 +1,5 @@
-"""Training hooks of the image classifier (the Lite0 engine, `models.training.lite0`), and the image pieces the gate shares.
+"""Training hooks of the image classifier (the Lite0 engine, `models.training.lite0`), and the image
+pieces the gate shares.
 
 One label per image (the class covering most of its annotated area; "good" when the data holds
 defect-free images), images resized to `size` (default: the median longer side rounded up to 32,
@@ -18,7 +19,8 @@ from models.core.backbone import to_input
 from models.core.types import InspectionSample
 from models.data.datasets import DatasetError, image_label, tile_samples
 from models.families.image_classifier.model import build_image_classifier, image_probabilities, resize_square
-from models.training.lite0 import SPEC_COMMON, CheckpointPlan, LiteTask, LiteTrainer, geometric, photometric, register_task
+from models.training.lite0 import (SPEC_COMMON, CheckpointPlan, LiteTask, LiteTrainer, geometric, photometric,
+                                   register_task)
 
 __all__ = ["ImageTask", "ClassifierTask", "TASK"]
 

@@ -1,4 +1,5 @@
-"""Training hooks of the segmenter (the Lite0 engine, `models.training.lite0`): crops, loss, mIoU validation, thresholds.
+"""Training hooks of the segmenter (the Lite0 engine, `models.training.lite0`): crops, loss, mIoU
+validation, thresholds.
 
 Random `patch` crops (half of them centred on a defect pixel when the image has one: defects are
 a small share of the pixels), flips / 90° turns (square crops) / brightness and contrast; loss =

@@ -1,4 +1,5 @@
-"""The severity family: He & Liu's severity detector + region classifier (`detector_<arch>.pt` + `classifier.pt`, arch cnn4)."""
+"""The severity family: He & Liu's severity detector + region classifier (`detector_<arch>.pt` +
+`classifier.pt`, arch cnn4)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 import torch
 
-from models.families.severity.region_classifier import build_classifier, region_crops
-from models.families.severity.detector import build_detector, infer_severity
-from models.core.regions import Region, image_iou, regions_from_severity, upsample_severity
 from models.core.checkpoints import DEFAULT_CHECKPOINT_DIR, CheckpointError, CheckpointInfo, load_checkpoint
+from models.core.regions import Region, image_iou, regions_from_severity, upsample_severity
+from models.core.types import BBox, Detection
+from models.families.severity.detector import build_detector, infer_severity
+from models.families.severity.region_classifier import build_classifier, region_crops
 from models.runtime.runtimes import Network, Runner, Select, TorchRunner, golden_frame
 from models.runtime.swap import RuntimeSwap
-from models.core.types import BBox, Detection
 
 __all__ = ["SeverityInspector", "TunedPostprocess", "DEFAULT_CHECKPOINT_DIR", "resolve_checkpoints"]
 

@@ -41,16 +41,17 @@ import numpy as np
 import torch
 
 from models.core.augment import geometric, photometric
-from models.families.severity.region_classifier import CROP, ClassifierOutput, build_classifier, region_crops
+from models.core.checkpoints import CheckpointInfo, load_checkpoint, save_checkpoint, update_metrics
+from models.core.regions import choose_threshold, regions_from_severity, upsample_severity
+from models.core.types import BBox, InspectionSample
 from models.data.datasets import DatasetError, SplitData, instances_from_class_mask, load_split
 from models.families.severity.detector import build_detector, infer_severity
-from models.core.regions import choose_threshold, regions_from_severity, upsample_severity
-from models.core.checkpoints import CheckpointInfo, save_checkpoint, update_metrics
+from models.families.severity.inspector import SeverityInspector, _to_grey
 from models.families.severity.labels import severity_labels
-from models.families.severity.train_synthetic import (ClassifierTrainConfig, DetectorTrainConfig, TrainResult, _load_state, _progress,
-                          _save_state, augment_crops, class_weights, classifier_step, detector_optimiser,
-                          detector_step)
-from models.core.types import BBox, InspectionSample
+from models.families.severity.region_classifier import CROP, ClassifierOutput, build_classifier, region_crops
+from models.families.severity.train_synthetic import (ClassifierTrainConfig, DetectorTrainConfig, TrainResult,
+                                                      _load_state, _progress, _save_state, augment_crops, class_weights,
+                                                      classifier_step, detector_optimiser, detector_step)
 
 __all__ = ["DataSpec", "RealDetectorConfig", "RealClassifierConfig", "PreparedImage", "prepare_images",
            "train_detector_on_data", "train_classifier_on_data", "tune_postprocess_on_images",
@@ -112,8 +113,6 @@ class PreparedImage(NamedTuple):
 
 def _grey(image: np.ndarray) -> np.ndarray:
     # The Inspector's own conversion: the detector is trained on what it will see in service.
-    from models.families.severity.inspector import _to_grey
-
     return _to_grey(np.asarray(image))
 
 
@@ -272,8 +271,6 @@ def tune_postprocess_on_images(inspector: Any, images: Sequence[PreparedImage], 
 
 
 def _detector_only_inspector(model: torch.nn.Module, det_info: CheckpointInfo, names: Sequence[str]) -> Any:
-    from models.families.severity.inspector import SeverityInspector
-
     stand_in = CheckpointInfo(path="", kind="classifier", model_version="accept-all", content_hash="",
                               arch="accept-all", arch_config={}, input_spec={}, class_names=list(names))
     return SeverityInspector(model, det_info, _AcceptAll(len(names)), stand_in, device="cpu")
@@ -331,8 +328,6 @@ def train_detector_on_data(cfg: RealDetectorConfig, spec: DataSpec, out_dir: str
     state_path = out / f"train_state_detector_{cfg.arch}.pt"
     model = build_detector(cfg.arch, **cfg.arch_config)
     if cfg.init:
-        from models.core.checkpoints import load_checkpoint
-
         ck = load_checkpoint(cfg.init, expected_kind="detector")
         if ck.info.arch != cfg.arch or ck.info.arch_config != dict(cfg.arch_config):
             raise ValueError(f"--init {cfg.init} is a {ck.info.arch} {ck.info.arch_config}, not {cfg.arch} {cfg.arch_config}")
@@ -483,8 +478,6 @@ def _accuracies(model: torch.nn.Module, X: np.ndarray, Y: np.ndarray) -> tuple[f
 
 
 def _load_detector(path: str) -> tuple[tuple[torch.nn.Module, float, dict], CheckpointInfo]:
-    from models.core.checkpoints import load_checkpoint
-
     ck = load_checkpoint(path, expected_kind="detector")
     dm = build_detector(ck.info.arch, **ck.info.arch_config)
     dm.load_state_dict(ck.state_dict)

@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from models.core.augment import defect_crop, geometric, photometric
-from models.families.severity.region_classifier import CROP, build_classifier, region_crops
-from models.families.severity.detector import build_detector, infer_severity
+from models.core.checkpoints import load_checkpoint, save_checkpoint
 from models.core.regions import choose_threshold, regions_from_severity, upsample_severity
-from models.core.checkpoints import save_checkpoint
-from models.families.severity.labels import severity_labels
-from models.data.synthetic import CLASS_NAMES, VAL_SEED_BASE, render_scene
 from models.core.types import BBox, box_iou
+from models.data.synthetic import CLASS_NAMES, VAL_SEED_BASE, render_scene
+from models.families.severity.detector import build_detector, infer_severity
+from models.families.severity.labels import severity_labels
+from models.families.severity.region_classifier import CROP, build_classifier, region_crops
 
 __all__ = ["DetectorTrainConfig", "ClassifierTrainConfig", "train_detector", "train_classifier", "TrainResult",
            "detector_optimiser", "detector_step", "classifier_step", "class_weights", "augment_crops"]
@@ -175,8 +175,6 @@ def train_detector(cfg: DetectorTrainConfig, out_dir: str | os.PathLike[str], re
     model = build_detector(cfg.arch, **cfg.arch_config)
     prior_seconds = 0.0
     if cfg.init:
-        from models.core.checkpoints import load_checkpoint
-
         ck = load_checkpoint(cfg.init, expected_kind="detector")
         if ck.info.arch != cfg.arch or ck.info.arch_config != dict(cfg.arch_config):
             raise ValueError(f"--init {cfg.init} is a {ck.info.arch} {ck.info.arch_config}, not {cfg.arch} {cfg.arch_config}")
@@ -332,8 +330,6 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | os.PathLike[str]
     t0 = time.time()
     detector = None
     if cfg.detector:
-        from models.core.checkpoints import load_checkpoint
-
         ck = load_checkpoint(cfg.detector, expected_kind="detector")
         dm = build_detector(ck.info.arch, **ck.info.arch_config)
         dm.load_state_dict(ck.state_dict)

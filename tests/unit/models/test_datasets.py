@@ -3,9 +3,9 @@ import cv2
 import numpy as np
 import pytest
 
+from models.core.types import BBox, InspectionSample
 from models.data.datasets import (MAGNETIC_TILE_CLASSES, NEU_CLASSES, DatasetError, open_dataset, rle_decode,
                              rle_encode)
-from models.core.types import BBox, InspectionSample
 
 
 def _img(h=32, w=48, v=100):

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from models.core.types import BBox, Detection, InspectionSample
 from models.data.datasets import instances_from_class_mask
 from models.evaluation.evaluate import (ExampleCollector, PredictedDefect, ScoredPredictions, average_precision,
                              evaluate_predictions, image_auroc, to_markdown)
-from models.core.types import BBox, Detection, InspectionSample
 from streams.cli import main
 
 NAMES = ("a", "b", "c")

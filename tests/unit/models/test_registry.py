@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from models.families.severity.detector import build_detector
 from models.core.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint, update_metrics
+from models.families.severity.detector import build_detector
 
 
 def _save(path, **kw):

@@ -16,12 +16,12 @@ import torch
 
 import models.runtime.choice as choice
 import models.runtime.runtimes as rt
-from models.families.severity.region_classifier import build_classifier
-from models.families.severity.detector import build_detector
-from models.loading import compare_detections, load_inspector
 from models.core.checkpoints import load_checkpoint, save_checkpoint
-from models.runtime.runtimes import INT8, RuntimeParityError, int8_export_name
 from models.data.synthetic import CLASS_NAMES
+from models.families.severity.detector import build_detector
+from models.families.severity.region_classifier import build_classifier
+from models.loading import compare_detections, load_inspector
+from models.runtime.runtimes import INT8, RuntimeParityError, int8_export_name
 
 
 def test_auto_serves_onnx_runtime_on_cpu(severity_dir):

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.families.image_classifier.model import build_image_classifier
-from models.loading import load_inspector
 from models.core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from models.runtime.runtimes import PARITY_ATOL, RuntimeParityError, check_runtime_device, export_name
-from models.families.segmenter.model import LiteUNet
-from models.data.synthetic import render_sample
 from models.core.types import Detection
+from models.data.synthetic import render_sample
+from models.families.image_classifier.model import build_image_classifier
+from models.families.segmenter.model import LiteUNet
+from models.loading import load_inspector
+from models.runtime.runtimes import PARITY_ATOL, RuntimeParityError, check_runtime_device, export_name
 from streams.cli import main as cli
 
 CONF_TOL = 1e-3  # largest confidence difference between runtimes on one detection

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from models.loading import model_identity
 from models.core.checkpoints import save_checkpoint
+from models.loading import model_identity
 from streams.commands.models import (
     KafkaUnavailable,
     ModelRefError,
