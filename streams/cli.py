@@ -1,6 +1,6 @@
 """The `defectstream` command line: one entry point, a subcommand per capability.
 
-Every command lives in a module of `streams/commands/` (training and evaluation in `models/cli.py`)
+Every command lives in a module of `streams/commands/` (training and evaluation: `train.py`)
 that exposes `register(subparsers)`; that function adds its subparser(s) and sets `func` (the
 handler, called with the parsed args, returning an exit code); the logic modules they call take
 no argparse. Heavy imports (torch, faust, kafka) happen inside handlers so `defectstream --help`

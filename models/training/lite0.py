@@ -4,7 +4,7 @@ Each family's hooks (`LiteTask`: data, loss, validation, checkpoint) live in its
 (`models/families/<name>/train.py`) and register with `register_task`. `train_lite0` reads any dataset format (`models.data.datasets`), splits off validation images
 (`--val-data` or a seeded `--val-split`, recorded in the checkpoint), trains with a progress bar
 (loss, validation metric, ETA), evaluates every epoch, keeps the best epoch (early stopping after
-`patience` epochs without improvement) and writes a registry checkpoint. `<out>/train_state_<task>.pt`
+`patience` epochs without improvement) and writes a checkpoint (`models.core.checkpoints`). `<out>/train_state_<task>.pt`
 is written after every epoch; `resume=True` continues from it. CUDA with bf16 autocast is used
 when a GPU is present. The tasks registered today:
 

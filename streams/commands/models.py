@@ -1,6 +1,6 @@
 """`defectstream models list|show|promote`: the model registry and which camera/line runs what in production.
 
-A model is one directory of registry checkpoints of any family (`models.loading`: severity
+A model is one directory of checkpoints of any family (`models.loading`: severity
 detector + classifier, segmenter, image classifier, optional gate); its version is the
 checkpoints' versions joined by "+". `list` shows the current promotions (read from the compacted
 `cameras` topic with a short timeout) and the registry; `show` prints one model's identity.

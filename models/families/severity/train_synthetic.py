@@ -2,7 +2,7 @@
 
 Both trainers are resumable: every `save_every` steps they write `<out>/train_state_<kind>.pt`
 (model, optimiser, scheduler, step, sampling RNG); `resume=True` continues from it. At the end
-they write a registry checkpoint (`detector_<arch>.pt` / `classifier.pt`) with threshold T
+they write a checkpoint (`detector_<arch>.pt` / `classifier.pt`) with threshold T
 (detector: chosen on a validation split by mean IoU), class names and the training data spec.
 
 Seeds: training frames use `seed_base + i` with defaults (detector 100000+, classifier 200000+,

@@ -1,4 +1,4 @@
-"""Checkpoint registry: round trip, listing, validation of tampered or foreign files."""
+"""Checkpoints: round trip, listing, validation of tampered or foreign files."""
 import json
 
 import pytest
