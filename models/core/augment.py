@@ -1,5 +1,8 @@
-"""Training augmentation (He & Liu 2020): shifted crops around defects, flips, 90-degree
-rotations, sensor noise, illumination and contrast changes. Pure numpy, seeded by the caller.
+"""Training augmentation, every recipe in one place. Pure numpy, seeded by the caller.
+
+He & Liu 2020 (the severity family): shifted crops around defects, flips, 90-degree rotations,
+sensor noise, illumination and contrast changes (`defect_crop`, `geometric`, `photometric`).
+The Lite0 families (segmenter, gate, image classifier): `lite_geometric`, `lite_photometric`.
 
 Contrast gain stays within +-5 %: a larger gain would turn mild imprints into severe ones
 (their class is their contrast).
@@ -10,7 +13,7 @@ import numpy as np
 
 from models.core.types import BBox
 
-__all__ = ["defect_crop", "geometric", "photometric"]
+__all__ = ["defect_crop", "geometric", "photometric", "lite_geometric", "lite_photometric"]
 
 
 def defect_crop(rng: np.random.Generator, shape: tuple[int, int], size: int, boxes: list[BBox],
@@ -56,3 +59,24 @@ def photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     f = f * (rng.uniform(0.95, 1.05) + ramp) + rng.uniform(-20, 20)
     f += rng.normal(0, rng.uniform(0, 3.0), f.shape).astype(np.float32)
     return np.clip(np.rint(f), 0, 255).astype(np.uint8)
+
+
+def lite_photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """The Lite0 families' brightness and contrast: contrast x0.8..1.25 about the mean, offset -20..20 grey levels."""
+    a = rng.uniform(0.8, 1.25)
+    b = rng.uniform(-20, 20)
+    m = float(img.mean())
+    out = (img.astype(np.float32) - m) * a + m + b
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def lite_geometric(rng: np.random.Generator, img: np.ndarray,
+                   cm: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The Lite0 families' flips and (square images only) transposition, the mask `cm` alike."""
+    if rng.random() < 0.5:
+        img, cm = img[:, ::-1], None if cm is None else cm[:, ::-1]
+    if rng.random() < 0.5:
+        img, cm = img[::-1], None if cm is None else cm[::-1]
+    if img.shape[0] == img.shape[1] and rng.random() < 0.5:
+        img, cm = np.swapaxes(img, 0, 1), None if cm is None else cm.T
+    return np.ascontiguousarray(img), None if cm is None else np.ascontiguousarray(cm)

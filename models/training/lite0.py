@@ -35,10 +35,11 @@ import torch.nn.functional as F
 from models.core.checkpoints import save_checkpoint, update_metrics
 from models.core.types import InspectionSample
 from models.data.datasets import DatasetError, image_label, load_split, sample_class_mask  # noqa: F401  (re-exported)
+from models.training.state import progress, read_state, restore_state, save_state
 
 __all__ = ["LiteTrainConfig", "LiteTrainResult", "train_lite0", "focal_tversky_loss", "image_label",
-           "sample_class_mask", "LiteTask", "LiteTrainer", "CheckpointPlan", "register_task", "tasks", "auroc",
-           "photometric", "geometric", "SPEC_COMMON"]
+           "sample_class_mask", "LiteTask", "LiteTrainer", "CheckpointPlan", "register_task", "tasks",
+           "SPEC_COMMON"]
 
 SPEC_COMMON = {"channels": 3, "grey": "repeated over RGB", "normalise": "ImageNet mean/std"}  # every Lite0 input_spec
 
@@ -101,24 +102,6 @@ def focal_tversky_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float 
 # --------------------------------------------------------------------------------------------
 # Data preparation
 # --------------------------------------------------------------------------------------------
-def photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
-    a = rng.uniform(0.8, 1.25)
-    b = rng.uniform(-20, 20)
-    m = float(img.mean())
-    out = (img.astype(np.float32) - m) * a + m + b
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def geometric(rng: np.random.Generator, img: np.ndarray, cm: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-    if rng.random() < 0.5:
-        img, cm = img[:, ::-1], None if cm is None else cm[:, ::-1]
-    if rng.random() < 0.5:
-        img, cm = img[::-1], None if cm is None else cm[::-1]
-    if img.shape[0] == img.shape[1] and rng.random() < 0.5:
-        img, cm = np.swapaxes(img, 0, 1), None if cm is None else cm.T
-    return np.ascontiguousarray(img), None if cm is None else np.ascontiguousarray(cm)
-
-
 # --------------------------------------------------------------------------------------------
 # Models, optimiser, state
 # --------------------------------------------------------------------------------------------
@@ -129,22 +112,6 @@ def _param_groups(model: torch.nn.Module, cfg: LiteTrainConfig) -> list[dict]:
         (enc if name.startswith(enc_names) else rest).append(p)
     f = cfg.encoder_lr_factor if cfg.backbone == "lite0" else 1.0
     return [{"params": enc, "lr": cfg.lr * f}, {"params": rest, "lr": cfg.lr}]
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    pos, neg = scores[labels], scores[~labels]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    allv = np.concatenate([pos, neg])[order]
-    ranks[order] = np.arange(1, len(order) + 1)
-    # average ranks of ties
-    _, inv, cnt = np.unique(allv, return_inverse=True, return_counts=True)
-    csum = np.cumsum(cnt)
-    avg = (csum - (cnt - 1) / 2.0)[inv]
-    ranks[order] = avg
-    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 class CheckpointPlan(NamedTuple):
@@ -245,19 +212,14 @@ class LiteTrainer:
         state_path = self.out / f"train_state_{self.task}.pt"
         epoch, best, best_epoch, best_sd, history, extra = 0, -1.0, -1, None, [], {}
         if resume and state_path.is_file():
-            st = torch.load(state_path, map_location="cpu", weights_only=False)
+            st = read_state(state_path)
             if st["config"]["task"] != cfg.task:
                 raise DatasetError(f"{state_path} belongs to a {st['config']['task']} run, not {cfg.task}")
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["opt"])
-            sched.load_state_dict(st["sched"])
-            self.rng.bit_generator.state = st["rng"]
+            restore_state(st, model, opt, sched, self.rng)
             epoch, best, best_epoch, best_sd = st["epoch"], st["best"], st["best_epoch"], st["best_sd"]
             history, extra = st["history"], st.get("extra", {})
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, initial=epoch * steps_per_epoch, desc=f"train {self.task}", unit="step",
-                   disable=self.quiet, dynamic_ncols=True)
+        bar = progress(total, f"train {self.task}", initial=epoch * steps_per_epoch, disable=self.quiet, unit="step",
+                       mininterval=0.1)
         stopped_early = False
         while epoch < cfg.epochs:
             if epoch - best_epoch > cfg.patience and best_epoch >= 0:
@@ -287,12 +249,8 @@ class LiteTrainer:
             if not self.quiet:
                 bar.write(f"epoch {epoch}: loss {np.mean(losses):.4f}, {self.metric_name} {metric:.4f} "
                           f"(best {best:.4f} at epoch {best_epoch + 1})")
-            tmp = state_path.with_suffix(".tmp")
-            torch.save({"config": asdict(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
-                        "sched": sched.state_dict(), "rng": self.rng.bit_generator.state, "epoch": epoch,
-                        "best": best, "best_epoch": best_epoch, "best_sd": best_sd, "history": history,
-                        "extra": extra}, tmp)
-            os.replace(tmp, state_path)
+            save_state(state_path, model, opt, sched, self.rng, config=asdict(cfg), epoch=epoch, best=best,
+                       best_epoch=best_epoch, best_sd=best_sd, history=history, extra=extra)
         bar.close()
         model.load_state_dict(best_sd)
         model = model.to(memory_format=torch.contiguous_format)

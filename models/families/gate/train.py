@@ -2,7 +2,6 @@
 recall-first threshold."""
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -11,10 +10,11 @@ import torch.nn.functional as F
 
 from models.core.types import InspectionSample  # noqa: F401  (the hooks' sample type)
 from models.data.datasets import DatasetError
+from models.evaluation.evaluate import image_auroc
 from models.families.gate.model import choose_gate_threshold
 from models.families.image_classifier.model import image_probabilities
 from models.families.image_classifier.train import ImageTask
-from models.training.lite0 import SPEC_COMMON, CheckpointPlan, LiteTrainer, auroc, register_task
+from models.training.lite0 import SPEC_COMMON, CheckpointPlan, LiteTrainer, register_task
 
 __all__ = ["GateTask", "TASK"]
 
@@ -42,8 +42,8 @@ class GateTask(ImageTask):
 
     def validate(self, tr: LiteTrainer, model: torch.nn.Module) -> tuple[float, dict]:
         s = image_probabilities(model, tr.va_img, tr.size, tr.device, sigmoid=True)[:, 0]
-        auc = auroc(s, tr.va_y)
-        return (auc if not math.isnan(auc) else float(((s >= 0.5) == tr.va_y).mean())), {}
+        auc = image_auroc(tr.va_y, s)  # None when the validation set holds one class only
+        return (auc if auc is not None else float(((s >= 0.5) == tr.va_y).mean())), {}
 
     def checkpoint(self, tr: LiteTrainer, model: torch.nn.Module, metrics: dict) -> CheckpointPlan:
         s = image_probabilities(model, tr.va_img, tr.size, tr.device, sigmoid=True)[:, 0]

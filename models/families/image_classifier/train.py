@@ -15,12 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.core.augment import lite_geometric as geometric
+from models.core.augment import lite_photometric as photometric
 from models.core.backbone import to_input
 from models.core.types import InspectionSample
 from models.data.datasets import DatasetError, image_label, tile_samples
 from models.families.image_classifier.model import build_image_classifier, image_probabilities, resize_square
-from models.training.lite0 import (SPEC_COMMON, CheckpointPlan, LiteTask, LiteTrainer, geometric, photometric,
-                                   register_task)
+from models.training.lite0 import SPEC_COMMON, CheckpointPlan, LiteTask, LiteTrainer, register_task
 
 __all__ = ["ImageTask", "ClassifierTask", "TASK"]
 

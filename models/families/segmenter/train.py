@@ -16,12 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.core.augment import lite_geometric as geometric
+from models.core.augment import lite_photometric as photometric
 from models.core.backbone import to_input
 from models.core.types import InspectionSample
 from models.data.datasets import DatasetError, sample_class_mask
 from models.families.segmenter.model import LiteUNet, choose_postprocess, frame_probabilities, prepare_frame
-from models.training.lite0 import (SPEC_COMMON, CheckpointPlan, LiteTask, LiteTrainer, focal_tversky_loss, geometric,
-                                   photometric, register_task)
+from models.training.lite0 import SPEC_COMMON, CheckpointPlan, LiteTask, LiteTrainer, focal_tversky_loss, register_task
 
 __all__ = ["SegmenterTask", "TASK"]
 

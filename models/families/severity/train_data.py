@@ -50,8 +50,9 @@ from models.families.severity.inspector import SeverityInspector, _to_grey
 from models.families.severity.labels import severity_labels
 from models.families.severity.region_classifier import CROP, ClassifierOutput, build_classifier, region_crops
 from models.families.severity.train_synthetic import (ClassifierTrainConfig, DetectorTrainConfig, TrainResult,
-                                                      _load_state, _progress, _save_state, augment_crops, class_weights,
-                                                      classifier_step, detector_optimiser, detector_step)
+                                                      augment_crops, class_weights, classifier_step, detector_optimiser,
+                                                      detector_step)
+from models.training.state import load_state, progress, save_state
 
 __all__ = ["DataSpec", "RealDetectorConfig", "RealClassifierConfig", "PreparedImage", "prepare_images",
            "train_detector_on_data", "train_classifier_on_data", "tune_postprocess_on_images",
@@ -338,7 +339,7 @@ def train_detector_on_data(cfg: RealDetectorConfig, spec: DataSpec, out_dir: str
     step, losses, history = 0, [], []
     best: dict[str, Any] = {"miou": -1.0, "step": 0, "threshold": None, "state": None}
     if resume and state_path.is_file():
-        st = _load_state(state_path, model, opt, sched, rng)
+        st = load_state(state_path, model, opt, sched, rng)
         _check_resume(st, spec, "detector")
         step, losses, history, best = int(st["step"]), list(st["losses"]), list(st["history"]), dict(st["best"])
         log(f"resumed detector training at step {step} (best validation mean IoU so far {best['miou']:.3f})")
@@ -360,7 +361,7 @@ def train_detector_on_data(cfg: RealDetectorConfig, spec: DataSpec, out_dir: str
 
     val_every = max(1, cfg.val_every)
     model.train()
-    with _progress(cfg.steps, f"train detector[{cfg.arch}] on {spec.format}", initial=step, disable=quiet) as bar:
+    with progress(cfg.steps, f"train detector[{cfg.arch}] on {spec.format}", initial=step, disable=quiet) as bar:
         while step < cfg.steps:
             x, t = source.batch(rng, cfg, stride)
             losses.append(detector_step(model, opt, sched, x, t, cfg.defect_weight))
@@ -378,7 +379,7 @@ def train_detector_on_data(cfg: RealDetectorConfig, spec: DataSpec, out_dir: str
                 post.update(val_miou=f"{history[-1][1]:.3f}", best=f"{best['miou']:.3f}")
             bar.set_postfix(post)
             if step % cfg.save_every == 0 or step == cfg.steps:
-                _save_state(state_path, model, opt, sched, rng, step=step, losses=losses, history=history,
+                save_state(state_path, model, opt, sched, rng, step=step, losses=losses, history=history,
                             best=best, data_spec=asdict(spec))
     if best["state"] is None:  # resumed a finished run that never validated
         best = {"miou": -1.0, "step": step, "threshold": None, "state": copy.deepcopy(model.state_dict())}
@@ -432,7 +433,7 @@ def _region_samples(rng: np.random.Generator, images: Sequence[PreparedImage], c
         ys.extend([label] * len(crops))
 
     reps = cfg.crops_per_instance if jitter else 1
-    with _progress(len(images), desc, disable=quiet) as bar:
+    with progress(len(images), desc, disable=quiet) as bar:
         for im in images:
             for k, (box, cid) in enumerate(im.boxes):
                 full = im.instances == (k + 1)
@@ -532,12 +533,12 @@ def train_classifier_on_data(cfg: RealClassifierConfig, spec: DataSpec, out_dir:
     epoch, losses, history = 0, [], []
     best: dict[str, Any] = {"balanced": -1.0, "accuracy": 0.0, "epoch": 0, "state": None}
     if resume and state_path.is_file():
-        st = _load_state(state_path, model, opt, sched, rng)
+        st = load_state(state_path, model, opt, sched, rng)
         _check_resume(st, spec, "classifier")
         epoch, losses, history, best = int(st["epoch"]), list(st["losses"]), list(st["history"]), dict(st["best"])
         log(f"resumed classifier training at epoch {epoch}")
     model.train()
-    with _progress(total, f"train classifier[cnn4] on {spec.format}", initial=epoch * steps_per_epoch,
+    with progress(total, f"train classifier[cnn4] on {spec.format}", initial=epoch * steps_per_epoch,
                    disable=quiet) as bar:
         while epoch < cfg.epochs:
             order = rng.permutation(len(X))
@@ -558,7 +559,7 @@ def train_classifier_on_data(cfg: RealClassifierConfig, spec: DataSpec, out_dir:
             bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-50:]):.3f}", val_acc=f"{acc:.3f}",
                             best=f"{best['balanced']:.3f}")
             if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
-                _save_state(state_path, model, opt, sched, rng, epoch=epoch, losses=losses, history=history,
+                save_state(state_path, model, opt, sched, rng, epoch=epoch, losses=losses, history=history,
                             best=best, data_spec=asdict(spec))
     if best["state"] is not None:
         model.load_state_dict(best["state"])

@@ -32,6 +32,7 @@ from models.data.synthetic import CLASS_NAMES, VAL_SEED_BASE, render_scene
 from models.families.severity.detector import build_detector, infer_severity
 from models.families.severity.labels import severity_labels
 from models.families.severity.region_classifier import CROP, build_classifier, region_crops
+from models.training.state import load_state, progress, save_state
 
 __all__ = ["DetectorTrainConfig", "ClassifierTrainConfig", "train_detector", "train_classifier", "TrainResult",
            "detector_optimiser", "detector_step", "classifier_step", "class_weights", "augment_crops"]
@@ -89,27 +90,6 @@ class TrainResult:
 
 
 
-def _save_state(path: Path, model: Any, opt: Any, sched: Any, rng: np.random.Generator, **progress: Any) -> None:
-    """Write everything `--resume` needs (weights, optimiser, schedule, sampler RNG, progress)."""
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "rng": rng.bit_generator.state, **progress}, path)
-
-
-def _load_state(path: Path, model: Any, opt: Any, sched: Any, rng: np.random.Generator) -> dict:
-    """Restore what `_save_state` wrote into the given objects; returns the saved dict (progress)."""
-    st = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(st["model"])
-    opt.load_state_dict(st["opt"])
-    sched.load_state_dict(st["sched"])
-    rng.bit_generator.state = st["rng"]
-    return st
-
-def _progress(total: int, desc: str, initial: int = 0, disable: bool = False):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, initial=initial, disable=disable, dynamic_ncols=True, mininterval=1.0)
-
-
 # --------------------------------------------------------------------------------------------
 # Detector
 # --------------------------------------------------------------------------------------------
@@ -157,7 +137,7 @@ def _detector_batch(rng: np.random.Generator, scenes: list, cfg: DetectorTrainCo
 
 def _render(seeds: range, shape: tuple[int, int], desc: str, quiet: bool) -> list:
     out = []
-    with _progress(len(seeds), desc, disable=quiet) as bar:
+    with progress(len(seeds), desc, disable=quiet) as bar:
         for s in seeds:
             out.append(render_scene(s, shape))
             bar.update(1)
@@ -185,13 +165,13 @@ def train_detector(cfg: DetectorTrainConfig, out_dir: str | os.PathLike[str], re
     rng = np.random.default_rng(cfg.seed)
     step, losses = 0, []
     if resume and state_path.is_file():
-        st = _load_state(state_path, model, opt, sched, rng)
+        st = load_state(state_path, model, opt, sched, rng)
         step, losses = int(st["step"]), list(st["losses"])
         log(f"resumed detector training at step {step}")
     t0 = time.time()
     scenes = _render(range(cfg.seed_base, cfg.seed_base + cfg.n_frames), cfg.frame_shape, "render train frames", quiet)
     model.train()
-    with _progress(cfg.steps, f"train detector[{cfg.arch}]", initial=step, disable=quiet) as bar:
+    with progress(cfg.steps, f"train detector[{cfg.arch}]", initial=step, disable=quiet) as bar:
         while step < cfg.steps:
             x, t = _detector_batch(rng, scenes, cfg, stride)
             losses.append(detector_step(model, opt, sched, x, t, cfg.defect_weight))
@@ -199,7 +179,7 @@ def train_detector(cfg: DetectorTrainConfig, out_dir: str | os.PathLike[str], re
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
             if step % cfg.save_every == 0 or step == cfg.steps:
-                _save_state(state_path, model, opt, sched, rng, step=step, losses=losses)
+                save_state(state_path, model, opt, sched, rng, step=step, losses=losses)
     model.eval()
     val = _render(range(VAL_SEED_BASE, VAL_SEED_BASE + cfg.n_val), cfg.frame_shape, "render val frames", quiet)
     cells = infer_severity(model, [s.sample.image for s in val])
@@ -243,7 +223,7 @@ def _classifier_samples(rng: np.random.Generator, scenes: list, detector: Any, q
     det_model = thr = None
     if detector is not None:
         det_model, thr = detector
-    with _progress(len(scenes), "cut classifier crops", disable=quiet) as bar:
+    with progress(len(scenes), "cut classifier crops", disable=quiet) as bar:
         for sc in scenes:
             s = sc.sample
             grey = s.image
@@ -348,11 +328,11 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | os.PathLike[str]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
     epoch, losses = 0, []
     if resume and state_path.is_file():
-        st = _load_state(state_path, model, opt, sched, rng)
+        st = load_state(state_path, model, opt, sched, rng)
         epoch, losses = int(st["epoch"]), list(st["losses"])
         log(f"resumed classifier training at epoch {epoch}")
     model.train()
-    with _progress(total, "train classifier", initial=epoch * steps_per_epoch, disable=quiet) as bar:
+    with progress(total, "train classifier", initial=epoch * steps_per_epoch, disable=quiet) as bar:
         while epoch < cfg.epochs:
             order = rng.permutation(len(X))
             for i in range(steps_per_epoch):
@@ -363,7 +343,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | os.PathLike[str]
                 bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-50:]):.3f}")
             epoch += 1
             if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
-                _save_state(state_path, model, opt, sched, rng, epoch=epoch, losses=losses)
+                save_state(state_path, model, opt, sched, rng, epoch=epoch, losses=losses)
     model.eval()
     with torch.inference_mode():
         pred = torch.cat([model(torch.from_numpy(X[i:i + 256])).logits.argmax(1) for i in range(0, len(X), 256)])
