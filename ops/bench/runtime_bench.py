@@ -137,7 +137,6 @@ def main() -> None:
     ap.add_argument("--runtimes", default="torch,onnxruntime,openvino", help="torch always runs (the reference)")
     args = ap.parse_args()
 
-    import numpy as np
     import onnxruntime
     import torch
 

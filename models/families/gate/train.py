@@ -8,7 +8,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.core.types import InspectionSample  # noqa: F401  (the hooks' sample type)
 from models.data.datasets import DatasetError
 from models.evaluation.evaluate import image_auroc
 from models.families.gate.model import choose_gate_threshold
