@@ -74,7 +74,7 @@ class FamilySpec:
     example: str = ""
     wraps: bool = False
     priority: int = 100
-    options: tuple[str, ...] = field(default=())  # Inspector attributes a setting may override (e.g. flip_tta)
+    options: tuple[str, ...] = field(default=())  # Inspector attributes a setting may override (`model.flip_tta`)
 
 
 _FAMILIES: dict[str, FamilySpec] = {}

@@ -71,8 +71,8 @@ def list_infos(roots: Sequence[str | Path]) -> list[Any]:
 def _model_refs(directory: Path) -> list[Path]:
     """Paths that select each model a directory can hold (each family's `selectors`, e.g. every detector
     variant and the segmenter), and the directory itself (its default choice)."""
+    import models.families  # noqa: F401  (registers every family)
     from models.core.families import family_specs
-    from models.loading import FAMILIES  # noqa: F401  (importing models.loading registers the families)
 
     return [p for spec in family_specs() for p in spec.selectors(directory)] + [directory]
 

@@ -42,7 +42,9 @@ def _example(name: str):
 def _check_protocol(insp: Inspector, frames: list[np.ndarray]) -> None:
     assert isinstance(insp, Inspector)
     assert insp.model_version and insp.class_names and insp.device == "cpu" and insp.runtime == "torch"
-    assert get_family(insp.family) is not None  # a registered family (a wrapper prefixes its own name)
+    spec = get_family(insp.family)  # a registered family (a wrapper prefixes its own name)
+    for option in spec.options:  # what a setting may override (e.g. model.flip_tta) is there, gated or not
+        assert hasattr(insp, option), option
     assert "background" not in insp.class_names
     dets, scores = insp.inspect_scored(frames)
     assert len(dets) == len(scores) == len(frames)
