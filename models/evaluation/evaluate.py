@@ -1,4 +1,7 @@
-"""Evaluation of any Inspector (or a trivial intensity-threshold baseline) on annotated samples.
+"""Evaluation reports of any Inspector (or a trivial intensity-threshold baseline) on annotated samples.
+
+The metrics themselves are in `models.evaluation.metrics`, the example overlays in
+`models.evaluation.overlays`; both are re-exported here.
 
 Metrics (He & Liu 2020, section on evaluation, plus the figures the dataset targets use):
 - pixel precision / recall / F1 over all pixels of the split (defect vs background);
@@ -35,33 +38,24 @@ boxes (meta `pixel_metrics_from: boxes`).
 """
 from __future__ import annotations
 
-import heapq
-import itertools
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Sequence, Union
 
 import cv2
 import numpy as np
 
 from models.core.regions import Region, choose_threshold, image_iou, regions_from_severity
-from models.core.types import BBox, Detection, InspectionSample, box_iou
+from models.core.types import Detection, InspectionSample
+from models.evaluation.metrics import (GOOD, PredictedDefect, average_precision, class_metrics, greedy_matches,
+                                       gt_class_map, gt_mask, image_auroc, image_class, iou_matrix, pred_class_map,
+                                       pred_mask)
+from models.evaluation.overlays import ExampleCollector, overlay
 
 __all__ = ["PredictedDefect", "ScoredPredictions", "evaluate_predictions", "evaluate_inspector",
            "ThresholdBaseline", "EvalReport", "ExampleCollector", "image_auroc", "average_precision",
-           "to_markdown"]
-
-GOOD = "good"  # image class of an image without defects
-
-
-class PredictedDefect(NamedTuple):
-    bbox: BBox
-    mask: np.ndarray  # bool, bbox-cropped
-    defect_class: str | None  # None for class-agnostic predictors
-    confidence: float | None = None  # None where the predictor has none
-
+           "to_markdown", "overlay"]
 
 class ScoredPredictions(NamedTuple):
     """What a scored predictor returns: detections per image and a defect score per image."""
@@ -86,268 +80,6 @@ class EvalReport:
 
 
 # ------------------------------------------------------------------ image-level ranking metrics
-def _labels_scores(labels: Sequence[bool | int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(labels, dtype=bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if y.shape != s.shape:
-        raise ValueError(f"{y.size} labels but {s.size} scores")
-    return y, s
-
-
-def image_auroc(labels: Sequence[bool | int], scores: Sequence[float]) -> float | None:
-    """Area under the ROC curve: P(score of a positive > score of a negative), ties counted 1/2
-    (Mann-Whitney U / (n_pos * n_neg), from average ranks). None when only one label occurs."""
-    y, s = _labels_scores(labels, scores)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    ranks = np.empty(s.size, np.float64)
-    # average rank (1-based) of each run of equal scores
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
-    ends = np.r_[starts[1:], s.size]
-    for a, b in zip(starts, ends):
-        ranks[order[a:b]] = (a + 1 + b) / 2.0
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
-
-def average_precision(labels: Sequence[bool | int], scores: Sequence[float]) -> float | None:
-    """AP = sum over distinct score thresholds (descending) of (R_k - R_{k-1}) * P_k, tied scores
-    forming one threshold (sklearn's `average_precision_score`). None when only one label occurs."""
-    y, s = _labels_scores(labels, scores)
-    n_pos = int(y.sum())
-    if n_pos == 0 or n_pos == y.size:
-        return None
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    last_of_run = np.r_[np.flatnonzero(np.diff(s_sorted)), s.size - 1]
-    tps = np.cumsum(y_sorted)[last_of_run]
-    precision = tps / (last_of_run + 1)
-    recall = tps / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-# ------------------------------------------------------------------ matching helpers
-def _mask_iou(gt_full: np.ndarray, p: PredictedDefect) -> float:
-    b = p.bbox
-    sub = gt_full[b.y0:b.y1, b.x0:b.x1]
-    inter = int(np.logical_and(sub, p.mask).sum())
-    union = int(gt_full.sum()) + int(p.mask.sum()) - inter
-    return inter / union if union else 0.0
-
-
-def _iou_matrix(sample: InspectionSample, preds: Sequence[PredictedDefect]) -> np.ndarray:
-    n_gt = len(sample.boxes)
-    m = np.zeros((n_gt, len(preds)), np.float64)
-    if not n_gt or not preds:
-        return m
-    use_masks = sample.instance_mask is not None
-    for i, (gb, _) in enumerate(sample.boxes):
-        gt_full = (sample.instance_mask == i + 1) if use_masks else None
-        for j, p in enumerate(preds):
-            if box_iou(gb, p.bbox) == 0:
-                continue
-            m[i, j] = _mask_iou(gt_full, p) if use_masks else box_iou(gb, p.bbox)
-    return m
-
-
-def _greedy(iou: np.ndarray, thr: float, allowed: np.ndarray | None = None) -> list[tuple[int, int]]:
-    pairs = []
-    if iou.size == 0:
-        return pairs
-    cand = np.argwhere(iou >= thr)
-    order = sorted(cand.tolist(), key=lambda ij: -iou[ij[0], ij[1]])
-    used_g, used_p = set(), set()
-    for i, j in order:
-        if i in used_g or j in used_p or (allowed is not None and not allowed[i, j]):
-            continue
-        used_g.add(i)
-        used_p.add(j)
-        pairs.append((i, j))
-    return pairs
-
-
-def _by_confidence(preds: Sequence[PredictedDefect]) -> list[PredictedDefect]:
-    """Ascending confidence (None first), stable: painting in this order lets the most confident win."""
-    return sorted(preds, key=lambda p: -1.0 if p.confidence is None else float(p.confidence))
-
-
-def _pred_mask(shape: tuple[int, int], preds: Sequence[PredictedDefect]) -> np.ndarray:
-    m = np.zeros(shape, bool)
-    for p in preds:
-        b = p.bbox
-        m[b.y0:b.y1, b.x0:b.x1] |= p.mask
-    return m
-
-
-def _pred_class_map(shape: tuple[int, int], preds: Sequence[PredictedDefect], names: Sequence[str]) -> np.ndarray:
-    """0 = background, i+1 = names[i], len(names)+1 = a class the dataset does not know."""
-    ids = {n: i + 1 for i, n in enumerate(names)}
-    unknown = len(names) + 1
-    m = np.zeros(shape, np.int64)
-    for p in _by_confidence(preds):
-        b = p.bbox
-        m[b.y0:b.y1, b.x0:b.x1][p.mask.astype(bool)] = ids.get(p.defect_class, unknown) if p.defect_class else unknown
-    return m
-
-
-def _gt_class_map(sample: InspectionSample) -> np.ndarray:
-    if sample.class_mask is not None:
-        return sample.class_mask.astype(np.int64)
-    m = np.zeros(sample.image.shape[:2], np.int64)
-    for b, c in sample.boxes:
-        m[b.y0:b.y1, b.x0:b.x1] = c
-    return m
-
-
-def _gt_mask(sample: InspectionSample) -> np.ndarray:
-    if sample.class_mask is not None:
-        return sample.class_mask > 0
-    m = np.zeros(sample.image.shape[:2], bool)
-    for b, _ in sample.boxes:
-        m[b.y0:b.y1, b.x0:b.x1] = True
-    return m
-
-
-def _image_class(preds: Sequence[PredictedDefect]) -> str:
-    """Class of the highest-confidence detection (the first on equal confidence); GOOD when none."""
-    if not preds:
-        return GOOD
-    def rank(j: int) -> tuple[float, int]:
-        c = preds[j].confidence
-        return (-1.0 if c is None else float(c), -j)
-
-    return str(preds[max(range(len(preds)), key=rank)].defect_class)
-
-
-def _class_metrics(conf: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
-    """Per-class IoU/Dice from a (K+1) x (K+2) pixel confusion (rows gt 0..K, columns pred 0..K+1)."""
-    k = len(names)
-    out: dict[str, Any] = {}
-    ious: list[float] = []
-    dices: list[float] = []
-    for c in range(k + 1):
-        inter = float(conf[c, c])
-        gt_n = float(conf[c, :].sum())
-        pr_n = float(conf[:, c].sum())
-        union = gt_n + pr_n - inter
-        iou = inter / union if union else None
-        dice = 2 * inter / (gt_n + pr_n) if gt_n + pr_n else None
-        if c == 0:
-            out["iou_background"] = iou
-            bg_iou = iou
-            continue
-        out[f"iou[{names[c - 1]}]"] = iou
-        out[f"dice[{names[c - 1]}]"] = dice
-        if iou is not None:
-            ious.append(iou)
-        if dice is not None:
-            dices.append(dice)
-    with_bg = ious + ([bg_iou] if bg_iou is not None else [])
-    out["miou_classes_with_background"] = float(np.mean(with_bg)) if with_bg else None
-    out["miou_classes"] = float(np.mean(ious)) if ious else None
-    out["mean_dice_classes"] = float(np.mean(dices)) if dices else None
-    return out
-
-
-# ------------------------------------------------------------------ worst examples
-class _Example(NamedTuple):
-    image: np.ndarray
-    gt: np.ndarray  # bool (H, W)
-    preds: list[PredictedDefect]
-    score: float | None
-    source: str
-    pixels: int  # false-positive or missed pixels
-
-
-class ExampleCollector:
-    """Keeps the `n` worst false-positive and the `n` worst false-negative images while streaming.
-
-    Worst false positive: most predicted defect pixels outside the ground truth (then the higher
-    image score). Worst false negative: most ground-truth defect pixels the prediction misses
-    (then the lower image score). Images without such pixels are never candidates. At most 2n
-    images are held (two bounded min-heaps).
-    """
-
-    def __init__(self, n: int) -> None:
-        if n < 1:
-            raise ValueError(f"the number of examples must be >= 1, got {n}")
-        self.n = n
-        self._fp: list[tuple[tuple[float, float], int, _Example]] = []
-        self._fn: list[tuple[tuple[float, float], int, _Example]] = []
-        self._tick = itertools.count()
-
-    def _push(self, heap: list, key: tuple[float, float], ex: _Example) -> None:
-        item = (key, -next(self._tick), ex)  # on equal keys the earlier image ranks higher
-        if len(heap) < self.n:
-            heapq.heappush(heap, item)
-        elif item[:2] > heap[0][:2]:
-            heapq.heapreplace(heap, item)
-
-    def offer(self, sample: InspectionSample, gt: np.ndarray, pm: np.ndarray, preds: list[PredictedDefect],
-              score: float | None) -> None:
-        """Consider one evaluated image (ground-truth and predicted defect masks of the same shape)."""
-        fp_px = int(np.logical_and(pm, ~gt).sum())
-        fn_px = int(np.logical_and(gt, ~pm).sum())
-        sc = 0.0 if score is None else float(score)
-        if fp_px:
-            self._push(self._fp, (fp_px, sc), _Example(sample.image, gt, list(preds), score, sample.source, fp_px))
-        if fn_px:
-            self._push(self._fn, (fn_px, -sc), _Example(sample.image, gt, list(preds), score, sample.source, fn_px))
-
-    def worst(self) -> dict[str, list[_Example]]:
-        """{"fp": [...], "fn": [...]}, worst first."""
-        return {k: [e for _, _, e in sorted(h, key=lambda t: t[:2], reverse=True)]
-                for k, h in (("fp", self._fp), ("fn", self._fn))}
-
-    def write(self, folder: str | Path) -> list[dict[str, Any]]:
-        """Write `fp_<rank>_<stem>.png` / `fn_<rank>_<stem>.png` overlays and `index.json` into folder.
-
-        Returns:
-            one entry per written file (file, kind, source, pixels, score), also stored in index.json.
-        """
-        d = Path(folder)
-        d.mkdir(parents=True, exist_ok=True)
-        index = []
-        for kind, exs in self.worst().items():
-            for rank, ex in enumerate(exs, 1):
-                stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(ex.source).stem)[:60] or "image"
-                name = f"{kind}_{rank:02d}_{stem}.png"
-                if not cv2.imwrite(str(d / name), overlay(ex.image, ex.gt, ex.preds)):
-                    raise OSError(f"cannot write {d / name}")
-                index.append({"file": name, "kind": kind, "source": ex.source,
-                              "pixels": ex.pixels, "score": ex.score})
-        (d / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-        return index
-
-
-def overlay(image: np.ndarray, gt: np.ndarray, preds: Sequence[PredictedDefect]) -> np.ndarray:
-    """BGR picture: the image in grey, predictions filled translucent red with class and
-    confidence, the ground-truth contour in green."""
-    g = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    out = cv2.cvtColor(g.astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    pm = _pred_mask(g.shape[:2], preds)
-    red = out.copy()
-    red[pm] = (0, 0, 255)
-    out = cv2.addWeighted(red, 0.45, out, 0.55, 0.0)
-    contours, _ = cv2.findContours(gt.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(out, contours, -1, (0, 255, 0), 1)
-    scale = max(0.3, min(g.shape[:2]) / 500.0)
-    for p in preds:
-        b = p.bbox
-        text = str(p.defect_class) + ("" if p.confidence is None else f" {float(p.confidence):.2f}")
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        x = int(min(max(0, b.x0), max(0, out.shape[1] - tw)))
-        y = int(b.y0 - 3 if b.y0 - 3 >= th else min(out.shape[0] - 1, b.y1 + th + 2))
-        cv2.putText(out, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2, cv2.LINE_AA)
-        cv2.putText(out, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (80, 80, 255), 1, cv2.LINE_AA)
-    return out
-
-
-# ------------------------------------------------------------------ evaluation
 def evaluate_predictions(samples: Iterable[InspectionSample], predict: Predictor,
                          model_class_names: Sequence[str] | None, batch: int = 8,
                          examples: ExampleCollector | None = None) -> EvalReport:
@@ -410,8 +142,8 @@ def evaluate_predictions(samples: Iterable[InspectionSample], predict: Predictor
             if not data_names:
                 data_names = s.class_names
             box_only |= s.class_mask is None
-            gt = _gt_mask(s)
-            pm = _pred_mask(gt.shape, preds)
+            gt = gt_mask(s)
+            pm = pred_mask(gt.shape, preds)
             tp += int(np.logical_and(pm, gt).sum())
             fp += int(np.logical_and(pm, ~gt).sum())
             fn += int(np.logical_and(~pm, gt).sum())
@@ -429,8 +161,8 @@ def evaluate_predictions(samples: Iterable[InspectionSample], predict: Predictor
                 k = len(data_names)
                 if class_conf is None:
                     class_conf = np.zeros((k + 1, k + 2), np.int64)
-                gcm = np.clip(_gt_class_map(s), 0, k)
-                pcm = _pred_class_map(gt.shape, preds, data_names)
+                gcm = np.clip(gt_class_map(s), 0, k)
+                pcm = pred_class_map(gt.shape, preds, data_names)
                 pair_ids = (gcm * (k + 2) + pcm).ravel()
                 class_conf += np.bincount(pair_ids, minlength=(k + 1) * (k + 2)).reshape(k + 1, k + 2)
             gt_ids = {c for _, c in s.boxes}
@@ -438,20 +170,20 @@ def evaluate_predictions(samples: Iterable[InspectionSample], predict: Predictor
             if one_class_per_image and with_class:
                 (cid,) = gt_ids or {0}
                 gt_cls = GOOD if cid == 0 else (s.class_names[cid - 1] if cid <= len(s.class_names) else str(cid))
-                img_cls_hits += int(_image_class(preds) == gt_cls)
+                img_cls_hits += int(image_class(preds) == gt_cls)
             if examples is not None:
                 examples.offer(s, gt, pm, preds, score)
-            iou = _iou_matrix(s, preds)
+            iou = iou_matrix(s, preds)
             n_gt += len(s.boxes)
             n_pred += len(preds)
             for kk, t in enumerate(ar_thr):
-                ar_hits[kk] += len(_greedy(iou, float(t)))
-            pairs = _greedy(iou, 0.5)
+                ar_hits[kk] += len(greedy_matches(iou, float(t)))
+            pairs = greedy_matches(iou, 0.5)
             hit_any += len(pairs)
             gt_names = [s.class_names[c - 1] if 0 < c <= len(s.class_names) else str(c) for _, c in s.boxes]
             if with_class:
                 allowed = np.array([[p.defect_class == g for p in preds] for g in gt_names], bool).reshape(iou.shape)
-                hit_cls += len(_greedy(iou, 0.5, allowed))
+                hit_cls += len(greedy_matches(iou, 0.5, allowed))
             matched_g = {i for i, _ in pairs}
             matched_p = {j for _, j in pairs}
             for i, j in pairs:
@@ -489,7 +221,7 @@ def evaluate_predictions(samples: Iterable[InspectionSample], predict: Predictor
     if with_class:
         metrics["image_accuracy"] = img_cls_hits / n_img if one_class_per_image and n_img else None
         if class_conf is not None:
-            metrics.update(_class_metrics(class_conf, data_names))
+            metrics.update(class_metrics(class_conf, data_names))
     if with_class and set(model_class_names or ()) >= set(data_names):
         metrics["defect_recall_iou50_class"] = hit_cls / n_gt if n_gt else 1.0
         metrics["defect_precision_iou50_class"] = hit_cls / n_pred if n_pred else 1.0
@@ -541,7 +273,7 @@ class ThresholdBaseline:
 
     def fit(self, samples: Sequence[InspectionSample]) -> float:
         resp = [self.response(s.image) for s in samples]
-        self.t, _ = choose_threshold(resp, [_gt_mask(s) for s in samples], [float(v) for v in range(4, 80, 2)])
+        self.t, _ = choose_threshold(resp, [gt_mask(s) for s in samples], [float(v) for v in range(4, 80, 2)])
         return self.t
 
     def predict(self, images: list[np.ndarray]) -> list[list[PredictedDefect]]:
