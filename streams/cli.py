@@ -1,6 +1,6 @@
 """The `defectstream` command line: one entry point, a subcommand per capability.
 
-Every command lives in a module of `streams/commands/` (training and evaluation in `models/cli.py`)
+Every command lives in a module of `streams/commands/` (training and evaluation: `train.py`)
 that exposes `register(subparsers)`; that function adds its subparser(s) and sets `func` (the
 handler, called with the parsed args, returning an exit code); the logic modules they call take
 no argparse. Heavy imports (torch, faust, kafka) happen inside handlers so `defectstream --help`
@@ -18,7 +18,7 @@ COMMAND_MODULES = [
     "streams.commands.stack",
     "streams.commands.smoke",
     "streams.commands.demo",
-    "models.cli",
+    "streams.commands.train",
     "streams.commands.worker",
     "streams.commands.simulate",
     "streams.commands.score",
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from models.datasets import DatasetError
-    from models.registry import CheckpointError
+    from models.core.checkpoints import CheckpointError
+    from models.data.datasets import DatasetError
 
     try:
         return int(args.func(args) or 0)

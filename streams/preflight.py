@@ -158,8 +158,8 @@ def check_clickhouse(clickhouse: Any, *, database: str | None = None) -> None:
 
 def check_checkpoint(model: Any) -> None:
     """Raise `PreflightError` unless the configured model directory/checkpoint exists and names a model family."""
+    from models.core.checkpoints import CheckpointError
     from models.loading import model_files
-    from models.registry import CheckpointError
 
     try:
         model_files(model.path)

@@ -55,7 +55,7 @@ def _image_decode(sizes: list[tuple[int, int]], iterations: int) -> list[dict]:
     """Decode cost of a synthetic grey frame per encoding and size (plus its FrameEvent's Avro decode)."""
     import cv2
 
-    from models.synthetic import render_sample
+    from models.data.synthetic import render_sample
 
     codec = AvroCodec("FrameEvent", framing="raw")
     rows = []

@@ -45,10 +45,10 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from models.detector import build_detector
-    from models.inspector import DEFAULT_CHECKPOINT_DIR
-    from models.registry import load_checkpoint
-    from models.synthetic import render_sample
+    from models.core.checkpoints import load_checkpoint
+    from models.data.synthetic import render_sample
+    from models.families.severity.detector import build_detector
+    from models.families.severity.inspector import DEFAULT_CHECKPOINT_DIR
 
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"

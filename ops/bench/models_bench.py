@@ -46,11 +46,11 @@ def main() -> None:
 
     import torch
 
-    from models.detector import build_detector
-    from models.inspector import DEFAULT_CHECKPOINT_DIR
+    from models.core.checkpoints import load_checkpoint
+    from models.data.synthetic import render_sample
+    from models.families.severity.detector import build_detector
+    from models.families.severity.inspector import DEFAULT_CHECKPOINT_DIR
     from models.loading import load_inspector
-    from models.registry import load_checkpoint
-    from models.synthetic import render_sample
 
     torch.set_num_threads(args.threads)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
@@ -116,7 +116,7 @@ def _stages(insp, frames: list, batch: int, rounds: int) -> dict:
 
     import cv2
 
-    import models.inspector as mi
+    import models.families.severity.inspector as mi
 
     acc: dict[str, float] = {}
 
@@ -187,10 +187,10 @@ def _int8(checkpoint, frames: list, repeats: int) -> dict:
     import onnxruntime as ort
     import torch
 
-    from models.inspector import DEFAULT_CHECKPOINT_DIR
+    from models.core.checkpoints import load_checkpoint
+    from models.families.severity.inspector import DEFAULT_CHECKPOINT_DIR
     from models.loading import INT8_CONF_TOL, INT8_MIN_IOU, load_inspector
-    from models.registry import load_checkpoint
-    from models.runtimes import INT8, RuntimeParityError, export_name, int8_export_name
+    from models.runtime.runtimes import INT8, RuntimeParityError, export_name, int8_export_name
 
     d = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT_DIR
     out: dict = {"tolerance": {"min_mask_iou": INT8_MIN_IOU, "confidence": INT8_CONF_TOL}}

@@ -14,7 +14,7 @@ OpenVINO is left out (`skipped`) when its package is not installed.
 The severity family uses the given (default: packaged) checkpoints; the segmenter, image classifier
 and gate use the given model directories (the gate: the segmenter directory's), else randomly
 initialised networks of the shipped architectures (speed does not depend on the weights; detections of random weights are not meaningful,
-so only their agreement is reported). Frames are synthetic (`models.synthetic.render_sample`).
+so only their agreement is reported). Frames are synthetic (`models.data.synthetic.render_sample`).
 ONNX exports are made in a temporary copy of every model directory (`export_s` per network).
 """
 from __future__ import annotations
@@ -56,9 +56,9 @@ def _random_lite_dir(d: Path, size: int) -> dict[str, Path]:
     """Random-init segmenter, image classifier and gate checkpoints (the shipped architectures)."""
     import torch
 
-    from models.image_classifier import build_image_classifier
-    from models.registry import save_checkpoint
-    from models.segmenter import LiteUNet
+    from models.core.checkpoints import save_checkpoint
+    from models.families.image_classifier.model import build_image_classifier
+    from models.families.segmenter.model import LiteUNet
 
     torch.manual_seed(0)
     seg_d, cls_d = d / "segmenter", d / "classifier"
@@ -137,12 +137,11 @@ def main() -> None:
     ap.add_argument("--runtimes", default="torch,onnxruntime,openvino", help="torch always runs (the reference)")
     args = ap.parse_args()
 
-    import numpy as np
     import onnxruntime
     import torch
 
+    from models.data.synthetic import render_sample
     from models.loading import DEFAULT_CHECKPOINT_DIR, load_inspector
-    from models.synthetic import render_sample
 
     torch.set_num_threads(args.threads)
     runtimes = ["torch"] + [r for r in args.runtimes.split(",") if r and r != "torch"]
@@ -190,24 +189,11 @@ def main() -> None:
         # --- networks alone ---------------------------------------------------------------------
         def network_inputs(fam: str, insp: Any, frames: list) -> dict[str, tuple[Callable[[Any], Any], Any]]:
             """name -> (runner, input tensor) for the networks of one family on these frames."""
-            from models.backbone import to_input
-            from models.detector import pad_to_multiple
-            from models.image_classifier import resize_square
-            from models.segmenter import prepare_frame
+            from models.core.families import get_family
 
-            out: dict[str, tuple[Callable[[Any], Any], Any]] = {}
-            if fam.startswith("severity"):
-                x = torch.from_numpy(np.stack(frames)).unsqueeze(1).float()
-                if insp.in_channels != 1:
-                    x = x.repeat(1, insp.in_channels, 1, 1)
-                out[f"detector_{insp.det_info.arch}"] = (insp._run_detector, pad_to_multiple(x, int(insp.detector.pad_multiple)))
-            elif fam == "segmenter":
-                out["segmenter"] = (insp._run, to_input([prepare_frame(f, insp.scale) for f in frames]))
-            elif fam == "gate+segmenter":
-                out["gate"] = (insp._run, to_input([resize_square(f, insp.size) for f in frames]))
-            elif fam == "classifier":
-                out["classifier_lite0"] = (insp._run, to_input([resize_square(f, insp.size) for f in frames]))
-            return out
+            # the outermost family's networks (a gated model: the gate's); its spec knows their inputs
+            spec = get_family(insp.family.partition("+")[0])
+            return spec.bench_networks(insp, frames) if spec.bench_networks is not None else {}
 
         for fam, pair in loaded.items():
             for size in args.sizes:
@@ -260,7 +246,7 @@ def main() -> None:
                                       for rt in pair if rt != "torch"}
                     row["agreement"] = {rt: _agreement(dets["torch"], dets[rt], frames) for rt in pair if rt != "torch"}
                     row["detections"] = sum(len(d) for d in dets["torch"])
-                    if fam.startswith("severity"):
+                    if hasattr(pair["torch"], "flip_tta"):
                         row["flip_tta"] = pair["torch"].flip_tta
                     result["inspectors"].append(row)
                     print(f"# inspector {fam} {size} batch {b} done", flush=True, file=__import__("sys").stderr)

@@ -357,7 +357,7 @@ def main() -> None:
             so.enable_cpu_mem_arena = False
             so.enable_mem_pattern = False
             return so
-        ort.SessionOptions = no_arena  # models.runtimes._session calls ort.SessionOptions()
+        ort.SessionOptions = no_arena  # models.runtime.runtimes._session calls ort.SessionOptions()
 
     h, w = (int(v) for v in args.frame_size.lower().split("x"))
     result: dict[str, Any] = {"benchmark": "worker_profile", "frame": [h, w], "encoding": "JPEG",

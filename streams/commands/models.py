@@ -1,6 +1,6 @@
 """`defectstream models list|show|promote`: the model registry and which camera/line runs what in production.
 
-A model is one directory of registry checkpoints of any family (`models.loading`: severity
+A model is one directory of checkpoints of any family (`models.loading`: severity
 detector + classifier, segmenter, image classifier, optional gate); its version is the
 checkpoints' versions joined by "+". `list` shows the current promotions (read from the compacted
 `cameras` topic with a short timeout) and the registry; `show` prints one model's identity.
@@ -55,7 +55,7 @@ def default_roots() -> list[Path]:
 
 def list_infos(roots: Sequence[str | Path]) -> list[Any]:
     """Registry entries (every checkpoint file) under `roots`, de-duplicated by path."""
-    from models.registry import list_checkpoints
+    from models.core.checkpoints import list_checkpoints
 
     seen, out = set(), []
     for root in roots:
@@ -69,12 +69,12 @@ def list_infos(roots: Sequence[str | Path]) -> list[Any]:
 
 
 def _model_refs(directory: Path) -> list[Path]:
-    """Paths that select each model a directory can hold: every detector variant, the segmenter,
-    and the directory itself (its default choice)."""
-    refs = sorted(directory.glob("detector_*.pt"))
-    if (directory / "segmenter.pt").is_file():
-        refs.append(directory / "segmenter.pt")
-    return refs + [directory]
+    """Paths that select each model a directory can hold (each family's `selectors`, e.g. every detector
+    variant and the segmenter), and the directory itself (its default choice)."""
+    import models.families  # noqa: F401  (registers every family)
+    from models.core.families import family_specs
+
+    return [p for spec in family_specs() for p in spec.selectors(directory)] + [directory]
 
 
 def list_models(roots: Sequence[str | Path]) -> list[ModelEntry]:
@@ -82,8 +82,8 @@ def list_models(roots: Sequence[str | Path]) -> list[ModelEntry]:
 
     Directories whose checkpoints do not form a model (or fail validation) are skipped.
     """
+    from models.core.checkpoints import CheckpointError
     from models.loading import model_files, model_identity
-    from models.registry import CheckpointError
 
     out: list[ModelEntry] = []
     seen: set[tuple[str, ...]] = set()
@@ -112,8 +112,8 @@ def resolve_model(ref: str, roots: Sequence[str | Path]) -> Path:
     Raises:
         ModelRefError: nothing valid, or more than one model, matches.
     """
+    from models.core.checkpoints import CheckpointError
     from models.loading import model_files
-    from models.registry import CheckpointError
 
     p = Path(ref)
     if p.exists():
@@ -151,7 +151,7 @@ def promote(settings: Settings, ref: str, roots: Sequence[str | Path], *, camera
             on `settings.kafka.topics.cameras` when None).
         executor: ClickHouse executor for the `model_runs` record (None: not recorded).
     Raises:
-        ModelRefError / models.registry.CheckpointError: `ref` names no valid model.
+        ModelRefError / models.core.checkpoints.CheckpointError: `ref` names no valid model.
         ValueError: both `camera` and `line`, or an empty id.
     Guarantees: nothing is published unless every checkpoint's hash verifies; the promotion is
     durable on the topic before it is recorded; publishing the same model again is harmless
@@ -351,8 +351,8 @@ def _roots(args: argparse.Namespace) -> list[Path]:
 
 
 def _default_version(settings: Settings) -> str | None:
+    from models.core.checkpoints import CheckpointError
     from models.loading import model_identity
-    from models.registry import CheckpointError
 
     try:
         return model_identity(settings.model.path)[0]
@@ -389,7 +389,7 @@ def loadable(promotion: Promotion) -> str:
     here), else why not: a worker cannot load it either, retries with backoff and meanwhile runs the
     scope's cameras on the next rule (see `streams.inspection.model_selection`)."""
     from models.loading import model_identity
-    from models.registry import CheckpointError
+    from models.core.checkpoints import CheckpointError
 
     try:
         version, hashes, _metrics = model_identity(promotion.model_path)
@@ -454,8 +454,8 @@ def cli_list(args: argparse.Namespace) -> int:
 
 
 def cli_show(args: argparse.Namespace) -> int:
+    from models.core.checkpoints import CheckpointError, read_info
     from models.loading import model_files, model_identity
-    from models.registry import CheckpointError, read_info
 
     try:
         path = resolve_model(args.model, _roots(args))
@@ -471,7 +471,7 @@ def cli_show(args: argparse.Namespace) -> int:
 
 
 def cli_promote(args: argparse.Namespace) -> int:
-    from models.registry import CheckpointError
+    from models.core.checkpoints import CheckpointError
     from sinks.sql import DriverExecutor
 
     if args.clear == bool(args.model):

@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from models.types import Detection, Inspector
+from models.core.types import Detection, Inspector
 from streams.inspection.model_selection import InspectorPool, LoadFailure, ModelSelection
 from streams.settings import ModelSettings
 

@@ -54,7 +54,7 @@ from typing import Callable, Iterable, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from models.types import Inspector
+from models.core.types import Inspector
 
 log = logging.getLogger(__name__)
 

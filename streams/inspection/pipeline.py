@@ -39,7 +39,7 @@ from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
 
-from models.types import Detection
+from models.core.types import Detection
 from schemas.events import DeadLetter, FrameEvent
 from streams.clock import MONOTONIC_EPOCH, Clock, monotonic_clock, wall_clock
 from streams.inspection.cameras import CameraRegistry

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, NamedTuple, Sequence
 
-from models.types import box_iou
+from models.core.types import box_iou
 
 GroupBy = Literal["shift", "camera", "class"]
 VERDICTS = ("PASS", "FAIL")

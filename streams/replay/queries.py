@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from sinks.sql import Executor, render
 from streams.replay.comparison import Comparison, DefectRow, PartRow, compare_runs, score_sides
 from streams.settings import PlantSettings
-from streams.spc.queries import winning_defects_sql
+from streams.spc.defect_set import winning_defects_sql
 
 
 def _time_filter(since_ms: int | None, until_ms: int | None) -> tuple[str, dict[str, Any]]:

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
-from models.types import Inspector
+from models.core.types import Inspector
 from schemas.events import Event, FrameEvent, PartInspected
 from sinks.sql import Executor, quote, render
 from streams.clock import Clock, now_ms, wall_clock
@@ -389,11 +389,9 @@ def validate_run_id(run_id: str) -> str:
 
 
 def _model_info(inspector: Inspector, path: str | None) -> tuple[str, dict[str, str]]:
-    hashes = {}
-    for name in ("det_info", "cls_info"):
-        info = getattr(inspector, name, None)
-        if info is not None:
-            hashes[info.kind] = info.content_hash
+    """(version, content hash per network) of any family's Inspector, gate included; {} for one without networks."""
+    networks = getattr(inspector, "networks", None)
+    hashes = {name: net.content_hash for name, net in networks().items()} if callable(networks) else {}
     return str(inspector.model_version), hashes
 
 

@@ -31,7 +31,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from models.types import BBox, Detection
+from models.core.types import BBox, Detection
 from streams.settings import Settings, TrackingSettings
 from streams.sim.simulator import GroundTruthPart, gt_defects, gt_nuisances
 from streams.tracking.tracker import PartTracker, iou, track_part_offline
@@ -215,7 +215,7 @@ class OfflineRun:
 
 def run_offline(inspector: Any, cfg: OfflineConfig) -> OfflineRun:
     """Render `cfg.parts` sequences and run the Inspector on every frame."""
-    from models.synthetic import render_part_sequence
+    from models.data.synthetic import render_part_sequence
 
     run = OfflineRun(model_version=str(inspector.model_version))
     bar = None

@@ -1,7 +1,7 @@
 """Camera simulator: synthetic part sequences → JPEG/PNG → Avro FrameEvents on `frames`, plus ground truth.
 
 Each simulated camera produces `parts_per_minute` parts of `frames_per_part` frames, rendered by
-`models.synthetic.render_part_sequence` (deterministic by seed). Timestamps follow a simulated
+`models.data.synthetic.render_part_sequence` (deterministic by seed). Timestamps follow a simulated
 clock that starts at `start_time` and advances by the simulated rate, so `--time-scale 600`
 produces ten minutes of a line per wall-clock second (multi-shift runs in minutes); the wall
 clock only paces publishing. Frames of all cameras are interleaved in capture-time order.
@@ -141,7 +141,7 @@ def _encode(img: np.ndarray, encoding: str, quality: int) -> bytes:
 
 def generate(cfg: SimulationConfig) -> Iterator[tuple[FrameEvent, GroundTruthPart | None]]:
     """Frame events in capture-time order; a part's ground truth comes with its last frame."""
-    from models.synthetic import render_part_sequence
+    from models.data.synthetic import render_part_sequence
 
     if cfg.parts is None and cfg.duration_s is None:
         raise ValueError("give parts or duration_s")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 from sinks.sql import Executor, render
+from streams.spc.defect_set import winning_defects_sql  # noqa: F401  (also streams.spc.queries.winning_defects_sql)
 
 By = Literal["shift", "hour", "day"]
 HOUR_MS = 3_600_000
@@ -160,23 +161,6 @@ FROM ({winning_defects_sql(cols, " AND ".join(conds), winners)}
 )
 ORDER BY d_camera_id, d_part_id, d_track_id, event_id"""
     return render(sql, params)
-
-
-def winning_defects_sql(cols: Sequence[str], where: str, winners: str) -> str:
-    """Subquery: one row per defect event id (`d_row`, a tuple of `cols` from its latest delivery), only
-    defects of the closes in `winners` (a SELECT of (camera, part, model version, emission id) rows:
-    each part's winning verdict). Shared by the report's defect set and `compare`."""
-    return f"""
-    SELECT event_id, argMax(d_tuple, (version, d_tuple)) AS d_row
-    FROM
-    (
-        SELECT event_id, version, tuple({", ".join(cols)}) AS d_tuple
-        FROM defects
-        WHERE {where}
-          AND (camera_id, part_id, model_version, emission_id) IN
-              ({winners})
-    )
-    GROUP BY event_id"""
 
 
 # -- monitor --------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from models.types import Detection, box_iou
+from models.core.types import Detection, box_iou
 from schemas.events import DefectEvent, PartInspected, deterministic_id, emission_id_of
 from streams.settings import PlantSettings, TrackingSettings
 from streams.shifts import shift_at

@@ -169,7 +169,7 @@ def needs_checkpoints() -> None:
     import os
 
     try:
-        from models.inspector import resolve_checkpoints
+        from models.families.severity.inspector import resolve_checkpoints
 
         resolve_checkpoints(os.environ.get("DEFECTSTREAM_MODEL__PATH"))
     except Exception as exc:  # noqa: BLE001 - CheckpointError, FileNotFoundError, ImportError

@@ -743,10 +743,10 @@ def test_an_onnx_file_altered_on_disk(stack, group_worker_factory, kafka_bootstr
     while it ran, followed by a SIGKILL. Each start refuses the edited file (its SHA-256 is not the
     one recorded at export), re-exports it from the checkpoint and serves the real model: nothing
     lost or doubled, no crash loop, and the defects are found (the edited file would find none)."""
-    from models.inspector import DEFAULT_CHECKPOINT_DIR
+    from models.core.checkpoints import DEFAULT_CHECKPOINT_DIR
     from models.loading import load_inspector
-    from models.registry import load_checkpoint
-    from models.runtimes import export_name
+    from models.core.checkpoints import load_checkpoint
+    from models.runtime.runtimes import export_name
 
     model_dir = tmp_path / "model"
     shutil.copytree(DEFAULT_CHECKPOINT_DIR, model_dir, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.*"))

@@ -35,14 +35,14 @@ def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     """(strong, weak) checkpoint directories (detector_<arch>.pt + classifier.pt each)."""
     import torch
 
-    from models.inspector import resolve_checkpoints
-    from models.registry import CheckpointError, load_checkpoint, save_checkpoint
+    from models.core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+    from models.families.severity.inspector import resolve_checkpoints
 
     root = tmp_path_factory.mktemp("checkpoints")
     try:
         det, cls = resolve_checkpoints(None)  # the packaged checkpoints, once the model engineer ships them
     except CheckpointError:
-        from models.train import ClassifierTrainConfig, DetectorTrainConfig, train_classifier, train_detector
+        from models.families.severity.train_synthetic import ClassifierTrainConfig, DetectorTrainConfig, train_classifier, train_detector
 
         out = root / "strong"
         d = train_detector(DetectorTrainConfig(steps=60, batch=4, patch=64, n_frames=16, n_val=4, lr=3e-3,

@@ -1,6 +1,6 @@
 """Test doubles shared by the unit tests of the inspection pipeline and the replay: no Kafka, no model.
 
-- `FakeInspector`: an `models.types.Inspector` that finds one defect per bright square;
+- `FakeInspector`: an `models.core.types.Inspector` that finds one defect per bright square;
 - `MemoryStore`: the replay's in-memory `MemoryStateStore`, counting saves;
 - `ListEmitter`: an `Emitter` that keeps what it is sent (or fails like a broker that is down);
 - `kinds`: (kind, error class or closed reason) of emitted records, for compact assertions.
@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models.types import BBox, Detection
+from models.core.types import BBox, Detection
 from streams.kafka.records import OutRecord, SourceRecord
 from streams.replay.replayer import MemoryStateStore
 from streams.tracking.tracker import CameraState

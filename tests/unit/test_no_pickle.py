@@ -12,9 +12,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("streams", "sinks", "models", "schemas", "ops")
 UNPICKLING_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "shelve", "marshal", "joblib"}
-# The training engines' --resume still loads its own state with weights_only=False; it is being
-# rewritten separately (issue 17, item 14). Remove these entries once it loads tensors + JSON.
-ALLOWED = {"models/train.py", "models/seg_train.py"}
+# Nothing is exempt: the training engines' --resume state (models/training/state.py) is read with
+# weights_only=True too.
+ALLOWED: set[str] = set()
 
 
 def _violations(path: Path) -> list[str]:

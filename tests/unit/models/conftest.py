@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.inspector import DEFAULT_CHECKPOINT_DIR
+from models.families.severity.inspector import DEFAULT_CHECKPOINT_DIR
 
 
 @pytest.fixture(autouse=True, scope="session")

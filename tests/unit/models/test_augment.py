@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.augment import defect_crop, geometric, photometric
-from models.types import BBox
+from models.core.augment import defect_crop, geometric, photometric
+from models.core.types import BBox
 
 
 def test_geometric_keeps_image_and_mask_aligned():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.backbone import IMAGENET_MEAN, IMAGENET_STD, build_lite0, build_lite0_encoder, imagenet_state_dict
+from models.core.backbone import IMAGENET_MEAN, IMAGENET_STD, build_lite0, build_lite0_encoder, imagenet_state_dict
 
 
 def test_every_tensor_is_mapped_in_order_and_shape():

@@ -3,9 +3,9 @@ import cv2
 import numpy as np
 import pytest
 
-from models.datasets import (MAGNETIC_TILE_CLASSES, NEU_CLASSES, DatasetError, open_dataset, rle_decode,
+from models.core.types import BBox, InspectionSample
+from models.data.datasets import (MAGNETIC_TILE_CLASSES, NEU_CLASSES, DatasetError, open_dataset, rle_decode,
                              rle_encode)
-from models.types import BBox, InspectionSample
 
 
 def _img(h=32, w=48, v=100):
@@ -131,7 +131,7 @@ def test_neu_cls_takes_the_class_from_the_file_name_even_beside_det_boxes(tmp_pa
     import cv2
     import numpy as np
 
-    from models.datasets import NEU_CLASSES, open_dataset
+    from models.data.datasets import NEU_CLASSES, open_dataset
 
     (tmp_path / "IMAGES").mkdir()
     (tmp_path / "ANNOTATIONS").mkdir()

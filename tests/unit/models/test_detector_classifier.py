@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.classifier import ClassifierOutput, build_classifier, crop_windows, region_crops
-from models.detector import ARCHS, SeverityOutput, build_detector, infer_severity, pad_to_multiple
-from models.types import BBox
+from models.core.types import BBox
+from models.families.severity.detector import ARCHS, SeverityOutput, build_detector, infer_severity, pad_to_multiple
+from models.families.severity.region_classifier import ClassifierOutput, build_classifier, crop_windows, region_crops
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

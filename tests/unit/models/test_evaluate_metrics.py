@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from models.datasets import instances_from_class_mask
-from models.evaluate import (ExampleCollector, PredictedDefect, ScoredPredictions, average_precision,
+from models.core.types import BBox, Detection, InspectionSample
+from models.data.datasets import instances_from_class_mask
+from models.evaluation.evaluate import (ExampleCollector, PredictedDefect, ScoredPredictions, average_precision,
                              evaluate_predictions, image_auroc, to_markdown)
-from models.types import BBox, Detection, InspectionSample
 from streams.cli import main
 
 NAMES = ("a", "b", "c")
@@ -276,14 +276,14 @@ def test_save_examples_without_out_is_a_clear_error(tmp_path, monkeypatch, capsy
 
 def test_record_writes_metrics_into_every_checkpoint(tmp_path, monkeypatch, capsys):
     import models.loading
-    import models.registry
+    import models.core.checkpoints
 
     monkeypatch.setattr(models.loading, "load_inspector", lambda *a, **k: FakeInspector())
     roles = {"segmenter": tmp_path / "m" / "segmenter.pt", "gate": tmp_path / "m" / "gate.pt"}
     monkeypatch.setattr(models.loading, "model_files",
                         lambda *a, **k: models.loading.ModelFiles("segmenter", roles))
     written = {}
-    monkeypatch.setattr(models.registry, "update_metrics", lambda p, metrics, **k: written.setdefault(Path(p), metrics))
+    monkeypatch.setattr(models.core.checkpoints, "update_metrics", lambda p, metrics, **k: written.setdefault(Path(p), metrics))
     data = _fake_dataset(tmp_path)
     assert main(["evaluate", "--data", str(data), "--format", "plain", "--record", "--threads", "1"]) == 0
     assert set(written) == set(roles.values())

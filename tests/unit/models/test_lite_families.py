@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from models.datasets import DatasetError, open_dataset, tile_samples
-from models.gate import choose_gate_threshold
+from models.core.types import Inspector
+from models.data.datasets import DatasetError, open_dataset, tile_samples
+from models.families.gate.model import choose_gate_threshold
+from models.families.segmenter.model import SegPostprocess, choose_postprocess, class_regions
 from models.loading import load_inspector, model_files, model_identity
-from models.seg_train import LiteTrainConfig, focal_tversky_loss, image_label, train_lite0
-from models.segmenter import SegPostprocess, choose_postprocess, class_regions
-from models.types import Inspector
+from models.training.lite0 import LiteTrainConfig, focal_tversky_loss, image_label, train_lite0
 from streams.cli import main as cli
 
 

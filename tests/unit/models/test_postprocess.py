@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from models.postprocess import choose_threshold, fill_holes, image_iou, regions_from_severity, upsample_severity
-from models.types import BBox
+from models.core.regions import choose_threshold, fill_holes, image_iou, regions_from_severity, upsample_severity
+from models.core.types import BBox
 
 
 def _map(blocks):

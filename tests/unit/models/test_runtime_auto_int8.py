@@ -14,14 +14,14 @@ import onnx
 import pytest
 import torch
 
-import models.loading as loading
-import models.runtimes as rt
-from models.classifier import build_classifier
-from models.detector import build_detector
+import models.runtime.choice as choice
+import models.runtime.runtimes as rt
+from models.core.checkpoints import load_checkpoint, save_checkpoint
+from models.data.synthetic import CLASS_NAMES
+from models.families.severity.detector import build_detector
+from models.families.severity.region_classifier import build_classifier
 from models.loading import compare_detections, load_inspector
-from models.registry import load_checkpoint, save_checkpoint
-from models.runtimes import INT8, RuntimeParityError, int8_export_name
-from models.synthetic import CLASS_NAMES
+from models.runtime.runtimes import INT8, RuntimeParityError, int8_export_name
 
 
 def test_auto_serves_onnx_runtime_on_cpu(severity_dir):
@@ -59,7 +59,7 @@ def test_auto_tries_openvino_only_when_onnxruntime_fails(severity_dir, monkeypat
 
 def test_auto_is_torch_on_cuda():
     insp = SimpleNamespace(device="cuda:0", runtime="torch", model_version="x")
-    assert loading._use_auto(insp, None) == {"requested": "auto", "chosen": "torch", "why": "device cuda:0"}
+    assert choice.use_auto(insp, None) == {"requested": "auto", "chosen": "torch", "why": "device cuda:0"}
     assert rt.check_runtime_device("auto", "cuda") == "cuda"
     with pytest.raises(ValueError, match="serves on CPU"):
         rt.check_runtime_device(INT8, "cuda")
@@ -102,7 +102,7 @@ def test_int8_quantises_a_tiny_network_and_accepts_it_within_the_tolerance(tmp_p
         ops = _quantised_ops(p)
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops, ops  # int8 weights and activations (QDQ)
     # the int8 detector follows the fp32 one, within the quantisation error of a tiny random net
-    frames = loading._synthetic_frames(500, 2, (64, 96))
+    frames = choice.synthetic_frames(500, 2, (64, 96))
     a, b = ref.severity_maps(frames), insp.severity_maps(frames)
     assert max(float(np.abs(x - y).mean()) for x, y in zip(a, b)) < 0.5
     # loaded again: the int8 files are reused (same calibration), parity checked again
@@ -117,7 +117,7 @@ def test_int8_is_refused_when_detections_differ(tmp_path):
 
 
 def test_compare_detections_names_what_differs():
-    from models.types import BBox, Detection
+    from models.core.types import BBox, Detection
 
     def det(x: int, cls: str = "pit", conf: float = 0.9, w: int = 10) -> Detection:
         return Detection(bbox=BBox(x, 0, x + w, 10), mask=np.ones((10, w), bool), defect_class=cls, confidence=conf,

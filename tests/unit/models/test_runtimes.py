@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.image_classifier import build_image_classifier
+from models.core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from models.core.types import Detection
+from models.data.synthetic import render_sample
+from models.families.image_classifier.model import build_image_classifier
+from models.families.segmenter.model import LiteUNet
 from models.loading import load_inspector
-from models.registry import CheckpointError, load_checkpoint, save_checkpoint
-from models.runtimes import PARITY_ATOL, RuntimeParityError, check_runtime_device, export_name
-from models.segmenter import LiteUNet
-from models.synthetic import render_sample
-from models.types import Detection
+from models.runtime.runtimes import PARITY_ATOL, RuntimeParityError, check_runtime_device, export_name
 from streams.cli import main as cli
 
 CONF_TOL = 1e-3  # largest confidence difference between runtimes on one detection
@@ -159,7 +159,7 @@ def test_tampered_export_is_refused(tmp_path, severity_dir, caplog):
     import onnx
     from onnx import numpy_helper
 
-    from models.runtimes import record_path
+    from models.runtime.runtimes import record_path
 
     d = _detector_and_classifier(severity_dir, tmp_path / "m")
     load_inspector(d, device="cpu", runtime="onnxruntime")
@@ -173,7 +173,7 @@ def test_tampered_export_is_refused(tmp_path, severity_dir, caplog):
     init.CopyFrom(numpy_helper.from_array(w, init.name))
     tampered = model.SerializeToString()
     path.write_bytes(tampered)
-    with caplog.at_level(logging.WARNING, logger="models.runtimes"):
+    with caplog.at_level(logging.WARNING, logger="models.runtime.runtimes"):
         ort = load_inspector(d, device="cpu", runtime="onnxruntime")
     assert any("refusing ONNX export" in r.getMessage() and path.name in r.getMessage() and "SHA-256" in r.getMessage()
                for r in caplog.records)
@@ -262,7 +262,7 @@ def test_export_and_its_record_both_rewritten_fail_parity_on_the_checkpoints_gol
     the checkpoint's side, not the one in the file: refused with RuntimeParityError, not served."""
     import hashlib
 
-    from models.runtimes import record_path
+    from models.runtime.runtimes import record_path
 
     d = _detector_and_classifier(severity_dir, tmp_path / "m")
     load_inspector(d, device="cpu", runtime="onnxruntime")
@@ -284,7 +284,7 @@ def test_export_and_its_record_both_rewritten_fail_parity_on_the_checkpoints_gol
 
 
 def test_export_without_a_record_or_of_another_checkpoint_is_rebuilt(tmp_path, severity_dir):
-    from models.runtimes import record_path
+    from models.runtime.runtimes import record_path
 
     d = _detector_and_classifier(severity_dir, tmp_path / "m")
     load_inspector(d, device="cpu", runtime="onnxruntime")
@@ -301,7 +301,7 @@ def test_export_without_a_record_or_of_another_checkpoint_is_rebuilt(tmp_path, s
 
 
 def test_read_only_checkpoint_directory_exports_to_the_cache(tmp_path, severity_dir, monkeypatch, caplog):
-    import models.runtimes as rt
+    import models.runtime.runtimes as rt
 
     d = _detector_and_classifier(severity_dir, tmp_path / "ro")
     real = rt._write_atomic
@@ -313,7 +313,7 @@ def test_read_only_checkpoint_directory_exports_to_the_cache(tmp_path, severity_
 
     monkeypatch.setattr(rt, "_write_atomic", write)
     cache = tmp_path / "cache"
-    with caplog.at_level(logging.WARNING, logger="models.runtimes"):
+    with caplog.at_level(logging.WARNING, logger="models.runtime.runtimes"):
         insp = load_inspector(d, device="cpu", runtime="onnxruntime", export_cache=cache)
     assert not list(d.glob("*.onnx*"))
     assert sorted(p.name.split(".")[0] for p in cache.glob("*.onnx")) == ["classifier", "detector_fast"]
@@ -399,7 +399,7 @@ def test_openvino_reduced_precision_is_refused(severity_dir, monkeypatch):
     ov = pytest.importorskip("openvino")
     if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         pytest.skip("this CPU has no bf16 inference in OpenVINO")
-    import models.runtimes as rt
+    import models.runtime.runtimes as rt
 
     monkeypatch.setattr(rt, "_ov_compile", lambda path, threads: ov.Core().compile_model(
         str(path), "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": "1"}))

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from models.severity_labels import cell_min_max, defect_cells, severity_labels
+from models.families.severity.labels import cell_min_max, defect_cells, severity_labels
 
 
 def _row_image(cells: list[list[int]]) -> np.ndarray:

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from models.synthetic import (CLASS_NAMES, FAMILIES, GTDefect, PartSequence, parse_synthetic_spec,
+from models.core.types import BBox, InspectionSample
+from models.data.synthetic import (CLASS_NAMES, FAMILIES, GTDefect, PartSequence, parse_synthetic_spec,
                               render_part_sequence, render_sample, render_scene)
-from models.types import BBox, InspectionSample
 
 
 def test_same_seed_same_frame_other_seed_other_frame():

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from models.cli import _apply_overrides
-from models.train import DetectorTrainConfig
+from models.families.severity.train_synthetic import DetectorTrainConfig
 from streams.cli import main
+from streams.commands.train import _apply_overrides
 
 
 def test_only_given_options_override_the_defaults():
@@ -34,8 +34,8 @@ def test_architecture_and_label_options_reach_the_checkpoint(tmp_path, capsys):
     meta = json.loads((tmp_path / "detector_fast.json").read_text())
     assert meta["arch_config"] == {"width": 8, "stem": 8, "stem_blocks": 1}
     assert meta["input_spec"]["label_floor"] == 5.5
-    from models.detector import build_detector
-    from models.registry import load_checkpoint
+    from models.core.checkpoints import load_checkpoint
+    from models.families.severity.detector import build_detector
 
     ck = load_checkpoint(tmp_path / "detector_fast.pt", expected_kind="detector")
     build_detector(ck.info.arch, **ck.info.arch_config).load_state_dict(ck.state_dict)

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.evaluate import PredictedDefect, ThresholdBaseline, evaluate_predictions
-from models.inspector import SeverityInspector
-from models.synthetic import CLASS_NAMES, render_sample
-from models.train import ClassifierTrainConfig, DetectorTrainConfig, train_classifier, train_detector
-from models.types import BBox, Detection
+from models.core.types import BBox, Detection
+from models.data.synthetic import CLASS_NAMES, render_sample
+from models.evaluation.evaluate import PredictedDefect, ThresholdBaseline, evaluate_predictions
+from models.families.severity.inspector import SeverityInspector
+from models.families.severity.train_synthetic import ClassifierTrainConfig, DetectorTrainConfig, train_classifier, train_detector
 
 
 @pytest.fixture(scope="module")

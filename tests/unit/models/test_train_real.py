@@ -8,12 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from models.datasets import DatasetError
-from models.loading import load_inspector
-from models.registry import load_checkpoint
-from models.train_real import (DataSpec, RealClassifierConfig, RealDetectorConfig, prepare_images,
+from models.core.checkpoints import load_checkpoint
+from models.core.types import BBox, Detection, InspectionSample
+from models.data.datasets import DatasetError
+from models.families.severity.train_data import (DataSpec, RealClassifierConfig, RealDetectorConfig, prepare_images,
                                train_classifier_on_data, train_detector_on_data)
-from models.types import BBox, Detection, InspectionSample
+from models.loading import load_inspector
 
 CLASSES = ("spot", "streak")
 

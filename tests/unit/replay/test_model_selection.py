@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
+from models.core.checkpoints import save_checkpoint
 from models.loading import model_identity
-from models.registry import save_checkpoint
 from streams.commands.models import (
     KafkaUnavailable,
     ModelRefError,

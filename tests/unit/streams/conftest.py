@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.types import BBox, Detection
+from models.core.types import BBox, Detection
 from streams.settings import PlantSettings, TrackingSettings
 
 

@@ -117,7 +117,7 @@ def test_verdict_check_finds_missing_and_double_verdicts():
 def _offline_run():
     import numpy as np
 
-    from models.types import BBox, Detection
+    from models.core.types import BBox, Detection
     from streams.sim.scoring import OfflineRun
 
     gt = GroundTruthPart(camera_id="offline", line_id="offline", part_id="part-1", seed=1, family="f", frames=2,

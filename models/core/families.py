@@ -1,0 +1,112 @@
+"""The family registry: one `FamilySpec` per model family, `register_family` / `get_family` / `list_families`.
+
+Like torchvision's `register_model` / `get_model` / `list_models`: each family folder
+(`models/families/<name>/`) registers its spec when `models.families` is imported, and everything
+outside the folder (loading, identity, `models list`, replay, evaluate, the benchmarks) asks the
+spec instead of comparing the family's name. A new family is one folder and one line in
+`models/families/__init__.py`; the conformance test (`tests/unit/models/test_families_conformance.py`)
+then covers it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple
+
+from models.core.checkpoints import CheckpointError, LoadedCheckpoint
+
+__all__ = ["FamilySpec", "RetuneRequest", "TinyRun", "register_family", "get_family", "list_families", "family_specs",
+           "wrapper_specs"]
+
+
+@dataclass(frozen=True)
+class RetuneRequest:
+    """What `defectstream train threshold` asks of a family: re-choose its post-processing in `out`."""
+
+    out: str
+    data: str | None = None
+    fmt: str = "plain"
+    val_data: str | None = None
+    val_split: float = 0.2
+    split_seed: int = 0
+    threads: int = 1
+    arch: str | None = None  # a variant inside the directory (e.g. the severity detector's arch)
+    val_frames: int | None = None  # synthetic validation frames, where the family tunes on synthetic data
+
+
+class TinyRun(NamedTuple):
+    """What a family's tiny example training returns: the model directory and its losses, first to last."""
+
+    directory: Path
+    losses: list[float]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What the rest of the code may know about one family.
+
+    Attributes:
+        name: the Inspector's `family` ("gate+" is prefixed by the wrapper when gated).
+        roles: checkpoint roles of a model of this family in version/hash order (e.g. detector, classifier).
+        claim: (directory, selected .pt file or None, variant) -> {role: path} when the directory holds a
+            model of this family (None when not); raises CheckpointError for an incomplete one.
+        owns: whether a selected `.pt` file picks this family (e.g. `segmenter.pt`, `detector_fast.pt`).
+        load: ({role: path}, device) -> Inspector; for a wrapper ({role: path}, device, inner Inspector).
+        selectors: directory -> the paths that each select one model of this family in it (`models list`).
+        check: validates the loaded checkpoints together (e.g. class names agree); raises CheckpointError.
+        retune: re-chooses the post-processing (`train threshold`); returns the line to print.
+        bench_networks: (Inspector, frames) -> {network name: (runner, input tensor)} for the benchmarks.
+        example: module with `tiny_model(directory) -> Path` (tiny confident random weights) and
+            `tiny_train(directory) -> TinyRun` (seconds of training on tiny data), for the conformance test.
+        wraps: a wrapper (the gate) runs in front of another family's model instead of being one.
+        priority: order in which families claim a directory (lower first).
+    """
+
+    name: str
+    roles: tuple[str, ...]
+    claim: Callable[[Path, Path | None, str | None], dict[str, Path] | None]
+    load: Callable[..., Any]
+    owns: Callable[[Path], bool] = lambda p: False
+    selectors: Callable[[Path], list[Path]] = lambda d: []
+    check: Callable[[Mapping[str, LoadedCheckpoint]], None] | None = None
+    retune: Callable[[RetuneRequest], str] | None = None
+    bench_networks: Callable[[Any, list], dict[str, tuple[Callable[[Any], Any], Any]]] | None = None
+    example: str = ""
+    wraps: bool = False
+    priority: int = 100
+    options: tuple[str, ...] = field(default=())  # Inspector attributes a setting may override (`model.flip_tta`)
+
+
+_FAMILIES: dict[str, FamilySpec] = {}
+
+
+def register_family(spec: FamilySpec) -> FamilySpec:
+    """Add `spec` to the registry (once per name). Raises ValueError for a second spec of that name."""
+    if spec.name in _FAMILIES and _FAMILIES[spec.name] is not spec:
+        raise ValueError(f"model family {spec.name!r} is registered twice")
+    _FAMILIES[spec.name] = spec
+    return spec
+
+
+def get_family(name: str) -> FamilySpec:
+    """The spec of family `name` (an Inspector's `family`, "gate+" prefix allowed). Raises CheckpointError."""
+    base = name.rpartition("+")[2]
+    try:
+        return _FAMILIES[base]
+    except KeyError:
+        raise CheckpointError(f"unknown model family {name!r}; known: {', '.join(list_families())}") from None
+
+
+def list_families() -> list[str]:
+    """Names of every registered family, wrappers included, in claim order (import `models.families` first)."""
+    return [s.name for s in sorted(_FAMILIES.values(), key=lambda s: (s.priority, s.name))]
+
+
+def family_specs() -> list[FamilySpec]:
+    """The specs of the families that inspect (not wrappers), in claim order."""
+    return [s for s in sorted(_FAMILIES.values(), key=lambda s: (s.priority, s.name)) if not s.wraps]
+
+
+def wrapper_specs() -> list[FamilySpec]:
+    """The specs of the wrappers (run in front of another family's model), in claim order."""
+    return [s for s in sorted(_FAMILIES.values(), key=lambda s: (s.priority, s.name)) if s.wraps]

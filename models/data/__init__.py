@@ -1,0 +1,1 @@
+"""Data: readers of the supported data set formats and the seeded synthetic generator."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, reports and example overlays for a model of any family."""
