@@ -50,7 +50,12 @@ class SinkSettings(BaseModel):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     metrics_port: int = Field(
         9465, ge=0, le=65535,
-        description="serve Prometheus metrics on http://0.0.0.0:<port>/metrics (0: not served); see sinks.metrics",
+        description="serve Prometheus metrics on http://<metrics_addr>:<port>/metrics (0: not served); see sinks.metrics",
+    )
+    metrics_addr: str = Field(
+        "127.0.0.1",
+        description="address the metrics endpoint binds: loopback unless a scraper on another host needs it "
+                    "(docker-compose sets 0.0.0.0 inside the container, where Prometheus scrapes it)",
     )
 
     @model_validator(mode="after")

@@ -248,7 +248,12 @@ class WorkerSettings(BaseModel):
     web_enabled: bool = False
     metrics_port: int = Field(
         9464, ge=0, le=65535,
-        description="serve Prometheus metrics on http://0.0.0.0:<port>/metrics (0: not served); see streams.metrics",
+        description="serve Prometheus metrics on http://<metrics_addr>:<port>/metrics (0: not served); see streams.metrics",
+    )
+    metrics_addr: str = Field(
+        "127.0.0.1",
+        description="address the metrics endpoint binds: loopback unless a scraper on another host needs it "
+                    "(docker-compose sets 0.0.0.0 inside the container, where Prometheus scrapes it)",
     )
     session_timeout_s: float = Field(
         30.0, ge=6.0, description="consumer group session timeout: how soon a crashed worker's partitions move"
