@@ -33,7 +33,7 @@ import re
 import time
 import urllib.parse
 import urllib.request
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
@@ -261,6 +261,7 @@ class _Judged:
     end: int
     cams: tuple[WindowCounts, ...]  # per camera, as counted when last judged
     before: dict[Scope, ScopeState]  # the scopes' states before this window
+    decided: tuple[tuple[Scope, str], ...] = ()  # (scope, kind) of the alerts this window decided
 
 
 class Monitor:
@@ -334,8 +335,8 @@ class Monitor:
         self._rejudge_late(start)
         cams = self._count(start, end)
         before = dict(self.states)
-        self.states = self._judge_window(start, end, cams, self.states)
-        self._judged.append(_Judged(start, end, cams, before))
+        self.states, decided = self._judge_window(start, end, cams, self.states)
+        self._judged.append(_Judged(start, end, cams, before, decided))
         horizon = end - int(s.rejudge_s * 1000)
         self._judged = [j for j in self._judged if j.end > horizon] if s.rejudge_s > 0 else []
         self.ingest_mark = mark if self.ingest_mark is None else max(self.ingest_mark, mark)
@@ -347,15 +348,20 @@ class Monitor:
             for line, camera, _b, n, d, mv in self.ex.query(window_sql(self.settings.run_id, start, end))
         )
 
-    def _judge_window(self, start: int, end: int, cams: Sequence[WindowCounts],
-                      states: dict[Scope, ScopeState]) -> dict[Scope, ScopeState]:
-        """Judge one window for every scope with limits; decided alerts go to the outbox. Returns the new states.
+    def _judge_window(self, start: int, end: int, cams: Sequence[WindowCounts], states: dict[Scope, ScopeState],
+                      announced: Counter | None = None) -> tuple[dict[Scope, ScopeState], tuple[tuple[Scope, str], ...]]:
+        """Judge one window for every scope with limits; decided alerts go to the outbox.
 
         A scope with limits but no parts in the window is not judged (its state is unchanged).
+        `announced` ((scope, kind) → count) holds, in a replay, the alerts the replayed windows
+        decided before: a replayed alert of a kind its scope announced already in those windows is the
+        same episode seen earlier (late rows moved its start) and is not announced twice.
+        Returns the new states and the (scope, kind) of the alerts decided (announced or not).
         """
         s = self.settings
         windows = (list(cams) if "camera" in s.scopes else []) + (line_totals(cams) if "line" in s.scopes else [])
         states = dict(states)
+        decided: list[tuple[Scope, str]] = []
         for w in windows:
             limits = self.limits.get(w.scope)
             if limits is None:
@@ -364,14 +370,20 @@ class Monitor:
                         now_ms=end, rules=s.rules, cooldown_s=s.cooldown_s, min_window_parts=s.min_window_parts,
                         run_id=s.run_id)
             states[w.scope] = dec.state
-            if dec.alert is not None and dec.alert.alert_id not in self._decided:
+            if dec.alert is None:
+                continue
+            decided.append((w.scope, dec.alert.kind))
+            if announced is not None and announced[(w.scope, dec.alert.kind)] > 0:
+                announced[(w.scope, dec.alert.kind)] -= 1
+                continue
+            if dec.alert.alert_id not in self._decided:
                 self._decided[dec.alert.alert_id] = None
                 while len(self._decided) > 100_000:
                     self._decided.popitem(last=False)
                 alert = replace(dec.alert, created_at=max(end, int(self.clock() * 1000)))
                 self.outbox.append(_Outgoing(alert, w.model_version, published=self.publish is None, stored=False,
                                              posted=not self.webhook_url))
-        return states
+        return states, tuple(decided)
 
     def _rejudge_late(self, current_start: int) -> None:
         """Judge again, in order, every kept window whose parts changed since it was judged (rows
@@ -397,10 +409,12 @@ class Monitor:
         if first is None:
             return  # rows seen already (the margin re-reads a few)
         states = dict(self._judged[first].before)
+        announced = Counter(d for j in self._judged[first:] for d in j.decided)
         for i in range(first, len(self._judged)):
             j = self._judged[i]
-            self._judged[i] = replace(j, before=dict(states))
-            states = self._judge_window(j.start, j.end, j.cams, states)
+            before = dict(states)
+            states, decided = self._judge_window(j.start, j.end, j.cams, states, announced)
+            self._judged[i] = replace(j, before=before, decided=decided)
             self.rejudged += 1
         log.info("late rows in %d judged windows (capture %d..%d); judged them again", len(self._judged) - first, lo, hi)
         self.states = states

@@ -296,3 +296,20 @@ def test_alert_ids_of_a_replay_run_differ_from_production():
     prod = monitor(ex).tick(NOW)[0]
     replay = monitor(FakeClickHouse(), MonitorSettings(scopes=["camera"], min_window_parts=1, run_id="replay-7")).tick(NOW)[0]
     assert prod.alert_id != replay.alert_id
+
+
+def test_late_rows_that_move_a_spike_earlier_do_not_announce_it_twice():
+    """The spike was announced for window 2; late rows show it had started in window 1: judged again,
+    window 1 breaches, but the episode was announced already and is not announced a second time."""
+    t0 = NOW - 20 * MIN
+    cam = ("line-1", "cam-3")
+    ex = FakeClickHouse(_window(cam, t0, 100, 2, ingested_at=t0 + 5 * MIN)
+                        + _window(cam, t0 + 5 * MIN, 100, 60, ingested_at=t0 + 10 * MIN))
+    mon = monitor(ex, MonitorSettings(scopes=["camera"], min_window_parts=1, window_s=300, interval_s=300))
+    assert mon.tick(t0 + 5 * MIN) == []
+    (spike,) = mon.tick(t0 + 10 * MIN)
+    assert spike.window_start == t0 + 5 * MIN
+    ex.parts += _window(cam, t0 + 1_000, 100, 100, ingested_at=t0 + 14 * MIN)  # window 1 was bad too
+    assert mon.tick(t0 + 15 * MIN) == [] and mon.rejudged >= 2 and mon.states[CAM].alerting
+    ex.parts += _window(cam, t0 + 15 * MIN, 200, 2, ingested_at=t0 + 20 * MIN)
+    assert [a.kind for a in mon.tick(t0 + 20 * MIN)] == ["RECOVERY"]
