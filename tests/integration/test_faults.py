@@ -712,7 +712,7 @@ MONTHS = 200
 
 
 def _month_start_ms(months_back: int) -> int:
-    """UTC epoch ms of the 15th, noon, `months_back` months before the current month."""
+    """UTC epoch ms of the 15th, noon, `months_back` (≥ 1: never ahead of the clock) months before the current month."""
     import datetime as dt
 
     today = dt.datetime.now(dt.timezone.utc)
@@ -722,7 +722,7 @@ def _month_start_ms(months_back: int) -> int:
 
 def spread_over_months(run: Run, months: int = MONTHS) -> Run:
     """The run with every part's frames moved into a month of its own (part k of the run, in the
-    order parts start, to month k % `months`, oldest first), their spacing kept. Within a camera the
+    order parts start, to one of the `months` months before the current one, oldest first), their spacing kept. Within a camera the
     capture times still increase, frame numbers are unchanged."""
     codec = FrameEvent.codec()
     order: dict[str, int] = {}
@@ -735,7 +735,7 @@ def spread_over_months(run: Run, months: int = MONTHS) -> Run:
         ev = FrameEvent.from_avro(codec.decode(value))
         if part not in order:
             k = order[part] = len(order)
-            shift[part] = _month_start_ms(months - 1 - k % months) + (k // months) * 60_000 - ev.capture_ts
+            shift[part] = _month_start_ms(months - k % months) + (k // months) * 60_000 - ev.capture_ts
         ev.capture_ts += shift[part]
         records.append((key, codec.encode(ev.to_avro()), part))
     return Run(records, run.frames_of, run.cameras)
