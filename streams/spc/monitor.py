@@ -325,14 +325,26 @@ class Monitor:
         for every scope with limits, deliver what the outbox holds; return the alerts delivered.
 
         Raises the first Kafka/ClickHouse delivery error (after trying every alert); the alerts stay in
-        the outbox and the next tick delivers them.
+        the outbox and the next tick delivers them. When the window cannot be judged (ClickHouse
+        down), the outbox is still tried (Kafka may be up) and the judging error raised.
         """
-        s = self.settings
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
+        try:
+            self._judge_now(now_ms)
+        except Exception:
+            try:
+                self.deliver()
+            except Exception as exc:  # noqa: BLE001 - the judging error is the one to raise
+                log.debug("outbox not delivered either: %s", exc)
+            raise
+        return self.deliver()
+
+    def _judge_now(self, now_ms: int) -> None:
+        s = self.settings
         end = now_ms - int(s.lateness_s * 1000)
         start = end - int(s.window_s * 1000)
         mark = int(self.ex.query(ingest_mark_sql(s.run_id))[0][0] or 0)  # read first: nothing ingested after is missed
-        self._rejudge_late(start)
+        self._rejudge_late()
         cams = self._count(start, end)
         before = dict(self.states)
         self.states, decided = self._judge_window(start, end, cams, self.states)
@@ -340,7 +352,6 @@ class Monitor:
         horizon = end - int(s.rejudge_s * 1000)
         self._judged = [j for j in self._judged if j.end > horizon] if s.rejudge_s > 0 else []
         self.ingest_mark = mark if self.ingest_mark is None else max(self.ingest_mark, mark)
-        return self.deliver()
 
     def _count(self, start: int, end: int) -> tuple[WindowCounts, ...]:
         return tuple(
@@ -385,7 +396,7 @@ class Monitor:
                                              posted=not self.webhook_url))
         return states, tuple(decided)
 
-    def _rejudge_late(self, current_start: int) -> None:
+    def _rejudge_late(self) -> None:
         """Judge again, in order, every kept window whose parts changed since it was judged (rows
         ingested after the watermark), replaying the scopes' states from the first of them."""
         s = self.settings

@@ -31,6 +31,9 @@ class FakeClickHouse:
     def query(self, sql):
         import re
 
+        if self.down == "queries":
+            raise ConnectionRefusedError("ClickHouse down")
+
         from sinks.clickhouse import ALERT_COLUMNS
 
         if "FROM alerts" in sql:
@@ -60,7 +63,7 @@ class FakeClickHouse:
         return [(line, cam, 0, n, d, "m1") for (line, cam), (n, d) in sorted(acc.items())]
 
     def insert(self, table, columns, rows):
-        if self.down:
+        if self.down:  # True or "queries": INSERTs fail too
             raise ConnectionRefusedError("ClickHouse down")
         self.inserted.extend(rows)
         return len(rows)
@@ -313,3 +316,24 @@ def test_late_rows_that_move_a_spike_earlier_do_not_announce_it_twice():
     assert mon.tick(t0 + 15 * MIN) == [] and mon.rejudged >= 2 and mon.states[CAM].alerting
     ex.parts += _window(cam, t0 + 15 * MIN, 200, 2, ingested_at=t0 + 20 * MIN)
     assert [a.kind for a in mon.tick(t0 + 20 * MIN)] == ["RECOVERY"]
+
+
+def test_the_outbox_is_published_while_clickhouse_cannot_be_queried():
+    ex = FakeClickHouse(_window(("line-1", "cam-3"), NOW - 5 * MIN, 200, 60, ingested_at=NOW))
+    published, kafka_down = [], [True]
+
+    def publish(alert):
+        if kafka_down[0]:
+            raise TimeoutError("KafkaTimeoutError")
+        published.append(alert)
+
+    mon = monitor(ex, publish=publish)
+    with pytest.raises(TimeoutError):
+        mon.tick(NOW)
+    ex.down, kafka_down[0] = "queries", False
+    with pytest.raises(ConnectionRefusedError):
+        mon.tick(NOW + 5 * MIN)  # the window cannot be judged, the SPIKE is published all the same
+    assert [a.kind for a in published] == ["SPIKE"] and not mon.outbox[0].stored
+    ex.down = False
+    mon.tick(NOW + 10 * MIN)
+    assert len(ex.inserted) == 1 and mon.outbox == [] and len(published) == 1  # stored, not published again
