@@ -359,8 +359,10 @@ class Monitor:
             for line, camera, _b, n, d, mv in self.ex.query(window_sql(self.settings.run_id, start, end))
         )
 
-    def _judge_window(self, start: int, end: int, cams: Sequence[WindowCounts], states: dict[Scope, ScopeState],
-                      announced: Counter | None = None) -> tuple[dict[Scope, ScopeState], tuple[tuple[Scope, str], ...]]:
+    def _judge_window(
+        self, start: int, end: int, cams: Sequence[WindowCounts], states: dict[Scope, ScopeState],
+        announced: Counter | None = None,
+    ) -> tuple[dict[Scope, ScopeState], tuple[tuple[Scope, str], ...]]:
         """Judge one window for every scope with limits; decided alerts go to the outbox.
 
         A scope with limits but no parts in the window is not judged (its state is unchanged).
@@ -427,7 +429,8 @@ class Monitor:
             states, decided = self._judge_window(j.start, j.end, j.cams, states, announced)
             self._judged[i] = replace(j, before=before, decided=decided)
             self.rejudged += 1
-        log.info("late rows in %d judged windows (capture %d..%d); judged them again", len(self._judged) - first, lo, hi)
+        log.info("late rows in %d judged windows (capture %d..%d); judged them again",
+                 len(self._judged) - first, lo, hi)
         self.states = states
 
     # -- delivery -------------------------------------------------------------------------------

@@ -712,7 +712,8 @@ MONTHS = 200
 
 
 def _month_start_ms(months_back: int) -> int:
-    """UTC epoch ms of the 15th, noon, `months_back` (≥ 1: never ahead of the clock) months before the current month."""
+    """UTC epoch ms of the 15th, noon, `months_back` months before the current month (≥ 1: never
+    ahead of the clock)."""
     import datetime as dt
 
     today = dt.datetime.now(dt.timezone.utc)
@@ -722,8 +723,8 @@ def _month_start_ms(months_back: int) -> int:
 
 def spread_over_months(run: Run, months: int = MONTHS) -> Run:
     """The run with every part's frames moved into a month of its own (part k of the run, in the
-    order parts start, to one of the `months` months before the current one, oldest first), their spacing kept. Within a camera the
-    capture times still increase, frame numbers are unchanged."""
+    order parts start, to one of the `months` months before the current one, oldest first), their
+    spacing kept. Within a camera the capture times still increase, frame numbers are unchanged."""
     codec = FrameEvent.codec()
     order: dict[str, int] = {}
     shift: dict[str, int] = {}
@@ -789,21 +790,21 @@ def test_200_parts_spread_over_200_months(stack, group_worker_factory, kafka_boo
     run = spread_over_months(make_run("m", parts=max(PARTS, MONTHS)))
     # One partition: the sink's batch of each topic holds every month (with more partitions, 200
     # parts would split into batches of ≤ 100 months, which a current ClickHouse still accepts).
-    worker = group_worker_factory(kafka_bootstrap, partitions=1, DEFECTSTREAM_TRACKING__PART_TIMEOUT_S=str(PART_TIMEOUT_S),
+    worker = group_worker_factory(kafka_bootstrap, partitions=1,
+                                  DEFECTSTREAM_TRACKING__PART_TIMEOUT_S=str(PART_TIMEOUT_S),
                                   DEFECTSTREAM_WORKER__CAPTURE_TS_MAX_AGE_DAYS=str(31 * (MONTHS + 2)))
     s = worker.settings
     sset = sink_settings(s, stack.host, stack.clickhouse_port, fresh_database)
+    specs = table_specs(sset.kafka.topics, sset.plant, shift_of=shift_of(sset.plant))
     if clickhouse.startswith("current"):
         lock = threading.Lock()
         chdb = ChdbExecutor(str(tmp_path / "chdb"))
         migrate(chdb)
         ch: Callable[[], Any] = lambda: _ChdbClient(chdb, lock)  # noqa: E731
-        sink = ClickHouseSink(sset.clickhouse, table_specs(sset.kafka.topics, sset.plant, shift_of=shift_of(sset.plant)),
-                              sset.sink, executor_factory=lambda: _LockedChdb(chdb, lock))
+        sink = ClickHouseSink(sset.clickhouse, specs, sset.sink, executor_factory=lambda: _LockedChdb(chdb, lock))
     else:
         ch = fresh_db(clickhouse_connect, fresh_database)
-        sink = ClickHouseSink(sset.clickhouse, table_specs(sset.kafka.topics, sset.plant, shift_of=shift_of(sset.plant)),
-                              sset.sink)
+        sink = ClickHouseSink(sset.clickhouse, specs, sset.sink)
     runner = SinkRunner(sink, sset.sink, sset.kafka.topics, framing=clients.framing(sset.kafka),
                         consumer_factory=functools.partial(clients.consumer, sset.kafka),
                         producer_factory=functools.partial(clients.producer, sset.kafka))
@@ -823,8 +824,8 @@ def test_200_parts_spread_over_200_months(stack, group_worker_factory, kafka_boo
     try:
         pub.join(publish_seconds(run, 0) + 600)
         assert pub.error is None and pub.done, pub.error
-        wait_until(lambda: sum(_end_offsets(s.kafka.bootstrap_servers, s.kafka.topics.parts).values()) >= len(run.frames_of),
-                   drain_timeout(run), "every part closed by the worker")
+        parts_end = lambda: sum(_end_offsets(s.kafka.bootstrap_servers, s.kafka.topics.parts).values())  # noqa: E731
+        wait_until(lambda: parts_end() >= len(run.frames_of), drain_timeout(run), "every part closed by the worker")
         thread.start()
         wait_until(lambda: runner.stats.holds > 0 or stored_parts(ch()) >= len(run.frames_of), drain_timeout(run),
                    "every part stored, or a hold")
@@ -844,8 +845,8 @@ def test_200_parts_spread_over_200_months(stack, group_worker_factory, kafka_boo
     client.disconnect()
     name = "months_200_" + ("current" if clickhouse.startswith("current") else "18_16")
     report(name, a, clickhouse=clickhouse, months_stored=int(months), sink_holds=stats.holds, partitions=1,
-           sink_inserts=sink.inserts, sink_flushes=stats.flushes, sink_max_partitions_per_insert=sink.max_partitions_per_insert,
-           sink_rows_written=stats.rows_written)
+           sink_inserts=sink.inserts, sink_flushes=stats.flushes,
+           sink_max_partitions_per_insert=sink.max_partitions_per_insert, sink_rows_written=stats.rows_written)
     assert int(months) >= MONTHS - 2  # a month boundary in the server's timezone may merge two
     assert stats.holds == 0, "the sink held"
     assert not a.problems(), a.problems()

@@ -263,14 +263,15 @@ def test_a_batch_of_parts_from_200_months_is_stored_by_a_current_clickhouse(chdb
     from sinks.base import TP
     from sinks.testing import make_defect, make_part
 
-    assert chdb_ex.query("SELECT value FROM system.settings WHERE name = 'max_partitions_per_insert_block'") == [("100",)]
+    limit = chdb_ex.query("SELECT value FROM system.settings WHERE name = 'max_partitions_per_insert_block'")
+    assert limit == [("100",)]
     stamps = [int(dt.datetime(2009 + m // 12, m % 12 + 1, 15, 12, tzinfo=dt.timezone.utc).timestamp() * 1000)
               for m in range(200)]
     parts = [make_part(i, ts, fail=i % 3 == 0) for i, ts in enumerate(stamps)]
     defects = [make_defect(p, 0, "crack") for p in parts if p.verdict == "FAIL"]
     with _scratch_database(chdb_ex, "months"):
-        sink = ClickHouseSink(None, table_specs(KafkaSettings().topics, PLANT), SinkSettings(),  # type: ignore[arg-type]
-                              executor_factory=lambda: chdb_ex)
+        specs = table_specs(KafkaSettings().topics, PLANT)
+        sink = ClickHouseSink(None, specs, SinkSettings(), executor_factory=lambda: chdb_ex)  # type: ignore[arg-type]
         for topic, events in (("parts", parts), ("defects", defects)):
             for off, ev in enumerate(events):
                 sink.add(ev.codec().decode(ev.codec().encode(ev.to_avro())), topic=topic, partition=0, offset=off)

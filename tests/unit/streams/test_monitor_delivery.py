@@ -297,7 +297,8 @@ def test_a_non_production_monitor_publishes_to_a_topic_of_its_own(monkeypatch):
 def test_alert_ids_of_a_replay_run_differ_from_production():
     ex = FakeClickHouse()
     prod = monitor(ex).tick(NOW)[0]
-    replay = monitor(FakeClickHouse(), MonitorSettings(scopes=["camera"], min_window_parts=1, run_id="replay-7")).tick(NOW)[0]
+    replay_settings = MonitorSettings(scopes=["camera"], min_window_parts=1, run_id="replay-7")
+    replay = monitor(FakeClickHouse(), replay_settings).tick(NOW)[0]
     assert prod.alert_id != replay.alert_id
 
 
