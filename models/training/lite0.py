@@ -1,19 +1,21 @@
 """The Lite0 training engine: the pretrained-encoder families (segmenter, gate, classifier) on a plant's own images.
 
 Each family's hooks (`LiteTask`: data, loss, validation, checkpoint) live in its folder
-(`models/families/<name>/train.py`) and register with `register_task`. `train_lite0` reads any dataset format (`models.data.datasets`), splits off validation images
-(`--val-data` or a seeded `--val-split`, recorded in the checkpoint), trains with a progress bar
-(loss, validation metric, ETA), evaluates every epoch, keeps the best epoch (early stopping after
-`patience` epochs without improvement) and writes a checkpoint (`models.core.checkpoints`). `<out>/train_state_<task>.pt`
-is written after every epoch; `resume=True` continues from it. CUDA with bf16 autocast is used
-when a GPU is present. The tasks registered today:
+(`models/families/<name>/train.py`) and register with `register_task`. `train_lite0` reads any dataset format
+(`models.data.datasets`), splits off validation images (`--val-data` or a seeded `--val-split`, recorded in the
+checkpoint) and trains for a budget of optimisation steps and/or wall time chosen from the data
+(`models.training.defaults`: 12 passes clamped to 300..3000 steps, warm-up + cosine learning rate), on batches
+half defective and half good when the set holds both. It validates 6..15 times per run; early stopping acts only
+with at least 20 defective validation images, after half the budget, on an EMA of the validation metric (else the
+whole budget runs and the last weights are kept). Every choice is printed (`log`) and recorded in the checkpoint's
+`train_data["choices"]`. `<out>/train_state_<task>.pt` is written after every validation; `resume=True`
+continues from it. CUDA with bf16 autocast is used when a GPU is present. The tasks registered today:
 
-- segmenter: random `patch` crops (half of them centred on a defect pixel when the image has one:
-  defects are a small share of the pixels), flips / 90° turns (square crops) / brightness and
-  contrast; loss = cross-entropy + Focal-Tversky (alpha 0.7 on misses, gamma 0.75) over the
-  defect classes + 0.2 x BCE of the image-level head. Validation metric: mean IoU over
-  background and the classes (argmax). Per-class thresholds and minimum areas are then chosen on
-  the validation images (`models.families.segmenter.model.choose_postprocess`).
+- segmenter: square crops of the side `choose_geometry` picks from the median image (smaller images padded; half
+  of the crops centred on a defect pixel), flips / 90° turns / brightness and contrast; loss = cross-entropy +
+  BCE (pos_weight 5) + Dice on the class-agnostic defect channel + 0.2 x BCE of the image-level head. Validation
+  metric: mean IoU over background and the classes (argmax). Per-class thresholds and minimum areas are then
+  chosen on the validation images (`models.families.segmenter.model.choose_postprocess`).
 - classifier: one label per image (the class covering most of its annotated area; "good" when the
   data holds defect-free images), images resized to `size`; cross-entropy with label smoothing.
   Validation metric: accuracy.
@@ -26,7 +28,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -224,8 +226,9 @@ class LiteTrainer:
     """One training run (state in attributes, shared with the task's hooks; `run` drives the epochs)."""
 
     def __init__(self, cfg: LiteTrainConfig, out: Path, train: list[InspectionSample], val: list[InspectionSample],
-                 split_meta: dict, quiet: bool, hooks: LiteTask | None = None) -> None:
-        self.cfg, self.out, self.quiet = cfg, out, quiet
+                 split_meta: dict, quiet: bool, hooks: LiteTask | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.cfg, self.out, self.quiet, self.log = cfg, out, quiet, log
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.amp = self.device == "cuda"
         self.rng = np.random.default_rng(cfg.seed)
@@ -266,9 +269,9 @@ class LiteTrainer:
                              "sampling": ("balanced: half defective, half good items per batch" if balanced else
                                           "uniform (" + ("every" if defective.all() else "no") +
                                           " training item is defective)" if cfg.balanced else "uniform (--no-balance)")})
-        if not self.quiet:
+        if self.log is not None:  # printed even without progress bars: every choice made from the data
             for k, v in self.choices.items():
-                print(f"train {self.task}: {k}: {v.get('rule', v) if isinstance(v, dict) else v}", flush=True)
+                self.log(f"train {self.task}: {k}: {v.get('rule', v) if isinstance(v, dict) else v}")
         opt = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
         peaks = [g["lr"] for g in opt.param_groups]
         sched = BudgetSchedule(opt, peaks)
@@ -367,10 +370,12 @@ class LiteTrainer:
 
 def train_lite0(cfg: LiteTrainConfig, out_dir: str | os.PathLike[str], data: str, fmt: str,
                 val_data: str | None = None, resume: bool = False, quiet: bool = False,
-                limit: int | None = None) -> LiteTrainResult:
+                limit: int | None = None, log: Callable[[str], None] | None = None) -> LiteTrainResult:
     """Train a segmenter, gate or image classifier on `data` (format `fmt`) and write its checkpoint.
 
-    Returns the checkpoint path, model version, wall seconds and the best validation metric.
+    Returns the checkpoint path, model version, wall seconds and the kept validation metric. `log` receives one
+    line per choice made from the data (crop, budget, early stopping, sampling, loss), before training starts;
+    the checkpoint's `train_data["choices"]` records them.
     Raises:
         DatasetError: unreadable or empty data, or data that cannot train this task.
     Guarantees: the training state is written after every epoch (resume=True continues); the
@@ -389,4 +394,4 @@ def train_lite0(cfg: LiteTrainConfig, out_dir: str | os.PathLike[str], data: str
         raise DatasetError(f"training and validation data disagree on class names: {sorted(names)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return LiteTrainer(cfg, out, split.train, split.val, split.meta, quiet).run(resume)
+    return LiteTrainer(cfg, out, split.train, split.val, split.meta, quiet, log=log).run(resume)

@@ -316,9 +316,10 @@ def _train_lite0(args: argparse.Namespace) -> int:
                      patch="patch", scale="scale", size="size", tile="tile", patience="patience",
                      seg_loss="seg_loss")
     res = train_lite0(cfg, args.out, data=args.data, fmt=args.format, val_data=args.val_data,
-                      resume=args.resume, quiet=args.quiet)
-    print(f"wrote {res.checkpoint} ({res.model_version}) in {res.seconds:.0f} s; validation {res.metric_name} "
-          f"{res.metric:.4f}")
+                      resume=args.resume, quiet=args.quiet, log=lambda line: print(line, flush=True))
+    ch = res.info.train_data.get("choices", {})
+    print(f"wrote {res.checkpoint} ({res.model_version}) in {res.seconds:.0f} s after {ch.get('steps_run')} steps "
+          f"(ended by {ch.get('ended_by')}); kept validation {res.metric_name} {res.metric:.4f}")
     return 0
 
 
