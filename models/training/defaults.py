@@ -161,42 +161,43 @@ class StopRule:
     brought no better smoothed value; `enabled` False = the whole budget runs and the last weights are kept."""
 
     enabled: bool
-    min_steps: int
+    min_share: float  # share of the budget (steps or wall time, whichever is further) before stopping may act
     patience: int
     smoothing: float  # EMA weight of the newest validation value
     keep: str  # "best smoothed" | "last"
     rule: str
+    min_delta: float = 1e-3  # a smoothed value must beat the best by this much to count as better
 
     def to_dict(self) -> dict:
-        return {"enabled": self.enabled, "min_steps": self.min_steps, "patience": self.patience,
-                "smoothing": self.smoothing, "keep": self.keep, "rule": self.rule}
+        return {"enabled": self.enabled, "min_share": self.min_share, "patience": self.patience,
+                "smoothing": self.smoothing, "min_delta": self.min_delta, "keep": self.keep, "rule": self.rule}
 
 
-def choose_stop_rule(n_val_defective: int, budget_steps: int, patience: int | None = None,
-                     min_share: float = 0.5) -> StopRule:
+def choose_stop_rule(n_val_defective: int, patience: int | None = None, min_share: float = 0.5) -> StopRule:
     """Early stopping fitted to the validation set's size.
 
     With fewer than `MIN_DEFECTIVE_VAL` defective validation images no early stopping and the last weights
     (a validation metric over so few defects moves more from noise than from training); else stopping after
     `min_share` of the budget, `patience` (default 3) validations without a better EMA (weight 0.5) of the metric,
-    keeping the weights of the validation where the smoothed metric peaked.
+    keeping the weights of the validation where the smoothed metric peaked (better = by more than 0.001, so a
+    metric that has saturated, e.g. an accuracy of 1.0, does stop).
     """
     pat = 3 if patience is None else int(patience)
-    min_steps = int(math.ceil(min_share * budget_steps))
     if n_val_defective < MIN_DEFECTIVE_VAL:
-        return StopRule(False, budget_steps, pat, 0.5, "last",
+        return StopRule(False, 1.0, pat, 0.5, "last",
                         f"{n_val_defective} defective validation images < {MIN_DEFECTIVE_VAL}: no early stopping, "
                         "the whole budget, the last weights")
-    return StopRule(True, min_steps, pat, 0.5, "best smoothed",
-                    f"{n_val_defective} defective validation images: stop after {min_steps} steps once {pat} "
-                    "validations bring no better EMA(0.5) of the metric; keep the weights at its peak")
+    return StopRule(True, min_share, pat, 0.5, "best smoothed",
+                    f"{n_val_defective} defective validation images: after {min_share:.0%} of the budget, stop once "
+                    f"{pat} validations bring no EMA(0.5) of the metric better by 0.001; keep the weights at its peak")
 
 
 class SmoothedStopper:
     """Feeds validation values through the EMA of a `StopRule` and says which to keep and when to stop.
 
-    `update(step, value)` returns True when these weights are the ones to keep now (the best smoothed value so far,
-    or every time when the rule keeps the last); `should_stop(step)` says whether to stop after it.
+    `update(value)` returns True when these weights are the ones to keep now (the best smoothed value so far,
+    or every time when the rule keeps the last); `should_stop(progress)` (share of the budget spent) says whether
+    to stop after it.
     """
 
     def __init__(self, rule: StopRule) -> None:
@@ -206,18 +207,18 @@ class SmoothedStopper:
         self.best_index = -1
         self.index = -1
 
-    def update(self, step: int, value: float) -> bool:
+    def update(self, value: float) -> bool:
         self.index += 1
         a = self.rule.smoothing
         self.ema = float(value) if self.ema is None else a * float(value) + (1 - a) * self.ema
-        if self.ema > self.best:
+        if self.best_index < 0 or self.ema > self.best + self.rule.min_delta:
             self.best, self.best_index = self.ema, self.index
             return True
         return self.rule.keep == "last"
 
-    def should_stop(self, step: int) -> bool:
+    def should_stop(self, progress: float) -> bool:
         r = self.rule
-        return r.enabled and step >= r.min_steps and self.index - self.best_index >= r.patience
+        return r.enabled and progress >= r.min_share and self.index - self.best_index >= r.patience
 
     def state(self) -> dict:
         return {"ema": self.ema, "best": self.best, "best_index": self.best_index, "index": self.index}

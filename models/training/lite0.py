@@ -262,7 +262,7 @@ class LiteTrainer:
         defective = np.asarray(self.hooks.train_defective(self), bool)
         budget = choose_budget(n_train, cfg.batch, steps=cfg.steps, epochs=cfg.epochs, seconds=cfg.time_budget)
         n_val_def = int(self.hooks.val_defective(self))
-        stop = choose_stop_rule(n_val_def, budget.steps, cfg.patience)
+        stop = choose_stop_rule(n_val_def, cfg.patience)
         balanced = cfg.balanced and defective.any() and not defective.all()
         self.choices.update({"budget": budget.to_dict(), "early_stopping": stop.to_dict(),
                              "validation_defective_images": n_val_def,
@@ -323,7 +323,7 @@ class LiteTrainer:
             if step % budget.eval_every and step < budget.steps and not timed_out:
                 continue
             metric, info = self.validate(model)
-            keep = stopper.update(step, metric)
+            keep = stopper.update(metric)
             history.append({"step": step, "epoch": round(step / budget.steps_per_pass, 2),
                             "loss": float(np.mean(losses)), self.metric_name: metric,
                             "smoothed": round(stopper.ema, 5), "seconds": round(time.time() - t0, 1)})
@@ -337,7 +337,7 @@ class LiteTrainer:
             save_state(state_path, model, opt, sched, self.rng, config=asdict(cfg), step=step, best=best,
                        best_step=best_step, best_sd=best_sd, history=history, extra=extra,
                        spent=time.time() - t_run, stopper=stopper.state())
-            if stopper.should_stop(step):
+            if stopper.should_stop(progress_now()):
                 stopped_early, ended_by = True, "early stopping"
                 break
         bar.close()

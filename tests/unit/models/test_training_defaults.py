@@ -66,27 +66,35 @@ def test_the_schedule_warms_up_then_anneals_to_its_floor():
 
 # ---- early stopping -------------------------------------------------------------------------
 def test_few_defective_validation_images_mean_no_early_stopping_and_the_last_weights():
-    rule = choose_stop_rule(MIN_DEFECTIVE_VAL - 1, 300)
+    rule = choose_stop_rule(MIN_DEFECTIVE_VAL - 1)
     assert not rule.enabled and rule.keep == "last"
     st = SmoothedStopper(rule)
-    keeps = [st.update(s, v) for s, v in zip(range(50, 350, 50), [0.64, 0.54, 0.57, 0.5, 0.55, 0.56])]
-    assert all(keeps) and not st.should_stop(300)  # the metal-parts case: noise never stops it
+    keeps = [st.update(v) for v in [0.64, 0.54, 0.57, 0.5, 0.55, 0.56]]
+    assert all(keeps) and not st.should_stop(1.0)  # the metal-parts case: noise never stops it
 
 
 def test_early_stopping_waits_for_the_minimum_budget_and_smooths_noise():
-    rule = choose_stop_rule(50, 1000, patience=2)
-    assert rule.enabled and rule.min_steps == 500
+    rule = choose_stop_rule(50, patience=2)
+    assert rule.enabled and rule.min_share == 0.5
     st = SmoothedStopper(rule)
     # a noisy but rising metric: one raw peak followed by two lower values must not stop it
-    seq = [(100, 0.30), (200, 0.50), (300, 0.40), (400, 0.42), (500, 0.55), (600, 0.56), (700, 0.57)]
-    for step, v in seq:
-        st.update(step, v)
-        assert not st.should_stop(step)
+    seq = [(0.1, 0.30), (0.2, 0.50), (0.3, 0.40), (0.4, 0.42), (0.5, 0.55), (0.6, 0.56), (0.7, 0.57)]
+    for progress, v in seq:
+        st.update(v)
+        assert not st.should_stop(progress)
     assert st.best_index == len(seq) - 1
-    # the raw rule (patience on the best raw value) would have stopped at step 400: 0.40, 0.42 < 0.50
-    for step, v in [(800, 0.30), (900, 0.30)]:
-        st.update(step, v)
-    assert st.should_stop(900)
+    # the raw rule (patience on the best raw value) would have stopped at 0.4: 0.40, 0.42 < 0.50
+    for v in (0.30, 0.30):
+        st.update(v)
+    assert st.should_stop(0.9)
+    early = SmoothedStopper(rule)  # nothing stops before half the budget
+    for v in (0.9, 0.1, 0.1, 0.1):
+        early.update(v)
+    assert not early.should_stop(0.49) and early.should_stop(0.5)
+    flat = SmoothedStopper(rule)  # a saturated metric (accuracy 1.0 every time) stops too
+    for v in (0.99, 1.0, 1.0, 1.0, 1.0, 1.0):
+        flat.update(v)
+    assert flat.should_stop(0.6)
     st2 = SmoothedStopper(rule)
     st2.load(st.state())
     assert st2.state() == st.state()
