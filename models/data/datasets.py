@@ -15,6 +15,8 @@ Formats:
 - mvtec: one MVTec AD category (`test/<defect>/*.png`, `ground_truth/<defect>/<stem>_mask.png`)
   or the root holding several categories (class names '<category>/<defect>').
 - magnetic-tile: `MT_<Class>/Imgs/<stem>.jpg` + `<stem>.png` masks; MT_Free is defect-free.
+- elpv: ELPV solar cells, `labels.csv` (`images/cellNNNN.png <proba> <type>`); proba >= 0.5 is one
+  frame-wide "defect" box (image-level labels: image classifier and gate only).
 
 Instances of mask datasets are the 8-connected components of each class.
 """
@@ -283,8 +285,33 @@ def read_magnetic_tile(root: str | Path) -> Iterator[InspectionSample]:
             yield _mask_sample(img, cm, MAGNETIC_TILE_CLASSES, str(p))
 
 
+ELPV_CLASSES = ("defect",)
+
+
+def read_elpv(root: str | Path, threshold: float = 0.5) -> Iterator[InspectionSample]:
+    """ELPV solar cells: `labels.csv` lines `images/cellNNNN.png <proba> <type>` (whitespace-separated, paths
+    relative to the root). Image-level labels only: a cell graded defective with probability >= `threshold` is one
+    frame-wide "defect" box, the rest are defect-free (for the image classifier and the gate; no masks)."""
+    r = Path(root)
+    lf = r / "labels.csv"
+    if not lf.is_file():
+        raise DatasetError(f"{r} needs labels.csv (images/cellNNNN.png <proba> <type> per line)")
+    for n, line in enumerate(lf.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            rel, proba = parts[0], float(parts[1])
+        except (IndexError, ValueError):
+            raise DatasetError(f"{lf}:{n}: expected '<image> <probability> [type]', got {line!r}") from None
+        img = _imread(r / rel)
+        h, w = img.shape[:2]
+        boxes = ((BBox(0, 0, w, h), 1),) if proba >= threshold else ()
+        yield InspectionSample(img, None, boxes, ELPV_CLASSES, None, None, str(r / rel))
+
+
 _READERS = {
-    "plain": read_plain, "dagm": read_dagm, "neu": read_neu, "neu-cls": read_neu_cls, "severstal": read_severstal,
+    "elpv": read_elpv, "plain": read_plain, "dagm": read_dagm, "neu": read_neu, "neu-cls": read_neu_cls, "severstal": read_severstal,
     "mvtec": read_mvtec, "magnetic-tile": read_magnetic_tile,
 }
 

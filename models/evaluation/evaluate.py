@@ -222,6 +222,10 @@ def evaluate_predictions(samples: Iterable[InspectionSample], predict: Predictor
         metrics["image_accuracy"] = img_cls_hits / n_img if one_class_per_image and n_img else None
         if class_conf is not None:
             metrics.update(class_metrics(class_conf, data_names))
+    # the class-agnostic (pooled) figures beside the per-class ones: every defect pixel of any class counts,
+    # whatever class was predicted for it (what a plant that only needs "defect here" gets)
+    metrics["pooled_defect_iou"] = iou_def
+    metrics["pooled_defect_f1"] = f1
     if with_class and set(model_class_names or ()) >= set(data_names):
         metrics["defect_recall_iou50_class"] = hit_cls / n_gt if n_gt else 1.0
         metrics["defect_precision_iou50_class"] = hit_cls / n_pred if n_pred else 1.0

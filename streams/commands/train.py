@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-_FORMATS = ("synthetic", "plain", "dagm", "neu", "neu-cls", "severstal", "mvtec", "magnetic-tile")
+_FORMATS = ("synthetic", "plain", "dagm", "neu", "neu-cls", "severstal", "mvtec", "magnetic-tile", "elpv")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="training images of the plant (a path; see --format); without it: the synthetic generator")
     tr.add_argument("--format", choices=_FORMATS, default="plain",
                     help="layout of --data: plain (images/, masks/ with class ids, classes.txt), dagm, neu, neu-cls, "
-                         "severstal, mvtec, magnetic-tile, synthetic (default plain)")
+                         "severstal, mvtec, magnetic-tile, elpv (labels.csv: probability >= 0.5 = defective; image "
+                         "classifier / gate only), synthetic (default plain)")
     tr.add_argument("--val-data", default=None, help="validation images (same format); default: split off --val-split")
     tr.add_argument("--val-split", type=float, default=0.2,
                     help="fraction of --data held out for validation when --val-data is not given (default 0.2)")
@@ -61,11 +62,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="gate: cut images into TILE x TILE tiles first (good tiles from around the defects when a "
                          "data set has no defect-free images)")
     tr.add_argument("--patience", type=int, default=None,
-                    help="segmenter/gate/classifier: stop after this many epochs without a better validation "
-                         "metric (default 4); the best epoch is kept")
+                    help="segmenter/gate/classifier: stop (after half the budget, and only with at least 20 "
+                         "defective validation images) once this many validations bring no better smoothed "
+                         "(EMA) validation metric (default 3)")
+    tr.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
+                    help="segmenter/gate/classifier: wall-time budget, e.g. 20m, 1h30m, 900s; training ends at the "
+                         "first of this and the step budget (default: no time limit)")
+    tr.add_argument("--no-balance", dest="balanced", action="store_false",
+                    help="segmenter/gate/classifier: sample training images uniformly instead of half defective, "
+                         "half good per batch")
+    tr.add_argument("--seg-loss", choices=("ce+bce_dice", "ce+focal_tversky"), default=None,
+                    help="segmenter: cross-entropy + BCE(pos_weight 5) + Dice on defect vs background (default) or "
+                         "the earlier cross-entropy + Focal-Tversky")
     tr.add_argument("--out", required=True, help="output directory for checkpoints and training state")
-    tr.add_argument("--steps", type=int, default=None, help="detector: optimisation steps (default 3000)")
-    tr.add_argument("--epochs", type=int, default=None, help="classifier: epochs over the crops (default 6)")
+    tr.add_argument("--steps", type=int, default=None,
+                    help="optimisation steps (detector: default 3000; segmenter/gate/classifier: default 12 passes "
+                         "over the training images, clamped to 300..3000, printed when training starts)")
+    tr.add_argument("--epochs", type=int, default=None,
+                    help="cnn4 classifier: epochs over the crops (default 6); segmenter/gate/classifier: a budget in "
+                         "passes over the training images instead of --steps, validating after each")
     tr.add_argument("--batch", type=int, default=None, help="batch size (detector 16, classifier 64)")
     tr.add_argument("--frames", type=int, default=None,
                     help="number of synthetic training frames (detector 1200, classifier 1000)")
@@ -169,6 +184,15 @@ def _json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"width\": 48}'")
     return value
+
+
+def _duration(text: str) -> float:
+    from models.training.defaults import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _apply_overrides(cfg: object, args: argparse.Namespace, **fields: str) -> None:
@@ -287,13 +311,15 @@ def _train_lite0(args: argparse.Namespace) -> int:
     if args.data is None:
         raise SystemExit(f"train {args.what} needs --data PATH (the plant's annotated images) and --format")
     cfg = LiteTrainConfig(task=args.what, backbone=args.backbone, seed=args.seed, threads=args.threads,
-                          val_split=args.val_split, split_seed=args.split_seed)
-    _apply_overrides(cfg, args, epochs="epochs", batch="batch", lr="lr", patch="patch", scale="scale",
-                     size="size", tile="tile", patience="patience")
+                          val_split=args.val_split, split_seed=args.split_seed, balanced=args.balanced)
+    _apply_overrides(cfg, args, epochs="epochs", steps="steps", time_budget="time_budget", batch="batch", lr="lr",
+                     patch="patch", scale="scale", size="size", tile="tile", patience="patience",
+                     seg_loss="seg_loss")
     res = train_lite0(cfg, args.out, data=args.data, fmt=args.format, val_data=args.val_data,
-                      resume=args.resume, quiet=args.quiet)
-    print(f"wrote {res.checkpoint} ({res.model_version}) in {res.seconds:.0f} s; validation {res.metric_name} "
-          f"{res.metric:.4f}")
+                      resume=args.resume, quiet=args.quiet, log=lambda line: print(line, flush=True))
+    ch = res.info.train_data.get("choices", {})
+    print(f"wrote {res.checkpoint} ({res.model_version}) in {res.seconds:.0f} s after {ch.get('steps_run')} steps "
+          f"(ended by {ch.get('ended_by')}); kept validation {res.metric_name} {res.metric:.4f}")
     return 0
 
 

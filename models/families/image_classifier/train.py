@@ -43,7 +43,18 @@ class ImageTask(LiteTask):
         tr.size = int(cfg.size or min(384, max(64, int(math.ceil(sides[len(sides) // 2] / 32.0)) * 32)))
         tr.tr_img = [s.image for s in train]
         tr.va_img = [s.image for s in val]
+        tr.tr_defective = [y > 0 for y in tl]
+        tr.va_defective = sum(y > 0 for y in vl)
+        tr.choices["input"] = {"size": tr.size, "median_longer_side": sides[len(sides) // 2],
+                               "rule": "given (--size)" if cfg.size else
+                               f"median longer side {sides[len(sides) // 2]} px rounded up to 32, in [64, 384]"}
         self.labels(tr, tl, vl)
+
+    def train_defective(self, tr: LiteTrainer) -> Sequence[bool]:
+        return tr.tr_defective
+
+    def val_defective(self, tr: LiteTrainer) -> int:
+        return tr.va_defective
 
     def n_train(self, tr: LiteTrainer) -> int:
         return len(tr.tr_img)

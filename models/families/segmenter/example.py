@@ -28,10 +28,11 @@ def tiny_model(directory: Path, seed: int = 0) -> Path:
 
 
 def tiny_train(directory: Path, task: str = "segmenter", defect_prob: float = 0.9, n: int = 12,
-               epochs: int = 3, batch: int = 4) -> TinyRun:
-    """`epochs` short epochs from scratch on `n` synthetic 64x64 images (the Lite0 engine, as `train segmenter`)."""
+               epochs: int = 3, batch: int = 4, backbone: str = "none") -> TinyRun:
+    """`epochs` short epochs (from scratch unless `backbone` is lite0) on `n` synthetic 64x64 images (the Lite0
+    engine, as `train segmenter`)."""
     data = write_plain_set(directory / "data", n, (64, 64), seed=7000, defect_prob=defect_prob)
-    cfg = LiteTrainConfig(task=task, backbone="none", epochs=epochs, batch=batch, threads=1, patch=64, size=64,
+    cfg = LiteTrainConfig(task=task, backbone=backbone, epochs=epochs, batch=batch, threads=1, patch=64, size=64,
                           patience=epochs)
     res = train_lite0(cfg, directory / "model", data=str(data), fmt="plain", quiet=True)
     return TinyRun(res.checkpoint.parent, [h["loss"] for h in res.info.train_data["history"]])

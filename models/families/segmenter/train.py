@@ -1,10 +1,11 @@
 """Training hooks of the segmenter (the Lite0 engine, `models.training.lite0`): crops, loss, mIoU
 validation, thresholds.
 
-Random `patch` crops (half of them centred on a defect pixel when the image has one: defects are
-a small share of the pixels), flips / 90° turns (square crops) / brightness and contrast; loss =
-cross-entropy + Focal-Tversky (alpha 0.7 on misses, gamma 0.75) over the defect classes + 0.2 x
-BCE of the image-level head. Validation metric: mean IoU over background and the classes (argmax).
+Random square crops of the size `choose_geometry` picks from the median image (smaller images padded;
+half of the crops centred on a defect pixel when the image has one: defects are a small share of the
+pixels), flips / 90° turns / brightness and contrast; loss = cross-entropy + BCE (pos_weight 5) + Dice
+on the class-agnostic defect channel (`--seg-loss ce+focal_tversky`: the Focal-Tversky loss of before)
++ 0.2 x BCE of the image-level head. Validation metric: mean IoU over background and the classes (argmax).
 Per-class thresholds and minimum areas are then chosen on the validation images (`choose_postprocess`).
 """
 from __future__ import annotations
@@ -22,7 +23,11 @@ from models.core.backbone import to_input
 from models.core.types import InspectionSample
 from models.data.datasets import DatasetError, sample_class_mask
 from models.families.segmenter.model import LiteUNet, choose_postprocess, frame_probabilities, prepare_frame
-from models.training.lite0 import SPEC_COMMON, CheckpointPlan, LiteTask, LiteTrainer, focal_tversky_loss, register_task
+from models.training.defaults import choose_geometry
+from models.training.lite0 import (SPEC_COMMON, CheckpointPlan, LiteTask, LiteTrainer, defect_bce_dice_loss,
+                                   focal_tversky_loss, register_task)
+
+SEG_LOSSES = ("ce+bce_dice", "ce+focal_tversky")
 
 __all__ = ["SegmenterTask", "TASK"]
 
@@ -68,15 +73,28 @@ class SegmenterTask(LiteTask):
         if not any(len(p) for p in tr.points):
             raise DatasetError("the training images hold no annotated defect pixels; a segmenter needs masks "
                                "or boxes (a data set of good parts only trains nothing here)")
-        short = min(min(im.shape[:2]) for im, _ in tr.tr)
-        tr.patch = int(cfg.patch or max(32, min(256, short // 32 * 32)))
-        if tr.patch % 32:
-            raise DatasetError(f"--patch must be a multiple of 32, got {tr.patch}")
+        try:
+            geo = choose_geometry([im.shape[:2] for im, _ in tr.tr], patch=cfg.patch)
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from None
+        if cfg.seg_loss not in SEG_LOSSES:
+            raise DatasetError(f"segmenter loss must be one of {SEG_LOSSES}, got {cfg.seg_loss!r}")
+        tr.patch = geo.patch
+        tr.choices["crop"] = geo.to_dict()
+        tr.choices["loss"] = {"rule": f"{cfg.seg_loss} + 0.2 x image-head BCE" + (
+            " (BCE pos_weight 5 + Dice on defect vs background, cross-entropy for the classes)"
+            if cfg.seg_loss == "ce+bce_dice" else "")}
         tr.n_out = len(tr.class_names)
         tr.metric_name = "val_miou_classes_with_background"
 
     def n_train(self, tr: LiteTrainer) -> int:
         return len(tr.tr)
+
+    def train_defective(self, tr: LiteTrainer) -> Sequence[bool]:
+        return [len(p) > 0 for p in tr.points]
+
+    def val_defective(self, tr: LiteTrainer) -> int:
+        return sum(bool((cm > 0).any()) for _, cm in tr.va)
 
     def build(self, n_out: int, pretrained: bool) -> torch.nn.Module:
         return LiteUNet(n_out, pretrained=pretrained)
@@ -103,7 +121,9 @@ class SegmenterTask(LiteTask):
     def loss(self, tr: LiteTrainer, model: torch.nn.Module, idx: Sequence[int]) -> torch.Tensor:
         x, y, has = self.batch(tr, idx)
         out = model(x.contiguous(memory_format=torch.channels_last))
-        return (F.cross_entropy(out.logits.float(), y) + focal_tversky_loss(out.logits, y)
+        extra = (defect_bce_dice_loss(out.logits, y) if tr.cfg.seg_loss == "ce+bce_dice"
+                 else focal_tversky_loss(out.logits, y))
+        return (F.cross_entropy(out.logits.float(), y) + extra
                 + 0.2 * F.binary_cross_entropy_with_logits(out.image_logit.float(), has))
 
     def probs(self, tr: LiteTrainer, model: torch.nn.Module, items: Sequence[tuple[np.ndarray, np.ndarray]]):
@@ -137,7 +157,8 @@ class SegmenterTask(LiteTask):
         metrics["val_iou_per_class_postprocessed"] = dict(zip(tr.class_names, per_iou))
         return CheckpointPlan("segmenter.pt", "segmenter", "lite0-unet",
                               {"n_classes": tr.n_out, "decoder": [128, 64, 48, 32]},
-                              {**SPEC_COMMON, "scale": cfg.scale, "pad_multiple": 32, "train_patch": tr.patch},
+                              {**SPEC_COMMON, "scale": cfg.scale, "pad_multiple": 32, "train_patch": tr.patch,
+                               "train_crop": tr.choices.get("crop")},
                               postprocess=post_t.to_dict())
 
 

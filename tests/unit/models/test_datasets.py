@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from models.core.types import BBox, InspectionSample
-from models.data.datasets import (MAGNETIC_TILE_CLASSES, NEU_CLASSES, DatasetError, open_dataset, rle_decode,
-                             rle_encode)
+from models.data.datasets import (MAGNETIC_TILE_CLASSES, NEU_CLASSES, DatasetError, image_label, open_dataset,
+                                  rle_decode, rle_encode)
 
 
 def _img(h=32, w=48, v=100):
@@ -143,3 +143,19 @@ def test_neu_cls_takes_the_class_from_the_file_name_even_beside_det_boxes(tmp_pa
     cls = list(open_dataset("neu-cls", str(tmp_path)))
     assert [c for _, c in det[0].boxes] == [NEU_CLASSES.index("inclusion") + 1]
     assert [(tuple(b), c) for b, c in cls[0].boxes] == [((0, 0, 30, 20), NEU_CLASSES.index("scratches") + 1)]
+
+
+def test_elpv_labels_are_image_level_with_probability_at_least_half_defective(tmp_path):
+    (tmp_path / "images").mkdir()
+    probs = {"cell0001.png": 1.0, "cell0002.png": 0.3333333333333333, "cell0003.png": 0.6666666666666666,
+             "cell0004.png": 0.0}
+    for n in probs:
+        cv2.imwrite(str(tmp_path / "images" / n), np.full((30, 40), 128, np.uint8))
+    (tmp_path / "labels.csv").write_text("".join(f"images/{n}  {p}    {'mono' if i % 2 else 'poly'}\n"
+                                                 for i, (n, p) in enumerate(probs.items())))
+    out = list(open_dataset("elpv", str(tmp_path)))
+    assert [image_label(s) for s in out] == [1, 0, 1, 0]
+    assert out[0].class_names == ("defect",) and out[0].boxes[0][0] == BBox(0, 0, 40, 30)
+    (tmp_path / "labels.csv").write_text("images/cell0001.png\n")
+    with pytest.raises(DatasetError):
+        list(open_dataset("elpv", str(tmp_path)))

@@ -345,3 +345,14 @@ def test_evaluate_flip_tta_forces_the_detectors_setting(tmp_path, monkeypatch, f
                  "--threads", "1", "--flip-tta", flag]) == 0
     rep = next(iter(json.loads((out / "metrics.json").read_text()).values()))
     assert rep["meta"]["flip_tta"] is expected and fake.flip_tta is expected
+
+
+def test_pooled_defect_iou_and_f1_ignore_the_class_beside_the_per_class_figures():
+    cm = np.zeros((8, 8), np.uint8)
+    cm[2:4, 2:4] = 1  # class "a"
+    cm[5:7, 5:8] = 2  # class "b"
+    s = _mask_sample(cm)
+    # every defect pixel found, but all of it called "b": per-class IoU of "a" is 0, the pooled figures are 1
+    m = evaluate_predictions([s], _by_image([s], [[_pred(cm > 0, "b")]]), list(NAMES)).metrics
+    assert m["pooled_defect_iou"] == pytest.approx(1.0) and m["pooled_defect_f1"] == pytest.approx(1.0)
+    assert m["iou[a]"] == pytest.approx(0.0)
