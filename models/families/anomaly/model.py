@@ -171,6 +171,10 @@ class AnomalyInspector(RuntimeSwap):
             out.append(_gaussian(full, self.sigma))
         return out
 
+    def explain(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per frame the normalised anomaly map in [0, 1) (0.5 at the threshold), for pictures."""
+        return [normalise_score(m, self.threshold) for m in self.anomaly_maps(frames)]
+
     def inspect_scored(self, frames: Sequence[np.ndarray]) -> tuple[list[list[Detection]], list[float]]:
         if not len(frames):
             return [], []

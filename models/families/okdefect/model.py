@@ -158,6 +158,15 @@ class OkDefectInspector(RuntimeSwap):
             res.append(FrameMaps(stitch_max(conf, tiling), stitch_max(cams, tiling), np.asarray(probs)))
         return res
 
+    def explain(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per frame every patch's scaled CAM times the patch's DEFECT probability, in [0, 1], for pictures."""
+        out = []
+        for f, fm in zip(frames, self.maps(frames)):
+            tiles, tiling = cut_tiles(f, self.patch)
+            weights = [np.full((self.patch, self.patch), p, np.float32) for p in fm.probs]
+            out.append(fm.cam * stitch_max(weights, tiling))
+        return out
+
     def inspect_scored(self, frames: Sequence[np.ndarray]) -> tuple[list[list[Detection]], list[float]]:
         if not len(frames):
             return [], []

@@ -103,3 +103,22 @@ def test_synthetic_defects_score_above_good_frames_of_another_seed_range(fitted)
     _, scores = insp.inspect_scored([s.image for s in test])
     auc = image_auroc([image_label(s) != 0 for s in test], scores)
     assert auc is not None and auc >= 0.8, auc
+
+
+def test_explain_writes_the_map_and_regions_over_each_image(fitted, tmp_path):
+    import cv2
+
+    from streams.cli import main
+
+    fitted = fitted[0]
+    paths = []
+    for i, s in enumerate(_bad(89000, 2)):
+        p = tmp_path / f"f{i}.png"
+        cv2.imwrite(str(p), s.image)
+        paths.append(str(p))
+    out = tmp_path / "explained"
+    assert main(["explain", *paths, "--checkpoint", str(fitted.checkpoint.parent), "--out", str(out)]) == 0
+    pics = sorted(out.glob("*_explain.png"))
+    assert [p.name for p in pics] == ["f0_explain.png", "f1_explain.png"]
+    im = cv2.imread(str(pics[0]))
+    assert im.shape == (64, 64, 3) and im.std() > 0
