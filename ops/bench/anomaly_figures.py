@@ -153,13 +153,14 @@ def run_synthetic(args) -> dict:
     from models.families.anomaly.fit import AnomalyFitConfig, fit_anomaly_samples
 
     shape = (256, 256)
-    fit = [render_sample(610000 + i, shape, defect_prob=0.0) for i in range(args.fit_max)]
-    val = [render_sample(620000 + i, shape, defect_prob=0.5) for i in range(args.val)]
+    fam = args.family
+    fit = [render_sample(610000 + i, shape, family=fam, defect_prob=0.0) for i in range(args.fit_max)]
+    val = [render_sample(620000 + i, shape, family=fam, defect_prob=0.5) for i in range(args.val)]
     cfg = AnomalyFitConfig(tile=256, threads=args.threads, bank_size=args.bank_size)
     res = fit_anomaly_samples(cfg, args.out, fit, val, {"data": "synthetic 610000.. (good), 620000.. (val)"})
     insp = load_inspector(args.out, device="cpu")
-    test = [render_sample(630000 + i, shape, defect_prob=0.5) for i in range(args.test)]
-    return {"fit": res.info.metrics, "test_seeds": "630000..", **measure(insp, test, batch=8)}
+    test = [render_sample(630000 + i, shape, family=fam, defect_prob=0.5) for i in range(args.test)]
+    return {"fit": res.info.metrics, "family": fam, "test_seeds": "630000..", **measure(insp, test, batch=8)}
 
 
 def run_speed(args) -> dict:
@@ -235,6 +236,7 @@ def main() -> None:
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--family", default="steel_strip", help="synthetic: surface family (one line, one surface)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

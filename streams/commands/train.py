@@ -319,7 +319,7 @@ def _train_anomaly(args: argparse.Namespace) -> int:
     cfg = AnomalyFitConfig(backbone=args.backbone, seed=args.seed, threads=args.threads, val_split=args.val_split,
                            split_seed=args.split_seed)
     _apply_overrides(cfg, args, tile="tile", bank_size="bank_size", coreset_ratio="coreset_ratio",
-                     false_alarm="false_alarm", batch="batch", good_tiles="good_tiles",
+                     false_alarm="false_alarm", batch="batch", good_tiles="good_tiles", scale="scale",
                      max_images="max_images")
     res = fit_anomaly(cfg, args.out, data=args.data, fmt=args.format, val_data=args.val_data)
     m = res.info.metrics

@@ -24,7 +24,7 @@ from models.core.checkpoints import CheckpointInfo, save_checkpoint, update_metr
 from models.core.types import InspectionSample
 from models.data.datasets import DatasetError, image_label, load_split, tile_samples
 from models.evaluation.metrics import average_precision, image_auroc
-from models.families.anomaly.model import ARCH, CLASS, FILE, KIND, STAGES, AnomalyInspector, PatchCoreNet
+from models.families.anomaly.model import ARCH, CLASS, FILE, KIND, STAGES, AnomalyInspector, PatchCoreNet, scale_tile
 from models.families.anomaly.tiling import cut_tiles
 
 __all__ = ["AnomalyFitConfig", "AnomalyFitResult", "greedy_coreset", "patch_features", "choose_anomaly_threshold",
@@ -34,6 +34,7 @@ __all__ = ["AnomalyFitConfig", "AnomalyFitResult", "greedy_coreset", "patch_feat
 @dataclass
 class AnomalyFitConfig:
     tile: int | None = None  # input tile (default: the median shorter side of the OK images, at most 256)
+    scale: float = 1.0  # tiles zoomed by this factor before the encoder (e.g. 2 for 64-px tiles)
     good_tiles: int | None = None  # cut the data into tiles of this size first (sets with a defect on every image)
     max_images: int | None = 1000  # defect-free images fitted on at most (a seeded subset beyond: bounds fit time)
     bank_size: int = 4096  # upper bound of the memory bank (coreset entries)
@@ -85,9 +86,10 @@ def greedy_coreset(feats: torch.Tensor, m: int, seed: int = 0, projection: int =
 
 
 @torch.inference_mode()
-def patch_features(net: PatchCoreNet, images: Sequence[np.ndarray], tile: int, batch: int = 16) -> torch.Tensor:
-    """(P, C) locally aware patch features of every tile of `images` (cut as the Inspector cuts frames)."""
-    tiles = [t for im in images for t in cut_tiles(im, tile)[0]]
+def patch_features(net: PatchCoreNet, images: Sequence[np.ndarray], tile: int, batch: int = 16,
+                   scale: float = 1.0) -> torch.Tensor:
+    """(P, C) locally aware patch features of every tile of `images` (cut and zoomed as the Inspector does)."""
+    tiles = [scale_tile(t, scale) for im in images for t in cut_tiles(im, tile)[0]]
     out = []
     for i in range(0, len(tiles), batch):
         f = net.features(to_input(tiles[i:i + batch]))
@@ -135,7 +137,7 @@ def fit_anomaly_samples(cfg: AnomalyFitConfig, out_dir: str | os.PathLike[str], 
     tile = int(cfg.tile or min(256, int(np.median([min(s.image.shape[:2]) for s in ok]))))
     torch.manual_seed(cfg.seed)
     net = PatchCoreNet(1, pretrained=cfg.backbone == "lite0").eval()
-    feats = patch_features(net, [s.image for s in ok], tile, cfg.batch)
+    feats = patch_features(net, [s.image for s in ok], tile, cfg.batch, cfg.scale)
     n_all = int(feats.shape[0])
     if n_all > cfg.max_patches:
         keep = torch.from_numpy(np.random.default_rng(cfg.seed).choice(n_all, cfg.max_patches, replace=False))
@@ -155,7 +157,8 @@ def fit_anomaly_samples(cfg: AnomalyFitConfig, out_dir: str | os.PathLike[str], 
                    "score": "max of the smoothed nearest-neighbour distance map"}
     input_spec = {"channels": 3, "grey": "repeated over RGB", "normalise": "ImageNet mean/std", "tile": tile,
                   "large_frames": "tiled (size x size tiles, the last aligned with the edge; max where they overlap)",
-                  "small_frames": "reflection-padded to one tile", "smooth_sigma": cfg.smooth_sigma}
+                  "small_frames": "reflection-padded to one tile", "smooth_sigma": cfg.smooth_sigma,
+                  "scale": cfg.scale}
     steps = np.unique(np.linspace(0, len(radius) - 1, min(len(radius), 50)).astype(int))
     coverage = [radius[i] for i in steps]
     train_data = {**(split_meta or {}), "config": asdict(cfg), "fitted_images": len(ok), "good_images": n_ok,

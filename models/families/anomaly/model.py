@@ -27,7 +27,7 @@ from models.runtime.runtimes import Network, Runner, Select, TorchRunner, golden
 from models.runtime.swap import RuntimeSwap
 
 __all__ = ["FILE", "KIND", "ARCH", "CLASS", "STAGES", "STRIDE", "PatchFeatures", "PatchCoreNet", "AnomalyInspector",
-           "normalise_score"]
+           "normalise_score", "scale_tile"]
 
 FILE = "anomaly.pt"
 KIND = "anomaly"
@@ -91,6 +91,15 @@ class PatchCoreNet(nn.Module):
         return d2.min(2).values.clamp_min(0.0).reshape(n, 1, h, w)
 
 
+def scale_tile(tile: np.ndarray, scale: float) -> np.ndarray:
+    """A tile resized by `scale` (both directions alike: a zoom, never a squash) before the encoder; small tiles
+    (e.g. 64 px) enlarged 2x meet the encoder at the object scale of its ImageNet training."""
+    if scale == 1.0:
+        return tile
+    n = max(8, int(round(tile.shape[0] * scale)))
+    return cv2.resize(tile, (n, n), interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
+
+
 def normalise_score(d: np.ndarray | float, threshold: float) -> np.ndarray | float:
     """Anomaly distance -> [0, 1): d / (d + T), monotone (AUROC unchanged) and 0.5 at the threshold T."""
     return d / (d + threshold)
@@ -121,6 +130,7 @@ class AnomalyInspector(RuntimeSwap):
         self.class_names = [CLASS]
         spec = info.input_spec
         self.tile = int(spec["tile"])
+        self.scale = float(spec.get("scale", 1.0))
         self.sigma = float(spec.get("smooth_sigma", 4.0))
         self.threshold = float(info.threshold if info.threshold is not None else 1.0)
         self.min_area = int(info.postprocess.get("min_area", 16))
@@ -151,7 +161,7 @@ class AnomalyInspector(RuntimeSwap):
         """Per tile (size x size) the pixel map of nearest-neighbour distances (unsmoothed)."""
         out: list[np.ndarray] = []
         for i in range(0, len(tiles), self.batch):
-            x = to_input(list(tiles[i:i + self.batch]), self.device)
+            x = to_input([scale_tile(t, self.scale) for t in tiles[i:i + self.batch]], self.device)
             d2 = self._run(x).float().cpu().numpy()[:, 0]
             for m in d2:
                 d = np.sqrt(np.maximum(m, 0.0)).astype(np.float32)
