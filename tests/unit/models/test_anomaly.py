@@ -122,3 +122,26 @@ def test_explain_writes_the_map_and_regions_over_each_image(fitted, tmp_path):
     assert [p.name for p in pics] == ["f0_explain.png", "f1_explain.png"]
     im = cv2.imread(str(pics[0]))
     assert im.shape == (64, 64, 3) and im.std() > 0
+
+
+def test_train_anomaly_and_okdefect_subcommands_then_evaluate(tmp_path, capsys):
+    import json
+
+    from models.data.synthetic import write_plain_set
+    from streams.cli import main
+
+    data = write_plain_set(tmp_path / "data", 12, (64, 64), seed=7300, defect_prob=0.5)
+    assert main(["train", "anomaly", "--data", str(data), "--format", "plain", "--out", str(tmp_path / "an"),
+                 "--bank-size", "64", "--false-alarm", "0.05", "--threads", "1"]) == 0
+    info = json.loads((tmp_path / "an" / "anomaly.json").read_text())
+    assert info["metrics"]["bank_size"] <= 64 and info["arch_config"]["bank_size"] == info["metrics"]["bank_size"]
+    assert main(["train", "okdefect", "--data", str(data), "--format", "plain", "--out", str(tmp_path / "ok"),
+                 "--tile", "32", "--epochs", "1", "--batch", "8", "--threads", "1", "--quiet"]) == 0
+    assert json.loads((tmp_path / "ok" / "okdefect.json").read_text())["input_spec"]["patch"] == 32
+    for model in ("an", "ok"):
+        capsys.readouterr()
+        assert main(["evaluate", "--data", str(data), "--format", "plain", "--checkpoint", str(tmp_path / model),
+                     "--out", str(tmp_path / f"eval-{model}")]) == 0
+        rep = json.loads((tmp_path / f"eval-{model}" / "metrics.json").read_text())
+        metrics = next(iter(rep.values()))["metrics"]
+        assert metrics["image_auroc"] is not None and "pixel_f1" in metrics
