@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "streams.commands.smoke",
     "streams.commands.demo",
     "streams.commands.train",
+    "streams.commands.explain",
     "streams.commands.worker",
     "streams.commands.simulate",
     "streams.commands.score",

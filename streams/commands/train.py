@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tr.add_argument("what", choices=("segmenter", "gate", "detector", "classifier", "threshold"),
+    tr.add_argument("what", choices=("segmenter", "gate", "detector", "classifier", "threshold", "anomaly", "okdefect"),
                     help="which model to train; 'threshold' re-chooses T (and the hysteresis, hole filling and "
                          "flip TTA settings) of detector_<arch>.pt in --out by mean IoU of the whole pipeline "
                          "(detector + classifier) on synthetic validation frames, or with --data on the "
@@ -109,6 +109,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="detector: minimum severity label of annotated cells (default 8; the paper's rule is 0)")
     tr.add_argument("--label-lambda", type=float, default=None,
                     help="detector: truncation lambda of the severity labels in grey levels (default 24)")
+    tr.add_argument("--bank-size", type=int, default=None,
+                    help="anomaly: upper bound of the PatchCore memory bank (coreset entries; default 4096)")
+    tr.add_argument("--coreset-ratio", type=float, default=None,
+                    help="anomaly: coreset share of the patch features, capped by --bank-size (default 0.1)")
+    tr.add_argument("--good-tiles", type=int, default=None,
+                    help="anomaly: cut --data (and validation) into N x N tiles first and fit on the defect-free "
+                         "ones (for sets with a defect on every image); --tile then defaults to N")
+    tr.add_argument("--max-images", type=int, default=None,
+                    help="anomaly: fit on at most this many defect-free images (a seeded subset; default 1000)")
+    tr.add_argument("--false-alarm", type=float, default=None,
+                    help="anomaly: target false-alarm rate per good frame that sets the threshold when the "
+                         "validation images hold no defect (default 0.01; with defects: best F1)")
     tr.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     tr.add_argument("--resume", action="store_true", help="continue from the training state in --out")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -323,9 +335,29 @@ def _train_lite0(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_anomaly(args: argparse.Namespace) -> int:
+    """PatchCore fitted on the defect-free images of --data (`models.families.anomaly.fit`); --tile is its input tile."""
+    from models.families.anomaly.fit import AnomalyFitConfig, fit_anomaly
+
+    if args.data is None:
+        raise SystemExit("train anomaly needs --data PATH (defect-free images, or a labelled set whose good "
+                         "images are used) and --format")
+    cfg = AnomalyFitConfig(backbone=args.backbone, seed=args.seed, threads=args.threads, val_split=args.val_split,
+                           split_seed=args.split_seed)
+    _apply_overrides(cfg, args, tile="tile", bank_size="bank_size", coreset_ratio="coreset_ratio",
+                     false_alarm="false_alarm", batch="batch", good_tiles="good_tiles", scale="scale",
+                     max_images="max_images")
+    res = fit_anomaly(cfg, args.out, data=args.data, fmt=args.format, val_data=args.val_data)
+    m = res.info.metrics
+    print(f"wrote {res.checkpoint} ({res.model_version}) in {res.seconds:.0f} s; bank {res.bank_size} patches "
+          f"({m['bank_mb']} MB) from {m['fitted_images']} defect-free images; threshold {res.info.threshold:.4g} "
+          f"({m['threshold_rule']}); validation AUROC {m['val_image_auroc']}, false alarms {m['val_false_alarm_rate']}")
+    return 0
+
+
 _TRAIN: dict[str, Callable[[argparse.Namespace], int]] = {
     "segmenter": _train_lite0, "gate": _train_lite0, "detector": _train_detector, "classifier": _train_classifier,
-    "threshold": _retune}
+    "threshold": _retune, "anomaly": _train_anomaly, "okdefect": _train_lite0}
 
 
 def _evaluate(args: argparse.Namespace) -> int:
