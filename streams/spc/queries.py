@@ -111,6 +111,23 @@ ORDER BY period"""
     return render(sql, params)
 
 
+def part_sequence_sql(filters: ReportFilters, limit: int) -> str:
+    """Rendered SQL: one row per de-duplicated part (time, 0/1 defective), in time order, at most `limit` rows.
+
+    The per-part charts (G chart, Bernoulli CUSUM) of rare defects read it; ties in time are ordered
+    by camera so every run reads the same sequence.
+    """
+    inner, params = deduped_parts_sql(filters)
+    sql = f"""
+SELECT ts, defective
+FROM
+({inner}
+)
+ORDER BY ts, camera, event_id
+LIMIT {int(limit)}"""
+    return render(sql, params)
+
+
 def pareto_sql(filters: ReportFilters) -> str:
     """Rendered SQL: confirmed defects per class, most frequent first.
 
@@ -222,6 +239,7 @@ def query_catalog(start_ms: int, end_ms: int) -> dict[str, str]:
             out[f"report_{by}_{name}"] = subgroups_sql(by, f)
     for name, f in variants.items():
         out[f"pareto_{name}"] = pareto_sql(f)
+        out[f"part_sequence_{name}"] = part_sequence_sql(f, 1000)
         out[f"defect_set_{name}"] = defect_set_sql(f)
     out["monitor_window"] = window_sql("production", start_ms, end_ms)
     out["monitor_baseline"] = baseline_sql("production", start_ms, end_ms, 3_600_000)
