@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from streams.commands.options import deprecated_alias
 from streams.settings import Settings
 from streams.sim import scoring
 from streams.sim.scoring import (
@@ -40,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--defect-rate", type=float, default=0.5)
     p.add_argument("--no-speed", action="store_true", help="offline: estimate motion from detections")
     p.add_argument("--sweep", action="store_true", help="offline: also score a grid of (min_hits, min_hit_ratio)")
-    p.add_argument("--model-path", help="checkpoint (default: settings / packaged)")
+    p.add_argument("--model", dest="model_path", metavar="DIR",
+                   help="model directory or checkpoint (default: settings model.path, else the packaged one)")
+    deprecated_alias(p, "--model-path", "--model", "model_path")
     p.add_argument("--cache", type=Path, help="offline: keep the detections in this file (re-score without the model)")
     p.add_argument("--json-out", type=Path, help="also write the JSON result here")
     p.set_defaults(func=run_score)

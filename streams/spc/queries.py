@@ -34,7 +34,7 @@ class ReportFilters:
     until_ms: int
     run_id: str = "production"
     line: str | None = None
-    camera: str | None = None
+    camera: str | tuple[str, ...] | None = None  # one camera, or several (`--camera` repeated)
     defect_class: str | None = None
 
     def where(self) -> tuple[str, dict]:
@@ -43,7 +43,11 @@ class ReportFilters:
         if self.line is not None:
             conds.append("line_id = {line}")
             params["line"] = self.line
-        if self.camera is not None:
+        if isinstance(self.camera, tuple):
+            names = [f"camera_{i}" for i in range(len(self.camera))]
+            conds.append("camera_id IN (" + ", ".join("{" + n + "}" for n in names) + ")")
+            params.update(zip(names, self.camera))
+        elif self.camera is not None:
             conds.append("camera_id = {camera}")
             params["camera"] = self.camera
         return " AND ".join(conds), params
@@ -232,6 +236,7 @@ def query_catalog(start_ms: int, end_ms: int) -> dict[str, str]:
         "line": ReportFilters(start_ms, end_ms, line="line-1"),
         "camera": ReportFilters(start_ms, end_ms, line="line-1", camera="cam-1"),
         "class": ReportFilters(start_ms, end_ms, defect_class="crack"),
+        "cameras": ReportFilters(start_ms, end_ms, camera=("cam-1", "cam'2")),
         "quote": ReportFilters(start_ms, end_ms, run_id="it's a \\ replay", camera="cam'1"),
     }
     for by in ("shift", "hour", "day"):

@@ -526,7 +526,9 @@ def plot_chart(rep: Report, path: str) -> None:
 # -- the library form of `defectstream report` -----------------------------------------------
 def scope_text(f: ReportFilters) -> str:
     parts = [f"line {f.line}" if f.line else "all lines"]
-    if f.camera:
+    if isinstance(f.camera, tuple):
+        parts.append(f"cameras {', '.join(f.camera)}")
+    elif f.camera:
         parts.append(f"camera {f.camera}")
     if f.defect_class:
         parts.append(f"class {f.defect_class}")
