@@ -37,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parts-topic", nargs="?", const="", help="topic mode: also check one verdict per part on this topic")
     p.add_argument("--parts", type=int, default=500, help="offline: parts to render")
     p.add_argument("--seed", type=int, default=1000, help="offline: first part seed")
-    p.add_argument("--frames-per-part", type=int, default=6)
-    p.add_argument("--defect-rate", type=float, default=0.5)
+    p.add_argument("--frames-per-part", type=int, default=6, help="offline: frames per part")
+    p.add_argument("--defect-rate", type=float, default=0.5, help="offline: share of parts with a defect")
     p.add_argument("--no-speed", action="store_true", help="offline: estimate motion from detections")
     p.add_argument("--sweep", action="store_true", help="offline: also score a grid of (min_hits, min_hit_ratio)")
     p.add_argument("--model", dest="model_path", metavar="DIR",
