@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """The `defectstream` command line: one entry point, a subcommand per capability.
 
 Every command lives in a module of `streams/commands/` (training and evaluation: `train.py`)
@@ -32,7 +33,36 @@ COMMAND_MODULES = [
     "streams.commands.compare",
     "streams.commands.models",
     "streams.commands.kafka_init",
+    "streams.commands.config",
 ]
+GLOBAL_FLAGS = ("-v", "--verbose", "-q", "--quiet")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("defectstream")
+    except Exception:  # noqa: BLE001 - a source checkout without the package installed
+        return "unknown (not installed)"
+
+
+def _global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """-v/-q on the top parser and on every subcommand, so they work anywhere on the line."""
+    default = 0 if top else argparse.SUPPRESS  # a subcommand's flag adds to, never resets, the top one's
+    p.add_argument("-v", "--verbose", action="count", default=default, help="more logging (-vv for debug)")
+    if "--quiet" not in p._option_string_actions:
+        p.add_argument("-q", "--quiet", action="count", default=default, help="errors only")
+    elif "-q" not in p._option_string_actions:  # train's --quiet (no progress bars) takes -q too
+        p._option_string_actions["-q"] = p._option_string_actions["--quiet"]
+
+
+def _subparsers(p: argparse.ArgumentParser):
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sp in action.choices.items():
+                yield name, sp
+                yield from _subparsers(sp)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,18 +76,32 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    from streams.commands.options import DefaultsHelpFormatter
+
+    parser.add_argument("--version", action="version", version=f"defectstream {_version()}")
+    _global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for _name, sp in _subparsers(parser):
+        _global_options(sp, top=False)
+        if sp.formatter_class in (argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter):
+            sp.formatter_class = DefaultsHelpFormatter  # every option's help shows its default
+    try:  # shell completion when argcomplete is installed: eval "$(register-python-argcomplete defectstream)"
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    except ImportError:
+        pass
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet = getattr(args, "quiet", 0) or 0
     logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
+        level=logging.ERROR if quiet and not args.verbose else logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.verbose < 2:
@@ -66,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from streams.commands.config import unknown_variables
+    from streams.commands.options import UsageError
+
+    if args.command != "config":
+        for name in unknown_variables():
+            print(f"warning: {name} is not a defectstream setting (ignored); see `defectstream config`",
+                  file=sys.stderr)
     from models.core.checkpoints import CheckpointError
     from models.data.datasets import DatasetError
 
@@ -74,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except UsageError as e:  # input the user can fix: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (CheckpointError, DatasetError) as e:  # a missing/invalid checkpoint or data set is a user error, not a crash
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -22,11 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("camera_id")
     p.add_argument("--line", help="line id to report for this camera")
     p.add_argument("--roi", help="x0,y0,x1,y1: detections outside are ignored")
-    p.add_argument("--min-confidence", type=float)
-    p.add_argument("--fail-severity", type=float)
+    p.add_argument("--min-confidence", type=float, help="this camera's minimum defect confidence (default: settings)")
+    p.add_argument("--fail-severity", type=float, help="this camera's severity that fails a part (default: settings)")
     p.add_argument("--model-version",
                    help="pin this camera to a model version (used while loaded; a `models promote --camera` wins)")
-    p.add_argument("--frames-per-part", type=int)
+    p.add_argument("--frames-per-part", type=int, help="frames per part of this camera (default: settings)")
     p.add_argument("--delete", action="store_true", help="remove the camera's entry (back to defaults)")
     p.set_defaults(func=_run_camera_config)
 
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("camera_id", metavar="NEW")
     a.add_argument("alias_of", metavar="OLD", nargs="?")
     a.add_argument("--clear", action="store_true", help="remove NEW's alias (no OLD)")
-    a.add_argument("--note", default="")
+    a.add_argument("--note", default="", help="free text stored with the alias")
     a.set_defaults(func=_run_alias)
     c.set_defaults(func=lambda args: (c.print_help(), 2)[1])
 

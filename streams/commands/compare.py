@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from streams.commands.options import deprecated_alias
 from streams.replay.comparison import Comparison
 from streams.replay.queries import run_compare
 
@@ -103,14 +104,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", default="production", help="run id of the reference (default production)")
     p.add_argument("--candidate", required=True, help="run id of the run to judge (e.g. a replay)")
-    p.add_argument("--by", choices=["shift", "camera", "class"], default="shift")
-    p.add_argument("--cameras", nargs="+", help="only these cameras")
+    p.add_argument("--by", choices=["shift", "camera", "class"], default="shift", help="group the comparison by")
+    p.add_argument("--camera", dest="cameras", action="append", metavar="ID",
+                   help="only this camera (repeatable, or comma separated; default: every camera)")
+    deprecated_alias(p, "--cameras", "--camera", "cameras", nargs="+", append=True)
     p.add_argument("--since", help="only parts whose first frame is at/after this (now, 7d, ISO)")
     p.add_argument("--until", help="only parts whose first frame is before this")
     p.add_argument("--ground-truth", help="simulator ground truth JSONL: precision/recall of each side")
     p.add_argument("--iou", type=float, default=0.3, help="IoU that matches two defects (default 0.3)")
-    p.add_argument("--format", choices=["table", "json"], default="table")
-    p.add_argument("--chart", help="also write a PNG bar chart of the rates per group here")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    p.add_argument("--chart", metavar="FILE.png", help="also write a PNG bar chart of the rates per group here")
     p.add_argument("--database", help="ClickHouse database (default: settings)")
     p.set_defaults(func=cli_compare)
 
@@ -119,17 +122,21 @@ def cli_compare(args: argparse.Namespace) -> int:
     import time
 
     from sinks.sql import DriverExecutor
+    from streams.commands.options import time_range, writable_file
     from streams.commands.report import parse_time
     from streams.settings import Settings
     from streams.sim.simulator import read_ground_truth
 
     settings = Settings()
     if args.baseline == args.candidate:
-        print("compare: --baseline and --candidate are the same run", file=sys.stderr)
+        print("error: --baseline and --candidate are the same run", file=sys.stderr)
         return 2
     now = int(time.time() * 1000)
     since = parse_time(args.since, settings.plant, now) if args.since else None
     until = parse_time(args.until, settings.plant, now) if args.until else None
+    time_range(since, until)
+    if args.chart:
+        writable_file(args.chart, "--chart")
     cams = sorted({c for v in args.cameras for c in v.split(",") if c}) if args.cameras else None
     gts = read_ground_truth(args.ground_truth) if args.ground_truth else None
     ex = DriverExecutor.connect(settings.clickhouse, database=args.database)

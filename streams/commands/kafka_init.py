@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("kafka-init", help="create the topics, SCRAM users and ACLs (run once as the Kafka admin)",
                        description=security.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mechanism", default="SCRAM-SHA-512", choices=["SCRAM-SHA-256", "SCRAM-SHA-512"])
+    p.add_argument("--mechanism", default="SCRAM-SHA-512", choices=["SCRAM-SHA-256", "SCRAM-SHA-512"], help="SASL SCRAM mechanism of the users")
     p.set_defaults(func=run_kafka_init)
 
 

@@ -326,7 +326,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", action="append", help="checkpoint directory to search (repeatable; default packaged)")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION")
     ls = msub.add_parser("list", help="promotions per plant/line/camera, models and checkpoints")
-    ls.add_argument("--format", choices=["table", "json"], default="table")
+    ls.add_argument("--format", choices=["table", "json"], default="table", help="output format")
     ls.add_argument("--kafka-timeout", type=float, default=3.0,
                     help="seconds to read the promotions from the cameras topic (0: skip)")
     ls.set_defaults(func=cli_list)

@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict
 from typing import Iterable
 
+from streams.commands.options import deprecated_alias
 from streams.commands.report import parse_time
 from streams.replay import replayer
 from streams.replay.replayer import Replayer, ReplayError, ReplayRequest, validate_run_id
@@ -22,13 +23,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=replayer.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--from", dest="since", required=True,
-                   help="range start, matched against the frames' Kafka record timestamps (publish time): "
+    p.add_argument("--since", dest="since",
+                   help="(required) range start, matched against the frames' Kafka record timestamps (publish time): "
                         "ISO date/time (plant time if naive), now, or relative 2h/1d before now")
+    deprecated_alias(p, "--from", "--since", "since")
     p.add_argument("--until", required=True, help="range end (exclusive), same forms")
     p.add_argument("--model", required=True, help="checkpoint directory (or detector .pt beside classifier.pt)")
     p.add_argument("--run-id", required=True, help="id of this run (not 'production'); the same id resumes it")
-    p.add_argument("--cameras", nargs="+", help="only these camera ids (space or comma separated)")
+    p.add_argument("--camera", dest="cameras", action="append", metavar="ID",
+                   help="only this camera (repeatable, or comma separated; default: every camera)")
+    deprecated_alias(p, "--cameras", "--camera", "cameras", nargs="+", append=True)
     p.add_argument("--frames-topic", help="frames topic (default: settings)")
     p.add_argument("--database", help="ClickHouse database (default: settings)")
     p.add_argument("--allow-partial", action="store_true",
@@ -54,6 +58,9 @@ def run_replay(args: argparse.Namespace) -> int:
     if getattr(args, "runtime", None):
         settings = settings.model_copy(update={"model": settings.model.model_copy(update={"runtime": args.runtime})})
     now = int(time.time() * 1000)
+    if args.since is None:
+        print("error: replay needs --since (the range start)", file=sys.stderr)
+        return 2
     try:
         req = ReplayRequest(
             run_id=validate_run_id(args.run_id), from_ms=parse_time(args.since, settings.plant, now),
@@ -62,7 +69,7 @@ def run_replay(args: argparse.Namespace) -> int:
             checkpoint_every_s=args.checkpoint_every, progress=not args.no_progress,
         )
     except (ReplayError, argparse.ArgumentTypeError) as exc:
-        print(f"replay: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     ex = DriverExecutor.connect(settings.clickhouse, database=args.database)
     rep = None

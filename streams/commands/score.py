@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from streams.commands.options import deprecated_alias
 from streams.settings import Settings
 from streams.sim import scoring
 from streams.sim.scoring import (
@@ -36,11 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parts-topic", nargs="?", const="", help="topic mode: also check one verdict per part on this topic")
     p.add_argument("--parts", type=int, default=500, help="offline: parts to render")
     p.add_argument("--seed", type=int, default=1000, help="offline: first part seed")
-    p.add_argument("--frames-per-part", type=int, default=6)
-    p.add_argument("--defect-rate", type=float, default=0.5)
+    p.add_argument("--frames-per-part", type=int, default=6, help="offline: frames per part")
+    p.add_argument("--defect-rate", type=float, default=0.5, help="offline: share of parts with a defect")
     p.add_argument("--no-speed", action="store_true", help="offline: estimate motion from detections")
     p.add_argument("--sweep", action="store_true", help="offline: also score a grid of (min_hits, min_hit_ratio)")
-    p.add_argument("--model-path", help="checkpoint (default: settings / packaged)")
+    p.add_argument("--model", dest="model_path", metavar="DIR",
+                   help="model directory or checkpoint (default: settings model.path, else the packaged one)")
+    deprecated_alias(p, "--model-path", "--model", "model_path")
     p.add_argument("--cache", type=Path, help="offline: keep the detections in this file (re-score without the model)")
     p.add_argument("--json-out", type=Path, help="also write the JSON result here")
     p.set_defaults(func=run_score)

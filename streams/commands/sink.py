@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--allow-changed", action="store_true", help="do not fail on edited, already applied migrations")
     m.set_defaults(func=run_migrate)
     s = dbsub.add_parser("status", help="list migrations and whether they are applied")
-    s.add_argument("--database", default=None)
+    s.add_argument("--database", default=None, help="ClickHouse database (default: settings)")
     s.set_defaults(func=run_status)
 
 

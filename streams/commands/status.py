@@ -97,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interval", type=float, default=2.0,
                    help="seconds between the two scrapes the rates are measured over (0: one scrape, no rates)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each endpoint")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="output format")
     p.set_defaults(func=run_status)
 
 

@@ -34,7 +34,7 @@ class ReportFilters:
     until_ms: int
     run_id: str = "production"
     line: str | None = None
-    camera: str | None = None
+    camera: str | tuple[str, ...] | None = None  # one camera, or several (`--camera` repeated)
     defect_class: str | None = None
 
     def where(self) -> tuple[str, dict]:
@@ -43,7 +43,11 @@ class ReportFilters:
         if self.line is not None:
             conds.append("line_id = {line}")
             params["line"] = self.line
-        if self.camera is not None:
+        if isinstance(self.camera, tuple):
+            names = [f"camera_{i}" for i in range(len(self.camera))]
+            conds.append("camera_id IN (" + ", ".join("{" + n + "}" for n in names) + ")")
+            params.update(zip(names, self.camera))
+        elif self.camera is not None:
             conds.append("camera_id = {camera}")
             params["camera"] = self.camera
         return " AND ".join(conds), params
@@ -108,6 +112,23 @@ FROM
 )
 GROUP BY period
 ORDER BY period"""
+    return render(sql, params)
+
+
+def part_sequence_sql(filters: ReportFilters, limit: int) -> str:
+    """Rendered SQL: one row per de-duplicated part (time, 0/1 defective), in time order, at most `limit` rows.
+
+    The per-part charts (G chart, Bernoulli CUSUM) of rare defects read it; ties in time are ordered
+    by camera so every run reads the same sequence.
+    """
+    inner, params = deduped_parts_sql(filters)
+    sql = f"""
+SELECT ts, defective
+FROM
+({inner}
+)
+ORDER BY ts, camera, event_id
+LIMIT {int(limit)}"""
     return render(sql, params)
 
 
@@ -230,6 +251,7 @@ def query_catalog(start_ms: int, end_ms: int) -> dict[str, str]:
         "line": ReportFilters(start_ms, end_ms, line="line-1"),
         "camera": ReportFilters(start_ms, end_ms, line="line-1", camera="cam-1"),
         "class": ReportFilters(start_ms, end_ms, defect_class="crack"),
+        "cameras": ReportFilters(start_ms, end_ms, camera=("cam-1", "cam'2")),
         "quote": ReportFilters(start_ms, end_ms, run_id="it's a \\ replay", camera="cam'1"),
     }
     for by in ("shift", "hour", "day"):
@@ -237,6 +259,7 @@ def query_catalog(start_ms: int, end_ms: int) -> dict[str, str]:
             out[f"report_{by}_{name}"] = subgroups_sql(by, f)
     for name, f in variants.items():
         out[f"pareto_{name}"] = pareto_sql(f)
+        out[f"part_sequence_{name}"] = part_sequence_sql(f, 1000)
         out[f"defect_set_{name}"] = defect_set_sql(f)
     out["monitor_window"] = window_sql("production", start_ms, end_ms)
     out["monitor_baseline"] = baseline_sql("production", start_ms, end_ms, 3_600_000)

@@ -11,6 +11,11 @@ Pure functions, no I/O. Formulas as in Montgomery, *Introduction to Statistical 
   for the very large subgroups of an automated line, where the p chart's limits get so narrow
   that between-subgroup variation alone puts every point out of control.
 
+* G chart (rare defects): good parts between defective parts, geometric probability limits
+  (Kaminsky et al. 1992; Benneyan 2001); Bernoulli CUSUM part by part (Reynolds & Stoumbos 1999).
+
+Sides: a rule firing on the worse side (above the centre for p, np, c, u, p′; below it for G) is an
+alarm; on the better side it is a *possible improvement to verify*, never an alarm (`classify`).
 Lower limits are clipped at 0 (and p-chart upper limits at 1). Rules work on each point's z-score
 (distance from the centre line in its own sigma units), so they hold with stepped limits too.
 Phase I estimates limits from a baseline (optionally dropping out-of-control subgroups and
@@ -22,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Sequence
 
-ChartKind = Literal["p", "np", "c", "u", "laney_p"]
+ChartKind = Literal["p", "np", "c", "u", "laney_p", "g"]
 D2_MR = 1.128  # d2 for moving ranges of span 2
 
 WE_RULES = ("WE1", "WE2", "WE3", "WE4")
@@ -110,6 +115,15 @@ class ControlChart:
 
     def violations_at(self, index: int) -> tuple[RuleViolation, ...]:
         return tuple(v for v in self.violations if v.index == index)
+
+    def status(self, index: int) -> str:
+        """`alarm`, `improvement`, `pattern` or `in_control` of a point (see `classify`)."""
+        return classify(self.violations_at(index), self.kind)
+
+    @property
+    def alarms(self) -> tuple[int, ...]:
+        """Indexes of points where a rule fired on the worse side: the only alarms of a chart."""
+        return tuple(i for i in self.out_of_control if self.status(i) == "alarm")
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -238,6 +252,8 @@ def chart(kind: ChartKind, counts: Sequence[int], sizes: Sequence[float] | None 
         return u_chart(counts, sizes or [], limits=limits, k=k, rules=rules)
     if kind == "c":
         return c_chart(counts, limits=limits, k=k, rules=rules)
+    if kind == "g":
+        return g_chart(counts, limits=limits, k=k, rules=rules)
     if kind == "np":
         ns = set(sizes or [])
         if len(ns) > 1:
@@ -388,3 +404,185 @@ def phase_two(limits: Limits, counts: Sequence[int], sizes: Sequence[float] | No
     """Chart new subgroups against frozen limits (their centre and σ_z do not move)."""
     sizes_l = list(sizes) if sizes is not None else [1.0] * len(counts)
     return chart(limits.kind, counts, sizes_l, limits=limits, k=limits.k, rules=rules)
+
+
+# -- which side is worse, and what a violation means ------------------------------------------
+ATTRIBUTE_DEFAULT_RULES = ("WE1",)  # Test 1 only: Minitab's default for P, NP, C and U charts
+G_DEFAULT_RULES = ("WE1", "N2")  # Test 1 and 9 points on one side: Minitab's default for G charts
+STATUS_TEXT = {
+    "alarm": "out of control (worse)",
+    "improvement": "possible improvement to verify",
+    "pattern": "non-random pattern to verify",
+    "in_control": "in control",
+    "too_small": "subgroup too small to judge",
+}
+
+
+def worse_side(kind: str) -> int:
+    """+1 when a larger statistic means more defects (p, np, c, u, p′), −1 for a G chart (fewer parts between defects)."""
+    return -1 if kind == "g" else 1
+
+
+def classify(violations: Sequence[RuleViolation], kind: str) -> str:
+    """`alarm` (a rule fired on the worse side), `improvement` (only on the better side), `pattern` (a
+    rule with no side: N4, N7, N8), or `in_control` (none fired). Only `alarm` is an alarm."""
+    worse = worse_side(kind)
+    sides = {v.side for v in violations}
+    if worse in sides:
+        return "alarm"
+    if -worse in sides:
+        return "improvement"
+    return "pattern" if sides else "in_control"
+
+
+def side_text(z: float, kind: str) -> str:
+    """`above`/`below`/`on` the centre line."""
+    return "above" if z > 0 else ("below" if z < 0 else "on")
+
+
+# -- G chart (parts between defective parts) --------------------------------------------------
+def _norm_score(prob: float) -> float:
+    from statistics import NormalDist
+
+    prob = min(max(prob, 1e-15), 1 - 1e-15)
+    return NormalDist().inv_cdf(prob)
+
+
+def geometric_quantile(p: float, prob: float) -> float:
+    """Continuous quantile of the number of good parts before a defective one (geometric on 0, 1, …):
+    the g with P(G ≤ g) = 1 − (1−p)^(g+1) = prob, floored at 0."""
+    if not 0 < p < 1:
+        return 0.0
+    return max(0.0, math.log(1 - prob) / math.log(1 - p) - 1)
+
+
+def g_chart(gaps: Sequence[int], *, limits: Limits | None = None, k: float = 3.0,
+            rules: Sequence[str] = G_DEFAULT_RULES) -> ControlChart:
+    """G chart: good parts between consecutive defective parts, for rare defects.
+
+    The gaps of an in-control process are geometric with p̂ = 1/(ḡ + 1) (Kaminsky et al. 1992,
+    *Statistical control charts based on a geometric distribution*, JQT 24(2)). The limits are
+    the geometric's probability limits at the tail areas of ±k normal sigmas (0.135 % each for k = 3)
+    and the centre line its median, as Benneyan (2001) and Minitab do: the geometric is so skewed
+    that mean ± 3σ has no lower limit and 63 % of gaps fall below the mean, so runs against the
+    mean would alarm all the time. A point's z is the normal score of its mid-CDF, so the run rules
+    apply unchanged. Short gaps (below the centre line) mean more defects: the worse side is −1.
+    """
+    if any(g < 0 for g in gaps):
+        raise ValueError("gaps must be >= 0")
+    if limits is None:
+        limits = Limits("g", sum(gaps) / len(gaps) if gaps else 0.0, k=k)
+    gbar = limits.center
+    p = 1.0 / (gbar + 1.0)
+    tail = 1 - NormalCDF(limits.k)
+    lcl, ucl = geometric_quantile(p, tail), geometric_quantile(p, 1 - tail)
+    med = geometric_quantile(p, 0.5)
+    sigma = math.sqrt(gbar * (gbar + 1.0))
+    pts = []
+    for i, g in enumerate(gaps):
+        below = 1 - (1 - p) ** g  # P(G < g)
+        at = p * (1 - p) ** g  # P(G = g)
+        z = _norm_score(below + 0.5 * at) if p < 1 else 0.0
+        pts.append(ChartPoint(i, float(g), 1, med, lcl, ucl, sigma, z))
+    return _finish(limits, pts, rules)
+
+
+def NormalCDF(x: float) -> float:  # noqa: N802 - mathematical name
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def gaps_between(defective: Sequence[int]) -> list[int]:
+    """Good parts before each defective part of a per-part 0/1 sequence (the G chart's data)."""
+    out, run = [], 0
+    for x in defective:
+        if x:
+            out.append(run)
+            run = 0
+        else:
+            run += 1
+    return out
+
+
+# -- Bernoulli CUSUM (part by part) -------------------------------------------------------------
+@dataclass(frozen=True)
+class Cusum:
+    """A Bernoulli CUSUM over parts in time order (Reynolds & Stoumbos 1999)."""
+
+    p0: float  # in-control fraction defective
+    p1: float  # the fraction defective it is tuned to detect
+    gamma: float  # reference value, 1/m
+    m: int
+    h: float  # decision limit
+    arl0: float  # in-control average run length (parts) of this (γ, h), exact Markov chain
+    stats: tuple[float, ...]  # B_t after each part
+    signals: tuple[int, ...]  # part indexes where B_t ≥ h (the statistic restarts at 0 after each)
+
+
+def cusum_gamma(p0: float, p1: float) -> float:
+    """Reference value of the Bernoulli CUSUM: ln((1−p0)/(1−p1)) / ln(p1(1−p0) / (p0(1−p1)))."""
+    return math.log((1 - p0) / (1 - p1)) / math.log(p1 * (1 - p0) / (p0 * (1 - p1)))
+
+
+def cusum_arl(p: float, m: int, big_h: int) -> float:
+    """Average parts to a signal from B = 0 when each part is defective with probability p.
+
+    B lives on the lattice s/m (γ = 1/m): a defective part adds m − 1 steps, a good one takes one
+    away (floored at 0); a signal is s ≥ H. Solves the Markov chain's ARL equations exactly.
+    """
+    import numpy as np
+
+    a = np.eye(big_h)
+    for s in range(big_h):
+        up = s + m - 1
+        if up < big_h:
+            a[s, up] -= p
+        a[s, max(0, s - 1)] -= 1 - p
+    return float(np.linalg.solve(a, np.ones(big_h))[0])
+
+
+def cusum_design(p0: float, p1: float, arl0: float, *, max_states: int = 3000) -> tuple[int, float, float]:
+    """(m, h, ARL0) of the smallest decision limit h (a multiple of 1/m) whose in-control ARL ≥ `arl0`.
+
+    The lattice is coarsened (a larger γ step) when it would need more than `max_states` states.
+    """
+    m = max(2, round(1 / cusum_gamma(p0, p1)))
+    lo, hi = 1, m  # in lattice steps
+    while cusum_arl(p0, m, hi) < arl0:
+        lo, hi = hi, hi * 2
+        if hi > max_states:
+            hi = max_states
+            break
+    while hi - lo > max(1, m // 20):
+        mid = (lo + hi) // 2
+        if cusum_arl(p0, m, mid) >= arl0:
+            hi = mid
+        else:
+            lo = mid
+    return m, hi / m, cusum_arl(p0, m, hi)
+
+
+def bernoulli_cusum(defective: Sequence[int], p0: float, *, p1: float | None = None, arl0: float = 10_000.0) -> Cusum:
+    """Upper Bernoulli CUSUM B_t = max(0, B_{t−1} + x_t − γ), signal at B_t ≥ h (Reynolds & Stoumbos 1999,
+    *A CUSUM chart for monitoring a proportion when inspecting continuously*, JQT 31(1)).
+
+    It reads every part as it comes, so it needs no subgroups: the chart for defects too rare for a
+    p chart. Tuned to detect p1 (default 2·p0); h is the smallest limit giving an in-control ARL of
+    at least `arl0` parts. Only increases signal: it is one-sided on the worse side.
+    Raises:
+        ValueError: p0 not in (0, 1) or p1 not in (p0, 1).
+    """
+    p1 = min(2 * p0, (1 + p0) / 2) if p1 is None else p1
+    if not 0 < p0 < 1 or not p0 < p1 < 1:
+        raise ValueError(f"Bernoulli CUSUM needs 0 < p0 < p1 < 1 (p0={p0}, p1={p1})")
+    m, h, arl = cusum_design(p0, p1, arl0)
+    gamma = 1.0 / m
+    b, stats, signals = 0.0, [], []
+    for i, x in enumerate(defective):
+        b = max(0.0, b + (1.0 if x else 0.0) - gamma)
+        if b >= h - 1e-9:
+            signals.append(i)
+            stats.append(b)
+            b = 0.0
+        else:
+            stats.append(b)
+    return Cusum(p0, p1, gamma, m, h, arl, tuple(stats), tuple(signals))

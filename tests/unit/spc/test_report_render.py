@@ -18,7 +18,7 @@ GROUPS = [report.Subgroup(i * 3_600_000, f"2025-11-21 {i:02d}:00", 500, d, d + 3
 
 
 def test_phase_one_rows_with_stepped_limits_and_violation():
-    rep = report.build_report(GROUPS, by="hour", scope="line L1")
+    rep = report.build_report(GROUPS, by="hour", scope="line L1", kind="p")
     assert len(rep.rows) == 8 and rep.chart is not None
     bad = [r for r in rep.rows if r.violations]
     assert [r.period for r in bad] == ["2025-11-21 04:00"] and "WE1" in bad[0].violations
@@ -30,14 +30,19 @@ def test_phase_one_rows_with_stepped_limits_and_violation():
 def test_phase_two_against_frozen_limits_and_u_chart():
     rep = report.build_report(GROUPS, by="hour", scope="x", limits=spc.Limits("p", 0.02), phase_note=" from baseline")
     assert rep.phase.startswith("II") and rep.rows[0].cl == 0.02
-    u = report.build_report(GROUPS, by="hour", scope="x", kind="u")
+    u = report.build_report(GROUPS, by="hour", scope="x", kind="u", iterate=False)
     assert u.rows[0].cl == pytest.approx(sum(g.defects for g in GROUPS) / 4000)
 
 
-def test_renderers():
+def test_auto_chart_for_constant_subgroups_is_np():
     rep = report.build_report(GROUPS, by="hour", scope="line L1")
+    assert rep.chart_kind == "np" and "constant n = 500" in rep.subtitle and rep.title.startswith("np chart")
+
+
+def test_renderers():
+    rep = report.build_report(GROUPS, by="hour", scope="line L1", kind="p")
     table = report.render_table(rep)
-    assert "inspected" in table and "!! WE1" in table and "1 of 8 periods out of control" in table
+    assert "inspected" in table and "!! WE1" in table and "1 of 8 hours out of control (worse)" in table
     rows = list(csv.DictReader(io.StringIO(report.render_csv(rep))))
     assert len(rows) == 8 and rows[4]["violations"] == "WE1" and float(rows[0]["rate"]) == 0.02
     doc = json.loads(report.render_json(rep))

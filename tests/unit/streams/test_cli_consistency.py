@@ -1,0 +1,100 @@
+"""The command line: every command's --help with help and defaults for each option, one name per
+concept, and a table of bad inputs that give exit 2 and one `error:` line, never a traceback (issue 20)."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from streams import cli
+
+
+def _all_parsers():
+    parser = cli.build_parser()
+    yield "defectstream", parser
+    yield from cli._subparsers(parser)
+
+
+def test_every_help_page_renders_and_every_option_has_help():
+    missing = []
+    for name, p in _all_parsers():
+        p.format_help()
+        for a in p._actions:
+            if a.option_strings and a.help is None:
+                missing.append(f"{name} {a.option_strings[0]}")
+    assert not missing, missing
+
+
+def test_help_shows_defaults():
+    p = dict(_all_parsers())
+    assert "(default: shift)" in p["report"].format_help()
+    assert "(default: table)" in p["compare"].format_help()
+
+
+def test_version_and_verbosity_anywhere(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("defectstream ")
+    args = cli.build_parser().parse_args(["report", "-v", "--by", "hour", "-q"])
+    assert args.verbose == 1 and args.quiet == 1
+
+
+def test_one_name_per_concept_old_spellings_warn(capsys):
+    p = cli.build_parser()
+    a = p.parse_args(["replay", "--from", "2h", "--until", "now", "--model", "m", "--run-id", "r"])
+    assert a.since == "2h" and "--from is deprecated" in capsys.readouterr().err
+    a = p.parse_args(["compare", "--candidate", "x", "--camera", "a", "--camera", "b"])
+    assert a.cameras == ["a", "b"]
+    a = p.parse_args(["report", "--camera", "a", "--camera", "b"])
+    assert a.camera == ["a", "b"]
+    for name in ("replay", "compare", "report"):
+        helptext = dict(_all_parsers())[name].format_help()
+        assert "--since" in helptext and "--camera" in helptext
+
+
+BAD_INPUTS = [
+    ["report", "--since", "yesterday"],
+    ["report", "--until", "soon"],
+    ["report", "--rules", "XX9"],
+    ["report", "--chart", "/nonexistent-folder/chart.png"],
+    ["report", "--since", "now", "--until", "7d"],
+    ["compare", "--candidate", "r1", "--since", "yesterday"],
+    ["compare", "--candidate", "r1", "--since", "now", "--until", "1d"],
+    ["monitor", "--no-kafka", "--baseline-since", "yesterday"],
+    ["replay", "--since", "yesterday", "--until", "now", "--model", "m", "--run-id", "r1"],
+    ["replay", "--until", "now", "--model", "m", "--run-id", "r1"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_INPUTS, ids=lambda a: " ".join(a))
+def test_bad_input_gives_one_error_line_and_exit_2(argv, capsys):
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(errors) == 1, err
+
+
+def test_unknown_defectstream_variable_is_reported(monkeypatch, capsys):
+    from streams.commands.config import unknown_variables
+
+    monkeypatch.setenv("DEFECTSTREAM_MONITR__WINDOW_S", "60")
+    monkeypatch.setenv("DEFECTSTREAM_MONITOR__WINDOW_S", "60")
+    names = unknown_variables()
+    assert "DEFECTSTREAM_MONITR__WINDOW_S" in names and "DEFECTSTREAM_MONITOR__WINDOW_S" not in names
+
+
+def test_config_prints_settings_and_their_source(monkeypatch, capsys):
+    monkeypatch.setenv("DEFECTSTREAM_PLANT__TIMEZONE", "UTC")
+    assert cli.main(["config"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("plant.timezone"))
+    assert "UTC" in line and "env DEFECTSTREAM_PLANT__TIMEZONE" in line
+
+
+def test_argparse_namespace_type():
+    assert isinstance(cli.build_parser(), argparse.ArgumentParser)
