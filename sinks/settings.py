@@ -41,6 +41,7 @@ class SinkSettings(BaseModel):
     hold_initial_s: float = Field(1.0, gt=0.0, description="first wait of a hold before probing ClickHouse")
     hold_max_s: float = Field(30.0, gt=0.0, description="longest wait between probes while ClickHouse is down")
     include_alerts: bool = Field(True, description="also store the `alerts` topic (alerts are deduplicated by id)")
+    include_review: bool = Field(True, description="also store the review topics (sampled frames, review queue)")
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     metrics_port: int = Field(
         9465, ge=0, le=65535,
