@@ -12,6 +12,15 @@ declare. Besides, a re-read batch is never byte-identical (`ingested_at`/`versio
 ingest). Reading one row per id is the guarantee on both (`tests/*/test_*dialect*`: a re-sent
 batch changes no answer of the report or the monitor).
 
+Partitions: every table is `PARTITION BY toYYYYMM(event_time)`, and a current ClickHouse refuses an
+INSERT block touching more than `max_partitions_per_insert_block` (100) partitions (code 252; 18.16
+has no such limit). Frames may be up to ten years old, so a batch can span more months than that:
+`write()` splits each batch by month into INSERTs of at most `SinkSettings.max_partitions_per_insert`
+months, and when a server still refuses one as touching too many partitions (a lower limit), halves
+that bound for the rest of the process and writes the chunk again, down to one month per INSERT. A
+batch counts as written only when every one of its INSERTs was acknowledged; a chunk written before
+a later one failed is written again after the rewind and counted once, as any re-sent row.
+
 Errors: a network/overload error is retried, then reported as backpressure (the runner holds); a
 value ClickHouse can never store (type mismatch, out of range, unparsable) is a `SinkRejectedError`
 (the batch is split and the row dead-lettered); any other error (unknown table, access denied) is
@@ -195,6 +204,8 @@ class TableSpec:
     columns: Sequence[str]
     to_row: Callable[[dict, int], tuple]  # (decoded Avro record, ingested_at ms) → row
     run_key: Callable[[tuple], tuple[str, str, int]] | None = None  # row → (run_id, model_version, ts)
+    # Column (epoch ms) the table's `event_time`, hence its `PARTITION BY toYYYYMM(event_time)`, is computed from.
+    partition_column: str | None = None
 
 
 def table_specs(topics: Any, plant: Plant, *, shift_of: ShiftOf | None = None) -> dict[str, TableSpec]:
@@ -213,22 +224,68 @@ def table_specs(topics: Any, plant: Plant, *, shift_of: ShiftOf | None = None) -
         topics.defects: TableSpec(
             "defects", DEFECT_COLUMNS, lambda r, now: defect_row(DefectEvent.from_avro(r), tz, now, shift_of=shift_of),
             lambda row: (row[di["run_id"]], row[di["model_version"]], row[di["first_frame_ts"]]),
+            partition_column="first_frame_ts",
         ),
         topics.parts: TableSpec(
             "parts", PART_COLUMNS, lambda r, now: part_row(PartInspected.from_avro(r), tz, now, shift_of=shift_of),
             lambda row: (row[pi["run_id"]], row[pi["model_version"]], row[pi["first_frame_ts"]]),
+            partition_column="first_frame_ts",
         ),
-        topics.alerts: TableSpec("alerts", ALERT_COLUMNS, lambda r, now: alert_row(Alert.from_avro(r), now)),
+        topics.alerts: TableSpec("alerts", ALERT_COLUMNS, lambda r, now: alert_row(Alert.from_avro(r), now),
+                                 partition_column="created_at"),
         **({topics.review_frames: TableSpec(
-            "review_frames", REVIEW_FRAME_COLUMNS, lambda r, now: review_frame_row(ReviewFrame.from_avro(r), now)),
+            "review_frames", REVIEW_FRAME_COLUMNS, lambda r, now: review_frame_row(ReviewFrame.from_avro(r), now),
+            partition_column="capture_ts"),
             topics.review_queue: TableSpec(
-            "review_queue", REVIEW_QUEUE_COLUMNS, lambda r, now: review_candidate_row(ReviewCandidate.from_avro(r), now)),
+            "review_queue", REVIEW_QUEUE_COLUMNS, lambda r, now: review_candidate_row(ReviewCandidate.from_avro(r), now),
+            partition_column="capture_ts"),
             } if hasattr(topics, "review_frames") else {}),
     }
 
 
 # Server error codes worth retrying: overload, timeouts, too many parts, memory, readonly replica.
+# 252 (TOO_MANY_PARTS) is also "too many partitions for single INSERT block", which no retry of the
+# same INSERT fixes: `is_too_many_partitions` tells them apart, and the sink splits such an INSERT.
 _RETRYABLE_CODES = {3, 159, 202, 209, 210, 241, 242, 252, 319, 425, 999}
+
+
+def is_too_many_partitions(exc: BaseException) -> bool:
+    """Whether an INSERT was refused for touching more partitions than `max_partitions_per_insert_block`.
+
+    clickhouse-driver raises a ServerException with code 252; chdb a ChdbError (a RuntimeError)
+    whose text starts with "Code: 252". Both carry "Too many partitions for single INSERT block".
+    """
+    text = str(exc)
+    if "partitions for single insert block" not in text.lower():
+        return False
+    code = getattr(exc, "code", None)
+    return code == 252 or (code is None and "Code: 252" in text)
+
+
+def month_utc(ts_ms: int) -> int:
+    """YYYYMM of an epoch-ms timestamp in UTC (the sink's stand-in for the server's `toYYYYMM(event_time)`).
+
+    The server computes the partition in its own timezone, less than a day off UTC, so the rows of
+    one UTC month fall into at most two server months (see `split_by_partition`).
+    """
+    d = dt.datetime.fromtimestamp(max(0, int(ts_ms)) // 1000, tz=dt.timezone.utc)
+    return d.year * 100 + d.month
+
+
+def split_by_partition(rows: Sequence[tuple], ts_index: int, max_months: int) -> list[list[tuple]]:
+    """`rows` in chunks that each hold the rows of at most `max_months` UTC months (all rows of a month in one).
+
+    A chunk of k UTC months touches at most 2·k partitions in any server timezone (see `month_utc`).
+    Months are taken oldest first; rows keep their order within a month. One chunk when the rows
+    span `max_months` months or fewer.
+    """
+    by_month: dict[int, list[tuple]] = {}
+    for row in rows:
+        by_month.setdefault(month_utc(row[ts_index]), []).append(row)
+    if len(by_month) <= max_months:
+        return [list(rows)] if rows else []
+    months = sorted(by_month)
+    return [[r for m in months[i:i + max_months] for r in by_month[m]] for i in range(0, len(months), max_months)]
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -276,6 +333,14 @@ def is_row_error(exc: BaseException) -> bool:
     return isinstance(exc, (ValueError, OverflowError, struct.error))
 
 
+class _TooManyPartitions(Exception):
+    """An INSERT touched more partitions than the server allows (internal: `write` splits it)."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class ClickHouseSink(BatchingSink):
     """Batches decoded events per topic partition and INSERTs them into their table.
 
@@ -312,6 +377,9 @@ class ClickHouseSink(BatchingSink):
         self._runs_seen: set[tuple[str, str]] = set()
         self.rows_written: dict[str, int] = {spec.table: 0 for spec in specs.values()}
         self.retries = 0
+        self.inserts = 0  # INSERT statements acknowledged (a batch spanning many months takes several)
+        # Months per INSERT; halved for the rest of the process when a server refuses a chunk as too many partitions.
+        self.max_partitions_per_insert = self.settings.max_partitions_per_insert
 
     # -- contract -------------------------------------------------------------------------
     def setup(self) -> None:
@@ -348,12 +416,44 @@ class ClickHouseSink(BatchingSink):
             self._deadline = None
 
     def write(self, batch: SinkBatch) -> None:
+        """INSERT the batch's rows, one INSERT per chunk of at most `max_partitions_per_insert` months.
+
+        Returns only once every chunk was acknowledged; raises (see `BatchingSink.write`) otherwise,
+        chunks already written being written again with the whole batch later (idempotent tables).
+        """
         spec = self.specs[batch.topic]
         rows = [it.value for it in batch]
-        self._with_retries(lambda ex: ex.insert(spec.table, spec.columns, rows), f"{spec.table} ({len(rows)} rows)")
+        self._insert_split(spec, rows)
         self.rows_written[spec.table] = self.rows_written.get(spec.table, 0) + len(rows)
         if spec.run_key is not None:
             self._record_runs(spec, rows)
+
+    def _insert_split(self, spec: TableSpec, rows: list[tuple]) -> None:
+        if spec.partition_column is None:
+            months: list[list[tuple]] = [rows]
+        else:
+            months = split_by_partition(rows, spec.columns.index(spec.partition_column), 1)  # one list per month
+        i = 0
+        while i < len(months):
+            k = 1 if spec.partition_column is None else self.max_partitions_per_insert
+            chunk = [r for m in months[i:i + k] for r in m]
+            try:
+                self._with_retries(lambda ex: ex.insert(spec.table, spec.columns, chunk),
+                                   f"{spec.table} ({len(chunk)} rows)")
+            except _TooManyPartitions as exc:
+                span = len(months[i:i + k])
+                if span <= 1 or spec.partition_column is None:
+                    raise SinkBackpressureError(
+                        self.settings.hold_max_s,
+                        f"INSERT {spec.table} refused even with one month per INSERT: {exc.cause}", cause=exc.cause,
+                    ) from exc.cause
+                self.max_partitions_per_insert = max(1, span // 2)
+                log.warning("ClickHouse refused an INSERT into %s as touching too many partitions (%s); "
+                            "writing at most %d months per INSERT from now on", spec.table, exc.cause,
+                            self.max_partitions_per_insert)
+                continue  # the same rows again, in smaller chunks
+            self.inserts += 1
+            i += k
 
     def healthy(self) -> bool:
         try:
@@ -390,6 +490,8 @@ class ClickHouseSink(BatchingSink):
                 return op(self._executor())
             except Exception as exc:
                 self._reset()  # a failed INSERT may leave the connection mid-protocol
+                if is_too_many_partitions(exc):
+                    raise _TooManyPartitions(exc) from exc  # the same INSERT never succeeds: split it
                 if is_row_error(exc):
                     raise SinkRejectedError(f"INSERT {what} rejected: {type(exc).__name__}: {exc}", cause=exc) from exc
                 if not is_retryable(exc):

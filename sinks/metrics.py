@@ -51,8 +51,8 @@ def set_lag(gauge: Gauge, lags: dict[tuple[str, int], int]) -> None:
         gauge.labels(topic=topic, partition=str(partition)).set(max(0, int(lag)))
 
 
-def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> Any | None:
-    """Serve `registry` on http://addr:port/metrics in a daemon thread.
+def serve(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> Any | None:
+    """Serve `registry` on http://addr:port/metrics in a daemon thread (loopback unless `addr` says otherwise).
 
     Returns:
         The HTTP server (`.shutdown()` stops it), or None when `port` is 0 or cannot be bound

@@ -396,7 +396,7 @@ def run_sink(
         runner_hook: `runner_hook(runner)` is called before the loop starts (tests keep the runner
             to stop it).
 
-    The run's metrics are served on `settings.metrics_port` while it runs (see `sinks.metrics`).
+    The run's metrics are served on `settings.metrics_addr`:`settings.metrics_port` while it runs (see `sinks.metrics`).
     `defectstream sink` (`streams.commands.sink.run_sink`) builds all of these from `Settings`.
     """
     from sinks.clickhouse import ClickHouseSink, table_specs
@@ -407,7 +407,7 @@ def run_sink(
                         producer_factory=producer_factory)
     if runner_hook is not None:
         runner_hook(runner)
-    server = serve(runner.metrics.registry, settings.metrics_port)
+    server = serve(runner.metrics.registry, settings.metrics_port, settings.metrics_addr)
     try:
         return runner.run(max_seconds=max_seconds, idle_s=idle_s)
     finally:

@@ -40,12 +40,23 @@ class SinkSettings(BaseModel):
     backoff_max_s: float = Field(5.0, gt=0.0)
     hold_initial_s: float = Field(1.0, gt=0.0, description="first wait of a hold before probing ClickHouse")
     hold_max_s: float = Field(30.0, gt=0.0, description="longest wait between probes while ClickHouse is down")
+    max_partitions_per_insert: int = Field(
+        40, ge=1, le=1000,
+        description="UTC months per INSERT: a batch spanning more is split (a current ClickHouse refuses an INSERT "
+                    "touching more than max_partitions_per_insert_block = 100 partitions; a UTC month can fall "
+                    "into two months of the server's timezone)",
+    )
     include_alerts: bool = Field(True, description="also store the `alerts` topic (alerts are deduplicated by id)")
     include_review: bool = Field(True, description="also store the review topics (sampled frames, review queue)")
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     metrics_port: int = Field(
         9465, ge=0, le=65535,
-        description="serve Prometheus metrics on http://0.0.0.0:<port>/metrics (0: not served); see sinks.metrics",
+        description="serve Prometheus metrics on http://<metrics_addr>:<port>/metrics (0: not served); see sinks.metrics",
+    )
+    metrics_addr: str = Field(
+        "127.0.0.1",
+        description="address the metrics endpoint binds: loopback unless a scraper on another host needs it "
+                    "(docker-compose sets 0.0.0.0 inside the container, where Prometheus scrapes it)",
     )
 
     @model_validator(mode="after")

@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None, *, inspector: Any | None = None
 
         ensure_topics(settings)
         # Only a running worker serves metrics (importing streams.app binds nothing).
-        serve(pipeline.metrics.registry, settings.worker.metrics_port)
+        serve(pipeline.metrics.registry, settings.worker.metrics_port, settings.worker.metrics_addr)
 
     return app
 

@@ -3,8 +3,9 @@
 Every metric is named `defectstream_*` and lives in a registry of its own instance
 (`WorkerMetrics()` / `SinkMetrics()`), never in prometheus-client's global default registry, so
 tests (and a process holding two sinks) can build as many as they like. Each process serves its
-registry on `worker.metrics_port` / `sink.metrics_port` (0: not served). Metrics are never worth a
-stopped pipeline: a port that cannot be bound is logged and the process goes on without it.
+registry on `worker.metrics_port` / `sink.metrics_port` (0: not served), bound to `*.metrics_addr`
+(loopback by default). Metrics are never worth a stopped pipeline: a port that cannot be bound is
+logged and the process goes on without it.
 """
 from __future__ import annotations
 

@@ -250,7 +250,12 @@ class WorkerSettings(BaseModel):
     web_enabled: bool = False
     metrics_port: int = Field(
         9464, ge=0, le=65535,
-        description="serve Prometheus metrics on http://0.0.0.0:<port>/metrics (0: not served); see streams.metrics",
+        description="serve Prometheus metrics on http://<metrics_addr>:<port>/metrics (0: not served); see streams.metrics",
+    )
+    metrics_addr: str = Field(
+        "127.0.0.1",
+        description="address the metrics endpoint binds: loopback unless a scraper on another host needs it "
+                    "(docker-compose sets 0.0.0.0 inside the container, where Prometheus scrapes it)",
     )
     session_timeout_s: float = Field(
         30.0, ge=6.0, description="consumer group session timeout: how soon a crashed worker's partitions move"
@@ -303,7 +308,26 @@ class MonitorSettings(BaseModel):
     scopes: list[Literal["line", "camera"]] = Field(default_factory=lambda: ["line", "camera"])
     webhook_url: SecretStr | None = Field(None, description="POST each alert here (often carries a token: never logged)")
     webhook_timeout_s: float = Field(5.0, gt=0.0)
-    run_id: str = "production"
+    lateness_s: float = Field(
+        0.0, ge=0.0,
+        description="judge the window ending this long before each tick (first judgement); rows ingested later "
+                    "are re-judged into their windows anyway (rejudge_s)",
+    )
+    rejudge_s: float = Field(
+        6 * 3600.0, ge=0.0,
+        description="a judged window whose parts change (rows ingested after it was judged: a ClickHouse hold, a "
+                    "backlog, a camera clock behind) is judged again while it ended less than this long ago",
+    )
+    ingest_margin_s: float = Field(
+        180.0, ge=0.0,
+        description="rows become visible up to this long after their ingested_at (the sink stamps rows when it "
+                    "reads them and INSERTs them within its flush interval and flush budget)",
+    )
+    run_id: str = Field(
+        "production",
+        description="the run whose parts are watched and whose alerts are written; any other run (replay, test) "
+                    "publishes to `<alerts topic>.<run_id>`, never to the production alerts topic",
+    )
 
 
 class ReviewSettings(BaseModel):

@@ -231,3 +231,31 @@ def test_a_row_clickhouse_refuses_is_dead_lettered_and_its_batch_stored(
     assert dead["error_class"] == "sink_rejected" and "first_frame_ts" in dead["reason"]
     assert dead["topic"] == names.parts and dead["offset"] == 5
     assert PartInspected.codec().decode(dead["original"])["first_frame_ts"] == -5000
+
+
+def test_parts_from_200_months_are_stored_without_a_hold(stack, kafka_bootstrap, fresh_topic, clickhouse_connect,
+                                                         fresh_database):
+    """One batch of 200 one-frame parts, each in another month (intake takes frames ten years old): the
+    sink writes it in INSERTs of at most `max_partitions_per_insert` months (a current ClickHouse
+    refuses more than 100 partitions per INSERT; 18.16 has no limit), stores every part once, holds
+    nothing, and commits every offset."""
+    import datetime as dt
+
+    from sinks.testing import make_part
+
+    migrate(DriverExecutor(clickhouse_connect(database=fresh_database)))
+    names = topics(fresh_topic, partitions=1)
+    stamps = [int(dt.datetime(2009 + m // 12, m % 12 + 1, 15, 12, tzinfo=dt.timezone.utc).timestamp() * 1000)
+              for m in range(200)]
+    parts = [make_part(i, ts) for i, ts in enumerate(stamps)]
+    produce(kafka_bootstrap, names, parts)
+    settings = settings_for(kafka_bootstrap, names, stack.host, stack.clickhouse_port, fresh_database,
+                            flush_interval_s=2.0, max_partitions_per_insert=40)
+    box: dict = {}
+    stats = run_sink(settings, idle_s=3.0, max_seconds=90, runner_hook=lambda r: box.setdefault("runner", r))
+    assert stats.holds == 0 and stats.deadlettered == 0 and stats.consumed == 200
+    ch = clickhouse_connect(database=fresh_database)
+    stored = ch.execute("SELECT uniqExact(event_id), count(), uniqExact(toYYYYMM(event_time)) FROM parts")
+    assert stored == [(200, 200, 200)]
+    assert box["runner"].sink.inserts >= 5  # 200 months, at most 40 per INSERT
+    assert sum(v for (t, _), v in committed(kafka_bootstrap, settings.sink.group_id).items() if t == names.parts) == 200

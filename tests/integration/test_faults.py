@@ -968,3 +968,148 @@ def test_a_garbage_cameras_record(stack, group_worker_factory, kafka_bootstrap, 
     # each start reads every garbage record once: 2 copies before the kill, 2 after (the first start
     # may have been reading the second copy when it was killed)
     assert skipped >= 3 * len(GARBAGE_CAMERAS_RECORDS), skipped
+
+
+# ------------------------------------------------------------- issue 17: 200 parts over 200 months
+MONTHS = 200
+
+
+def _month_start_ms(months_back: int) -> int:
+    """UTC epoch ms of the 15th, noon, `months_back` months before the current month (≥ 1: never
+    ahead of the clock)."""
+    import datetime as dt
+
+    today = dt.datetime.now(dt.timezone.utc)
+    m = today.year * 12 + today.month - 1 - months_back
+    return int(dt.datetime(m // 12, m % 12 + 1, 15, 12, tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+
+def spread_over_months(run: Run, months: int = MONTHS) -> Run:
+    """The run with every part's frames moved into a month of its own (part k of the run, in the
+    order parts start, to one of the `months` months before the current one, oldest first), their
+    spacing kept. Within a camera the capture times still increase, frame numbers are unchanged."""
+    codec = FrameEvent.codec()
+    order: dict[str, int] = {}
+    shift: dict[str, int] = {}
+    records = []
+    for key, value, part in run.records:
+        if part is None:
+            records.append((key, value, part))
+            continue
+        ev = FrameEvent.from_avro(codec.decode(value))
+        if part not in order:
+            k = order[part] = len(order)
+            shift[part] = _month_start_ms(months - k % months) + (k // months) * 60_000 - ev.capture_ts
+        ev.capture_ts += shift[part]
+        records.append((key, codec.encode(ev.to_avro()), part))
+    return Run(records, run.frames_of, run.cameras)
+
+
+class _ChdbClient:
+    """The audit's `Client.execute` on a chdb executor shared with the sink thread (one query at a time)."""
+
+    def __init__(self, ex, lock: threading.Lock):
+        self.ex, self.lock = ex, lock
+
+    def execute(self, sql: str) -> list[tuple]:
+        with self.lock:
+            return [tuple(list(v) if isinstance(v, list) else v for v in r) for r in self.ex.query(sql)]
+
+    def disconnect(self) -> None:
+        pass
+
+
+class _LockedChdb:
+    """A chdb executor the sink may share with the audit's reads."""
+
+    def __init__(self, ex, lock: threading.Lock):
+        self.ex, self.lock = ex, lock
+
+    def query(self, sql: str) -> list[tuple]:
+        with self.lock:
+            return self.ex.query(sql)
+
+    def insert(self, table, columns, rows) -> int:
+        with self.lock:
+            return self.ex.insert(table, columns, rows)
+
+
+@pytest.mark.parametrize("clickhouse", ["current (chdb)", "18.16 (stack)"])
+def test_200_parts_spread_over_200_months(stack, group_worker_factory, kafka_bootstrap, clickhouse_connect,
+                                          fresh_database, tmp_path, clickhouse):
+    """Issue 17 item 3: cameras send parts from 200 different months (intake takes frames this old
+    when capture_ts_max_age_days allows it), so one sink batch spans far more than the 100
+    partitions per INSERT a current ClickHouse accepts (code 252; 18.16 has no limit). The sink
+    splits its batches by month: every part stored once, no hold, nothing dead-lettered but the
+    bad records slipped in."""
+    import functools
+
+    from sinks.clickhouse import ClickHouseSink, table_specs
+    from sinks.runner import SinkRunner
+    from sinks.sql import ChdbExecutor
+    from streams.commands.sink import shift_of
+    from streams.kafka import clients
+
+    run = spread_over_months(make_run("m", parts=max(PARTS, MONTHS)))
+    # One partition: the sink's batch of each topic holds every month (with more partitions, 200
+    # parts would split into batches of ≤ 100 months, which a current ClickHouse still accepts).
+    worker = group_worker_factory(kafka_bootstrap, partitions=1,
+                                  DEFECTSTREAM_TRACKING__PART_TIMEOUT_S=str(PART_TIMEOUT_S),
+                                  DEFECTSTREAM_WORKER__CAPTURE_TS_MAX_AGE_DAYS=str(31 * (MONTHS + 2)))
+    s = worker.settings
+    sset = sink_settings(s, stack.host, stack.clickhouse_port, fresh_database)
+    specs = table_specs(sset.kafka.topics, sset.plant, shift_of=shift_of(sset.plant))
+    if clickhouse.startswith("current"):
+        lock = threading.Lock()
+        chdb = ChdbExecutor(str(tmp_path / "chdb"))
+        migrate(chdb)
+        ch: Callable[[], Any] = lambda: _ChdbClient(chdb, lock)  # noqa: E731
+        sink = ClickHouseSink(sset.clickhouse, specs, sset.sink, executor_factory=lambda: _LockedChdb(chdb, lock))
+    else:
+        ch = fresh_db(clickhouse_connect, fresh_database)
+        sink = ClickHouseSink(sset.clickhouse, specs, sset.sink)
+    runner = SinkRunner(sink, sset.sink, sset.kafka.topics, framing=clients.framing(sset.kafka),
+                        consumer_factory=functools.partial(clients.consumer, sset.kafka),
+                        producer_factory=functools.partial(clients.producer, sset.kafka))
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["stats"] = runner.run()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    # The worker first, the sink after it has a backlog: its first batches span every month.
+    worker.start()
+    pub = Publisher(s.kafka.bootstrap_servers, s.kafka.topics.frames, run, publish_seconds(run, 20))
+    pub.start()
+    try:
+        pub.join(publish_seconds(run, 0) + 600)
+        assert pub.error is None and pub.done, pub.error
+        parts_end = lambda: sum(_end_offsets(s.kafka.bootstrap_servers, s.kafka.topics.parts).values())  # noqa: E731
+        wait_until(lambda: parts_end() >= len(run.frames_of), drain_timeout(run), "every part closed by the worker")
+        thread.start()
+        wait_until(lambda: runner.stats.holds > 0 or stored_parts(ch()) >= len(run.frames_of), drain_timeout(run),
+                   "every part stored, or a hold")
+        assert runner.stats.holds == 0, "the sink held"
+        wait_for_clickhouse(ch, run, drain_timeout(run))
+        assert worker.alive(), worker.log_tail()
+    finally:
+        pub.stop()
+        runner.stop()
+        if thread.is_alive():
+            thread.join(120)
+    assert "error" not in box, box.get("error")
+    stats = box["stats"]
+    client = ch()
+    months = client.execute("SELECT uniqExact(toYYYYMM(event_time)) FROM parts")[0][0]
+    a = audit(client, run, pub, s.kafka.bootstrap_servers, s.kafka.topics.deadletter)
+    client.disconnect()
+    name = "months_200_" + ("current" if clickhouse.startswith("current") else "18_16")
+    report(name, a, clickhouse=clickhouse, months_stored=int(months), sink_holds=stats.holds, partitions=1,
+           sink_inserts=sink.inserts, sink_flushes=stats.flushes,
+           sink_max_partitions_per_insert=sink.max_partitions_per_insert, sink_rows_written=stats.rows_written)
+    assert int(months) >= MONTHS - 2  # a month boundary in the server's timezone may merge two
+    assert stats.holds == 0, "the sink held"
+    assert not a.problems(), a.problems()

@@ -164,3 +164,54 @@ def test_kafka_publish_raises_when_the_broker_refuses(kafka_bootstrap, fresh_top
             publish(make_alert(1_763_700_000_000))
     finally:
         close()
+
+
+def test_parts_stored_after_their_window_was_judged_are_judged_again(scenario):
+    """Issue 17 item 7: a camera's parts reach ClickHouse after the window they were captured in was
+    judged (a ClickHouse hold, a backlog, a camera clock behind). The next tick judges that window
+    again and announces the spike it hid, under the window it belongs to."""
+    ex, now, window, (b0, b1) = scenario
+    ms = MonitorSettings(window_s=window / 1000, scopes=["camera"])
+    mon = Monitor(ex, ms)
+    mon.freeze(b0, b1)
+    assert [(a.kind, a.camera_id) for a in mon.tick(now)] == [("SPIKE", "cam-3")]
+    late = [make_part(1000 + i, now - window + 500 + i * 2_900, line="line-1", camera="cam-1", fail=i % 2 == 0)
+            for i in range(100)]
+    seed(ex, late, ingested_at=now + 60_000)  # captured in [now - window, now), stored a minute later
+    seed(ex, parts_between(now, now + window, 100, {}, seed_=3000), ingested_at=now + window)
+    fired = mon.tick(now + window)
+    assert ("SPIKE", "cam-1", now - window) in [(a.kind, a.camera_id, a.window_start) for a in fired]
+    assert mon.rejudged >= 1
+    stored = ex.query("SELECT kind, camera_id, window_start FROM alerts WHERE kind = 'SPIKE' ORDER BY camera_id")
+    assert stored == [("SPIKE", "cam-1", now - window), ("SPIKE", "cam-3", now - window)]
+
+
+def test_a_replay_monitor_never_publishes_to_the_production_alerts_topic(kafka_bootstrap, fresh_topic, kafka_admin):
+    """Issue 17 item 13: a monitor of another run publishes to `<alerts>.<run_id>`, which the sink
+    (and every production consumer) never reads."""
+    from sinks.testing import make_alert
+    from streams.spc.monitor import alerts_topic
+
+    production = fresh_topic(1)
+    settings = Settings(kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topics=TopicNames(alerts=production)),
+                        monitor=MonitorSettings(run_id="replay-it"))
+    publish, close = kafka_publisher(settings)
+    try:
+        publish(make_alert(1_763_700_000_000))
+    finally:
+        close()
+
+    def records(topic: str) -> list:
+        consumer = kafka.KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                                       consumer_timeout_ms=4000)
+        try:
+            return list(consumer)
+        finally:
+            consumer.close()
+
+    try:
+        assert alerts_topic(settings.kafka.topics, "replay-it") == f"{production}.replay-it"
+        assert len(records(f"{production}.replay-it")) == 1
+        assert records(production) == []
+    finally:
+        kafka_admin.delete_topics([f"{production}.replay-it"])

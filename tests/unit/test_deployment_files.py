@@ -151,6 +151,14 @@ def test_prometheus_scrapes_the_worker_and_the_sink_on_their_metrics_ports():
     assert targets.get("worker") == _metrics_port(services["worker"], "WORKER", s.worker.metrics_port)
     assert targets.get("sink") == _metrics_port(services["sink"], "SINK", s.sink.metrics_port)
     assert s.worker.metrics_port and s.sink.metrics_port  # 0 would turn the endpoints off
+    # The endpoints bind loopback by default; inside the containers Prometheus scrapes, every address.
+    assert s.worker.metrics_addr == s.sink.metrics_addr == "127.0.0.1"
+    assert services["worker"]["environment"]["DEFECTSTREAM_WORKER__METRICS_ADDR"] == "0.0.0.0"
+    assert services["sink"]["environment"]["DEFECTSTREAM_SINK__METRICS_ADDR"] == "0.0.0.0"
+    scraped = {"worker", "sink"}
+    for name, svc in services.items():
+        if name not in scraped:
+            assert not any(k.endswith("__METRICS_ADDR") for k in (svc.get("environment") or {})), name
 
 
 def test_grafana_has_the_prometheus_datasource_and_starts_after_it():

@@ -230,3 +230,72 @@ def test_two_deliveries_of_one_event_in_one_flush_never_tie_on_version():
     assert versions == sorted(versions) and len(set(versions)) == 3  # strictly increasing in consumption order
     assert versions[0] >= 1_000_000 * 1024  # ingest ms × 1024: above every version written as plain ms before
     assert {r["ingested_at"] for r in rows} == {1_000_000}  # the ingest time itself is untouched
+
+
+def _months_apart(n: int, start_year: int = 2016) -> list[int]:
+    """n timestamps on the 15th of n consecutive months, from January of `start_year` (UTC, epoch ms)."""
+    return [int(dt.datetime(start_year + m // 12, m % 12 + 1, 15, tzinfo=dt.timezone.utc).timestamp() * 1000)
+            for m in range(n)]
+
+
+class PartitionLimitExecutor(FakeExecutor):
+    """Refuses, as a current ClickHouse does (code 252), an INSERT touching more than `limit` months."""
+
+    def __init__(self, limit: int):
+        super().__init__([])
+        self.limit = limit
+        self.refused = 0
+
+    def insert(self, table, columns, rows):
+        rows = list(rows)
+        col = "created_at" if table == "alerts" else "recorded_at" if table == "model_runs" else "first_frame_ts"
+        months = {dt.datetime.fromtimestamp(r[columns.index(col)] / 1000, dt.timezone.utc).strftime("%Y%m")
+                  for r in rows}
+        if len(months) > self.limit:
+            self.refused += 1
+            raise errors.ServerException(
+                f"Too many partitions for single INSERT block (more than {self.limit}). The limit is controlled "
+                "by 'max_partitions_per_insert_block' setting.", code=252)
+        return super().insert(table, columns, rows)
+
+
+def test_a_batch_spanning_200_months_is_written_in_inserts_of_few_partitions():
+    ex = PartitionLimitExecutor(100)
+    sink = ClickHouseSink(None, table_specs(KafkaSettings().topics, PLANT), SinkSettings(),  # type: ignore[arg-type]
+                          executor_factory=lambda: ex, sleep=lambda s: None, clock=lambda: 1000.0)
+    stamps = _months_apart(200)
+    for i, ts in enumerate(stamps):
+        sink.add(make_part(i, ts).to_avro(), topic="parts", partition=0, offset=i)
+    res = sink.flush()
+    assert res.ok and res.written == {TP("parts", 0): 200} and res.rows == 200 and not res.rejected
+    parts = [rows for t, rows in ex.inserts if t == "parts"]
+    assert ex.refused == 0 and len(parts) == 5  # 200 months, 40 a piece
+    assert sorted(r[PART_COLUMNS.index("part_id")] for rows in parts for r in rows) == \
+        sorted(make_part(i, ts).part_id for i, ts in enumerate(stamps))
+
+
+def test_a_server_with_a_lower_partition_limit_makes_the_sink_split_further_not_hold():
+    ex = PartitionLimitExecutor(7)
+    sleeps: list[float] = []
+    sink = ClickHouseSink(None, table_specs(KafkaSettings().topics, PLANT), SinkSettings(),  # type: ignore[arg-type]
+                          executor_factory=lambda: ex, sleep=sleeps.append, clock=lambda: 1000.0)
+    for i, ts in enumerate(_months_apart(60)):
+        sink.add(make_part(i, ts).to_avro(), topic="parts", partition=0, offset=i)
+    res = sink.flush()
+    assert res.ok and res.rows == 60 and sleeps == []  # refused INSERTs are split at once, not retried
+    assert sink.max_partitions_per_insert == 5  # 40 → 20 → 10 → 5 (≤ 7)
+    assert sum(len(rows) for t, rows in ex.inserts if t == "parts") == 60
+
+
+def test_too_many_partitions_is_told_apart_from_too_many_parts():
+    from sinks.clickhouse import is_too_many_partitions, split_by_partition
+
+    assert is_too_many_partitions(errors.ServerException("Too many partitions for single INSERT block (more than 100)",
+                                                         code=252))
+    assert is_too_many_partitions(RuntimeError("Code: 252. DB::Exception: Too many partitions for single INSERT block"))
+    assert not is_too_many_partitions(errors.ServerException("Too many parts (300). Merges are processing "
+                                                             "significantly slower than inserts", code=252))
+    stamps = _months_apart(5)
+    rows = [(ts,) for ts in stamps + stamps[:2]]
+    assert split_by_partition(rows, 0, 5) == [rows]
+    assert [len(c) for c in split_by_partition(rows, 0, 2)] == [4, 2, 1]  # all rows of a month in one chunk

@@ -301,3 +301,32 @@ def test_a_part_closed_under_two_model_versions_counts_once_in_every_query(chdb_
     assert got["defects"] == [(pid, 0, "pit", 7.5)]
     assert got["compare_parts"] == sorted([(pid, "FAIL", "v1"), (other[0].part_id, "PASS", "v1")])
     assert got["compare_defects"] == ["pit"]
+
+
+def test_a_batch_of_parts_from_200_months_is_stored_by_a_current_clickhouse(chdb_ex):
+    """A current ClickHouse refuses an INSERT touching more than max_partitions_per_insert_block (100)
+    partitions (code 252); intake accepts frames ten years old, so one batch can span 200 months.
+    The sink splits it by month: everything stored, nothing held, nothing dead-lettered."""
+    import datetime as dt
+
+    from sinks.base import TP
+    from sinks.testing import make_defect, make_part
+
+    limit = chdb_ex.query("SELECT value FROM system.settings WHERE name = 'max_partitions_per_insert_block'")
+    assert limit == [("100",)]
+    stamps = [int(dt.datetime(2009 + m // 12, m % 12 + 1, 15, 12, tzinfo=dt.timezone.utc).timestamp() * 1000)
+              for m in range(200)]
+    parts = [make_part(i, ts, fail=i % 3 == 0) for i, ts in enumerate(stamps)]
+    defects = [make_defect(p, 0, "crack") for p in parts if p.verdict == "FAIL"]
+    with _scratch_database(chdb_ex, "months"):
+        specs = table_specs(KafkaSettings().topics, PLANT)
+        sink = ClickHouseSink(None, specs, SinkSettings(), executor_factory=lambda: chdb_ex)  # type: ignore[arg-type]
+        for topic, events in (("parts", parts), ("defects", defects)):
+            for off, ev in enumerate(events):
+                sink.add(ev.codec().decode(ev.codec().encode(ev.to_avro())), topic=topic, partition=0, offset=off)
+        res = sink.flush()
+        assert res.ok and not res.rejected, res.failed
+        assert res.written == {TP("parts", 0): len(parts), TP("defects", 0): len(defects)}
+        assert chdb_ex.query("SELECT uniqExact(event_id), uniqExact(_partition_id) FROM parts") == [(200, 200)]
+        assert chdb_ex.query("SELECT uniqExact(event_id) FROM defects") == [(len(defects),)]
+        assert sink.inserts > 2  # parts and defects each took several INSERTs

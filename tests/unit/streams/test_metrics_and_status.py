@@ -145,3 +145,29 @@ def test_status_shows_promotions_not_loaded_and_bad_cameras_records():
     assert st.promotions_not_loaded == 1
     text = format_table(st, None, {})
     assert "1 NOT LOADED" in text and "v2 3" in text and "promotion 2" in text
+
+
+def test_metrics_endpoints_bind_loopback_unless_configured(monkeypatch):
+    """Issue 17 item 11: the worker's and the sink's endpoints listened on every address, on the local
+    stack too. Loopback by default; DEFECTSTREAM_WORKER__METRICS_ADDR / DEFECTSTREAM_SINK__METRICS_ADDR widen it."""
+    import sinks.metrics
+    import sinks.runner
+    from streams.settings import settings_with_env
+
+    s = Settings()
+    assert s.worker.metrics_addr == "127.0.0.1" and s.sink.metrics_addr == "127.0.0.1"
+    wide = settings_with_env({"DEFECTSTREAM_WORKER__METRICS_ADDR": "0.0.0.0", "DEFECTSTREAM_SINK__METRICS_ADDR": "::"})
+    assert (wide.worker.metrics_addr, wide.sink.metrics_addr) == ("0.0.0.0", "::")
+    port = _free_port()
+    server = serve(WorkerMetrics().registry, port)  # the default address
+    try:
+        assert server is not None and server.server_address[0] == "127.0.0.1"
+    finally:
+        server.shutdown()
+        server.server_close()
+    bound: list[tuple] = []
+    monkeypatch.setattr(sinks.metrics, "serve", lambda reg, port, addr="?": bound.append((port, addr)))
+    monkeypatch.setattr(sinks.runner.SinkRunner, "run", lambda self, **kw: None)
+    sinks.runner.run_sink(s.clickhouse, s.sink, s.kafka.topics, timezone="UTC", consumer_factory=None,
+                          producer_factory=None)
+    assert bound == [(s.sink.metrics_port, "127.0.0.1")]
