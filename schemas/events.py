@@ -178,3 +178,64 @@ class DeadLetter(Event):
     original_size: int | None = None
     original_sha256: str | None = None
     schema_version: int = 2
+
+
+@dataclass
+class ReviewFrame(Event):
+    """A sampled production frame kept for review (the durable store), with the model's detections."""
+
+    SCHEMA: ClassVar[str] = "ReviewFrame"
+    frame_id: str
+    camera_id: str
+    line_id: str
+    part_id: str
+    frame_seq: int
+    capture_ts: int
+    encoding: str
+    width: int
+    height: int
+    channels: int
+    image: bytes
+    model_version: str
+    run_id: str
+    sampled_at: int
+    frame_index: int = 0
+    det_class: list[str] = field(default_factory=list)
+    det_confidence: list[float] = field(default_factory=list)
+    det_x0: list[int] = field(default_factory=list)
+    det_y0: list[int] = field(default_factory=list)
+    det_x1: list[int] = field(default_factory=list)
+    det_y1: list[int] = field(default_factory=list)
+    schema_version: int = 1
+
+
+def review_frame_id(camera_id: str, part_id: str, frame_seq: int) -> str:
+    """Id of a sampled frame: the same frame sampled again (a re-delivery) has the same id."""
+    return deterministic_id("frame", camera_id, part_id, frame_seq)
+
+
+@dataclass
+class ReviewCandidate(Event):
+    """One entry of the review queue: which frame, why (`reason`), and the detection in question."""
+
+    SCHEMA: ClassVar[str] = "ReviewCandidate"
+    candidate_id: str
+    frame_id: str
+    reason: str
+    score: float
+    camera_id: str
+    line_id: str
+    part_id: str
+    frame_seq: int
+    capture_ts: int
+    model_version: str
+    run_id: str
+    created_at: int
+    defect_class: str = ""
+    confidence: float = 0.0
+    bbox_x0: int = 0
+    bbox_y0: int = 0
+    bbox_x1: int = 0
+    bbox_y1: int = 0
+    note: str = ""
+    schema_version: int = 1

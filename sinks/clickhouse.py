@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Protocol, Sequence, Union
 from zoneinfo import ZoneInfo
 
-from schemas.events import Alert, DefectEvent, PartInspected
+from schemas.events import Alert, DefectEvent, PartInspected, ReviewCandidate, ReviewFrame
 from sinks.base import BatchingSink, FlushResult, SinkBackpressureError, SinkBatch, SinkRejectedError
 from sinks.settings import ClickHouseSettings, SinkSettings
 from sinks.sql import DriverExecutor, Executor
@@ -61,6 +61,20 @@ ALERT_COLUMNS = (
     "alert_id", "schema_version", "kind", "line_id", "camera_id", "defect_class", "metric", "rate",
     "center", "limit_value", "rule", "inspected", "defective", "window_start", "window_end",
     "created_at", "message", "model_version", "run_id", "ingested_at", "version",
+)
+REVIEW_FRAME_COLUMNS = (
+    "frame_id", "schema_version", "camera_id", "line_id", "part_id", "frame_seq", "frame_index", "capture_ts",
+    "encoding", "width", "height", "channels", "image", "model_version", "run_id", "det_class", "det_confidence",
+    "det_x0", "det_y0", "det_x1", "det_y1", "sampled_at", "ingested_at", "version",
+)
+REVIEW_QUEUE_COLUMNS = (
+    "candidate_id", "schema_version", "frame_id", "reason", "score", "camera_id", "line_id", "part_id", "frame_seq",
+    "capture_ts", "model_version", "run_id", "defect_class", "confidence", "bbox_x0", "bbox_y0", "bbox_x1",
+    "bbox_y1", "note", "created_at", "ingested_at", "version",
+)
+LABEL_COLUMNS = (
+    "label_id", "frame_id", "candidate_id", "camera_id", "line_id", "part_id", "action", "defect_class",
+    "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "model_version", "reviewer", "created_at", "version",
 )
 MODEL_RUN_COLUMNS = ("run_id", "model_version", "kind", "first_event_ts", "last_event_ts", "note", "recorded_at", "version")
 
@@ -163,6 +177,25 @@ def alert_row(ev: Alert, ingested_at: int, *, run_id: str = "production", model_
     )
 
 
+def review_frame_row(ev: ReviewFrame, ingested_at: int) -> tuple:
+    """`review_frames` row of a sampled frame (the image as the camera's bytes, a String column)."""
+    return (
+        ev.frame_id, ev.schema_version, ev.camera_id, ev.line_id, ev.part_id, ev.frame_seq, ev.frame_index,
+        ev.capture_ts, ev.encoding, ev.width, ev.height, ev.channels, bytes(ev.image), ev.model_version, ev.run_id,
+        list(ev.det_class), [float(c) for c in ev.det_confidence], list(ev.det_x0), list(ev.det_y0),
+        list(ev.det_x1), list(ev.det_y1), ev.sampled_at, ingested_at, ingested_at,
+    )
+
+
+def review_candidate_row(ev: ReviewCandidate, ingested_at: int) -> tuple:
+    """`review_queue` row of a candidate."""
+    return (
+        ev.candidate_id, ev.schema_version, ev.frame_id, ev.reason, float(ev.score), ev.camera_id, ev.line_id,
+        ev.part_id, ev.frame_seq, ev.capture_ts, ev.model_version, ev.run_id, ev.defect_class, float(ev.confidence),
+        ev.bbox_x0, ev.bbox_y0, ev.bbox_x1, ev.bbox_y1, ev.note, ev.created_at, ingested_at, ingested_at,
+    )
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """Where records of one topic go and how a decoded record becomes a row."""
@@ -176,7 +209,8 @@ class TableSpec:
 
 
 def table_specs(topics: Any, plant: Plant, *, shift_of: ShiftOf | None = None) -> dict[str, TableSpec]:
-    """Topic name → table for the `defects`, `parts` and `alerts` topics of `topics` (a `TopicNames`).
+    """Topic name → table for the `defects`, `parts` and `alerts` topics of `topics` (a `TopicNames`),
+    and its `review_frames` / `review_queue` topics where it names them.
 
     Args:
         topics: anything with `defects`, `parts` and `alerts` topic names.
@@ -199,6 +233,13 @@ def table_specs(topics: Any, plant: Plant, *, shift_of: ShiftOf | None = None) -
         ),
         topics.alerts: TableSpec("alerts", ALERT_COLUMNS, lambda r, now: alert_row(Alert.from_avro(r), now),
                                  partition_column="created_at"),
+        **({topics.review_frames: TableSpec(
+            "review_frames", REVIEW_FRAME_COLUMNS, lambda r, now: review_frame_row(ReviewFrame.from_avro(r), now),
+            partition_column="capture_ts"),
+            topics.review_queue: TableSpec(
+            "review_queue", REVIEW_QUEUE_COLUMNS, lambda r, now: review_candidate_row(ReviewCandidate.from_avro(r), now),
+            partition_column="capture_ts"),
+            } if hasattr(topics, "review_frames") else {}),
     }
 
 

@@ -41,7 +41,8 @@ from sinks.settings import ClickHouseSettings, SinkSettings
 log = logging.getLogger(__name__)
 
 # Schema of each pipeline topic's values, by the `TopicNames` field naming the topic.
-TOPIC_SCHEMAS = {"defects": "DefectEvent", "parts": "PartInspected", "alerts": "Alert"}
+TOPIC_SCHEMAS = {"defects": "DefectEvent", "parts": "PartInspected", "alerts": "Alert",
+                 "review_frames": "ReviewFrame", "review_queue": "ReviewCandidate"}
 
 # `factory(**options)` → a kafka-python KafkaConsumer / KafkaProducer with those options and the
 # connection (brokers, security) already bound, e.g. `functools.partial(clients.consumer, kafka)`.
@@ -113,6 +114,8 @@ class SinkRunner:
         self.topic_names = topic_names
         if topics is None:
             names = ["defects", "parts"] + (["alerts"] if settings.include_alerts else [])
+            if settings.include_review and hasattr(topic_names, "review_frames"):
+                names += ["review_frames", "review_queue"]
             topics = {getattr(topic_names, n): TOPIC_SCHEMAS[n] for n in names}
         self.codecs = {t: AvroCodec(key, framing) for t, key in topics.items()}
         self._dead_codec = DeadLetter.codec(framing)

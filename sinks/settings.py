@@ -47,6 +47,7 @@ class SinkSettings(BaseModel):
                     "into two months of the server's timezone)",
     )
     include_alerts: bool = Field(True, description="also store the `alerts` topic (alerts are deduplicated by id)")
+    include_review: bool = Field(True, description="also store the review topics (sampled frames, review queue)")
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     metrics_port: int = Field(
         9465, ge=0, le=65535,

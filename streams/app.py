@@ -72,7 +72,13 @@ def create_app(settings: Settings | None = None, *, inspector: Any | None = None
     topics = declare_topics(app, settings)
     table = TrackingTable(app, settings)
     runner = InferenceRunner(settings.model, inspector=inspector)
-    pipeline = InspectPipeline(settings, runner, CameraRegistry(), table, FaustEmitter(topics), metrics=WorkerMetrics())
+    sampler = None
+    if settings.review.enabled:
+        from streams.review.sampler import ReviewSampler
+
+        sampler = ReviewSampler(settings.review, run_id=settings.run_id)
+    pipeline = InspectPipeline(settings, runner, CameraRegistry(), table, FaustEmitter(topics), metrics=WorkerMetrics(),
+                               sampler=sampler)
     agents = wire_inspect(app, settings, topics, table, pipeline)
     app.wiring = Wiring(settings, topics, table, pipeline, agents)  # type: ignore[attr-defined]
 

@@ -26,6 +26,8 @@ class TopicNames(BaseModel):
     alerts: str = "alerts"
     cameras: str = "cameras"
     ground_truth: str = "ground-truth"
+    review_frames: str = "review-frames"  # sampled frames (ReviewFrame) → ClickHouse review_frames
+    review_queue: str = "review-queue"  # review candidates (ReviewCandidate) → ClickHouse review_queue
 
 
 class KafkaSettings(BaseModel):
@@ -328,6 +330,28 @@ class MonitorSettings(BaseModel):
     )
 
 
+class ReviewSettings(BaseModel):
+    """What the worker samples for review (issue 21). Each strategy has a cap per camera per hour
+    (0 turns it off); while an SPC alert is open for a camera its caps are `alert_multiplier` ×."""
+
+    enabled: bool = True
+    uncertain_per_hour: int = Field(20, ge=0, description="detections whose confidence is near `uncertain_center`")
+    uncertain_center: float = Field(0.5, ge=0.0, le=1.0, description="the decision threshold the model is unsure around")
+    uncertain_band: float = Field(0.15, ge=0.0, le=1.0, description="|confidence - center| ≤ band is uncertain")
+    dropped_per_hour: int = Field(10, ge=0, description="tracks seen on frames but not confirmed at the part's close")
+    dropped_min_hits: int = Field(2, ge=1, description="a dropped track needs this many hits (one-frame glints are noise)")
+    flipped_per_hour: int = Field(10, ge=0, description="confirmed tracks whose class vote was split")
+    flip_min_share: float = Field(0.3, gt=0.0, le=0.5, description="the runner-up class holds at least this share of the vote")
+    random_good_per_hour: int = Field(5, ge=0, description="frames of parts judged good, to find missed defects")
+    random_good_probability: float = Field(0.02, ge=0.0, le=1.0)
+    alert_per_hour: int = Field(20, ge=0, description="extra random frames of a camera while an SPC alert is open for it")
+    alert_probability: float = Field(0.1, ge=0.0, le=1.0)
+    alert_multiplier: float = Field(3.0, ge=1.0, description="caps of every strategy while an alert is open")
+    alert_max_open_s: float = Field(8 * 3600.0, gt=0.0, description="an alert with no RECOVERY counts as closed after this")
+    buffer_frames: int = Field(16, ge=1, description="frames of a camera's open part kept in memory for close-time "
+                                                      "strategies (dropped/flipped/random good)")
+
+
 class Settings(BaseSettings):
     """All defectstream settings; `DEFECTSTREAM_` prefix, `__` between nested names."""
 
@@ -343,6 +367,7 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     app_id: str = "defectstream"
     run_id: str = "production"
     data_dir: str = ".stack/worker"

@@ -35,7 +35,8 @@ class FaustEmitter:
     """Sends to the app's output topics and waits for the broker's acknowledgement."""
 
     def __init__(self, topics: Any):
-        self.topics = {"defects": topics.defects, "parts": topics.parts, "deadletter": topics.deadletter}
+        self.topics = {"defects": topics.defects, "parts": topics.parts, "deadletter": topics.deadletter,
+                       "review_frames": topics.review_frames, "review_queue": topics.review_queue}
 
     async def send_all(self, records: Sequence[OutRecord]) -> None:
         # force=True: publish now instead of attaching to the current event, so the futures
@@ -260,6 +261,14 @@ def wire_inspect(app: Any, settings: Settings, topics: Any, table: Any, pipeline
         await follow_camera_topic(settings, pipeline.registry, pipeline.runner.selection, pipeline.cameras_ready,
                                   on_rejected=lambda kind: pipeline.metrics.control_rejected.labels(kind=kind).inc())
 
+    if pipeline.sampler is not None:
+        @app.task
+        async def follow_alerts() -> None:
+            try:
+                await follow_alert_topic(settings, pipeline.sampler.alerts)
+            except Exception as exc:  # noqa: BLE001 - sampling is best effort: never a reason to stop inspecting
+                log.error("not following the alerts topic (review sampling without SPC boost): %r", exc)
+
     @app.timer(interval=min(5.0, settings.tracking.timeout_check_s))
     async def update_gauges() -> None:
         update_worker_gauges(pipeline, app.consumer, table)
@@ -308,4 +317,29 @@ async def follow_camera_topic(settings: Settings, registry: CameraRegistry, sele
     finally:
         if ready is not None:
             ready.set()
+        await consumer.stop()
+
+
+async def follow_alert_topic(settings: Settings, board: Any) -> None:
+    """Read the `alerts` topic from the start and keep following it (no consumer group), applying
+    every decodable Alert to `board` (a `streams.review.sampler.AlertBoard`); a record that does not
+    decode is skipped (untrusted input, decision 14)."""
+    from schemas.events import Alert
+    from streams.kafka import clients
+
+    k = settings.kafka
+    codec = Alert.codec(clients.framing(k))
+    consumer = clients.aio_consumer(k, k.topics.alerts, group_id=None, auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
+    await consumer.start()
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for r in records:
+                    try:
+                        board.apply(Alert.from_avro(codec.decode(r.value)))
+                    except Exception as exc:  # noqa: BLE001
+                        log.warning("alerts record %s@%s skipped: %r", r.partition, r.offset, exc)
+    finally:
         await consumer.stop()

@@ -35,7 +35,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -115,7 +115,8 @@ class InspectPipeline:
 
     def __init__(self, settings: Settings, runner: InferenceRunner, registry: CameraRegistry, store: StateStore,
                  emitter: Emitter, *, frames_topic: str | None = None, metrics: WorkerMetrics | None = None,
-                 clock: Clock = wall_clock, monotonic: Clock = monotonic_clock, clock_epoch: str = MONOTONIC_EPOCH):
+                 clock: Clock = wall_clock, monotonic: Clock = monotonic_clock, clock_epoch: str = MONOTONIC_EPOCH,
+                 sampler: Any = None):
         self.settings = settings
         self.clock = clock
         self.monotonic = monotonic
@@ -144,6 +145,9 @@ class InspectPipeline:
         # camera configs before it opens or continues a part.
         self.cameras_ready: asyncio.Event | None = None
         self.cameras_wait_s = 15.0
+        # Review sampling (`streams.review.sampler.ReviewSampler`; None: off, e.g. in replays): its
+        # frames and candidates go out with the batch's other outputs, before the ack.
+        self.sampler = sampler
 
     # -- helpers -----------------------------------------------------------------------------
     def now_ms(self) -> int:
@@ -171,6 +175,20 @@ class InspectPipeline:
         """The frames partition holding `camera_id`'s frames and state (None when not enforced)."""
         n = self.limits.partitions
         return expected_partition(camera_id.encode(), n) if n else None
+
+    def _review_outputs(self, samples: list[Any]) -> list[OutRecord]:
+        """The sampler's ReviewFrame / ReviewCandidate records for `samples` (keyed by camera)."""
+        if not samples:
+            return []
+        frames, cands = self.sampler.records(samples, self.now_ms())
+        return ([OutRecord("review_frames", f.camera_id.encode(), f) for f in frames]
+                + [OutRecord("review_queue", c.camera_id.encode(), c) for c in cands])
+
+    def _sample_closed(self, outcomes: Sequence[PartOutcome]) -> list[Any]:
+        if self.sampler is None:
+            return []
+        now = self.now_ms()
+        return [s for o in outcomes for s in self.sampler.on_close(o.part, o.tracks, now)]
 
     def _outputs(self, outcomes: Sequence[PartOutcome]) -> list[OutRecord]:
         out: list[OutRecord] = []
@@ -350,11 +368,13 @@ class InspectPipeline:
         # inspect (off the loop)
         images = await self.runner.run(_decode_images, [f for _, f, _ in admitted])
         ok: list[tuple[SourceRecord, FrameMeta, np.ndarray]] = []
-        for (ev, _f, meta), img in zip(admitted, images):
+        ok_frames: list[FrameEvent] = []
+        for (ev, f, meta), img in zip(admitted, images):
             if isinstance(img, Rejected):
                 records.append(self._dead(ev, img))
             else:
                 ok.append((ev, meta, img))
+                ok_frames.append(f)
         # model per frame (a promotion takes effect at each camera's next part), then inspect
         self._note_open_parts(states)
         await self.runner.refresh_models(sorted(set(self.open_part_versions.values())))
@@ -367,7 +387,8 @@ class InspectPipeline:
         # track
         now = self.mono_ms()  # the parts' last-touched stamps: idleness is a duration
         outcomes: list[PartOutcome] = []
-        for (ev, meta, _img), dets, version in zip(ok, detections, versions):
+        samples: list[Any] = []
+        for (ev, meta, _img), frame, dets, version in zip(ok, ok_frames, detections, versions):
             if isinstance(dets, Exception):
                 records.append(self._dead(ev, Rejected("inference_error", f"{type(dets).__name__}: {dets}", meta.camera_id)))
                 continue
@@ -376,6 +397,8 @@ class InspectPipeline:
                 records.append(self._dead(ev, Rejected(late.error_class, late.reason, meta.camera_id)))
                 continue
             self._check_model_version(meta.camera_id, version)
+            if self.sampler is not None:
+                samples += self.sampler.on_frame(frame, dets, version, self.now_ms())
             outcomes += states[meta.camera_id].observe(
                 self.tracker, meta, dets, model_version=version, run_id=self.settings.run_id,
                 plant=self.settings.plant, policy=self.registry.policy(meta.camera_id), now_ms=now,
@@ -383,6 +406,7 @@ class InspectPipeline:
             )
         # emit, then persist the state; the caller acks afterwards
         records.extend(self._outputs(outcomes))
+        records.extend(self._review_outputs(samples + self._sample_closed(outcomes)))
         if records:
             await self.emitter.send_all(records)
         for cam, state in states.items():
@@ -406,7 +430,7 @@ class InspectPipeline:
                                       plant=self.settings.plant)
             if out is None:
                 return None
-            await self.emitter.send_all(self._outputs([out]))
+            await self.emitter.send_all(self._outputs([out]) + self._review_outputs(self._sample_closed([out])))
             self.store.save(state, source)
             self._note_open_parts([state])
             return out

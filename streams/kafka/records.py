@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 from schemas.events import Event
 
-OutKind = Literal["defects", "parts", "deadletter"]
+OutKind = Literal["defects", "parts", "deadletter", "review_frames", "review_queue"]
 OUT_KINDS: frozenset[str] = frozenset(get_args(OutKind))
 
 
@@ -30,7 +30,7 @@ class SourceRecord:
 
 @dataclass(frozen=True, slots=True)
 class OutRecord:
-    """One output of the pipeline: `event` to topic/table `kind` (defects|parts|deadletter) under `key`."""
+    """One output of the pipeline: `event` to topic/table `kind` (defects|parts|deadletter|review_frames|review_queue) under `key`."""
 
     kind: OutKind
     key: bytes | None

@@ -56,11 +56,12 @@ def acl_plan(settings: Settings, users: dict[str, str] | None = None) -> list[Gr
     topic("camera", t.frames, "WRITE", "DESCRIBE")
     topic("worker", t.frames, "READ", "DESCRIBE")
     topic("worker", t.cameras, "READ", "DESCRIBE")
-    for name in (t.defects, t.parts, t.deadletter):
+    for name in (t.defects, t.parts, t.deadletter, t.review_frames, t.review_queue):
         topic("worker", name, "WRITE", "DESCRIBE")
+    topic("worker", t.alerts, "READ", "DESCRIBE")  # more review sampling while an SPC alert is open
     topic("worker", f"{settings.app_id}-", "ALL", pattern="PREFIXED")  # its own internal topics
     group("worker", settings.app_id)
-    for name in (t.defects, t.parts, t.alerts):
+    for name in (t.defects, t.parts, t.alerts, t.review_frames, t.review_queue):
         topic("sink", name, "READ", "DESCRIBE")
     topic("sink", t.deadletter, "WRITE", "DESCRIBE")
     group("sink", settings.sink.group_id)

@@ -6,7 +6,7 @@ from typing import Any
 from faust.serializers import codecs
 
 from schemas.codec import Framing
-from schemas.events import DeadLetter, DefectEvent, Event, FrameEvent, PartInspected
+from schemas.events import DeadLetter, DefectEvent, Event, FrameEvent, PartInspected, ReviewCandidate, ReviewFrame
 
 # codec name -> event class
 AVRO_CODECS: dict[str, type[Event]] = {
@@ -14,6 +14,8 @@ AVRO_CODECS: dict[str, type[Event]] = {
     "avro-defect": DefectEvent,
     "avro-part": PartInspected,
     "avro-deadletter": DeadLetter,
+    "avro-review-frame": ReviewFrame,
+    "avro-review-candidate": ReviewCandidate,
 }
 
 

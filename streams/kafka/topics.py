@@ -18,6 +18,8 @@ class Topics(NamedTuple):
     deadletter: Any  # DeadLetter (avro-deadletter), key = the original key
     cameras: Any  # compacted, JSON CameraConfig, key = camera id
     part_timeouts: Any  # internal: JSON {part_id, last_seq}, key = camera id, co-partitioned with frames
+    review_frames: Any = None  # ReviewFrame (avro-review-frame), key = camera id: sampled frames for review
+    review_queue: Any = None  # ReviewCandidate (avro-review-candidate), key = camera id
 
 
 # A frame record is its image plus the Avro header fields and Kafka's record overhead.
@@ -41,6 +43,8 @@ def declare_topics(app: Any, settings: Settings) -> Topics:
         part_timeouts=app.topic(
             part_timeouts_topic(settings), key_serializer="raw", value_serializer="json", partitions=n, internal=True
         ),
+        review_frames=app.topic(names.review_frames, key_serializer="raw", value_serializer="avro-review-frame"),
+        review_queue=app.topic(names.review_queue, key_serializer="raw", value_serializer="avro-review-candidate"),
     )
 
 
@@ -70,6 +74,9 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
             k.topics.deadletter: (1, {}),
             k.topics.alerts: (1, {}),
             k.topics.cameras: (1, {"cleanup.policy": "compact"}),
+            # a sampled frame is the camera's image plus detections: the frames topic's record limit
+            k.topics.review_frames: (k.partitions, {"max.message.bytes": str(settings.worker.max_image_bytes + FRAME_OVERHEAD_BYTES)}),
+            k.topics.review_queue: (k.partitions, {}),
         }
         new = [
             NewTopic(name, num_partitions=p, replication_factor=k.replication_factor, topic_configs=cfg)

@@ -563,7 +563,7 @@ class PartTracker:
         verdict.emission_id = emission_id_of(verdict, defects)
         for d in defects:
             d.emission_id = verdict.emission_id
-        return PartOutcome(verdict, defects)
+        return PartOutcome(verdict, defects, tuple(summaries))
 
 
 def _round_box(b: Box) -> tuple[int, int, int, int]:

@@ -41,7 +41,9 @@ class FrameRejection(NamedTuple):
 
 
 class PartOutcome(NamedTuple):
-    """What closing one part emits: one verdict and one event per confirmed defect."""
+    """What closing one part emits: one verdict and one event per confirmed defect; `tracks` every
+    track's summary at close (confirmed or not: `streams.tracking.tracker.TrackSummary`), for review sampling."""
 
     part: PartInspected
     defects: list[DefectEvent]
+    tracks: tuple = ()

@@ -254,8 +254,8 @@ def stream_worker_env(prefix: str, bootstrap: str, data_dir: Path, partitions: i
         "DEFECTSTREAM_PLANT__TIMEZONE": "UTC",
         "DEFECTSTREAM_WORKER__SESSION_TIMEOUT_S": "8",  # a killed worker's restart rejoins quickly
     }
-    for name in ("frames", "defects", "parts", "deadletter", "cameras"):
-        env[f"DEFECTSTREAM_KAFKA__TOPICS__{name.upper()}"] = f"{prefix}-{name}"
+    for name in ("frames", "defects", "parts", "deadletter", "cameras", "review_frames", "review_queue"):
+        env[f"DEFECTSTREAM_KAFKA__TOPICS__{name.upper()}"] = f"{prefix}-{name.replace('_', '-')}"
     return env
 
 

@@ -35,7 +35,7 @@ def test_migrate_twice_gives_the_same_state(ex):
     first = tables(ex), ex.query("SELECT version, name, checksum FROM schema_migrations ORDER BY version")
     assert migrate(ex) == []
     assert (tables(ex), ex.query("SELECT version, name, checksum FROM schema_migrations ORDER BY version")) == first
-    assert {t[0] for t in first[0]} == {"alerts", "defects", "model_runs", "parts", "schema_migrations"}
+    assert {t[0] for t in first[0]} == {"alerts", "defects", "labels", "model_runs", "parts", "review_frames", "review_queue", "schema_migrations"}
     assert all(s.state == "applied" for s in status(ex))
     parts = next(t for t in first[0] if t[0] == "parts")
     assert parts[1] == "ReplacingMergeTree" and parts[2] == "toYYYYMM(event_time)"

@@ -236,7 +236,7 @@ def test_the_acl_plan_gives_each_role_only_its_own_topics():
         by.setdefault(g.principal, set()).add((g.resource, g.name, g.pattern, g.operation))
     assert by["User:camera"] == {("TOPIC", t.frames, "LITERAL", "WRITE"), ("TOPIC", t.frames, "LITERAL", "DESCRIBE")}
     writes = {p: {n for r, n, _pat, op in grants if r == "TOPIC" and op in ("WRITE", "ALL")} for p, grants in by.items()}
-    assert writes["User:worker"] == {t.defects, t.parts, t.deadletter, f"{s.app_id}-"}
+    assert writes["User:worker"] == {t.defects, t.parts, t.deadletter, t.review_frames, t.review_queue, f"{s.app_id}-"}
     assert writes["User:sink"] == {t.deadletter} and writes["User:monitor"] == {t.alerts}
     assert not any(t.cameras in w for w in writes.values())  # promotions: the admin only
     assert ("GROUP", s.app_id, "LITERAL", "READ") in by["User:worker"]

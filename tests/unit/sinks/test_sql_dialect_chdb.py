@@ -67,7 +67,7 @@ def test_migrations_are_idempotent(chdb_ex, seeded):
     after = chdb_ex.query("SELECT name, engine, partition_key, sorting_key FROM system.tables "
                           "WHERE database = currentDatabase() ORDER BY name")
     assert before == after
-    assert {r[0] for r in after} == {"alerts", "defects", "model_runs", "parts", "schema_migrations"}
+    assert {r[0] for r in after} == {"alerts", "defects", "labels", "model_runs", "parts", "review_frames", "review_queue", "schema_migrations"}
     assert all(s.state == "applied" for s in status(chdb_ex))
     parts = next(r for r in after if r[0] == "parts")
     assert parts[1] == "ReplacingMergeTree" and parts[2] == "toYYYYMM(event_time)"
