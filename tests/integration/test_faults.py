@@ -248,19 +248,31 @@ def stored_parts(ch: Client) -> int:
 
 def wait_for_clickhouse(ch_factory: Callable[[], Client], run: Run, timeout_s: float) -> None:
     """Until every part sent has a verdict and every defect its verdict counts is stored, then a
-    few seconds more (a wrong second verdict or defect set would arrive beside the right ones)."""
+    few seconds more (a wrong second verdict or defect set would arrive beside the right ones). A timeout
+    says what was there, and which parts were missing, so a failure can be read without a rerun."""
+    last: dict[str, Any] = {}
+
     def complete() -> bool:
         ch = ch_factory()
         try:
             parts = stored_parts(ch)
             want = ch.execute("SELECT sum(n) FROM (SELECT part_id, max(defects_total) AS n FROM parts GROUP BY part_id)")[0][0]
             have = ch.execute("SELECT uniqExact(event_id) FROM defects")[0][0]
+            last.update(parts=parts, defects=have, defects_wanted=want)
+            if parts < len(run.frames_of):
+                seen = {r[0] for r in ch.execute("SELECT DISTINCT part_id FROM parts")}
+                missing = sorted(set(run.frames_of) - seen)
+                last.update(missing_parts=len(missing), first_missing=missing[:8])
             return parts >= len(run.frames_of) and have >= want
-        except Exception:  # noqa: BLE001 - ClickHouse restarting
+        except Exception as e:  # noqa: BLE001 - ClickHouse restarting
+            last["error"] = repr(e)
             return False
         finally:
             ch.disconnect()
-    wait_until(complete, timeout_s, f"{len(run.frames_of)} parts and their defects in ClickHouse", 1.0)
+    try:
+        wait_until(complete, timeout_s, f"{len(run.frames_of)} parts and their defects in ClickHouse", 1.0)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last seen: {json.dumps(last, default=str)}") from None
     time.sleep(6)
 
 

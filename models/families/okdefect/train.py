@@ -60,6 +60,8 @@ class OkDefectTask(ImageTask):
         tr.tr_y = np.array([image_label(s) > 0 for s in train])
         tr.va_y = np.array([image_label(s) > 0 for s in val])
         tr.va_mask = [sample_class_mask(s) > 0 for s in val]
+        tr.tr_defective = [bool(y) for y in tr.tr_y]  # balanced sampling (training/defaults.py)
+        tr.va_defective = int(tr.va_y.sum())
         if tr.tr_y.all() or not tr.tr_y.any():
             raise DatasetError("OK/DEFECT needs OK and DEFECT patches (all training patches are "
                                f"{'DEFECT' if tr.tr_y.all() else 'OK'}); a smaller patch size gives more OK ones")
