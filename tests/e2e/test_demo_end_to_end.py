@@ -88,7 +88,7 @@ def _report_rows(settings, summary):
 
     ex = DriverExecutor.connect(settings.clickhouse, database=summary["database"])
     try:
-        rep = make_report(ex, settings.plant, "shift", ReportFilters(summary["start_ms"], summary["end_ms"]))
+        rep = make_report(ex, settings.plant, "shift", ReportFilters(summary["start_ms"], summary["end_ms"]), kind="p")
         return {row.start_ms: (row.inspected, row.defective) for row in rep.rows}
     finally:
         ex.close()

@@ -22,8 +22,9 @@ T0 = 1_763_700_000_000
 
 # --------------------------------------------------------------------------------------------- helpers
 def topics(fresh_topic, partitions: int = 2) -> TopicNames:
+    # every topic the sink reads is the test's own (the review topics too: other tests write the shared ones)
     return TopicNames(defects=fresh_topic(partitions), parts=fresh_topic(partitions), alerts=fresh_topic(1),
-                      deadletter=fresh_topic(1))
+                      deadletter=fresh_topic(1), review_frames=fresh_topic(1), review_queue=fresh_topic(1))
 
 
 def settings_for(kafka_bootstrap: str, names: TopicNames, host: str, port: int, database: str,

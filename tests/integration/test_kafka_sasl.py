@@ -43,7 +43,7 @@ class SaslBroker(KafkaBroker):
 
     def settings(self, user: str = "plant", password: str | None = None) -> Settings:
         tag = uuid.uuid4().hex[:6]
-        names = TopicNames(**{f: f"{f}-{tag}" for f in ("frames", "defects", "parts", "deadletter", "alerts", "cameras")})
+        names = TopicNames(**{f: f"{f}-{tag}" for f in TopicNames.model_fields})
         return Settings(kafka=KafkaSettings(
             bootstrap_servers=f"127.0.0.1:{self.port}", security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
             sasl_username=user, sasl_password=password or USERS[user], topics=names, partitions=1))
