@@ -39,6 +39,7 @@ from sinks.metrics import SinkMetrics
 from sinks.settings import ClickHouseSettings, SinkSettings
 
 log = logging.getLogger(__name__)
+TOPIC_RECHECK_S = 10.0  # how often topics missing at start are looked for
 
 # Schema of each pipeline topic's values, by the `TopicNames` field naming the topic.
 TOPIC_SCHEMAS = {"defects": "DefectEvent", "parts": "PartInspected", "alerts": "Alert",
@@ -131,6 +132,7 @@ class SinkRunner:
         self._raw: dict[tuple[TP, int], Any] = {}  # records in the sink's buffer, to dead-letter a rejected one
         self._dead_futures: list[Any] = []  # sends of dead letters not yet acknowledged
         self._hold_wait = settings.hold_initial_s
+        self._probe_client: Any = None  # metadata client while topics the sink reads are missing
         self._next_probe = 0.0
 
     # -- clients ------------------------------------------------------------------------
@@ -156,6 +158,73 @@ class SinkRunner:
             self._producer = self._make_producer()
         return self._producer
 
+    # -- topics -------------------------------------------------------------------------
+    def _topic_probe(self) -> Any:
+        """A group-less client for topic metadata (asking the group's consumer for every topic's metadata
+        makes its coordinator re-join the group later); the given consumer where the runner has no factory."""
+        if self._probe_client is None:
+            if self._consumer_factory is not None:
+                self._probe_client = self._consumer_factory(group_id=None, enable_auto_commit=False)
+            elif callable(getattr(self.consumer, "topics", None)) and hasattr(self.consumer, "partitions_for_topic"):
+                self._probe_client = self.consumer
+        return self._probe_client
+
+    def _close_probe(self) -> None:
+        if self._probe_client is not None and self._probe_client is not self.consumer:
+            try:
+                self._probe_client.close()
+            except Exception as e:  # noqa: BLE001 - closing a metadata client must not fail the run
+                log.debug("closing the topic probe: %s", e)
+        self._probe_client = None
+
+    def _missing_topics(self) -> set[str]:
+        """The topics the sink reads that the broker has no partitions of yet (empty if it cannot tell)."""
+        try:
+            probe = self._topic_probe()
+            if probe is None:
+                return set()
+            known = probe.topics()  # fetches the cluster's topic metadata
+            return {t for t in self.codecs if t not in known or not probe.partitions_for_topic(t)}
+        except Exception as e:  # noqa: BLE001 - a broker hiccup: the group join retries on its own
+            log.debug("topic metadata unavailable: %s", e)
+            return set()
+
+    def _wait_for_topics(self, wait_s: float) -> set[str]:
+        """Join the group only once every topic has partitions in the broker's metadata.
+
+        A consumer that joins while its topics are being created can be handed an assignment made from
+        metadata without them, and then read nothing from them (seen on a fresh broker, the sink started
+        beside the worker that creates `parts`/`defects`). Returns the topics still missing after `wait_s`.
+        """
+        deadline = time.monotonic() + wait_s
+        missing = self._missing_topics()
+        if missing:
+            log.info("sink: waiting up to %.0f s for topics %s to exist (the worker or `defectstream kafka-init` "
+                     "creates them)", wait_s, ", ".join(sorted(missing)))
+        while missing and time.monotonic() < deadline and not self._stop.is_set():
+            time.sleep(0.5)
+            missing = self._missing_topics()
+        if missing:
+            log.warning("sink: topics %s do not exist; the sink reads them as soon as they appear",
+                        ", ".join(sorted(missing)))
+        else:
+            self._close_probe()
+        return missing
+
+    def _rejoin_if_created(self, missing: set[str], listener: Any) -> set[str]:
+        """Re-join the group (after flushing) once a topic missing at start exists, so it gets assigned."""
+        still = missing & self._missing_topics()
+        if still == missing:
+            return missing
+        log.info("sink: topics %s exist now; re-joining the group to read them", ", ".join(sorted(missing - still)))
+        if not still:
+            self._close_probe()
+        if not self.holding and self._pending():
+            self._flush_and_commit()
+        self.consumer.unsubscribe()
+        self.consumer.subscribe(sorted(self.codecs), listener=listener)
+        return still
+
     # -- loop ---------------------------------------------------------------------------
     def stop(self) -> None:
         """Ask the loop to finish (flushes what it can, then returns)."""
@@ -179,14 +248,20 @@ class SinkRunner:
                     runner.consumer.pause(*assigned)
 
         self.consumer = self._consumer or self._make_consumer()
-        self.consumer.subscribe(sorted(self.codecs), listener=_Listener())
+        listener = _Listener()
+        missing = self._wait_for_topics(self.settings.topic_wait_s)
+        self.consumer.subscribe(sorted(self.codecs), listener=listener)
         self.sink.setup()
         started = last_activity = time.monotonic()
+        next_topic_check = started + TOPIC_RECHECK_S
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if max_seconds is not None and now - started >= max_seconds:
                     break
+                if missing and now >= next_topic_check:
+                    next_topic_check = now + TOPIC_RECHECK_S
+                    missing = self._rejoin_if_created(missing, listener)
                 if self.holding:
                     self._probe(now)
                     if self.holding:
@@ -208,6 +283,7 @@ class SinkRunner:
             if not self.holding and self._pending():
                 self._flush_and_commit()
         finally:
+            self._close_probe()
             self.sink.close()
             if self._consumer is None:
                 self.consumer.close(autocommit=False)

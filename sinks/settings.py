@@ -48,6 +48,10 @@ class SinkSettings(BaseModel):
     )
     include_alerts: bool = Field(True, description="also store the `alerts` topic (alerts are deduplicated by id)")
     include_review: bool = Field(True, description="also store the review topics (sampled frames, review queue)")
+    topic_wait_s: float = Field(
+        60.0, ge=0.0, description="at start, wait up to this long for every topic the sink reads to exist (the worker "
+                                  "or `kafka-init` creates them) before joining the group; a topic still missing then "
+                                  "is joined as soon as it appears")
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     metrics_port: int = Field(
         9465, ge=0, le=65535,

@@ -179,6 +179,8 @@ def test_sink_cli_runs_until_idle(stack, kafka_bootstrap, fresh_topic, clickhous
         "DEFECTSTREAM_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
         "DEFECTSTREAM_KAFKA__TOPICS__PARTS": names.parts, "DEFECTSTREAM_KAFKA__TOPICS__DEFECTS": names.defects,
         "DEFECTSTREAM_KAFKA__TOPICS__ALERTS": names.alerts, "DEFECTSTREAM_KAFKA__TOPICS__DEADLETTER": names.deadletter,
+        "DEFECTSTREAM_KAFKA__TOPICS__REVIEW_FRAMES": names.review_frames,
+        "DEFECTSTREAM_KAFKA__TOPICS__REVIEW_QUEUE": names.review_queue,
         "DEFECTSTREAM_CLICKHOUSE__HOST": stack.host, "DEFECTSTREAM_CLICKHOUSE__PORT": str(stack.clickhouse_port),
         "DEFECTSTREAM_CLICKHOUSE__DATABASE": fresh_database, "DEFECTSTREAM_CLICKHOUSE__USER": "writer",
         "DEFECTSTREAM_CLICKHOUSE__PASSWORD": "writer", "DEFECTSTREAM_SINK__FLUSH_INTERVAL_S": "0.2",
@@ -188,6 +190,36 @@ def test_sink_cli_runs_until_idle(stack, kafka_bootstrap, fresh_topic, clickhous
     assert main(["sink", "--until-idle", "2", "--max-seconds", "60", "--group-id", f"cli-{uuid.uuid4().hex[:6]}"]) == 0
     assert f"rows written {len(events)}," in capsys.readouterr().out
     assert unique_ids(clickhouse_connect(database=fresh_database), "parts") == 10
+
+
+def test_a_sink_started_before_its_topics_exist_reads_them_once_they_are_created(
+        stack, kafka_broker_factory, clickhouse_connect, fresh_database):
+    """A sink started before the worker creates `parts`/`defects` (a broker that does not auto-create
+    topics, as in production) reads them once they exist, without a restart."""
+    broker = kafka_broker_factory()
+    migrate(DriverExecutor(clickhouse_connect(database=fresh_database)))
+    names = TopicNames(**{f: f"late-{f}" for f in TopicNames.model_fields})
+    settings = settings_for(broker.bootstrap, names, stack.host, stack.clickhouse_port, fresh_database)
+    t, box = start_runner(settings, max_seconds=120)
+    try:
+        time.sleep(3)  # the sink has joined its group with none of its topics there
+        admin = kafka.KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        try:
+            spec = {"num_partitions": 1, "replication_factor": 1, "configs": {}}
+            admin.create_topics({getattr(names, f): spec for f in TopicNames.model_fields},
+                                timeout_ms=10_000, wait_for_metadata=True)
+        finally:
+            admin.close()
+        events = list(sample_events(T0, 5))
+        produce(broker.bootstrap, names, events)
+        ch = clickhouse_connect(database=fresh_database)
+        parts = sum(isinstance(e, PartInspected) for e in events)
+        wait_for(lambda: unique_ids(ch, "parts") == parts, 45, "the parts of topics created after the sink started")
+    finally:
+        if "runner" in box:
+            box["runner"].stop()
+        t.join(30)
+    assert "error" not in box, box.get("error")
 
 
 def test_db_migrate_cli_is_idempotent(stack, clickhouse_connect, fresh_database, monkeypatch, capsys):

@@ -267,7 +267,8 @@ def test_the_runner_builds_its_clients_only_through_the_factories_it_is_given():
     consumer, producer = FakeConsumer({tp: [part(0), b"\x00garbage"]}), FakeProducer()
 
     def consumer_factory(**options):
-        built["consumer"] = options
+        # the group's consumer; a group-less one only reads topic metadata at start (FakeConsumer has none)
+        built.setdefault("consumer", options) if options.get("group_id") else built.setdefault("probe", options)
         return consumer
 
     def producer_factory(**options):
@@ -283,3 +284,49 @@ def test_the_runner_builds_its_clients_only_through_the_factories_it_is_given():
     assert built["producer"] == {"acks": "all", "linger_ms": 5}
     with pytest.raises(ValueError, match="consumer_factory"):
         SinkRunner(ListSink(), settings, TOPICS).run(max_seconds=0.1)
+
+
+class CreatingConsumer(FakeConsumer):
+    """A broker whose topics exist only after `appear_after` metadata fetches; records the calls in order."""
+
+    def __init__(self, logs, appear_after: int):
+        super().__init__(logs)
+        self.fetches, self.appear_after, self.calls = 0, appear_after, []
+
+    def topics(self):  # noqa: F811 - kafka-python's method; FakeConsumer.subscribe sets an attribute of that name
+        self.fetches += 1
+        return {tp.topic for tp in self.logs} if self.fetches > self.appear_after else set()
+
+    def partitions_for_topic(self, topic):
+        return {tp.partition for tp in self.logs if tp.topic == topic} if self.fetches > self.appear_after else set()
+
+    def subscribe(self, topics, listener=None):
+        self.calls.append(("subscribe", self.fetches > self.appear_after))
+        self.subscribed = topics
+
+    def unsubscribe(self):
+        self.calls.append(("unsubscribe", None))
+
+
+def test_the_sink_joins_its_group_only_once_its_topics_exist():
+    """A consumer that joins while its topics are being created can get an assignment without them and
+    then read nothing from them: the runner waits for the topics first."""
+    tp = TP("parts", 0)
+    consumer = CreatingConsumer({tp: [part(0), part(1)]}, appear_after=3)
+    sink = ListSink()
+    runner = SinkRunner(sink, SinkSettings(flush_interval_s=0.01, topic_wait_s=30), TOPICS,
+                        {"parts": "PartInspected"}, consumer=consumer, producer=FakeProducer())
+    runner.run(idle_s=0.05, max_seconds=10)
+    assert consumer.calls == [("subscribe", True)] and len(sink.values) == 2
+
+
+def test_a_topic_missing_after_the_wait_is_joined_when_it_appears(monkeypatch):
+    import sinks.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "TOPIC_RECHECK_S", 0.0)
+    tp = TP("parts", 0)
+    consumer = CreatingConsumer({tp: [part(0)]}, appear_after=4)
+    runner = SinkRunner(ListSink(), SinkSettings(flush_interval_s=0.01, topic_wait_s=0), TOPICS,
+                        {"parts": "PartInspected"}, consumer=consumer, producer=FakeProducer())
+    runner.run(max_seconds=1.0)
+    assert consumer.calls == [("subscribe", False), ("unsubscribe", None), ("subscribe", True)]
