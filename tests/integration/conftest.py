@@ -156,7 +156,15 @@ def fresh_database(request: pytest.FixtureRequest, clickhouse_client: Client) ->
     name = unique_name(request, "test")
     clickhouse_client.execute(f"CREATE DATABASE {name}")
     yield name
-    clickhouse_client.execute(f"DROP DATABASE IF EXISTS {name}")
+    # 18.16 drops a database only once the last query on its tables ended: on a busy box that can take
+    # longer than one client's send/receive timeout, so wait for it with a patient client
+    (host, port), = clickhouse_client.connection.hosts
+    patient = Client(host, port=port, user=clickhouse_client.connection.user,
+                     password=clickhouse_client.connection.password, connect_timeout=5, send_receive_timeout=180)
+    try:
+        patient.execute(f"DROP DATABASE IF EXISTS {name}")
+    finally:
+        patient.disconnect()
 
 
 # ------------------------------------------------------------------------------- streams: the worker
