@@ -69,6 +69,47 @@ def demo_env(prefix: str, database: str, data_dir: Path) -> dict[str, str]:
     return env
 
 
+MARKER_TABLE = "_defectstream_demo"  # in every database the demo created: only those may it drop
+
+
+def demo_databases(executor) -> list[str]:
+    """The databases `defectstream demo` created (they hold its marker table), by name."""
+    rows = executor.query(f"SELECT database FROM system.tables WHERE name = '{MARKER_TABLE}' ORDER BY database")
+    return [r[0] for r in rows]
+
+
+def rebuild_demo_database(admin, database: str) -> None:
+    """Drop `database` if the demo created it, then create it empty with the demo's marker table.
+
+    Raises `UsageError` (nothing dropped) when `database` exists without the marker: a database the
+    demo did not create is never dropped, whatever its name.
+    """
+    from streams.commands.options import UsageError
+
+    if "`" in database or not database:
+        raise UsageError(f"--database {database!r}: not a usable database name")
+    exists = admin.query(f"SELECT count() FROM system.databases WHERE name = '{database}'")[0][0]
+    if exists:
+        if database not in demo_databases(admin):
+            raise UsageError(f"database {database} exists and was not created by `defectstream demo` (it has no "
+                             f"{MARKER_TABLE} table), so the demo will not drop it: choose another --database")
+        admin.query(f"DROP DATABASE `{database}`")
+    admin.query(f"CREATE DATABASE `{database}`")
+    admin.query(f"CREATE TABLE `{database}`.{MARKER_TABLE} (created_ms UInt64, note String) ENGINE = TinyLog")
+    admin.insert(f"`{database}`.{MARKER_TABLE}", ["created_ms", "note"],
+                 [(int(time.time() * 1000), "created by defectstream demo, which drops and rebuilds it on its next run")])
+
+
+def missing_database_hint(executor, database: str) -> str | None:
+    """What to set when `database` does not exist but a demo's does (report/monitor after `make demo`)."""
+    found = [d for d in demo_databases(executor) if d != database]
+    if not found:
+        return None
+    demo = "defectstream_demo" if "defectstream_demo" in found else found[0]
+    return (f"the database {database} does not exist; `defectstream demo` wrote its data to {demo}: pass "
+            f"--database {demo} or set DEFECTSTREAM_CLICKHOUSE__DATABASE={demo}")
+
+
 class Service:
     """A `defectstream` subcommand run as a child process, its output in a log file."""
 
@@ -184,17 +225,23 @@ def run(plan: DemoPlan, *, out: Path, webhook: str | None = None, timeout_s: flo
     from streams.spc.monitor import Monitor, kafka_publisher
     from streams.spc.report import ReportFilters, make_report, plot_chart, render_table
 
+    from streams import preflight
+
     out.mkdir(parents=True, exist_ok=True)
     prefix = prefix or time.strftime("demo-%Y%m%d-%H%M%S")
     env = demo_env(prefix, database, out / "worker-data")
     os.environ.update(env)
     settings = Settings()
+    preflight.check_clickhouse(settings.clickhouse, database="")
+    preflight.check_kafka(settings.kafka)
     print(f"demo: topics {prefix}-*, ClickHouse database {database}, logs in {out}/")
 
     admin = open_database(settings, "default")
-    admin.query(f"DROP DATABASE IF EXISTS `{database}`")
-    admin.close()
-    ex = open_database(settings, database, create=True)
+    try:
+        rebuild_demo_database(admin, database)
+    finally:
+        admin.close()
+    ex = open_database(settings, database)
     migrate(ex)
 
     from streams.kafka.topics import ensure_topics

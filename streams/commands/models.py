@@ -477,7 +477,10 @@ def cli_promote(args: argparse.Namespace) -> int:
     if args.clear == bool(args.model):
         print("models promote: give MODEL, or --clear without MODEL", file=sys.stderr)
         return 2
+    from streams import preflight
+
     settings = Settings()
+    preflight.check_kafka(settings.kafka)  # promotions are records on the `cameras` topic
     ex = None if args.no_record else DriverExecutor.connect(settings.clickhouse, database=args.database)
     try:
         if args.clear:

@@ -63,6 +63,8 @@ BAD_INPUTS = [
     ["monitor", "--no-kafka", "--baseline-since", "yesterday"],
     ["replay", "--since", "yesterday", "--until", "now", "--model", "m", "--run-id", "r1"],
     ["replay", "--until", "now", "--model", "m", "--run-id", "r1"],
+    ["score", "--ground-truth", "/nonexistent/gt.jsonl", "--from-file", "/nonexistent/defects.jsonl"],
+    ["monitor", "--no-kafka", "--baseline-since", "now", "--baseline-until", "7d"],
 ]
 
 
