@@ -77,8 +77,12 @@ def settings_table(environ: dict[str, str] | None = None) -> list[dict[str, Any]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from streams.settings import SHIFTS_FORMAT
+
     p = sub.add_parser("config", help="print the settings in effect and where each came from",
-                       description=__doc__, formatter_class=DefaultsHelpFormatter)
+                       description=__doc__, formatter_class=DefaultsHelpFormatter,
+                       epilog="Settings are DEFECTSTREAM_* variables (nested names with __; README, Settings); "
+                              "lists and objects are JSON.\n\nShift calendar: " + SHIFTS_FORMAT)
     p.add_argument("--format", choices=["table", "json"], default="table", help="output format")
     p.set_defaults(func=run_config)
 

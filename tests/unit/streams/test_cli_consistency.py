@@ -81,6 +81,32 @@ def test_bad_input_gives_one_error_line_and_exit_2(argv, capsys):
     assert len(errors) == 1, err
 
 
+BAD_SETTINGS = [
+    ("DEFECTSTREAM_PLANT__SHIFTS", '[{"name": "x", "start": "25:00"}]', "DEFECTSTREAM_PLANT__SHIFTS"),
+    ("DEFECTSTREAM_PLANT__SHIFTS", "early 06-14", "DEFECTSTREAM_PLANT__SHIFTS must be JSON"),
+    ("DEFECTSTREAM_PLANT__SHIFTS", '[{"name": "a", "start": "06:00", "end": "14:00"}, '
+                                   '{"name": "b", "start": "13:00", "end": "20:00"}]', "overlap"),
+    ("DEFECTSTREAM_TRACKING__FAIL_CLASSES", "scratch,crack", "DEFECTSTREAM_TRACKING__FAIL_CLASSES must be JSON"),
+    ("DEFECTSTREAM_PLANT__TIMEZONE", "Mars/Olympus", "unknown timezone"),
+]
+
+
+@pytest.mark.parametrize("var,value,needle", BAD_SETTINGS, ids=lambda v: str(v)[:30])
+@pytest.mark.parametrize("argv", [["report"], ["config"]], ids=lambda a: a[0])
+def test_a_bad_setting_gives_one_error_line_and_exit_2(var, value, needle, argv, monkeypatch, capsys):
+    monkeypatch.setenv(var, value)
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and needle in errors[0], err
+
+
+def test_the_shift_format_is_documented_where_it_is_set():
+    helptext = dict(_all_parsers())["config"].format_help()
+    assert "DEFECTSTREAM_PLANT__SHIFTS" in helptext and '"start": "HH:MM"' in helptext
+
+
 def test_unknown_defectstream_variable_is_reported(monkeypatch, capsys):
     from streams.commands.config import unknown_variables
 
