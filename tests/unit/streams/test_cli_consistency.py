@@ -31,6 +31,26 @@ def test_help_shows_defaults():
     assert "(default: table)" in p["compare"].format_help()
 
 
+OUTPUT_COMMANDS = ["report", "compare", "status", "config", "list"]  # `list`: models list
+
+
+def test_the_output_format_has_one_name_and_format_is_the_data_layout(capsys):
+    pages = dict(_all_parsers())
+    for name in OUTPUT_COMMANDS:
+        opts = pages[name]._option_string_actions
+        assert opts["--output"].dest == "output" and "json" in opts["--output"].choices, name
+        assert opts["--format"].help == argparse.SUPPRESS, name  # the old spelling: hidden, still accepted
+    for name in ("train", "evaluate"):
+        assert pages[name]._option_string_actions["--format"].dest == "format"
+        assert "plain" in pages[name]._option_string_actions["--format"].choices
+    a = cli.build_parser().parse_args(["report", "--format", "csv"])
+    assert a.output == "csv" and "--format is deprecated and will be removed; use --output" in capsys.readouterr().err
+    assert cli.build_parser().parse_args(["compare", "--candidate", "x", "--output", "json"]).output == "json"
+    with pytest.raises(SystemExit) as e:  # the old spelling still checks its choices
+        cli.build_parser().parse_args(["report", "--format", "xml"])
+    assert e.value.code == 2
+
+
 def test_version_and_verbosity_anywhere(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])
