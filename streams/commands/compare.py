@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from streams.commands.options import deprecated_alias, output_option
+from streams.commands.options import UsageError, deprecated_alias, output_option
 from streams.replay.comparison import Comparison
 from streams.replay.queries import run_compare
 
@@ -141,6 +141,13 @@ def cli_compare(args: argparse.Namespace) -> int:
     gts = read_ground_truth(args.ground_truth) if args.ground_truth else None
     ex = DriverExecutor.connect(settings.clickhouse, database=args.database)
     try:
+        if cams:
+            from streams.spc.report import check_filters
+
+            unknown = [t for run in (args.baseline, args.candidate)
+                       for t in check_filters(ex, run, cameras=cams).unknown]
+            if unknown:
+                raise UsageError("; ".join(unknown))
         cmp = run_compare(ex, args.baseline, args.candidate, settings.plant, by=args.by, cameras=cams,
                           since_ms=since, until_ms=until, ground_truth=gts, iou_min=args.iou,
                           travel_axis=settings.tracking.travel_axis)

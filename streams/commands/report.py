@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import re
+import sys
 from zoneinfo import ZoneInfo
 
 from streams.commands.options import (DefaultsHelpFormatter, UsageError, cameras, deprecated_alias, output_option,
@@ -106,6 +107,11 @@ def run_report(args: argparse.Namespace) -> int:
         time_range(*baseline)
     ex = DriverExecutor.connect(settings.clickhouse, database=args.database)
     try:
+        check = report.check_filters(ex, args.run_id, line=args.line, cameras=cams or (), defect_class=args.defect_class)
+        if check.unknown:  # a typo in an id: say so, instead of an empty report
+            raise UsageError("; ".join(check.unknown))
+        for text in check.unseen:
+            print(f"warning: {text}", file=sys.stderr)
         rep = make_report(ex, plant, args.by, filters, kind=args.chart_kind, baseline=baseline,
                           iterate=args.iterate, rules=rules)
     finally:
