@@ -85,6 +85,10 @@ BAD_INPUTS = [
     ["replay", "--until", "now", "--model", "m", "--run-id", "r1"],
     ["score", "--ground-truth", "/nonexistent/gt.jsonl", "--from-file", "/nonexistent/defects.jsonl"],
     ["monitor", "--no-kafka", "--baseline-since", "now", "--baseline-until", "7d"],
+    ["evaluate", "--data", "synthetic:seed=abc"],
+    ["evaluate", "--data", "synthetic:seed=1,colour=red"],
+    ["evaluate", "--data", "/nonexistent/data"],
+    ["train", "segmenter", "--data", "/nonexistent/data", "--out", "/tmp/never-written"],
 ]
 
 
