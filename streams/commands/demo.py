@@ -6,7 +6,9 @@ verdicts; in the last hour one camera's defect rate spikes and the SPC monitor r
 for it; finally the per-shift report is printed and control charts are written.
 
 Everything runs on its own topics (`demo-<stamp>-*`) and in the ClickHouse database
-`defectstream_demo`, which is rebuilt on every run, so the demo never mixes with other data.
+`defectstream_demo`, which is rebuilt on every run, so the demo never mixes with other data. Only a
+database the demo created (it holds the `_defectstream_demo` marker table) is ever dropped: an
+existing database without the marker stops the demo with one error line.
 """
 from __future__ import annotations
 
@@ -178,7 +180,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--webhook", help="also POST the alerts as JSON to this URL")
     p.add_argument("--timeout", type=float, default=900.0, help="give up waiting for the pipeline after S seconds")
     p.add_argument("--prefix", help="topic prefix / app id (default demo-<timestamp>)")
-    p.add_argument("--database", default="defectstream_demo", help="ClickHouse database, rebuilt (default defectstream_demo)")
+    p.add_argument("--database", default="defectstream_demo", help="ClickHouse database, rebuilt if the demo created it, refused otherwise (default defectstream_demo)")
     p.add_argument("--summary", type=Path, help="also write a JSON summary (parts, alerts, range, topics) here")
     p.set_defaults(func=run_demo)
 
