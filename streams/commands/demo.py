@@ -231,11 +231,12 @@ def run(plan: DemoPlan, *, out: Path, webhook: str | None = None, timeout_s: flo
 
     out.mkdir(parents=True, exist_ok=True)
     prefix = prefix or time.strftime("demo-%Y%m%d-%H%M%S")
+    before = Settings()  # the demo's variables change topics and the database, never where the services are
+    preflight.check_clickhouse(before.clickhouse, database="")
+    preflight.check_kafka(before.kafka)
     env = demo_env(prefix, database, out / "worker-data")
     os.environ.update(env)
     settings = Settings()
-    preflight.check_clickhouse(settings.clickhouse, database="")
-    preflight.check_kafka(settings.kafka)
     print(f"demo: topics {prefix}-*, ClickHouse database {database}, logs in {out}/")
 
     admin = open_database(settings, "default")

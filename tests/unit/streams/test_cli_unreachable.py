@@ -3,6 +3,7 @@ naming the setting, never minutes of client retries and logs (issue 20). A close
 for the service that is down, so no service is needed."""
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -68,7 +69,9 @@ def test_clickhouse_unreachable_sink_and_demo_exit_non_zero_with_one_line(argv, 
     port = _closed_port()
     monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__PORT", str(port))
     monkeypatch.setenv("DEFECTSTREAM_KAFKA__BOOTSTRAP_SERVERS", f"127.0.0.1:{_closed_port()}")
+    before = {k: v for k, v in os.environ.items() if k.startswith("DEFECTSTREAM_")}
     code, err, took = _run([str(tmp_path / "out") if a == "OUT" else a for a in argv], capsys)
     line = _one_error_line(err)
     assert code == 2 and f"cannot use ClickHouse at 127.0.0.1:{port}" in line, err
     assert took < 20, took
+    assert {k: v for k, v in os.environ.items() if k.startswith("DEFECTSTREAM_")} == before  # checked before any change
