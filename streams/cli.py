@@ -96,6 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _demo_database_hint(args: argparse.Namespace) -> str | None:
+    """For an unknown database: the line naming the demo's database and what to set, when there is one."""
+    try:
+        from sinks.sql import DriverExecutor
+        from streams.commands.demo import missing_database_hint
+        from streams.settings import Settings
+
+        settings = Settings()
+        ex = DriverExecutor.connect(settings.clickhouse, database="default")
+        try:
+            return missing_database_hint(ex, getattr(args, "database", None) or settings.clickhouse.database)
+        finally:
+            ex.close()
+    except Exception:  # noqa: BLE001 - only a better message; the plain one stands when this fails
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -138,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = explain(e)
         if msg is None:
             raise
+        if type(e).__module__.startswith("clickhouse_driver") and getattr(e, "code", None) == 81:
+            msg = _demo_database_hint(args) or msg  # after `make demo`: say which database holds its data
         logging.getLogger("defectstream").debug("misconfiguration", exc_info=True)
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -45,7 +45,47 @@ def explain_settings(exc: Any) -> str:
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         lines.append(f"{where} ({_env_name(loc)}): {msg}")
+    if any(tuple(err.get("loc", ()))[:2] == ("plant", "shifts") for err in exc.errors()):
+        lines.append("see `defectstream config --help` for the shift format")
     return "invalid settings: " + "; ".join(lines)
+
+
+def _shifts_hint() -> str:
+    from streams.settings import SHIFTS_FORMAT
+
+    return "format: " + SHIFTS_FORMAT
+
+
+def _json_expected(name: str) -> bool:
+    """Whether the DEFECTSTREAM_* variable `name` holds a structured setting (a list, a dict, a model): JSON."""
+    from pydantic import BaseModel
+
+    from streams.settings import Settings
+
+    cls: Any = Settings
+    for part in name[len(ENV):].lower().split("__"):
+        fields = getattr(cls, "model_fields", {})
+        if part not in fields:
+            return False
+        cls = fields[part].annotation
+    return (isinstance(cls, type) and issubclass(cls, BaseModel)) or getattr(cls, "__origin__", None) in (list, dict)
+
+
+def explain_unparsable(exc: BaseException) -> str:
+    """One line for pydantic-settings' `SettingsError` (a structured variable whose value is not JSON)."""
+    import json
+
+    bad = []
+    for name, value in sorted(os.environ.items()):
+        if name.upper().startswith(ENV) and _json_expected(name.upper()):
+            try:
+                json.loads(value)
+            except ValueError:
+                bad.append(name)
+    if not bad:
+        return f"invalid settings: {exc}"
+    hint = f"; {_shifts_hint()}" if f"{ENV}PLANT__SHIFTS" in (b.upper() for b in bad) else ""
+    return f"invalid settings: {', '.join(bad)} must be JSON{hint}"
 
 
 def _kafka_hint() -> str:
@@ -68,6 +108,8 @@ def explain(exc: BaseException) -> str | None:
         return str(exc)
     if name == "ValidationError" and module.startswith("pydantic"):
         return explain_settings(exc)
+    if name == "SettingsError" and module.startswith("pydantic_settings"):
+        return explain_unparsable(exc)
     if module.startswith("clickhouse_driver"):
         code = getattr(exc, "code", None)
         if name in ("NetworkError", "SocketTimeoutError") or code in (209, 210):

@@ -136,12 +136,20 @@ def _default_shifts() -> list[Shift]:
     ]
 
 
+SHIFTS_FORMAT = (
+    'DEFECTSTREAM_PLANT__SHIFTS is a JSON list of shifts, each {"name": ..., "start": "HH:MM", "end": "HH:MM"} in '
+    'plant-local time (DEFECTSTREAM_PLANT__TIMEZONE); a shift may cross midnight, shifts may not overlap, gaps are '
+    'unscheduled time; e.g. [{"name": "early", "start": "06:00", "end": "14:00"}, '
+    '{"name": "late", "start": "14:00", "end": "22:00"}, {"name": "night", "start": "22:00", "end": "06:00"}]'
+)
+
+
 class PlantSettings(BaseModel):
     """The plant's timezone and shift calendar (applied at ingest)."""
 
     name: str = "plant-1"
     timezone: str = "Europe/Berlin"
-    shifts: list[Shift] = Field(default_factory=_default_shifts)
+    shifts: list[Shift] = Field(default_factory=_default_shifts, description=SHIFTS_FORMAT)
 
     @field_validator("timezone")
     @classmethod

@@ -101,9 +101,14 @@ def _images(d: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------------------------
 def read_synthetic(spec: str) -> Iterator[InspectionSample]:
-    cfg = parse_synthetic_spec(spec)
-    for i in range(int(cfg["n"])):  # type: ignore[arg-type]
-        yield render_sample(int(cfg["seed"]) + i, tuple(cfg["shape"]))  # type: ignore[arg-type]
+    """The samples of a `synthetic:seed=S,n=N,size=HxW` spec; a spec that does not parse is a `DatasetError` at once."""
+    try:
+        cfg = parse_synthetic_spec(spec)
+    except ValueError as exc:
+        raise DatasetError(f"cannot read the synthetic spec {spec!r} ({exc}): use synthetic:seed=INT,n=INT,size=HxW, "
+                           "e.g. synthetic:seed=9000,n=200,size=256x256") from None
+    return (render_sample(int(cfg["seed"]) + i, tuple(cfg["shape"]))  # type: ignore[arg-type]
+            for i in range(int(cfg["n"])))  # type: ignore[arg-type]
 
 
 def read_plain(root: str | Path) -> Iterator[InspectionSample]:

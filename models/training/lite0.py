@@ -260,6 +260,11 @@ class LiteTrainer:
         model = model.to(memory_format=torch.channels_last)
         n_train = self.hooks.n_train(self)
         defective = np.asarray(self.hooks.train_defective(self), bool)
+        if not defective.any():  # one class only: a supervised model would learn "always good" and look perfect
+            raise DatasetError(
+                f"train {self.task}: no training image has a defect (a plain set without masks/, or labels that are "
+                "all good): give defect masks (masks/<stem>.png, class ids > 0) or a labelled --format such as "
+                "neu-cls or elpv; for good images only, train anomaly")
         budget = choose_budget(n_train, cfg.batch, steps=cfg.steps, epochs=cfg.epochs, seconds=cfg.time_budget)
         n_val_def = int(self.hooks.val_defective(self))
         stop = choose_stop_rule(n_val_def, cfg.patience)

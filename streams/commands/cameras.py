@@ -46,10 +46,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=lambda args: (c.print_help(), 2)[1])
 
 
-def _run_reset(args: argparse.Namespace) -> int:
+def _checked_settings():
+    """The settings, once the broker answered (an unreachable one is one line within 10 s, not client retries)."""
+    from streams import preflight
     from streams.settings import Settings
 
-    rec = publish_camera_reset(Settings(), args.camera_id, note=args.note)
+    settings = Settings()
+    preflight.check_kafka(settings.kafka)
+    return settings
+
+
+def _run_reset(args: argparse.Namespace) -> int:
+    rec = publish_camera_reset(_checked_settings(), args.camera_id, note=args.note)
     print(rec.to_json().decode())
     return 0
 
@@ -57,28 +65,24 @@ def _run_reset(args: argparse.Namespace) -> int:
 def _run_alias(args: argparse.Namespace) -> int:
     import sys
 
-    from streams.settings import Settings
-
     if args.clear == bool(args.alias_of):
         print("cameras alias: give NEW OLD, or NEW --clear", file=sys.stderr)
         return 2
     if args.alias_of == args.camera_id:
         print("cameras alias: a camera cannot be its own alias", file=sys.stderr)
         return 2
-    rec = publish_camera_alias(Settings(), args.camera_id, None if args.clear else args.alias_of, note=args.note)
+    rec = publish_camera_alias(_checked_settings(), args.camera_id, None if args.clear else args.alias_of, note=args.note)
     print(rec.to_json().decode() if rec else json.dumps({"cleared_alias": args.camera_id}))
     return 0
 
 
 def _run_camera_config(args: argparse.Namespace) -> int:
-    from streams.settings import Settings
-
     cfg = None
     if not args.delete:
         roi = tuple(int(v) for v in args.roi.split(",")) if args.roi else None
         cfg = CameraConfig(camera_id=args.camera_id, line_id=args.line, roi=roi, min_confidence=args.min_confidence,
                            fail_severity=args.fail_severity, model_version=args.model_version,
                            frames_per_part=args.frames_per_part)
-    publish_camera_config(Settings(), args.camera_id, cfg)
+    publish_camera_config(_checked_settings(), args.camera_id, cfg)
     print(cfg.to_json().decode() if cfg else f"deleted {args.camera_id}")
     return 0

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from streams.commands.options import deprecated_alias
+from streams.commands.options import UsageError, deprecated_alias, output_option
 from streams.replay.comparison import Comparison
 from streams.replay.queries import run_compare
 
@@ -112,7 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--until", help="only parts whose first frame is before this")
     p.add_argument("--ground-truth", help="simulator ground truth JSONL: precision/recall of each side")
     p.add_argument("--iou", type=float, default=0.3, help="IoU that matches two defects (default 0.3)")
-    p.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    output_option(p, ["table", "json"])
     p.add_argument("--chart", metavar="FILE.png", help="also write a PNG bar chart of the rates per group here")
     p.add_argument("--database", help="ClickHouse database (default: settings)")
     p.set_defaults(func=cli_compare)
@@ -141,12 +141,19 @@ def cli_compare(args: argparse.Namespace) -> int:
     gts = read_ground_truth(args.ground_truth) if args.ground_truth else None
     ex = DriverExecutor.connect(settings.clickhouse, database=args.database)
     try:
+        if cams:
+            from streams.spc.report import check_filters
+
+            unknown = [t for run in (args.baseline, args.candidate)
+                       for t in check_filters(ex, run, cameras=cams).unknown]
+            if unknown:
+                raise UsageError("; ".join(unknown))
         cmp = run_compare(ex, args.baseline, args.candidate, settings.plant, by=args.by, cameras=cams,
                           since_ms=since, until_ms=until, ground_truth=gts, iou_min=args.iou,
                           travel_axis=settings.tracking.travel_axis)
     finally:
         ex.close()
-    print(render_json(cmp) if args.format == "json" else render_table(cmp))
+    print(render_json(cmp) if args.output == "json" else render_table(cmp))
     if args.chart:
         plot_comparison(cmp, args.chart)
     if not cmp.parts:

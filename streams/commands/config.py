@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any, Iterator
 
-from streams.commands.options import DefaultsHelpFormatter
+from streams.commands.options import DefaultsHelpFormatter, output_option
 
 # DEFECTSTREAM_* variables that are not settings: read by ops/stack, the fault tests and the demo
 NON_SETTINGS_PREFIXES = ("DEFECTSTREAM_STACK_", "DEFECTSTREAM_FAULT_")
@@ -77,16 +77,20 @@ def settings_table(environ: dict[str, str] | None = None) -> list[dict[str, Any]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from streams.settings import SHIFTS_FORMAT
+
     p = sub.add_parser("config", help="print the settings in effect and where each came from",
-                       description=__doc__, formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+                       description=__doc__, formatter_class=DefaultsHelpFormatter,
+                       epilog="Settings are DEFECTSTREAM_* variables (nested names with __; README, Settings); "
+                              "lists and objects are JSON.\n\nShift calendar: " + SHIFTS_FORMAT)
+    output_option(p, ["table", "json"])
     p.set_defaults(func=run_config)
 
 
 def run_config(args: argparse.Namespace) -> int:
     rows = settings_table()
     unknown = unknown_variables()
-    if args.format == "json":
+    if args.output == "json":
         print(json.dumps({"settings": rows, "unknown_variables": unknown}, indent=2, default=str))
         return 0
     width = max(len(r["setting"]) for r in rows)

@@ -6,7 +6,9 @@ verdicts; in the last hour one camera's defect rate spikes and the SPC monitor r
 for it; finally the per-shift report is printed and control charts are written.
 
 Everything runs on its own topics (`demo-<stamp>-*`) and in the ClickHouse database
-`defectstream_demo`, which is rebuilt on every run, so the demo never mixes with other data.
+`defectstream_demo`, which is rebuilt on every run, so the demo never mixes with other data. Only a
+database the demo created (it holds the `_defectstream_demo` marker table) is ever dropped: an
+existing database without the marker stops the demo with one error line.
 """
 from __future__ import annotations
 
@@ -67,6 +69,47 @@ def demo_env(prefix: str, database: str, data_dir: Path) -> dict[str, str]:
     for name in ("frames", "defects", "parts", "deadletter", "cameras", "alerts"):
         env[f"DEFECTSTREAM_KAFKA__TOPICS__{name.upper()}"] = f"{prefix}-{name}"
     return env
+
+
+MARKER_TABLE = "_defectstream_demo"  # in every database the demo created: only those may it drop
+
+
+def demo_databases(executor) -> list[str]:
+    """The databases `defectstream demo` created (they hold its marker table), by name."""
+    rows = executor.query(f"SELECT database FROM system.tables WHERE name = '{MARKER_TABLE}' ORDER BY database")
+    return [r[0] for r in rows]
+
+
+def rebuild_demo_database(admin, database: str) -> None:
+    """Drop `database` if the demo created it, then create it empty with the demo's marker table.
+
+    Raises `UsageError` (nothing dropped) when `database` exists without the marker: a database the
+    demo did not create is never dropped, whatever its name.
+    """
+    from streams.commands.options import UsageError
+
+    if "`" in database or not database:
+        raise UsageError(f"--database {database!r}: not a usable database name")
+    exists = admin.query(f"SELECT count() FROM system.databases WHERE name = '{database}'")[0][0]
+    if exists:
+        if database not in demo_databases(admin):
+            raise UsageError(f"database {database} exists and was not created by `defectstream demo` (it has no "
+                             f"{MARKER_TABLE} table), so the demo will not drop it: choose another --database")
+        admin.query(f"DROP DATABASE `{database}`")
+    admin.query(f"CREATE DATABASE `{database}`")
+    admin.query(f"CREATE TABLE `{database}`.{MARKER_TABLE} (created_ms UInt64, note String) ENGINE = TinyLog")
+    admin.insert(f"`{database}`.{MARKER_TABLE}", ["created_ms", "note"],
+                 [(int(time.time() * 1000), "created by defectstream demo, which drops and rebuilds it on its next run")])
+
+
+def missing_database_hint(executor, database: str) -> str | None:
+    """What to set when `database` does not exist but a demo's does (report/monitor after `make demo`)."""
+    found = [d for d in demo_databases(executor) if d != database]
+    if not found:
+        return None
+    demo = "defectstream_demo" if "defectstream_demo" in found else found[0]
+    return (f"the database {database} does not exist; `defectstream demo` wrote its data to {demo}: pass "
+            f"--database {demo} or set DEFECTSTREAM_CLICKHOUSE__DATABASE={demo}")
 
 
 class Service:
@@ -137,7 +180,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--webhook", help="also POST the alerts as JSON to this URL")
     p.add_argument("--timeout", type=float, default=900.0, help="give up waiting for the pipeline after S seconds")
     p.add_argument("--prefix", help="topic prefix / app id (default demo-<timestamp>)")
-    p.add_argument("--database", default="defectstream_demo", help="ClickHouse database, rebuilt (default defectstream_demo)")
+    p.add_argument("--database", default="defectstream_demo", help="ClickHouse database, rebuilt if the demo created it, refused otherwise (default defectstream_demo)")
     p.add_argument("--summary", type=Path, help="also write a JSON summary (parts, alerts, range, topics) here")
     p.set_defaults(func=run_demo)
 
@@ -184,17 +227,24 @@ def run(plan: DemoPlan, *, out: Path, webhook: str | None = None, timeout_s: flo
     from streams.spc.monitor import Monitor, kafka_publisher
     from streams.spc.report import ReportFilters, make_report, plot_chart, render_table
 
+    from streams import preflight
+
     out.mkdir(parents=True, exist_ok=True)
     prefix = prefix or time.strftime("demo-%Y%m%d-%H%M%S")
+    before = Settings()  # the demo's variables change topics and the database, never where the services are
+    preflight.check_clickhouse(before.clickhouse, database="")
+    preflight.check_kafka(before.kafka)
     env = demo_env(prefix, database, out / "worker-data")
     os.environ.update(env)
     settings = Settings()
     print(f"demo: topics {prefix}-*, ClickHouse database {database}, logs in {out}/")
 
     admin = open_database(settings, "default")
-    admin.query(f"DROP DATABASE IF EXISTS `{database}`")
-    admin.close()
-    ex = open_database(settings, database, create=True)
+    try:
+        rebuild_demo_database(admin, database)
+    finally:
+        admin.close()
+    ex = open_database(settings, database)
     migrate(ex)
 
     from streams.kafka.topics import ensure_topics

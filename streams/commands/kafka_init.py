@@ -25,5 +25,9 @@ def run_kafka_init(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"kafka-init: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(apply_security(Settings(), passwords, mechanism=args.mechanism)))
+    from streams import preflight
+
+    settings = Settings()
+    preflight.check_kafka(settings.kafka)
+    print(json.dumps(apply_security(settings, passwords, mechanism=args.mechanism)))
     return 0

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
+from streams.commands.options import output_option
 from streams.inspection.model_selection import PLANT, ModelSelection, Promotion, Scope, parse_scope, scope_of
 from streams.kafka import clients
 from streams.settings import Settings
@@ -326,7 +327,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", action="append", help="checkpoint directory to search (repeatable; default packaged)")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION")
     ls = msub.add_parser("list", help="promotions per plant/line/camera, models and checkpoints")
-    ls.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    output_option(ls, ["table", "json"])
     ls.add_argument("--kafka-timeout", type=float, default=3.0,
                     help="seconds to read the promotions from the cameras topic (0: skip)")
     ls.set_defaults(func=cli_list)
@@ -413,7 +414,7 @@ def cli_list(args: argparse.Namespace) -> int:
     prod = _production(settings, args.kafka_timeout)
     infos = list_infos(roots)
     models = list_models(roots)
-    if args.format == "json":
+    if args.output == "json":
         print(json.dumps({"production": prod, "models": [m.to_dict() for m in models],
                           "checkpoints": [i.to_dict() for i in infos]}, indent=2, default=str))
         return 0
@@ -477,7 +478,10 @@ def cli_promote(args: argparse.Namespace) -> int:
     if args.clear == bool(args.model):
         print("models promote: give MODEL, or --clear without MODEL", file=sys.stderr)
         return 2
+    from streams import preflight
+
     settings = Settings()
+    preflight.check_kafka(settings.kafka)  # promotions are records on the `cameras` topic
     ex = None if args.no_record else DriverExecutor.connect(settings.clickhouse, database=args.database)
     try:
         if args.clear:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from streams.commands.options import time_range
 from streams.commands.report import parse_time
 from streams.spc import monitor
 from streams.spc.monitor import Monitor, kafka_publisher, pct
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_monitor(args: argparse.Namespace) -> int:
     from sinks.sql import DriverExecutor
+    from streams import preflight
     from streams.settings import Settings
 
     settings = Settings()
@@ -42,6 +44,9 @@ def run_monitor(args: argparse.Namespace) -> int:
     now = int(time.time() * 1000)
     b_end = parse_time(args.baseline_until, settings.plant, now) if args.baseline_until else now - int(m.window_s * 1000)
     b_start = parse_time(args.baseline_since, settings.plant, now) if args.baseline_since else b_end - int(m.baseline_s * 1000)
+    time_range(b_start, b_end)
+    if not args.no_kafka:
+        preflight.check_kafka(settings.kafka)
     ex = DriverExecutor.connect(settings.clickhouse, database=args.database)
     publish, close = (None, lambda: None) if args.no_kafka else kafka_publisher(settings)
     try:

@@ -1,8 +1,8 @@
 """What every command's arguments share: one name per concept, renamed spellings that warn, user errors.
 
 One name per concept (README "Command line"): a time range is `--since/--until`, a camera filter
-`--camera ID` (repeatable), a model directory `--model DIR`, a data layout `--data-format`, an
-output format `--format`. `deprecated_alias` keeps an old spelling working for a release, with a
+`--camera ID` (repeatable), a model directory `--model DIR`, a data layout `--format` (train,
+evaluate), an output format `--output` (`output_option`; its old spelling `--format` warns). `deprecated_alias` keeps an old spelling working for a release, with a
 warning on stderr. `UsageError` is what a handler raises for input the user can fix: the CLI prints
 it as one `error:` line and exits 2, never a traceback.
 """
@@ -49,9 +49,17 @@ class _Deprecated(argparse.Action):
 
 
 def deprecated_alias(p: argparse.ArgumentParser, old: str, new: str, dest: str, *, nargs: Any = None,
-                     append: bool = False) -> None:
+                     append: bool = False, choices: Sequence[str] | None = None) -> None:
     """Accept `old` as a spelling of `new` (same dest), warning that it is deprecated; hidden from --help."""
-    p.add_argument(old, dest=dest, action=_Deprecated, new=new, append=append, nargs=nargs, help=argparse.SUPPRESS)
+    p.add_argument(old, dest=dest, action=_Deprecated, new=new, append=append, nargs=nargs, choices=choices,
+                   help=argparse.SUPPRESS)
+
+
+def output_option(p: argparse.ArgumentParser, choices: Sequence[str], default: str = "table") -> None:
+    """`--output FORMAT` (dest `output`), the one name of an output format; `--format` is its old spelling
+    here (a data layout is `--format` in train/evaluate)."""
+    p.add_argument("--output", choices=list(choices), default=default, help="output format")
+    deprecated_alias(p, "--format", "--output", "output", choices=list(choices))
 
 
 def cameras(values: Sequence[str] | None) -> list[str] | None:

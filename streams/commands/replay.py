@@ -71,6 +71,9 @@ def run_replay(args: argparse.Namespace) -> int:
     except (ReplayError, argparse.ArgumentTypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from streams import preflight
+
+    preflight.check_kafka(settings.kafka)
     ex = DriverExecutor.connect(settings.clickhouse, database=args.database)
     rep = None
     try:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import re
+import sys
 from zoneinfo import ZoneInfo
 
-from streams.commands.options import DefaultsHelpFormatter, UsageError, cameras, deprecated_alias, time_range, writable_file
+from streams.commands.options import (DefaultsHelpFormatter, UsageError, cameras, deprecated_alias, output_option,
+                                      time_range, writable_file)
 from streams.settings import PlantSettings
 from streams.spc import report
 from streams.spc.report import ReportFilters, make_report, plot_chart, render_csv, render_json, render_table
@@ -60,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rules", default="default",
                    help="run rules: default (Test 1 for attribute charts, Tests 1 and 2 for G), WE (Tests 1-4), "
                         "NELSON (1-8) or a list like WE1,WE2,N2")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    output_option(p, ["table", "csv", "json"])
     p.add_argument("--chart", metavar="FILE.png", help="also draw the control chart to this PNG")
     p.add_argument("--database", help="ClickHouse database (default: settings clickhouse.database)")
     p.set_defaults(func=run_report)
@@ -105,11 +107,16 @@ def run_report(args: argparse.Namespace) -> int:
         time_range(*baseline)
     ex = DriverExecutor.connect(settings.clickhouse, database=args.database)
     try:
+        check = report.check_filters(ex, args.run_id, line=args.line, cameras=cams or (), defect_class=args.defect_class)
+        if check.unknown:  # a typo in an id: say so, instead of an empty report
+            raise UsageError("; ".join(check.unknown))
+        for text in check.unseen:
+            print(f"warning: {text}", file=sys.stderr)
         rep = make_report(ex, plant, args.by, filters, kind=args.chart_kind, baseline=baseline,
                           iterate=args.iterate, rules=rules)
     finally:
         ex.close()
-    print({"table": render_table, "csv": render_csv, "json": render_json}[args.format](rep))
+    print({"table": render_table, "csv": render_csv, "json": render_json}[args.output](rep))
     if not rep.rows and (args.line or cams):
         print(f"note: no parts for {report.scope_text(filters)} in this range (check the line/camera id, "
               "--run-id and --database)")

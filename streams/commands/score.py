@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from streams.commands.options import deprecated_alias
+from streams.commands.options import UsageError, deprecated_alias
 from streams.settings import Settings
 from streams.sim import scoring
 from streams.sim.scoring import (
@@ -90,10 +90,16 @@ def run_score(args: argparse.Namespace) -> int:
         if not args.ground_truth:
             print("--ground-truth is required with --defects-topic/--from-file", file=sys.stderr)
             return 2
+        for what, path in (("--ground-truth", args.ground_truth), ("--from-file", args.from_file)):
+            if path and not Path(path).is_file():
+                raise UsageError(f"{what}: no such file {path}")
         gts = read_ground_truth(args.ground_truth)
         if args.from_file:
             defects = read_defects_file(args.from_file)
         else:
+            from streams import preflight
+
+            preflight.check_kafka(settings.kafka)
             defects = read_topic_events(settings, args.defects_topic or settings.kafka.topics.defects)
         s = score_defect_events(gts, defects)
         result = {"tracked": s.summary()}

@@ -55,6 +55,9 @@ def run_simulate(args: argparse.Namespace) -> int:
         first_camera=args.first_camera, start_time_ms=_iso_ms(args.start_time) if args.start_time else None,
         time_scale=args.time_scale, frame_shape=(h, w), progress=not args.no_progress,
     )
+    from streams import preflight
+
+    preflight.check_kafka(settings.kafka)
     rep = simulate(settings, cfg)
     out = asdict(rep)
     out["fps"] = round(rep.fps, 2)

@@ -80,9 +80,15 @@ def run_sink(settings: Settings, *, max_seconds: float | None = None, idle_s: fl
 
 
 def run_sink_command(args: argparse.Namespace) -> int:
+    from streams import preflight
+
     settings = Settings()
     if args.group_id:
         settings.sink.group_id = args.group_id
+    # unreachable at start-up is a misconfiguration: one line now, not a sink paused forever (an outage
+    # later is survived: the partitions pause until ClickHouse answers again)
+    preflight.check_clickhouse(settings.clickhouse)
+    preflight.check_kafka(settings.kafka)
     holder: dict = {}
 
     def _stop(signum, frame):  # noqa: ARG001

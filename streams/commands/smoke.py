@@ -68,9 +68,11 @@ async def _consume(settings: Settings, topic: str, n: int) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     from clickhouse_driver import Client
 
+    from streams import preflight
     from streams.kafka import clients
 
     settings = Settings()
+    preflight.check_kafka(settings.kafka)
     run_id = uuid.uuid4().hex[:8]
     topic = args.topic or f"smoke-{run_id}"
     t0 = time.monotonic()

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import NamedTuple
 
+from streams.commands.options import output_option
 from streams.metrics import Sample, ScrapeError, by_label, scrape, total
 
 
@@ -97,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interval", type=float, default=2.0,
                    help="seconds between the two scrapes the rates are measured over (0: one scrape, no rates)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each endpoint")
-    p.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    output_option(p, ["table", "json"])
     p.set_defaults(func=run_status)
 
 
@@ -140,7 +141,7 @@ def run_status(args: argparse.Namespace) -> int:
         worker = worker_status(second.get("worker", first["worker"]), first["worker"] if second else None, dt_s)
     if "sink" in first:
         sink = sink_status(second.get("sink", first["sink"]), first["sink"] if second else None, dt_s)
-    if args.format == "json":
+    if args.output == "json":
         doc = {"worker": worker._asdict() if worker else {"error": errors.get("worker")},
                "sink": sink._asdict() if sink else {"error": errors.get("sink")}}
         print(json.dumps(doc, indent=2, sort_keys=True))

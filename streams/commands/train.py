@@ -149,7 +149,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ev.add_argument("--data", required=True, help="dataset path, or a synthetic spec (see above)")
-    ev.add_argument("--format", choices=_FORMATS, default="synthetic", help="dataset layout")
+    ev.add_argument("--format", choices=_FORMATS, default=None,
+                    help="dataset layout (default: plain, as for train; synthetic for a synthetic:… --data spec)")
     ev.add_argument("--checkpoint", default=None,
                     help="a model directory (any family) or one of its .pt files "
                          "(default: the packaged checkpoints)")
@@ -361,6 +362,8 @@ _TRAIN: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.format is None:  # plain like train; a synthetic:… spec says its own layout
+        args.format = "synthetic" if str(args.data).startswith("synthetic") else "plain"
     return run_evaluation_cli(args)
 
 

@@ -223,6 +223,18 @@ def late_rows_sql(run_id: str, ingested_after_ms: int, since_ms: int, until_ms: 
     )
 
 
+def known_scopes_sql(run_id: str) -> str:
+    """Rendered SQL: every (line, camera) the run has parts of, any time (to tell an unknown filter from an empty range)."""
+    return render("SELECT DISTINCT line_id, camera_id FROM parts WHERE run_id = {run_id} ORDER BY line_id, camera_id",
+                  {"run_id": run_id})
+
+
+def known_classes_sql(run_id: str) -> str:
+    """Rendered SQL: every defect class the run has recorded, any time."""
+    return render("SELECT DISTINCT defect_class FROM defects WHERE run_id = {run_id} ORDER BY defect_class",
+                  {"run_id": run_id})
+
+
 def alert_state_sql(run_id: str) -> str:
     """Rendered SQL: per scope, the kind of the latest alert and the time of the latest SPIKE."""
     return render(
@@ -266,6 +278,8 @@ def query_catalog(start_ms: int, end_ms: int) -> dict[str, str]:
     out["monitor_alert_state"] = alert_state_sql("production")
     out["monitor_ingest_mark"] = ingest_mark_sql("production")
     out["monitor_late_rows"] = late_rows_sql("production", 0, start_ms, end_ms)
+    out["known_scopes"] = known_scopes_sql("it's a \\ replay")
+    out["known_classes"] = known_classes_sql("production")
     from streams.replay import queries as compare_queries  # `defectstream compare` reads the same tables
 
     scope = {"cameras": ["cam-1", "cam'1"], "since_ms": start_ms, "until_ms": end_ms}

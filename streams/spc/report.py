@@ -524,6 +524,44 @@ def plot_chart(rep: Report, path: str) -> None:
 
 
 # -- the library form of `defectstream report` -----------------------------------------------
+class FilterCheck(NamedTuple):
+    """What the data knows of a report's filters: `unknown` (no line/camera of that name in the run, ever) and
+    `unseen` (a class never recorded in the run: its rates are 0, which may be right)."""
+
+    unknown: list[str]
+    unseen: list[str]
+
+
+def _listed(values: Sequence[str], limit: int = 12) -> str:
+    vals = sorted(set(values))
+    return ", ".join(vals[:limit]) + (f" … ({len(vals)} in all)" if len(vals) > limit else "") if vals else "none"
+
+
+def check_filters(ex: Executor, run_id: str, *, line: str | None = None, cameras: Sequence[str] = (),
+                  defect_class: str | None = None) -> FilterCheck:
+    """Compare the line/camera/class filters with what run `run_id` ever recorded (any time range)."""
+    from streams.spc.queries import known_classes_sql, known_scopes_sql
+
+    unknown, unseen = [], []
+    if line is not None or cameras:
+        rows = ex.query(known_scopes_sql(run_id))
+        lines = {r[0] for r in rows}
+        cams = {r[1] for r in rows if line is None or r[0] == line}
+        if line is not None and line not in lines:
+            unknown.append(f"no line {line!r} in run {run_id} (lines: {_listed(lines)})")
+        else:
+            for c in cameras:
+                if c not in cams:
+                    where = f" on line {line}" if line is not None else ""
+                    unknown.append(f"no camera {c!r}{where} in run {run_id} (cameras: {_listed(cams)})")
+    if defect_class is not None:
+        classes = [r[0] for r in ex.query(known_classes_sql(run_id))]
+        if defect_class not in classes:
+            unseen.append(f"class {defect_class!r} was never recorded in run {run_id} (recorded: {_listed(classes)}); "
+                          "its rates are 0")
+    return FilterCheck(unknown, unseen)
+
+
 def scope_text(f: ReportFilters) -> str:
     parts = [f"line {f.line}" if f.line else "all lines"]
     if isinstance(f.camera, tuple):

@@ -129,7 +129,7 @@ def test_camera_promotion_to_a_segmenter(stream_worker_factory, stack, fresh_dat
         ex.close()
 
     # `models list` reads it back from the cameras topic
-    assert main(["models", "list", "--format", "json"]) == 0
+    assert main(["models", "list", "--output", "json"]) == 0
     listing = json.loads(capsys.readouterr().out)["production"]
     assert listing["reachable"] is True, listing
     assert [(p["scope"], p["model_version"]) for p in listing["promotions"]] == [(f"*camera:{cam_a}", seg_version)]

@@ -103,12 +103,12 @@ def test_report_cli_on_the_server(ex, stack, fresh_database, monkeypatch, capsys
     assert "p chart (fraction defective) per shift — line line-1" in out and "early" in out
     assert chart.read_bytes()[:4] == b"\x89PNG"
     assert main(["report", "--by", "hour", "--camera", "cam-2", "--class", "crack", "--since", since,
-                 "--until", until, "--format", "json"]) == 0
+                 "--until", until, "--output", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     parts = [e for e in events if isinstance(e, PartInspected) and e.camera_id == "cam-2"]
     assert sum(r["inspected"] for r in doc["rows"]) == len(parts)
     assert sum(r["defective"] for r in doc["rows"]) == sum(p.defect_counts.get("crack", 0) > 0 for p in parts)
-    assert main(["report", "--by", "day", "--since", since, "--until", until, "--format", "csv",
+    assert main(["report", "--by", "day", "--since", since, "--until", until, "--output", "csv",
                  "--chart-kind", "u"]) == 0
     assert capsys.readouterr().out.startswith("period,start_ms,inspected")
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import unique_name
+
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "streams.cli"]
 
@@ -71,3 +73,57 @@ def test_report_with_a_wrong_clickhouse_password(stack):
     rc, err, _ = _run(["report"], {"DEFECTSTREAM_CLICKHOUSE__PASSWORD": "not-the-password",
                                    "DEFECTSTREAM_CLICKHOUSE__USER": "default"})
     _one_line_error(rc, err, "wrong user or password")
+
+
+def test_sink_with_clickhouse_unreachable_exits_at_once(stack):
+    # at start-up an unreachable ClickHouse is a misconfiguration: one line, not a sink paused forever
+    port = _closed_port()
+    rc, err, took = _run(["sink", "--max-seconds", "60"], {"DEFECTSTREAM_CLICKHOUSE__PORT": str(port)})
+    _one_line_error(rc, err, f"cannot use ClickHouse at 127.0.0.1:{port}", "DEFECTSTREAM_CLICKHOUSE__HOST")
+    assert took < 20
+
+
+def test_sink_with_kafka_down_exits_at_once(stack, fresh_database):
+    from sinks.migrations import migrate
+    from sinks.sql import DriverExecutor
+    from streams.settings import ClickHouseSettings
+
+    ex = DriverExecutor.connect(ClickHouseSettings(port=stack.clickhouse_port), database=fresh_database)
+    try:
+        migrate(ex)
+    finally:
+        ex.close()
+    port = _closed_port()
+    rc, err, took = _run(["sink", "--max-seconds", "60"], {"DEFECTSTREAM_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+                                                           "DEFECTSTREAM_CLICKHOUSE__DATABASE": fresh_database})
+    _one_line_error(rc, err, f"cannot reach the Kafka broker 127.0.0.1:{port}", "DEFECTSTREAM_KAFKA__BOOTSTRAP_SERVERS")
+    assert took < 20
+
+
+def test_demo_refuses_to_drop_a_database_it_did_not_create(stack, fresh_database, clickhouse_client):
+    clickhouse_client.execute(f"CREATE TABLE {fresh_database}.keep (x UInt8) ENGINE = TinyLog")
+    rc, err, took = _run(["demo", "--database", fresh_database, "--out", "/tmp/defectstream-demo-refused"], {})
+    _one_line_error(rc, err, f"database {fresh_database} exists and was not created by `defectstream demo`")
+    tables = {r[0] for r in clickhouse_client.execute(f"SHOW TABLES FROM {fresh_database}")}
+    assert tables == {"keep"} and took < 30
+
+
+def test_demo_rebuilds_only_its_own_database_and_report_names_it(stack, request, clickhouse_client):
+    from sinks.sql import DriverExecutor
+    from streams.commands.demo import MARKER_TABLE, rebuild_demo_database
+    from streams.settings import ClickHouseSettings
+
+    name = unique_name(request, "demo")
+    admin = DriverExecutor.connect(ClickHouseSettings(port=stack.clickhouse_port), database="default")
+    try:
+        rebuild_demo_database(admin, name)  # created: marked
+        admin.query(f"CREATE TABLE `{name}`.stale (x UInt8) ENGINE = TinyLog")
+        rebuild_demo_database(admin, name)  # its own: dropped and rebuilt
+        assert {r[0] for r in admin.query(f"SHOW TABLES FROM `{name}`")} == {MARKER_TABLE}
+        # after `make demo`, a report on the (missing) configured database says where the demo's data is
+        missing = unique_name(request, "nodb")
+        rc, err, _ = _run(["report"], {"DEFECTSTREAM_CLICKHOUSE__DATABASE": missing})
+        _one_line_error(rc, err, f"the database {missing} does not exist", "DEFECTSTREAM_CLICKHOUSE__DATABASE=")
+    finally:
+        admin.query(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()

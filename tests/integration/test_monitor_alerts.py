@@ -215,3 +215,18 @@ def test_a_replay_monitor_never_publishes_to_the_production_alerts_topic(kafka_b
         assert records(production) == []
     finally:
         kafka_admin.delete_topics([f"{production}.replay-it"])
+
+
+def test_improvements_raise_nothing_and_a_spike_one_alert_on_clickhouse_18(stack, fresh_database):
+    """The same scenario as on chdb (tests/unit/spc/monitor_sides.py) on the stack's ClickHouse server."""
+    from sinks.sql import DriverExecutor
+    from streams.settings import ClickHouseSettings
+
+    from ..unit.spc.monitor_sides import run_sides_scenario
+
+    ex = DriverExecutor.connect(ClickHouseSettings(host=stack.host, port=stack.clickhouse_port), database=fresh_database)
+    try:
+        assert ex.query("SELECT version()")[0][0].startswith("18.16")
+        assert run_sides_scenario(ex) == [("SPIKE", 10, 0.4)]
+    finally:
+        ex.close()

@@ -229,7 +229,7 @@ def test_replay_beside_production_resume_and_compare(checkpoints, stream_worker_
     monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__PORT", str(stack.clickhouse_port))
     monkeypatch.setenv("DEFECTSTREAM_PLANT__TIMEZONE", "UTC")
     capsys.readouterr()
-    assert main(["compare", "--candidate", "weak-1", "--by", "camera", "--format", "json",
+    assert main(["compare", "--candidate", "weak-1", "--by", "camera", "--output", "json",
                  "--ground-truth", str(gt_path), "--chart", str(tmp_path / "cmp.png")]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["parts_compared"] == 6 and doc["defects"]["only_baseline"] == prod_defects

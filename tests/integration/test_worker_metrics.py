@@ -59,7 +59,7 @@ def test_worker_serves_frames_dead_letters_lag_and_open_parts(needs_checkpoints,
     assert (total(samples, "defectstream_batch_seconds_count", stage="inference") or 0) >= 1
 
     down = f"http://127.0.0.1:{_free_port()}/metrics"
-    assert main(["status", "--worker-url", url, "--sink-url", down, "--interval", "0", "--format", "json"]) == 1
+    assert main(["status", "--worker-url", url, "--sink-url", down, "--interval", "0", "--output", "json"]) == 1
     out = capsys.readouterr()
     doc = json.loads(out.out)
     assert doc["worker"]["open_parts"] == 1 and doc["worker"]["deadletters"] == {"decode_error": 1}

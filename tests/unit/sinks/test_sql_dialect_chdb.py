@@ -330,3 +330,52 @@ def test_a_batch_of_parts_from_200_months_is_stored_by_a_current_clickhouse(chdb
         assert chdb_ex.query("SELECT uniqExact(event_id), uniqExact(_partition_id) FROM parts") == [(200, 200)]
         assert chdb_ex.query("SELECT uniqExact(event_id) FROM defects") == [(len(defects),)]
         assert sink.inserts > 2  # parts and defects each took several INSERTs
+
+
+def test_unknown_line_camera_or_class_filters_are_named(chdb_ex, seeded):
+    check = report.check_filters(chdb_ex, "production", line="line-1", cameras=["cam-1", "cam-9"], defect_class="crack")
+    assert check.unknown == ["no camera 'cam-9' on line line-1 in run production (cameras: cam-1, cam-2)"]
+    assert check.unseen == []
+    assert report.check_filters(chdb_ex, "production", line="line-7").unknown == [
+        "no line 'line-7' in run production (lines: line-1)"]
+    assert "never recorded" in report.check_filters(chdb_ex, "production", defect_class="rust").unseen[0]
+    assert report.check_filters(chdb_ex, "replay-x", cameras=["cam-1"]).unknown  # another run knows no camera
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["report", "--camera", "cam-9"], "no camera 'cam-9'"),
+    (["report", "--line", "line-7", "--camera", "cam-1"], "no line 'line-7'"),
+    (["compare", "--candidate", "production-2", "--camera", "cam-9"], "no camera 'cam-9'"),
+])
+def test_report_and_compare_say_an_unknown_filter_in_one_line(chdb_ex, seeded, monkeypatch, capsys, argv, needle):
+    from sinks import sql
+    from streams.cli import main
+
+    monkeypatch.setattr(sql.DriverExecutor, "connect", classmethod(lambda cls, *a, **k: _Unclosed(chdb_ex)))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and needle in errors[0] and "Traceback" not in err, err
+
+
+def test_report_warns_of_a_class_never_recorded_and_still_reports(chdb_ex, seeded, monkeypatch, capsys):
+    from sinks import sql
+    from streams.cli import main
+
+    monkeypatch.setattr(sql.DriverExecutor, "connect", classmethod(lambda cls, *a, **k: _Unclosed(chdb_ex)))
+    assert main(["report", "--class", "rust", "--since", "2025-11-20", "--until", "2025-11-23"]) == 0
+    out = capsys.readouterr()
+    assert "warning: class 'rust' was never recorded" in out.err and out.out.strip()
+
+
+class _Unclosed:
+    """The module's chdb executor handed to a command, which closes what it connected."""
+
+    def __init__(self, ex):
+        self._ex = ex
+
+    def __getattr__(self, name):
+        return getattr(self._ex, name)
+
+    def close(self) -> None:
+        pass

@@ -31,6 +31,26 @@ def test_help_shows_defaults():
     assert "(default: table)" in p["compare"].format_help()
 
 
+OUTPUT_COMMANDS = ["report", "compare", "status", "config", "list"]  # `list`: models list
+
+
+def test_the_output_format_has_one_name_and_format_is_the_data_layout(capsys):
+    pages = dict(_all_parsers())
+    for name in OUTPUT_COMMANDS:
+        opts = pages[name]._option_string_actions
+        assert opts["--output"].dest == "output" and "json" in opts["--output"].choices, name
+        assert opts["--format"].help == argparse.SUPPRESS, name  # the old spelling: hidden, still accepted
+    for name in ("train", "evaluate"):
+        assert pages[name]._option_string_actions["--format"].dest == "format"
+        assert "plain" in pages[name]._option_string_actions["--format"].choices
+    a = cli.build_parser().parse_args(["report", "--format", "csv"])
+    assert a.output == "csv" and "--format is deprecated and will be removed; use --output" in capsys.readouterr().err
+    assert cli.build_parser().parse_args(["compare", "--candidate", "x", "--output", "json"]).output == "json"
+    with pytest.raises(SystemExit) as e:  # the old spelling still checks its choices
+        cli.build_parser().parse_args(["report", "--format", "xml"])
+    assert e.value.code == 2
+
+
 def test_version_and_verbosity_anywhere(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])
@@ -63,6 +83,12 @@ BAD_INPUTS = [
     ["monitor", "--no-kafka", "--baseline-since", "yesterday"],
     ["replay", "--since", "yesterday", "--until", "now", "--model", "m", "--run-id", "r1"],
     ["replay", "--until", "now", "--model", "m", "--run-id", "r1"],
+    ["score", "--ground-truth", "/nonexistent/gt.jsonl", "--from-file", "/nonexistent/defects.jsonl"],
+    ["monitor", "--no-kafka", "--baseline-since", "now", "--baseline-until", "7d"],
+    ["evaluate", "--data", "synthetic:seed=abc"],
+    ["evaluate", "--data", "synthetic:seed=1,colour=red"],
+    ["evaluate", "--data", "/nonexistent/data"],
+    ["train", "segmenter", "--data", "/nonexistent/data", "--out", "/tmp/never-written"],
 ]
 
 
@@ -77,6 +103,32 @@ def test_bad_input_gives_one_error_line_and_exit_2(argv, capsys):
     assert "Traceback" not in err
     errors = [ln for ln in err.splitlines() if "error:" in ln]
     assert len(errors) == 1, err
+
+
+BAD_SETTINGS = [
+    ("DEFECTSTREAM_PLANT__SHIFTS", '[{"name": "x", "start": "25:00"}]', "DEFECTSTREAM_PLANT__SHIFTS"),
+    ("DEFECTSTREAM_PLANT__SHIFTS", "early 06-14", "DEFECTSTREAM_PLANT__SHIFTS must be JSON"),
+    ("DEFECTSTREAM_PLANT__SHIFTS", '[{"name": "a", "start": "06:00", "end": "14:00"}, '
+                                   '{"name": "b", "start": "13:00", "end": "20:00"}]', "overlap"),
+    ("DEFECTSTREAM_TRACKING__FAIL_CLASSES", "scratch,crack", "DEFECTSTREAM_TRACKING__FAIL_CLASSES must be JSON"),
+    ("DEFECTSTREAM_PLANT__TIMEZONE", "Mars/Olympus", "unknown timezone"),
+]
+
+
+@pytest.mark.parametrize("var,value,needle", BAD_SETTINGS, ids=lambda v: str(v)[:30])
+@pytest.mark.parametrize("argv", [["report"], ["config"]], ids=lambda a: a[0])
+def test_a_bad_setting_gives_one_error_line_and_exit_2(var, value, needle, argv, monkeypatch, capsys):
+    monkeypatch.setenv(var, value)
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and needle in errors[0], err
+
+
+def test_the_shift_format_is_documented_where_it_is_set():
+    helptext = dict(_all_parsers())["config"].format_help()
+    assert "DEFECTSTREAM_PLANT__SHIFTS" in helptext and '"start": "HH:MM"' in helptext
 
 
 def test_unknown_defectstream_variable_is_reported(monkeypatch, capsys):

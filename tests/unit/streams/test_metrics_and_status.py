@@ -114,7 +114,7 @@ def test_status_command_prints_both_processes(endpoints, capsys):
     w.set_lag({("frames", 0): 4})
     s.queue.set(9)
     s.deadletters.labels(reason="sink_rejected").inc(2)
-    rc = main(["status", "--worker-url", wurl, "--sink-url", surl, "--interval", "0", "--format", "json"])
+    rc = main(["status", "--worker-url", wurl, "--sink-url", surl, "--interval", "0", "--output", "json"])
     doc = json.loads(capsys.readouterr().out)
     assert rc == 0
     assert doc["worker"]["lag"] == {"frames[0]": 4} and doc["worker"]["deadletters"] == {"decode_error": 1}
