@@ -180,6 +180,10 @@ def create_app(settings: Settings, executor_factory: Callable[[], Executor], *,
         resp.delete_cookie(COOKIE, path="/")
         return resp
 
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status_code=204)
+
     @app.get("/")
     def root(request: Request):
         user_of(request)
@@ -211,8 +215,8 @@ def create_app(settings: Settings, executor_factory: Callable[[], Executor], *,
         user_of(request)
         items = q.fetch_queue(ex(), camera=_opt(camera), line=_opt(line), limit=1)
         if not items:
-            return RedirectResponse("/queue?" + urlencode({k: v for k, v in (("camera", camera), ("line", line)) if v}),
-                                    status_code=303)
+            args = urlencode({k: v for k, v in (("camera", camera), ("line", line)) if v})
+            return RedirectResponse("/queue" + (f"?{args}" if args else ""), status_code=303)
         return RedirectResponse(f"/review/{quote(items[0].candidate_id, safe='')}", status_code=303)
 
     @app.get("/review/{candidate_id}", response_class=HTMLResponse)
