@@ -201,3 +201,47 @@ def test_every_review_query_runs_on_the_18_16_server(db):
     _cfg, ex, _r = db
     for name, sql in q.query_catalog(T0, T0 + 60_000).items():
         ex.query(sql)  # raises on a dialect error
+
+
+def test_dataset_export_command_and_web_command(db, client, tmp_path, monkeypatch, capsys):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from streams.cli import main
+
+    cfg, ex, reviews = db
+    token = login(client)
+    client.post(f"/review/{reviews[0][1].candidate_id}", data={"csrf": token, "action": "confirm"})
+    env = {"DEFECTSTREAM_CLICKHOUSE__HOST": cfg.host, "DEFECTSTREAM_CLICKHOUSE__PORT": str(cfg.port),
+           "DEFECTSTREAM_CLICKHOUSE__DATABASE": cfg.database, "DEFECTSTREAM_PLANT__TIMEZONE": "UTC"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "set"
+    assert main(["dataset", "export", "--since", "2025-11-21T04:00", "--until", "2025-11-21T05:00",
+                 "--camera", "cam-1", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["frames"] == 1 and summary["classes"] == ["crack"]
+    assert (out / "masks" / f"{reviews[0][0].frame_id}.png").is_file()
+    assert main(["dataset", "export", "--since", "2025-11-21T04:00", "--out", str(out)]) == 2  # not empty: refused
+    # `defectstream web` serves the login page on loopback and sends anonymous users there
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "web", "--port", str(port)],
+                            env={**__import__("os").environ, **env}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, page = time.monotonic() + 30, None
+        while time.monotonic() < deadline and page is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/queue", timeout=2)
+            except OSError:
+                time.sleep(0.3)
+        assert page is not None and page.url.startswith(f"http://127.0.0.1:{port}/login")
+        assert 'name="csrf"' in page.read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        proc.stderr.close()
