@@ -205,7 +205,7 @@ def create_app(settings: Settings, executor_factory: Callable[[], Executor], *,
         _user, s = user_of(request)
         camera, line = _opt(camera), _opt(line)
         e = ex()
-        items = q.fetch_queue(e, camera=camera, line=line, limit=web.page_size, offset=page_no * web.page_size)
+        items = q.fetch_queue(e, camera=camera, line=line, limit=web.page_size, offset=max(0, page_no) * web.page_size)
         total = q.count_queue(e, camera=camera, line=line)
         return page(request, "queue.html", s, items=items, total=total, camera=camera, line=line, page_no=page_no,
                     page_size=web.page_size)
@@ -280,7 +280,7 @@ def create_app(settings: Settings, executor_factory: Callable[[], Executor], *,
                             shift=_opt(shift), model_version=_opt(model),
                             since_ms=parse_time(since, "30d", now, tz), until_ms=parse_time(until, "now", now, tz) + 1)
         e = ex()
-        rows = q.fetch_defects(e, f, limit=web.page_size, offset=page_no * web.page_size)
+        rows = q.fetch_defects(e, f, limit=web.page_size, offset=max(0, page_no) * web.page_size)
         from schemas.events import review_frame_id
 
         fid = {d.event_id: review_frame_id(d.camera_id, d.part_id, d.best_frame_seq) for d in rows}
