@@ -66,3 +66,17 @@ def test_the_better_replay_is_allowed_and_the_worse_refused(ex):
     assert not other.allowed and other.reasons[0].startswith("replay better ran model m-better, not m-something-else")
     with pytest.raises(LookupError, match="no replay run 'nope'"):
         check_replay(ex, "nope", "m", PLANT, m)
+
+
+def test_models_promote_prints_why_it_refuses(ex, stack, fresh_database, monkeypatch, capsys):
+    from pathlib import Path
+
+    from streams.cli import main
+
+    seed_runs(ex)
+    monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__PORT", str(stack.clickhouse_port))
+    packaged = str(Path(__file__).resolve().parents[2] / "models" / "checkpoints")
+    rc = main(["models", "promote", packaged, "--require-replay", "better", "--no-record", "--database", fresh_database])
+    err = capsys.readouterr().err
+    assert rc == 1 and "models promote: refused" in err
+    assert "gate: replay better ran model m-better, not " in err and "gate: recall: candidate 20/20" in err
