@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: demo test fault venv stack-up stack-down stack-status unit integration bench clean
+.PHONY: demo test fault venv browser stack-up stack-down stack-status unit integration bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 venv: $(STAMP)
+
+# Debian's chromium for the browser test (Playwright drives /usr/bin/chromium; no browser is downloaded).
+browser:
+	ops/install-chromium.sh
 
 stack-up: venv
 	ops/stack up
@@ -33,7 +37,7 @@ demo: venv
 # Runs unit + integration tests against the real local stack, without the long fault runs
 # (`make fault`). If the stack was not running before, it is stopped again afterwards (data is
 # kept under .stack/).
-test: venv
+test: venv browser
 	@was_up=1; ops/stack status --quiet || was_up=0; \
 	ops/stack up || exit 1; \
 	$(BIN)/python -m pytest tests -m "not fault"; rc=$$?; \
@@ -54,7 +58,7 @@ fault: venv
 unit: venv
 	$(BIN)/python -m pytest tests/unit
 
-integration: venv stack-up
+integration: venv browser stack-up
 	$(BIN)/python -m pytest tests/integration tests/e2e -m "not fault"
 
 bench: venv

@@ -32,6 +32,8 @@ COMMAND_MODULES = [
     "streams.commands.replay",
     "streams.commands.compare",
     "streams.commands.models",
+    "streams.commands.web",
+    "streams.commands.dataset",
     "streams.commands.kafka_init",
     "streams.commands.config",
 ]

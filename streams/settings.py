@@ -360,6 +360,34 @@ class ReviewSettings(BaseModel):
                                                       "strategies (dropped/flipped/random good)")
 
 
+class WebSettings(BaseModel):
+    """`defectstream web`, the review and inspection view for quality engineers (issue 21).
+
+    Users are `name: scrypt hash` pairs (make a hash with `defectstream web hash-password`), e.g.
+    `DEFECTSTREAM_WEB__USERS='{"alice": "scrypt:16384:8:1:..."}'`; nobody gets in without one. The
+    session cookie is signed with `secret_key`: set it (32+ random characters) so sessions survive a
+    restart and several server processes accept each other's cookies; unset, a random key is drawn at
+    start-up and every restart logs everybody out.
+    """
+
+    host: str = Field("127.0.0.1", description="address the server binds (loopback unless a reverse proxy needs more)")
+    port: int = Field(8600, ge=1, le=65535)
+    users: dict[str, SecretStr] = Field(default_factory=dict, description="user name -> scrypt password hash")
+    secret_key: SecretStr | None = Field(None, description="signs the session cookie; None = random per process")
+    session_max_age_s: int = Field(12 * 3600, ge=60, description="a session cookie older than this is refused")
+    secure_cookie: bool = Field(False, description="mark the cookie Secure (set when served over HTTPS)")
+    page_size: int = Field(60, ge=1, le=1000, description="rows per page of the queue and the gallery")
+
+    @field_validator("users")
+    @classmethod
+    def _hashes_only(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        bad = [name for name, h in v.items() if not h.get_secret_value().startswith("scrypt:")]
+        if bad:
+            raise ValueError(f"web.users holds a value that is not an scrypt hash for {', '.join(sorted(bad))}; "
+                             "store `defectstream web hash-password` output, never a password")
+        return v
+
+
 class Settings(BaseSettings):
     """All defectstream settings; `DEFECTSTREAM_` prefix, `__` between nested names."""
 
@@ -376,6 +404,7 @@ class Settings(BaseSettings):
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     app_id: str = "defectstream"
     run_id: str = "production"
     data_dir: str = ".stack/worker"

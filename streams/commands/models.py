@@ -343,6 +343,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--note", default="", help="why (stored with the promotion)")
     pr.add_argument("--no-record", action="store_true", help="do not record the promotion in ClickHouse")
     pr.add_argument("--database", help="ClickHouse database (default: settings)")
+    gate = pr.add_argument_group("replay gate", "with --require-replay RUN, refuse unless the candidate's replay is no "
+                                 "worse than production on the reviewed labels (streams.review.promotion_gate)")
+    gate.add_argument("--require-replay", metavar="RUN", help="the replay run of this model to judge it by")
+    gate.add_argument("--recall-margin", type=float, default=0.05, help="recall may be at most this much lower")
+    gate.add_argument("--false-alarm-margin", type=float, default=2.0,
+                      help="false alarms per 100 parts may be at most this much higher")
+    gate.add_argument("--confidence", type=float, default=0.95, help="one-sided confidence of the Wilson bounds")
+    gate.add_argument("--min-defective", type=int, default=10, help="reviewed defective parts the replay must cover")
+    gate.add_argument("--min-parts", type=int, default=20, help="reviewed parts the replay must cover")
     pr.set_defaults(func=cli_promote)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -482,6 +491,17 @@ def cli_promote(args: argparse.Namespace) -> int:
 
     settings = Settings()
     preflight.check_kafka(settings.kafka)  # promotions are records on the `cameras` topic
+    gate = None
+    if getattr(args, "require_replay", None) and not args.clear:
+        gate = _replay_gate(settings, args)
+        if gate is None:
+            return 2
+        for line in gate.reasons:
+            print(f"gate: {line}", file=sys.stderr)
+        if not gate.allowed:
+            print(f"models promote: refused: the replay {args.require_replay} does not prove {args.model} no worse than "
+                  "production (reasons above)", file=sys.stderr)
+            return 1
     ex = None if args.no_record else DriverExecutor.connect(settings.clickhouse, database=args.database)
     try:
         if args.clear:
@@ -498,5 +518,29 @@ def cli_promote(args: argparse.Namespace) -> int:
         if ex is not None:
             ex.close()
     print(json.dumps({"promoted": promo.model_version, "path": promo.model_path, "scope": str(_scope(promo)),
-                      "topic": settings.kafka.topics.cameras, "key": promo.scope}, indent=2))
+                      "topic": settings.kafka.topics.cameras, "key": promo.scope,
+                      **({"gate": gate.to_dict()} if gate is not None else {})}, indent=2))
     return 0
+
+
+def _replay_gate(settings: Settings, args: argparse.Namespace) -> Any:
+    """The gate's decision for `args.model` and `--require-replay`, or None after printing why it could not be judged."""
+    from models.core.checkpoints import CheckpointError
+    from models.loading import model_identity
+    from sinks.sql import DriverExecutor
+    from streams.review.promotion_gate import Margins, check_replay
+
+    try:
+        version = model_identity(resolve_model(args.model, _roots(args)))[0]
+    except (ModelRefError, CheckpointError, ValueError) as exc:
+        print(f"models promote: {exc}", file=sys.stderr)
+        return None
+    margins = Margins(args.recall_margin, args.false_alarm_margin, args.confidence, args.min_defective, args.min_parts)
+    ex = DriverExecutor.connect(settings.clickhouse, database=args.database)
+    try:
+        return check_replay(ex, args.require_replay, version, settings.plant, margins)
+    except LookupError as exc:
+        print(f"models promote: refused: {exc}", file=sys.stderr)
+        return None
+    finally:
+        ex.close()

@@ -1,0 +1,1 @@
+"""The web view of the review loop (FastAPI app, templates, static files)."""
