@@ -131,7 +131,7 @@ def defect_bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight:
 # Models, optimiser, state
 # --------------------------------------------------------------------------------------------
 def _param_groups(model: torch.nn.Module, cfg: LiteTrainConfig) -> list[dict]:
-    enc_names = ("encoder.", "conv_stem", "bn1.", "blocks.", "conv_head", "bn2.")
+    enc_names = ("encoder.", "backbone.encoder.", "conv_stem", "bn1.", "blocks.", "conv_head", "bn2.")
     enc, rest = [], []
     for name, p in model.named_parameters():
         (enc if name.startswith(enc_names) else rest).append(p)
