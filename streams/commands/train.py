@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tr.add_argument("what", choices=("segmenter", "gate", "detector", "classifier", "threshold", "anomaly", "okdefect",
-                                     "boxes"),
+                                     "boxes", "cnn-rnn"),
                     help="which model to train; 'threshold' re-chooses T (and the hysteresis, hole filling and "
                          "flip TTA settings) of detector_<arch>.pt in --out by mean IoU of the whole pipeline "
                          "(detector + classifier) on synthetic validation frames, or with --data on the "
@@ -358,7 +358,8 @@ def _train_anomaly(args: argparse.Namespace) -> int:
 
 _TRAIN: dict[str, Callable[[argparse.Namespace], int]] = {
     "segmenter": _train_lite0, "gate": _train_lite0, "detector": _train_detector, "classifier": _train_classifier,
-    "threshold": _retune, "anomaly": _train_anomaly, "okdefect": _train_lite0, "boxes": _train_lite0}
+    "threshold": _retune, "anomaly": _train_anomaly, "okdefect": _train_lite0, "boxes": _train_lite0,
+    "cnn-rnn": _train_lite0}
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -95,3 +95,19 @@ def test_merging_box_only_detections_invents_no_mask():
           Detection(BBox(12, 0, 20, 10), None, "b", 0.5, 0.0, 0.0, 0)]  # type: ignore[arg-type]
     (m,) = merge_adjacent(ds, gap_px=4)
     assert m.mask is None and m.area_px == 0 and m.bbox == BBox(0, 0, 20, 10) and m.defect_class == "a"
+
+
+def test_train_boxes_and_evaluate_through_the_command_line(tmp_path, capsys):
+    from models.data.synthetic import write_plain_set
+    from streams.cli import main
+
+    data = write_plain_set(tmp_path / "data", 8, (64, 64), seed=7100, defect_prob=0.9)
+    rc = main(["train", "boxes", "--data", str(data), "--format", "plain", "--out", str(tmp_path / "m"),
+               "--steps", "3", "--batch", "4", "--threads", "1", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "train boxes: anchors:" in out and "sizes" in out, out
+    insp = load_inspector(tmp_path / "m", device="cpu")
+    assert insp.family == "boxes" and insp.info.arch_config["anchor_sizes"] == insp.info.train_data["choices"]["anchors"]["sizes"]
+    rc = main(["evaluate", "--data", str(data), "--format", "plain", "--checkpoint", str(tmp_path / "m"), "--threads", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "| map_50 |" in out and "| map_50_95 |" in out
