@@ -186,6 +186,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--export-cache", default=None,
                     help="where ONNX exports go when the checkpoint directory is read-only "
                          "(default $XDG_CACHE_HOME/defectstream/onnx)")
+    ev.add_argument("--families", default=None, metavar="all|NAME[,NAME]",
+                    help="evaluate every model of these families found at or under --checkpoint (default: the "
+                         "packaged checkpoints) that applies to the data (knows its classes), one table: family, "
+                         "model version, the metrics that apply, frames/s")
     ev.set_defaults(func=_evaluate)
 
 
@@ -363,7 +367,36 @@ _TRAIN: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    return run_evaluation_cli(args)
+    return _evaluate_families(args) if getattr(args, "families", None) else run_evaluation_cli(args)
+
+
+def _evaluate_families(args: argparse.Namespace) -> int:
+    """`evaluate --families`: one table over the models under --checkpoint (`models.evaluation.all_families`)."""
+    import torch
+
+    from models.core.checkpoints import DEFAULT_CHECKPOINT_DIR
+    from models.data.datasets import open_dataset
+    from models.evaluation.all_families import evaluate_families, family_table
+
+    torch.set_num_threads(args.threads)
+    fams = None if args.families == "all" else [f.strip() for f in args.families.split(",") if f.strip()]
+    samples = list(open_dataset(args.format, args.data, limit=args.limit))
+    try:
+        rows = evaluate_families(args.checkpoint or DEFAULT_CHECKPOINT_DIR, samples, fams, device=args.device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    md = family_table(rows, f"Every family on {args.format}: {args.data} ({len(samples)} images)")
+    print(md)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "families.md").write_text(md)
+        (out / "families.json").write_text(json.dumps(
+            [{"directory": str(r.directory), "family": r.family, "model_version": r.model_version,
+              "skipped": r.skipped, "metrics": r.report.metrics if r.report else None} for r in rows], indent=2) + "\n")
+        print(f"wrote {out / 'families.md'} and {out / 'families.json'}")
+    return 0
 
 
 def _held_out(data: Iterable[InspectionSample], root: str, checkpoint: Any, detector_arch: Any) -> list[InspectionSample]:

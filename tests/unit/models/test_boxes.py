@@ -111,3 +111,45 @@ def test_train_boxes_and_evaluate_through_the_command_line(tmp_path, capsys):
     rc = main(["evaluate", "--data", str(data), "--format", "plain", "--checkpoint", str(tmp_path / "m"), "--threads", "1"])
     out = capsys.readouterr().out
     assert rc == 0 and "| map_50 |" in out and "| map_50_95 |" in out
+
+
+def test_evaluate_families_all_prints_one_table_of_the_models_that_apply(tmp_path, capsys):
+    from models.families.image_classifier import example as classifier_example
+    from models.families.segmenter import example as segmenter_example
+    from streams.cli import main
+
+    data = _blob_bar_set(tmp_path / "data")
+    root = tmp_path / "models"
+    example.tiny_model(root / "boxes")
+    segmenter_example.tiny_model(root / "seg")
+    classifier_example.tiny_model(root / "cls")  # scratch, pit, patch: does not apply
+    rc = main(["evaluate", "--families", "all", "--data", str(data), "--format", "plain", "--checkpoint", str(root),
+               "--device", "cpu", "--threads", "1", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| family | model version | map_50 | map_50_95 |") and table[0].endswith("frames/s |")
+    assert sorted(line.split(" | ")[0][2:] for line in table[1:]) == ["boxes", "segmenter"]
+    assert "Not applicable:" in out and "classifier" in out.split("Not applicable:")[1]
+    assert (tmp_path / "out" / "families.json").is_file()
+    rc = main(["evaluate", "--families", "nope", "--data", str(data), "--format", "plain", "--checkpoint", str(root)])
+    assert rc == 2
+
+
+def _blob_bar_set(root):
+    """A plain folder of four 64x64 images with a bright square (class blob) or bar (class bar) each."""
+    import cv2
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("blob\nbar\n")
+    for i in range(4):
+        img = np.full((64, 64), 90, np.uint8)
+        mask = np.zeros((64, 64), np.uint8)
+        y, x = 8 + 9 * i, 10 + 7 * i
+        h, w, c = (12, 12, 1) if i % 2 == 0 else (6, 24, 2)
+        img[y:y + h, x:x + w] = 220
+        mask[y:y + h, x:x + w] = c
+        cv2.imwrite(str(root / "images" / f"im{i}.png"), img)
+        cv2.imwrite(str(root / "masks" / f"im{i}.png"), mask)
+    return root
