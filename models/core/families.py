@@ -60,6 +60,8 @@ class FamilySpec:
             `tiny_train(directory) -> TinyRun` (seconds of training on tiny data), for the conformance test.
         wraps: a wrapper (the gate) runs in front of another family's model instead of being one.
         priority: order in which families claim a directory (lower first).
+        masks: whether its detections carry masks; a box detector's have `mask=None` and `area_px=0` (no pixel
+            area is known, none is invented).
     """
 
     name: str
@@ -74,6 +76,7 @@ class FamilySpec:
     example: str = ""
     wraps: bool = False
     priority: int = 100
+    masks: bool = True
     options: tuple[str, ...] = field(default=())  # Inspector attributes a setting may override (`model.flip_tta`)
 
 

@@ -46,7 +46,8 @@ class Detection(NamedTuple):
     """One defect candidate found on one frame by the Inspector."""
 
     bbox: BBox
-    mask: np.ndarray  # bool (bbox.height, bbox.width): the component's pixels inside bbox
+    mask: np.ndarray | None  # bool (bbox.height, bbox.width): the component's pixels inside bbox; None from a box
+    # detector (family spec `masks=False`), whose area_px is then 0 and severities 0: unknown, never invented
     defect_class: str  # one of the classifier's class names (never "background")
     confidence: float  # classifier probability of defect_class, in [0, 1]
     severity_mean: float  # mean predicted severity over the component, in [0, 12]

@@ -31,6 +31,10 @@ Metrics (He & Liu 2020, section on evaluation, plus the figures the dataset targ
   one-to-one matching by IoU; mask IoU where instance masks exist, box IoU otherwise);
 - confusion matrix (rows ground truth + "background" for false positives, columns
   prediction + "missed") over class-agnostic matches, classification accuracy on them;
+- box mAP (`map_50`, `map_50_95`): COCO-style mean average precision at IoU 0.5 and over 0.50:0.05:0.95 by
+  torchmetrics' `MeanAveragePrecision` (pycocotools), over the detections' boxes ranked by confidence (a box
+  detector's: every box above its score floor, not only those above its threshold); None without ground-truth
+  boxes or for class-agnostic predictors and predictors without confidences;
 - images/s of the whole pipeline.
 
 On box-only data (no class mask) every pixel metric takes the ground truth from the filled
@@ -48,7 +52,7 @@ import numpy as np
 
 from models.core.regions import Region, choose_threshold, image_iou, regions_from_severity
 from models.core.types import Detection, InspectionSample
-from models.evaluation.metrics import (GOOD, PredictedDefect, average_precision, class_metrics, greedy_matches,
+from models.evaluation.metrics import (GOOD, BoxMAP, PredictedDefect, average_precision, class_metrics, greedy_matches,
                                        gt_class_map, gt_mask, image_auroc, image_class, iou_matrix, pred_class_map,
                                        pred_mask)
 from models.evaluation.overlays import ExampleCollector, overlay
@@ -58,10 +62,12 @@ __all__ = ["PredictedDefect", "ScoredPredictions", "evaluate_predictions", "eval
            "to_markdown", "overlay"]
 
 class ScoredPredictions(NamedTuple):
-    """What a scored predictor returns: detections per image and a defect score per image."""
+    """What a scored predictor returns: detections per image and a defect score per image, and optionally every
+    detection above a low score floor (`ranked`, what box mAP ranks; default: `preds`)."""
 
     preds: list[list[PredictedDefect]]
     scores: list[float]
+    ranked: list[list[PredictedDefect]] | None = None
 
 
 # A predictor: images -> detections per image, or (detections, scores) for image-level AUROC/AP.
@@ -113,6 +119,7 @@ def evaluate_predictions(samples: Iterable[InspectionSample], predict: Predictor
     class_conf: np.ndarray | None = None
     one_class_per_image = True
     img_cls_hits = img_def_hits = 0
+    box_map = BoxMAP() if with_class else None
 
     def bump(r: str, c: str) -> None:
         conf.setdefault(r, {})
@@ -126,7 +133,13 @@ def evaluate_predictions(samples: Iterable[InspectionSample], predict: Predictor
         t0 = time.perf_counter()
         out = predict([s.image for s in chunk])
         seconds += time.perf_counter() - t0
-        if isinstance(out, tuple):
+        ranked_all = None
+        if isinstance(out, ScoredPredictions):
+            preds_all, chunk_scores, ranked_all = out
+            chunk_scores = [float(v) for v in chunk_scores]
+            if len(chunk_scores) != len(chunk):
+                raise ValueError(f"predictor returned {len(chunk_scores)} scores for {len(chunk)} images")
+        elif isinstance(out, tuple):
             preds_all, chunk_scores = out
             chunk_scores = [float(v) for v in chunk_scores]
             if len(chunk_scores) != len(chunk):
@@ -136,8 +149,16 @@ def evaluate_predictions(samples: Iterable[InspectionSample], predict: Predictor
             scored = False
         if len(preds_all) != len(chunk):
             raise ValueError(f"predictor returned {len(preds_all)} results for {len(chunk)} images")
-        for s, preds, score in zip(chunk, preds_all, chunk_scores):
+        for k_img, (s, preds, score) in enumerate(zip(chunk, preds_all, chunk_scores)):
             preds = [p if isinstance(p, PredictedDefect) else PredictedDefect(*p) for p in preds]
+            if box_map is not None:
+                ranked = preds if ranked_all is None else ranked_all[k_img]
+                if any(p.confidence is None for p in ranked):
+                    box_map = None  # a predictor without confidences cannot be ranked
+                else:
+                    box_map.add([(tuple(p.bbox), str(p.defect_class), float(p.confidence)) for p in ranked],
+                                [(tuple(b), s.class_names[c - 1] if 0 < c <= len(s.class_names) else str(c))
+                                 for b, c in s.boxes])
             n_img += 1
             if not data_names:
                 data_names = s.class_names
@@ -218,6 +239,8 @@ def evaluate_predictions(samples: Iterable[InspectionSample], predict: Predictor
         "defect_precision_iou50": pred_any / n_pred if n_pred else 1.0,
         "images_per_s": n_img / seconds if seconds else 0.0,
     }
+    if box_map is not None:  # COCO box mAP (torchmetrics / pycocotools), classes by name
+        metrics.update(box_map.compute())
     if with_class:
         metrics["image_accuracy"] = img_cls_hits / n_img if one_class_per_image and n_img else None
         if class_conf is not None:
@@ -239,20 +262,33 @@ def evaluate_predictions(samples: Iterable[InspectionSample], predict: Predictor
 
 
 def _detections_to_preds(dets: list[Detection]) -> list[PredictedDefect]:
-    return [PredictedDefect(d.bbox, d.mask, d.defect_class, float(d.confidence)) for d in dets]
+    """A box detector's detections (mask None) count their box's pixels in the pixel metrics, as box-only ground
+    truth does (meta `predicted_pixels_from`)."""
+    return [PredictedDefect(d.bbox, np.ones((d.bbox.height, d.bbox.width), bool) if d.mask is None else d.mask,
+                            d.defect_class, float(d.confidence)) for d in dets]
 
 
 def evaluate_inspector(inspector: Any, samples: Iterable[InspectionSample], batch: int = 8,
                        examples: ExampleCollector | None = None) -> EvalReport:
     """Evaluate an `Inspector` (models.core.types) end to end on annotated samples, scored through
     `inspect_scored` (one pass gives detections and the image-level score)."""
+    ranked_fn = getattr(inspector, "inspect_ranked", None)  # a box detector: every box above its score floor
+
     def predict(ims: list[np.ndarray]) -> ScoredPredictions:
-        dets, scores = inspector.inspect_scored(ims)
-        return ScoredPredictions([_detections_to_preds(d) for d in dets], [float(v) for v in scores])
+        if ranked_fn is None:
+            dets, scores = inspector.inspect_scored(ims)
+            return ScoredPredictions([_detections_to_preds(d) for d in dets], [float(v) for v in scores])
+        ranked, scores = ranked_fn(ims)
+        kept = [[d for d in ds if d.confidence >= inspector.threshold] for ds in ranked]
+        return ScoredPredictions([_detections_to_preds(d) for d in kept], [float(v) for v in scores],
+                                 [_detections_to_preds(d) for d in ranked])
 
     rep = evaluate_predictions(samples, predict, list(inspector.class_names), batch, examples)
     rep.meta.update({"family": getattr(inspector, "family", None), "model_version": inspector.model_version,
                      "device": inspector.device, "runtime": getattr(inspector, "runtime", "torch")})
+    if ranked_fn is not None:
+        rep.meta["predicted_pixels_from"] = "boxes"
+        rep.meta["map_ranks"] = "every detection above the score floor (0.05), as COCO evaluation does"
     if getattr(inspector, "threshold", None) is not None:
         rep.meta["threshold"] = inspector.threshold
     if hasattr(inspector, "flip_tta"):

@@ -12,7 +12,7 @@ from models.core.types import BBox, InspectionSample, box_iou
 
 __all__ = ["GOOD", "PredictedDefect", "labels_scores", "image_auroc", "average_precision", "mask_iou", "iou_matrix",
            "greedy_matches", "by_confidence", "pred_mask", "pred_class_map", "gt_class_map", "gt_mask", "image_class",
-           "class_metrics"]
+           "class_metrics", "BoxMAP"]
 
 GOOD = "good"  # image class of an image without defects
 
@@ -192,3 +192,43 @@ def class_metrics(conf: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ worst examples
+
+
+class BoxMAP:
+    """COCO-style box mAP over a split, by torchmetrics' `MeanAveragePrecision` (pycocotools backend), not AP
+    written by hand: `add` one image's scored boxes and its ground truth, `compute` -> {"map_50", "map_50_95"}
+    (mAP at IoU 0.5 and averaged over 0.50:0.05:0.95, classes averaged as COCO does), None when no
+    ground-truth box was added.
+
+    Class names map to ids in order of first sight (predicted classes the data does not know count as false
+    positives of their own class). Images are accumulated one by one; only the boxes are kept.
+    """
+
+    def __init__(self) -> None:
+        from torchmetrics.detection import MeanAveragePrecision  # declared dependency; imported when evaluating
+
+        self._metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+        self._ids: dict[str, int] = {}
+        self._gt_boxes = 0
+
+    def _id(self, name: str) -> int:
+        return self._ids.setdefault(str(name), len(self._ids))
+
+    def add(self, pred: Sequence[tuple[Sequence[float], str, float]], gt: Sequence[tuple[Sequence[float], str]]) -> None:
+        """One image: predictions (box x0 y0 x1 y1, class, score) and ground truth (box, class)."""
+        import torch
+
+        def boxes(rows: Sequence[Any]) -> "torch.Tensor":
+            return torch.tensor([[float(v) for v in r[0]] for r in rows], dtype=torch.float32).reshape(-1, 4)
+
+        self._metric.update(
+            [{"boxes": boxes(pred), "scores": torch.tensor([float(r[2]) for r in pred], dtype=torch.float32),
+              "labels": torch.tensor([self._id(r[1]) for r in pred], dtype=torch.int64)}],
+            [{"boxes": boxes(gt), "labels": torch.tensor([self._id(r[1]) for r in gt], dtype=torch.int64)}])
+        self._gt_boxes += len(gt)
+
+    def compute(self) -> dict[str, float | None]:
+        if not self._gt_boxes:
+            return {"map_50": None, "map_50_95": None}
+        r = self._metric.compute()
+        return {"map_50": float(r["map_50"]), "map_50_95": float(r["map"])}

@@ -29,7 +29,7 @@ INT8_CALIBRATION_FRAMES = 16  # synthetic frames (seeds 300000..), 256x512, half
 def compare_detections(ref: Sequence[Sequence[Any]], got: Sequence[Sequence[Any]], frames: Sequence[np.ndarray],
                        min_iou: float, conf_tol: float) -> dict[str, Any]:
     """Whether `got` holds the same detections as `ref` on `frames`: every region of `ref` matched (greedy, best
-    mask IoU) by one of `got` at mask IoU >= min_iou with the same class and |confidence difference| <= conf_tol,
+    mask IoU; box IoU for detections without a mask) by one of `got` at mask IoU >= min_iou with the same class and |confidence difference| <= conf_tol,
     and no region left over. Returns {"same", "ref", "got", "matched", "min_mask_iou", "max_confidence_diff",
     "problems" (up to 5 sentences)}."""
     problems: list[str] = []
@@ -41,7 +41,8 @@ def compare_detections(ref: Sequence[Sequence[Any]], got: Sequence[Sequence[Any]
 
         def full(d: Any) -> np.ndarray:
             m = np.zeros(shape, bool)
-            m[d.bbox.y0:d.bbox.y1, d.bbox.x0:d.bbox.x1] = d.mask
+            # a box detector's detection has no mask (None): its box is compared
+            m[d.bbox.y0:d.bbox.y1, d.bbox.x0:d.bbox.x1] = True if d.mask is None else d.mask
             return m
 
         free = [(e, full(e)) for e in db]

@@ -56,7 +56,7 @@ class LiteTrainConfig:
     steps: int | None = None  # optimisation steps (default: `models.training.defaults.choose_budget`)
     time_budget: float | None = None  # wall seconds; the run ends at the first of steps and time
     batch: int = 16
-    lr: float = 2e-3  # decoder/head peak; the pretrained encoder gets lr x encoder_lr_factor
+    lr: float | None = None  # decoder/head peak (None: the task's `default_lr`); the encoder gets lr x encoder_lr_factor
     encoder_lr_factor: float = 0.3
     weight_decay: float = 1e-4
     patch: int | None = None  # segmenter crop (default: `choose_geometry`, from the median image's short side)
@@ -131,7 +131,7 @@ def defect_bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight:
 # Models, optimiser, state
 # --------------------------------------------------------------------------------------------
 def _param_groups(model: torch.nn.Module, cfg: LiteTrainConfig) -> list[dict]:
-    enc_names = ("encoder.", "conv_stem", "bn1.", "blocks.", "conv_head", "bn2.")
+    enc_names = ("encoder.", "backbone.encoder.", "conv_stem", "bn1.", "blocks.", "conv_head", "bn2.")
     enc, rest = [], []
     for name, p in model.named_parameters():
         (enc if name.startswith(enc_names) else rest).append(p)
@@ -180,6 +180,7 @@ class LiteTask:
     """
 
     name = ""
+    default_lr = 2e-3  # peak learning rate of the head when --lr is not given
 
     def prepare(self, tr: "LiteTrainer", train: list[InspectionSample], val: list[InspectionSample]) -> None:
         raise NotImplementedError
@@ -269,6 +270,10 @@ class LiteTrainer:
         n_val_def = int(self.hooks.val_defective(self))
         stop = choose_stop_rule(n_val_def, cfg.patience)
         balanced = cfg.balanced and defective.any() and not defective.all()
+        lr_given = cfg.lr is not None
+        if not lr_given:
+            cfg.lr = float(self.hooks.default_lr)  # recorded with the config in the checkpoint
+        self.choices["learning_rate"] = f"{cfg.lr:g} peak ({'given (--lr)' if lr_given else f'the {self.task} default'})"
         self.choices.update({"budget": budget.to_dict(), "early_stopping": stop.to_dict(),
                              "validation_defective_images": n_val_def,
                              "sampling": ("balanced: half defective, half good items per batch" if balanced else

@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tr.add_argument("what", choices=("segmenter", "gate", "detector", "classifier", "threshold", "anomaly", "okdefect"),
+    tr.add_argument("what", choices=("segmenter", "gate", "detector", "classifier", "threshold", "anomaly", "okdefect",
+                                     "boxes", "cnn-rnn"),
                     help="which model to train; 'threshold' re-chooses T (and the hysteresis, hole filling and "
                          "flip TTA settings) of detector_<arch>.pt in --out by mean IoU of the whole pipeline "
                          "(detector + classifier) on synthetic validation frames, or with --data on the "
@@ -186,6 +187,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--export-cache", default=None,
                     help="where ONNX exports go when the checkpoint directory is read-only "
                          "(default $XDG_CACHE_HOME/defectstream/onnx)")
+    ev.add_argument("--families", default=None, metavar="all|NAME[,NAME]",
+                    help="evaluate every model of these families found at or under --checkpoint (default: the "
+                         "packaged checkpoints) that applies to the data (knows its classes), one table: family, "
+                         "model version, the metrics that apply, frames/s")
     ev.set_defaults(func=_evaluate)
 
 
@@ -358,13 +363,42 @@ def _train_anomaly(args: argparse.Namespace) -> int:
 
 _TRAIN: dict[str, Callable[[argparse.Namespace], int]] = {
     "segmenter": _train_lite0, "gate": _train_lite0, "detector": _train_detector, "classifier": _train_classifier,
-    "threshold": _retune, "anomaly": _train_anomaly, "okdefect": _train_lite0}
+    "threshold": _retune, "anomaly": _train_anomaly, "okdefect": _train_lite0, "boxes": _train_lite0,
+    "cnn-rnn": _train_lite0}
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     if args.format is None:  # plain like train; a synthetic:… spec says its own layout
         args.format = "synthetic" if str(args.data).startswith("synthetic") else "plain"
-    return run_evaluation_cli(args)
+    return _evaluate_families(args) if getattr(args, "families", None) else run_evaluation_cli(args)
+
+def _evaluate_families(args: argparse.Namespace) -> int:
+    """`evaluate --families`: one table over the models under --checkpoint (`models.evaluation.all_families`)."""
+    import torch
+
+    from models.core.checkpoints import DEFAULT_CHECKPOINT_DIR
+    from models.data.datasets import open_dataset
+    from models.evaluation.all_families import evaluate_families, family_table
+
+    torch.set_num_threads(args.threads)
+    fams = None if args.families == "all" else [f.strip() for f in args.families.split(",") if f.strip()]
+    samples = list(open_dataset(args.format, args.data, limit=args.limit))
+    try:
+        rows = evaluate_families(args.checkpoint or DEFAULT_CHECKPOINT_DIR, samples, fams, device=args.device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    md = family_table(rows, f"Every family on {args.format}: {args.data} ({len(samples)} images)")
+    print(md)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "families.md").write_text(md)
+        (out / "families.json").write_text(json.dumps(
+            [{"directory": str(r.directory), "family": r.family, "model_version": r.model_version,
+              "skipped": r.skipped, "metrics": r.report.metrics if r.report else None} for r in rows], indent=2) + "\n")
+        print(f"wrote {out / 'families.md'} and {out / 'families.json'}")
+    return 0
 
 
 def _held_out(data: Iterable[InspectionSample], root: str, checkpoint: Any, detector_arch: Any) -> list[InspectionSample]:

@@ -261,8 +261,8 @@ def save_offline_run(run: OfflineRun, key: Sequence[Any], path: str | Path) -> N
     for part in run.detections:
         dets.append([[[list(map(int, d.bbox)), d.defect_class, float(d.confidence), float(d.severity_mean),
                        float(d.severity_max), int(d.area_px), [float(c) for c in d.class_scores],
-                       list(np.asarray(d.mask).shape)] for d in frame] for frame in part])
-        masks.extend(np.asarray(d.mask, dtype=bool).ravel() for frame in part for d in frame)
+                       None if d.mask is None else list(np.asarray(d.mask).shape)] for d in frame] for frame in part])
+        masks.extend(np.asarray(d.mask, dtype=bool).ravel() for frame in part for d in frame if d.mask is not None)
     doc = {"format": CACHE_FORMAT, "key": json.loads(json.dumps(list(key))),
            "model_version": run.model_version, "inference_s": run.inference_s, "frames": run.frames,
            "gts": [asdict(g) for g in run.gts], "detections": dets}
@@ -292,9 +292,11 @@ def load_offline_run(path: str | Path, key: Sequence[Any]) -> OfflineRun | None:
             for frame in part:
                 ds = []
                 for bbox, cls, conf, smean, smax, area, scores, shape in frame:
-                    n = int(np.prod(shape))
-                    mask = flat[pos:pos + n].reshape(shape)
-                    pos += n
+                    mask = None  # a box detector's detection (no mask)
+                    if shape is not None:
+                        n = int(np.prod(shape))
+                        mask = flat[pos:pos + n].reshape(shape)
+                        pos += n
                     ds.append(Detection(BBox(*bbox), mask, cls, conf, smean, smax, area, tuple(scores)))
                 frames.append(ds)
             run.detections.append(frames)

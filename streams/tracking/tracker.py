@@ -169,18 +169,24 @@ def merge_adjacent(detections: Sequence[Detection], gap_px: float) -> list[Detec
         lead = max(ds, key=lambda d: d.confidence * max(d.severity_max, 1e-3))
         x0, y0 = min(d.bbox[0] for d in ds), min(d.bbox[1] for d in ds)
         x1, y1 = max(d.bbox[2] for d in ds), max(d.bbox[3] for d in ds)
-        mask = np.zeros((y1 - y0, x1 - x0), bool)
-        for d in ds:
-            m = np.asarray(d.mask, bool)
-            if m.shape == (d.bbox[3] - d.bbox[1], d.bbox[2] - d.bbox[0]):
-                mask[d.bbox[1] - y0:d.bbox[3] - y0, d.bbox[0] - x0:d.bbox[2] - x0] |= m
-        area = int(mask.sum()) or sum(int(d.area_px) for d in ds)  # overlapping pixels count once
+        if all(d.mask is None for d in ds):  # a box detector's: no mask and no pixel area to merge (none invented)
+            mask, area = None, 0
+        else:
+            mask = np.zeros((y1 - y0, x1 - x0), bool)
+            for d in ds:
+                if d.mask is None:
+                    continue
+                m = np.asarray(d.mask, bool)
+                if m.shape == (d.bbox[3] - d.bbox[1], d.bbox[2] - d.bbox[0]):
+                    mask[d.bbox[1] - y0:d.bbox[3] - y0, d.bbox[0] - x0:d.bbox[2] - x0] |= m
+            area = int(mask.sum()) or sum(int(d.area_px) for d in ds)  # overlapping pixels count once
         out.append(Detection(
             bbox=type(lead.bbox)(int(x0), int(y0), int(x1), int(y1)),
             mask=mask,
             defect_class=lead.defect_class,
             confidence=lead.confidence,
-            severity_mean=sum(d.severity_mean * d.area_px for d in ds) / max(area, 1),
+            severity_mean=(sum(d.severity_mean * d.area_px for d in ds) / max(area, 1) if area
+                           else max(d.severity_mean for d in ds)),
             severity_max=max(d.severity_max for d in ds),
             area_px=area,
             class_scores=lead.class_scores,

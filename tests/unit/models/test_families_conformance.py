@@ -55,8 +55,11 @@ def _check_protocol(insp: Inspector, frames: list[np.ndarray]) -> None:
         for d in ds:
             assert isinstance(d, Detection) and d.defect_class in insp.class_names
             assert 0 <= d.bbox.x0 < d.bbox.x1 <= w and 0 <= d.bbox.y0 < d.bbox.y1 <= h
-            assert d.mask.shape == (d.bbox.height, d.bbox.width) and d.mask.dtype == bool
-            assert 0.0 <= d.confidence <= 1.0 and d.area_px > 0
+            assert 0.0 <= d.confidence <= 1.0
+            if spec.masks:
+                assert d.mask.shape == (d.bbox.height, d.bbox.width) and d.mask.dtype == bool and d.area_px > 0
+            else:  # a box detector: no mask, no pixel area (never a filled box passed off as one)
+                assert d.mask is None and d.area_px == 0
 
 
 def test_every_family_is_registered():
