@@ -1,9 +1,12 @@
-"""`defectstream explain IMAGE… --checkpoint DIR --out DIR`: each image with its anomaly or Grad-CAM map and regions."""
+"""`defectstream explain IMAGE… --model DIR --out DIR`: each image with its anomaly or Grad-CAM map and regions."""
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+from streams.commands.options import deprecated_alias
 
 __all__ = ["register"]
 
@@ -15,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="For models with a per-pixel map (anomaly: the PatchCore distance map; okdefect: Grad-CAM or "
                     "Grad-CAM++ of the DEFECT patches): writes <out>/<stem>_explain.png per image and index.json.")
     ex.add_argument("images", nargs="+", help="image files (grey or colour)")
-    ex.add_argument("--checkpoint", required=True, help="model directory (anomaly.pt or okdefect.pt)")
+    ex.add_argument("--model", dest="checkpoint", metavar="DIR", default=None,
+                    help="model directory (anomaly.pt or okdefect.pt); required")
+    deprecated_alias(ex, "--checkpoint", "--model", "checkpoint")
     ex.add_argument("--out", required=True, help="output folder")
     ex.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ex.set_defaults(func=_explain)
@@ -28,6 +33,9 @@ def _explain(args: argparse.Namespace) -> int:
     from models.families.anomaly.pictures import explain_picture
     from models.loading import load_inspector
 
+    if not args.checkpoint:
+        print("error: explain needs --model DIR (an anomaly or okdefect model directory)", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     insp = load_inspector(args.checkpoint, device="cpu")
     if not hasattr(insp, "explain"):

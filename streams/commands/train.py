@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from streams.commands.options import deprecated_alias
+
 if TYPE_CHECKING:
     from models.core.types import InspectionSample
 
@@ -143,8 +145,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "  synthetic:seed=9000,n=200,size=256x256\n"
             "examples:\n"
             "  defectstream evaluate --data synthetic:seed=9000,n=200 --format synthetic --out runs/eval\n"
-            "  defectstream evaluate --data /data/DAGM --format dagm --checkpoint runs/det\n"
-            "  defectstream evaluate --data /data/NEU-Seg --format plain --checkpoint runs/seg "
+            "  defectstream evaluate --data /data/DAGM --format dagm --model runs/det\n"
+            "  defectstream evaluate --data /data/NEU-Seg --format plain --model runs/seg "
             "--out runs/eval-seg --save-examples 8"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -152,9 +154,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--data", required=True, help="dataset path, or a synthetic spec (see above)")
     ev.add_argument("--format", choices=_FORMATS, default=None,
                     help="dataset layout (default: plain, as for train; synthetic for a synthetic:… --data spec)")
-    ev.add_argument("--checkpoint", default=None,
+    ev.add_argument("--model", dest="checkpoint", metavar="DIR", default=None,
                     help="a model directory (any family) or one of its .pt files "
                          "(default: the packaged checkpoints)")
+    deprecated_alias(ev, "--checkpoint", "--model", "checkpoint")
     ev.add_argument("--detector-arch", choices=("paper", "fast"), default=None,
                     help="pick detector_<arch>.pt when the directory holds several")
     ev.add_argument("--out", default=None, help="directory for metrics.json and metrics.md")
@@ -188,7 +191,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="where ONNX exports go when the checkpoint directory is read-only "
                          "(default $XDG_CACHE_HOME/defectstream/onnx)")
     ev.add_argument("--families", default=None, metavar="all|NAME[,NAME]",
-                    help="evaluate every model of these families found at or under --checkpoint (default: the "
+                    help="evaluate every model of these families found at or under --model (default: the "
                          "packaged checkpoints) that applies to the data (knows its classes), one table: family, "
                          "model version, the metrics that apply, frames/s")
     ev.set_defaults(func=_evaluate)
@@ -373,7 +376,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return _evaluate_families(args) if getattr(args, "families", None) else run_evaluation_cli(args)
 
 def _evaluate_families(args: argparse.Namespace) -> int:
-    """`evaluate --families`: one table over the models under --checkpoint (`models.evaluation.all_families`)."""
+    """`evaluate --families`: one table over the models under --model (`models.evaluation.all_families`)."""
     import torch
 
     from models.core.checkpoints import DEFAULT_CHECKPOINT_DIR

@@ -72,6 +72,22 @@ def test_one_name_per_concept_old_spellings_warn(capsys):
         assert "--since" in helptext and "--camera" in helptext
 
 
+
+def test_a_model_directory_is_model_everywhere(capsys):
+    """`--model DIR` in every command that takes one; evaluate's and explain's `--checkpoint` still works, warned."""
+    pages = dict(_all_parsers())
+    for name in ("evaluate", "explain", "replay", "score"):
+        assert "--model" in pages[name]._option_string_actions, name
+        assert "--checkpoint " not in pages[name].format_help().replace("\n", " "), name
+    p = cli.build_parser()
+    a = p.parse_args(["evaluate", "--data", "d", "--model", "runs/m"])
+    assert a.checkpoint == "runs/m" and capsys.readouterr().err == ""
+    a = p.parse_args(["evaluate", "--data", "d", "--checkpoint", "runs/old"])
+    assert a.checkpoint == "runs/old" and "--checkpoint is deprecated" in capsys.readouterr().err
+    a = p.parse_args(["explain", "x.png", "--checkpoint", "runs/a", "--out", "o"])
+    assert a.checkpoint == "runs/a" and "use --model" in capsys.readouterr().err
+
+
 BAD_INPUTS = [
     ["report", "--since", "yesterday"],
     ["report", "--until", "soon"],
