@@ -117,7 +117,7 @@ def test_explain_writes_the_map_and_regions_over_each_image(fitted, tmp_path):
         cv2.imwrite(str(p), s.image)
         paths.append(str(p))
     out = tmp_path / "explained"
-    assert main(["explain", *paths, "--checkpoint", str(fitted.checkpoint.parent), "--out", str(out)]) == 0
+    assert main(["explain", *paths, "--model", str(fitted.checkpoint.parent), "--out", str(out)]) == 0
     pics = sorted(out.glob("*_explain.png"))
     assert [p.name for p in pics] == ["f0_explain.png", "f1_explain.png"]
     im = cv2.imread(str(pics[0]))
@@ -140,7 +140,7 @@ def test_train_anomaly_and_okdefect_subcommands_then_evaluate(tmp_path, capsys):
     assert json.loads((tmp_path / "ok" / "okdefect.json").read_text())["input_spec"]["patch"] == 32
     for model in ("an", "ok"):
         capsys.readouterr()
-        assert main(["evaluate", "--data", str(data), "--format", "plain", "--checkpoint", str(tmp_path / model),
+        assert main(["evaluate", "--data", str(data), "--format", "plain", "--model", str(tmp_path / model),
                      "--out", str(tmp_path / f"eval-{model}")]) == 0
         rep = json.loads((tmp_path / f"eval-{model}" / "metrics.json").read_text())
         metrics = next(iter(rep.values()))["metrics"]

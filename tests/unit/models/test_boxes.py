@@ -108,7 +108,7 @@ def test_train_boxes_and_evaluate_through_the_command_line(tmp_path, capsys):
     assert rc == 0 and "train boxes: anchors:" in out and "sizes" in out, out
     insp = load_inspector(tmp_path / "m", device="cpu")
     assert insp.family == "boxes" and insp.info.arch_config["anchor_sizes"] == insp.info.train_data["choices"]["anchors"]["sizes"]
-    rc = main(["evaluate", "--data", str(data), "--format", "plain", "--checkpoint", str(tmp_path / "m"), "--threads", "1"])
+    rc = main(["evaluate", "--data", str(data), "--format", "plain", "--model", str(tmp_path / "m"), "--threads", "1"])
     out = capsys.readouterr().out
     assert rc == 0 and "| map_50 |" in out and "| map_50_95 |" in out
 
@@ -123,7 +123,7 @@ def test_evaluate_families_all_prints_one_table_of_the_models_that_apply(tmp_pat
     example.tiny_model(root / "boxes")
     segmenter_example.tiny_model(root / "seg")
     classifier_example.tiny_model(root / "cls")  # scratch, pit, patch: does not apply
-    rc = main(["evaluate", "--families", "all", "--data", str(data), "--format", "plain", "--checkpoint", str(root),
+    rc = main(["evaluate", "--families", "all", "--data", str(data), "--format", "plain", "--model", str(root),
                "--device", "cpu", "--threads", "1", "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -132,7 +132,7 @@ def test_evaluate_families_all_prints_one_table_of_the_models_that_apply(tmp_pat
     assert sorted(line.split(" | ")[0][2:] for line in table[1:]) == ["boxes", "segmenter"]
     assert "Not applicable:" in out and "classifier" in out.split("Not applicable:")[1]
     assert (tmp_path / "out" / "families.json").is_file()
-    rc = main(["evaluate", "--families", "nope", "--data", str(data), "--format", "plain", "--checkpoint", str(root)])
+    rc = main(["evaluate", "--families", "nope", "--data", str(data), "--format", "plain", "--model", str(root)])
     assert rc == 2
 
 

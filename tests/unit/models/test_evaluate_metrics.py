@@ -328,7 +328,7 @@ def test_evaluate_help_names_any_family(capsys):
 
 
 def test_missing_model_directory_is_a_clear_error(tmp_path, capsys):
-    rc = main(["evaluate", "--data", "synthetic:seed=1,n=2", "--checkpoint", str(tmp_path / "none")])
+    rc = main(["evaluate", "--data", "synthetic:seed=1,n=2", "--model", str(tmp_path / "none")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: model path") and "does not exist" in err and "Traceback" not in err
 

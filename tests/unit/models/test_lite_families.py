@@ -168,7 +168,7 @@ def test_gate_threshold_is_recall_first():
 def test_evaluate_held_out_and_tiles(blobs, tmp_path):
     train_lite0(LiteTrainConfig(task="classifier", epochs=1, batch=8, size=64, threads=1), tmp_path / "c",
                 data=str(blobs), fmt="plain", quiet=True)
-    common = ["evaluate", "--data", str(blobs), "--format", "plain", "--checkpoint", str(tmp_path / "c"),
+    common = ["evaluate", "--data", str(blobs), "--format", "plain", "--model", str(tmp_path / "c"),
               "--threads", "1"]
     assert cli([*common, "--held-out", "--out", str(tmp_path / "e1")]) == 0
     rep = next(iter(json.loads((tmp_path / "e1" / "metrics.json").read_text()).values()))

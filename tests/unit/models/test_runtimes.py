@@ -277,7 +277,7 @@ def test_export_and_its_record_both_rewritten_fail_parity_on_the_checkpoints_gol
         load_inspector(d, device="cpu", runtime="onnxruntime")
     assert issubclass(RuntimeParityError, CheckpointError)
     capsys.readouterr()
-    rc = cli(["evaluate", "--data", "synthetic:seed=9000,n=1,size=64x64", "--format", "synthetic", "--checkpoint",
+    rc = cli(["evaluate", "--data", "synthetic:seed=9000,n=1,size=64x64", "--format", "synthetic", "--model",
               str(d), "--runtime", "onnxruntime", "--threads", "1"])
     err = capsys.readouterr().err
     assert rc != 0 and "parity failed" in err and path.name in err
@@ -366,7 +366,7 @@ def test_evaluate_gives_the_same_metrics_in_both_runtimes(tmp_path, severity_dir
     data = _write_plain(tmp_path / "plain")
     out = {}
     for runtime in ("torch", "onnxruntime"):
-        rc = cli(["evaluate", "--data", str(data), "--format", "plain", "--checkpoint", str(severity_dir),
+        rc = cli(["evaluate", "--data", str(data), "--format", "plain", "--model", str(severity_dir),
                   "--out", str(tmp_path / runtime), "--runtime", runtime, "--threads", "1", "--device", "cpu"])
         assert rc == 0
         out[runtime] = next(iter(json.loads((tmp_path / runtime / "metrics.json").read_text()).values()))

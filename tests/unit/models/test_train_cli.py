@@ -50,10 +50,10 @@ def test_arch_config_must_be_a_json_object(capsys):
 
 
 def test_missing_checkpoint_is_a_clear_error_not_a_traceback(tmp_path, capsys):
-    rc = main(["evaluate", "--data", "synthetic:seed=1,n=2", "--checkpoint", str(tmp_path / "none")])
+    rc = main(["evaluate", "--data", "synthetic:seed=1,n=2", "--model", str(tmp_path / "none")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: model path") and "does not exist" in err and "Traceback" not in err
     (tmp_path / "empty").mkdir()
-    rc = main(["evaluate", "--data", "synthetic:seed=1,n=2", "--checkpoint", str(tmp_path / "empty")])
+    rc = main(["evaluate", "--data", "synthetic:seed=1,n=2", "--model", str(tmp_path / "empty")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: no model in") and "Traceback" not in err

@@ -132,7 +132,7 @@ def test_cli_help_train_and_evaluate(tiny, tmp_path, capsys):
                  "--frames", "2", "--val-frames", "2", "--patch", "64", "--threads", "1", "--quiet"]) == 0
     assert (tmp_path / "detector_paper.pt").is_file()
     out, _, _ = tiny
-    assert main(["evaluate", "--data", "synthetic:seed=9000,n=3,size=96x96", "--checkpoint", str(out),
+    assert main(["evaluate", "--data", "synthetic:seed=9000,n=3,size=96x96", "--model", str(out),
                  "--out", str(tmp_path / "ev"), "--threads", "1"]) == 0
     data = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     (rep,) = data.values()
