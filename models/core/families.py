@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 from models.core.checkpoints import CheckpointError, LoadedCheckpoint
 
-__all__ = ["FamilySpec", "RetuneRequest", "TinyRun", "register_family", "get_family", "list_families", "family_specs",
+__all__ = ["FamilySpec", "RetuneRequest", "TinyRun", "TrainOption", "TrainCommand", "train_commands", "register_family", "get_family", "list_families", "family_specs",
            "wrapper_specs"]
 
 
@@ -32,6 +32,58 @@ class RetuneRequest:
     threads: int = 1
     arch: str | None = None  # a variant inside the directory (e.g. the severity detector's arch)
     val_frames: int | None = None  # synthetic validation frames, where the family tunes on synthetic data
+
+
+@dataclass(frozen=True)
+class TrainOption:
+    """One option of `defectstream train <command>`, declared by the family that trains it (`streams/commands`
+    builds the parser from it; `models/` parses nothing).
+
+    `default` is the value the family's training really uses when the option is not given; when the value is
+    chosen at run time (from the data, or per variant), `default` is None and `default_text` says how (e.g.
+    "chosen from the data: ..."). `switch` options take no value: giving them stores `not default`.
+    """
+
+    flag: str  # "--epochs"
+    help: str
+    type: Callable[[str], Any] | None = str
+    default: Any = None
+    default_text: str | None = None
+    choices: tuple[Any, ...] | None = None
+    switch: bool = False
+    dest: str | None = None
+    metavar: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The name under which the parsed value reaches the family's `run`."""
+        return self.dest or self.flag.lstrip("-").replace("-", "_")
+
+    def help_text(self) -> str:
+        """The help with its default (the given value, or how it is chosen)."""
+        if self.switch:
+            return self.help
+        shown = self.default_text if self.default_text is not None else (
+            "none" if self.default is None else str(self.default))
+        return f"{self.help} (default: {shown})"
+
+
+@dataclass(frozen=True)
+class TrainCommand:
+    """`defectstream train <name>`: what one family trains, its own options and the call that trains it.
+
+    `run(values, log)` gets every parsed option by `TrainOption.key` (the common ones too: data, format, val_data,
+    val_split, split_seed, out, seed, threads) and returns the summary line to print; it raises
+    DatasetError/CheckpointError/ValueError for data or options that do not fit (the CLI prints them).
+    `data_help` describes `--data` for this command (e.g. whether it falls back to synthetic frames).
+    """
+
+    name: str
+    help: str
+    description: str
+    options: tuple[TrainOption, ...]
+    run: Callable[[Mapping[str, Any], Callable[[str], None]], str]
+    data_help: str = "training images of the plant (a path; see --format)"
 
 
 class TinyRun(NamedTuple):
@@ -62,6 +114,7 @@ class FamilySpec:
         priority: order in which families claim a directory (lower first).
         masks: whether its detections carry masks; a box detector's have `mask=None` and `area_px=0` (no pixel
             area is known, none is invented).
+        train: the `defectstream train` subcommands this family declares, with their own options and defaults.
     """
 
     name: str
@@ -78,6 +131,7 @@ class FamilySpec:
     priority: int = 100
     masks: bool = True
     options: tuple[str, ...] = field(default=())  # Inspector attributes a setting may override (`model.flip_tta`)
+    train: tuple[TrainCommand, ...] = field(default=())  # the `defectstream train <command>`s of this family
 
 
 _FAMILIES: dict[str, FamilySpec] = {}
@@ -113,3 +167,16 @@ def family_specs() -> list[FamilySpec]:
 def wrapper_specs() -> list[FamilySpec]:
     """The specs of the wrappers (run in front of another family's model), in claim order."""
     return [s for s in sorted(_FAMILIES.values(), key=lambda s: (s.priority, s.name)) if s.wraps]
+
+
+def train_commands() -> list[TrainCommand]:
+    """Every family's `train` subcommands, in claim order. Raises ValueError when two families declare one name."""
+    seen: dict[str, str] = {}
+    out: list[TrainCommand] = []
+    for spec in sorted(_FAMILIES.values(), key=lambda s: (s.priority, s.name)):
+        for cmd in spec.train:
+            if cmd.name in seen:
+                raise ValueError(f"train {cmd.name!r} is declared by both {seen[cmd.name]!r} and {spec.name!r}")
+            seen[cmd.name] = spec.name
+            out.append(cmd)
+    return out

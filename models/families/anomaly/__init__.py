@@ -6,6 +6,7 @@ from typing import Any
 
 from models.core.backbone import to_input
 from models.core.families import FamilySpec, register_family
+from models.families.anomaly import command as _command
 from models.families.anomaly.model import FILE, AnomalyInspector
 from models.families.anomaly.tiling import cut_tiles
 
@@ -19,6 +20,7 @@ def _bench_networks(insp: Any, frames: list) -> dict[str, tuple[Any, Any]]:
 
 
 SPEC = register_family(FamilySpec(
+    train=(_command.COMMAND,),
     name=AnomalyInspector.family, roles=("anomaly",), claim=_claim,
     load=lambda files, device: AnomalyInspector.load(files["anomaly"], device=device),
     owns=lambda p: p.name == FILE, selectors=lambda d: [d / FILE] if (d / FILE).is_file() else [],

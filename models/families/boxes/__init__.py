@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from models.core.families import FamilySpec, register_family
+from models.families.boxes import command as _command
 from models.families.boxes import train as _train  # noqa: F401  (registers the Lite0 task "boxes")
 from models.families.boxes.model import FILE, BoxesInspector, prepare_batch
 
@@ -21,4 +22,4 @@ SPEC = register_family(FamilySpec(
     name=BoxesInspector.family, roles=("boxes",), claim=_claim,
     load=lambda files, device: BoxesInspector.load(files["boxes"], device=device),
     owns=lambda p: p.name == FILE, selectors=lambda d: [d / FILE] if (d / FILE).is_file() else [],
-    bench_networks=_bench_networks, example="models.families.boxes.example", priority=50, masks=False))
+    bench_networks=_bench_networks, example="models.families.boxes.example", priority=50, masks=False, train=(_command.COMMAND,)))

@@ -6,6 +6,7 @@ from typing import Any
 
 from models.core.backbone import to_input
 from models.core.families import FamilySpec, register_family
+from models.families.cnn_rnn import command as _command
 from models.families.cnn_rnn import train as _train  # noqa: F401  (registers the Lite0 task "cnn-rnn")
 from models.families.cnn_rnn.model import FILE, CnnRnnInspector
 from models.families.image_classifier.model import resize_square
@@ -23,4 +24,4 @@ SPEC = register_family(FamilySpec(
     name=CnnRnnInspector.family, roles=("cnn-rnn",), claim=_claim,
     load=lambda files, device: CnnRnnInspector.load(files["cnn-rnn"], device=device),
     owns=lambda p: p.name == FILE, selectors=lambda d: [d / FILE] if (d / FILE).is_file() else [],
-    bench_networks=_bench_networks, example="models.families.cnn_rnn.example", priority=35))
+    bench_networks=_bench_networks, example="models.families.cnn_rnn.example", priority=35, train=(_command.COMMAND,)))

@@ -7,6 +7,7 @@ from typing import Any
 from models.core.backbone import to_input
 from models.core.checkpoints import CheckpointError, read_info
 from models.core.families import FamilySpec, register_family
+from models.families.image_classifier import command as _command
 from models.families.image_classifier import train as _train  # noqa: F401  (registers the Lite0 task "classifier")
 from models.families.image_classifier.model import ImageClassifierInspector, resize_square
 
@@ -29,6 +30,7 @@ def _bench_networks(insp: Any, frames: list) -> dict[str, tuple[Any, Any]]:
 
 
 SPEC = register_family(FamilySpec(
+    train=(_command.COMMAND,),
     name=ImageClassifierInspector.family, roles=("classifier",), claim=_claim,
     load=lambda files, device: ImageClassifierInspector.load(files["classifier"], device=device),
     bench_networks=_bench_networks, example="models.families.image_classifier.example", priority=30))

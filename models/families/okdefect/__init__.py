@@ -6,6 +6,7 @@ from typing import Any
 
 from models.core.backbone import to_input
 from models.core.families import FamilySpec, register_family
+from models.families.okdefect import command as _command
 from models.families.anomaly.tiling import cut_tiles
 from models.families.okdefect import train as _train  # noqa: F401  (registers the Lite0 task "okdefect")
 from models.families.okdefect.model import FILE, OkDefectInspector
@@ -20,6 +21,7 @@ def _bench_networks(insp: Any, frames: list) -> dict[str, tuple[Any, Any]]:
 
 
 SPEC = register_family(FamilySpec(
+    train=(_command.COMMAND,),
     name=OkDefectInspector.family, roles=("okdefect",), claim=_claim,
     load=lambda files, device: OkDefectInspector.load(files["okdefect"], device=device),
     owns=lambda p: p.name == FILE, selectors=lambda d: [d / FILE] if (d / FILE).is_file() else [],

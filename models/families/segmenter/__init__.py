@@ -6,6 +6,7 @@ from typing import Any
 
 from models.core.backbone import to_input
 from models.core.families import FamilySpec, register_family
+from models.families.segmenter import command as _command
 from models.families.segmenter import train as _train  # noqa: F401  (registers the Lite0 task "segmenter")
 from models.families.segmenter.model import SegmenterInspector, prepare_frame
 from models.families.segmenter.tune import retune
@@ -22,6 +23,7 @@ def _bench_networks(insp: Any, frames: list) -> dict[str, tuple[Any, Any]]:
 
 
 SPEC = register_family(FamilySpec(
+    train=(_command.COMMAND,),
     name=SegmenterInspector.family, roles=("segmenter",), claim=_claim,
     load=lambda files, device: SegmenterInspector.load(files["segmenter"], device=device),
     owns=lambda p: p.name == FILE, selectors=lambda d: [d / FILE] if (d / FILE).is_file() else [],

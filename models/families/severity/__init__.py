@@ -10,6 +10,7 @@ import torch
 
 from models.core.checkpoints import CheckpointError, LoadedCheckpoint
 from models.core.families import FamilySpec, register_family
+from models.families.severity import command as _command
 from models.families.severity.detector import pad_to_multiple
 from models.families.severity.inspector import SeverityInspector
 from models.families.severity.tune import retune
@@ -45,6 +46,7 @@ def _bench_networks(insp: Any, frames: list) -> dict[str, tuple[Any, Any]]:
 
 
 SPEC = register_family(FamilySpec(
+    train=(_command.COMMAND,),
     name=SeverityInspector.family, roles=("detector", "classifier"), claim=_claim,
     load=lambda files, device: SeverityInspector.load(files["detector"], device=device),
     owns=lambda p: p.name.startswith("detector_"), selectors=lambda d: sorted(d.glob("detector_*.pt")),

@@ -5,15 +5,13 @@ import json
 
 from models.families.severity.train_synthetic import DetectorTrainConfig
 from streams.cli import main
-from streams.commands.train import _apply_overrides
+from models.training.options import apply_overrides
 
 
 def test_only_given_options_override_the_defaults():
-    import argparse
-
     cfg = DetectorTrainConfig()
     default_patch = cfg.patch
-    _apply_overrides(cfg, argparse.Namespace(steps=7, patch=None, lr=0.0), steps="steps", patch="patch", lr="lr")
+    apply_overrides(cfg, {"steps": 7, "patch": None, "lr": 0.0}, "steps", "patch", "lr")
     assert cfg.steps == 7 and cfg.patch == default_patch and cfg.lr == 0.0  # 0.0 is a value, not "unset"
 
 

@@ -126,7 +126,7 @@ def test_cli_help_train_and_evaluate(tiny, tmp_path, capsys):
     from streams.cli import main
 
     with pytest.raises(SystemExit):
-        main(["train", "--help"])
+        main(["train", "detector", "--help"])
     assert "--arch" in capsys.readouterr().out
     assert main(["train", "detector", "--arch", "paper", "--out", str(tmp_path), "--steps", "2", "--batch", "2",
                  "--frames", "2", "--val-frames", "2", "--patch", "64", "--threads", "1", "--quiet"]) == 0
