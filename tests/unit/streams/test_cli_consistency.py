@@ -40,7 +40,7 @@ def test_the_output_format_has_one_name_and_format_is_the_data_layout(capsys):
         opts = pages[name]._option_string_actions
         assert opts["--output"].dest == "output" and "json" in opts["--output"].choices, name
         assert opts["--format"].help == argparse.SUPPRESS, name  # the old spelling: hidden, still accepted
-    for name in ("train", "evaluate"):
+    for name in ("segmenter", "boxes", "evaluate"):  # train <family> and evaluate
         assert pages[name]._option_string_actions["--format"].dest == "format"
         assert "plain" in pages[name]._option_string_actions["--format"].choices
     a = cli.build_parser().parse_args(["report", "--format", "csv"])
