@@ -134,6 +134,9 @@ def test_evaluate_families_all_prints_one_table_of_the_models_that_apply(tmp_pat
     assert (tmp_path / "out" / "families.json").is_file()
     rc = main(["evaluate", "--families", "nope", "--data", str(data), "--format", "plain", "--model", str(root)])
     assert rc == 2
+    from models.evaluation.all_families import find_models  # the walk behind --families: every model directory
+
+    assert len(find_models(root)) == 3 and all(root in p.parents or p == root for p in find_models(root))
 
 
 def _blob_bar_set(root):
