@@ -12,13 +12,10 @@ import json
 from pathlib import Path
 
 from schemas.events import DefectEvent, PartInspected
-from sinks.migrations import migrate
-from sinks.sql import DriverExecutor
-from streams.settings import ClickHouseSettings
 from streams.sim.simulator import GroundTruthPart, SimulationConfig, simulate
 
 from .kafka_read import read_records
-from .test_camera_promotion import wait_for_log
+from .test_camera_promotion import cli_env_of, wait_for_log
 
 FRAME = (128, 256)
 T0 = 1_790_100_000_000
@@ -61,18 +58,7 @@ def test_camera_promoted_to_an_anomaly_model(stream_worker_factory, stack, fresh
     worker.start()
     s = worker.settings
     cam = "an-1"
-    for k, v in worker.env.items():
-        if k.startswith("DEFECTSTREAM_"):
-            monkeypatch.setenv(k, v)
-    monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__HOST", stack.host)
-    monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__PORT", str(stack.clickhouse_port))
-    monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__DATABASE", fresh_database)
-    ex = DriverExecutor.connect(ClickHouseSettings(host=stack.host, port=stack.clickhouse_port,
-                                                   database=fresh_database))
-    try:
-        migrate(ex)
-    finally:
-        ex.close()
+    cli_env_of(worker, stack, fresh_database, monkeypatch).close()
     capsys.readouterr()
     assert main(["models", "promote", str(model_dir), "--camera", cam, "--note", "fitted on good parts"]) == 0
     assert json.loads(capsys.readouterr().out)["promoted"] == version

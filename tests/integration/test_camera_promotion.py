@@ -82,6 +82,19 @@ def wait_for_log(worker, text: str, timeout_s: float = 30.0) -> None:
     pytest.fail(f"{text!r} not in the worker log after {timeout_s}s:\n{worker.log_tail()}", pytrace=False)
 
 
+def cli_env_of(worker, stack, database: str, monkeypatch) -> DriverExecutor:
+    """Point this process's CLI at the worker's topics and a migrated `database`; an executor on it (caller closes)."""
+    for k, v in worker.env.items():
+        if k.startswith("DEFECTSTREAM_"):
+            monkeypatch.setenv(k, v)
+    monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__HOST", stack.host)
+    monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__PORT", str(stack.clickhouse_port))
+    monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__DATABASE", database)
+    ex = DriverExecutor.connect(ClickHouseSettings(host=stack.host, port=stack.clickhouse_port, database=database))
+    migrate(ex)
+    return ex
+
+
 def test_camera_promotion_to_a_segmenter(stream_worker_factory, stack, fresh_database, tmp_path, monkeypatch, capsys):
     from models.loading import model_identity
     from streams.cli import main
@@ -108,16 +121,8 @@ def test_camera_promotion_to_a_segmenter(stream_worker_factory, stack, fresh_dat
     assert {p["model_version"] for p in before} == {default_version}
 
     # promote the segmenter directory for camera A only, through the CLI, recorded in ClickHouse
-    for k, v in worker.env.items():
-        if k.startswith("DEFECTSTREAM_"):
-            monkeypatch.setenv(k, v)
-    monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__HOST", stack.host)
-    monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__PORT", str(stack.clickhouse_port))
-    monkeypatch.setenv("DEFECTSTREAM_CLICKHOUSE__DATABASE", fresh_database)
-    ex = DriverExecutor.connect(ClickHouseSettings(host=stack.host, port=stack.clickhouse_port,
-                                                   database=fresh_database))
+    ex = cli_env_of(worker, stack, fresh_database, monkeypatch)
     try:
-        migrate(ex)
         capsys.readouterr()
         assert main(["models", "promote", str(seg_path.parent), "--camera", cam_a, "--note", "segmenter canary"]) == 0
         out = json.loads(capsys.readouterr().out)
