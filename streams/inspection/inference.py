@@ -47,7 +47,7 @@ class InferenceRunner:
         from models.loading import load_inspector
 
         insp = load_inspector(path, device=self.settings.device, runtime=self.settings.runtime,
-                              export_cache=self.settings.export_cache)
+                              export_cache=self.settings.export_cache, calibration=self.settings.int8_calibration)
         apply_flip_tta(insp, self.settings.flip_tta)
         return insp
 

@@ -443,7 +443,7 @@ class Replayer:
 
             m = self.settings.model
             self._inspector = load_inspector(self.request.model_path, device=m.device, runtime=m.runtime,
-                                             export_cache=m.export_cache)
+                                             export_cache=m.export_cache, calibration=m.int8_calibration)
             apply_flip_tta(self._inspector, m.flip_tta)
         return self._inspector
 

@@ -14,16 +14,19 @@ _OWN = (
                 "the checkpoint and applied at inference", type=float, default=1.0),
     TrainOption("--seg-loss", "cross-entropy + BCE(pos_weight 5) + Dice on defect vs background, or the earlier "
                 "cross-entropy + Focal-Tversky", choices=("ce+bce_dice", "ce+focal_tversky"), default="ce+bce_dice"),
+    TrainOption("--decoder", "decoder: 'sep4' = three depthwise-separable stages up to stride 4 (7.3 GFLOP per "
+                "1600x256 frame), 'res2' = the earlier four residual stages up to stride 2 (19.4 GFLOP); "
+                "models/README.md compares them", choices=("sep4", "res2"), default="sep4"),
 )
 
 
 def _run(values: Mapping[str, Any], log: Callable[[str], None]) -> str:
-    return run_lite0("segmenter", values, log, fields=("patch", "scale", "seg_loss"))
+    return run_lite0("segmenter", values, log, fields=("patch", "scale", "seg_loss", "decoder"))
 
 
 COMMAND = TrainCommand(
     name="segmenter", help="train the segmenter (defect classes per pixel) on the plant's images",
-    description=("Train the residual U-Net segmenter on EfficientNet-Lite0 on annotated images (masks with class "
+    description=("Train the U-Net segmenter on EfficientNet-Lite0 on annotated images (masks with class "
                  "ids). The crop, step budget and early stopping are chosen from the data, printed when training "
                  "starts and recorded in the checkpoint; per-class thresholds and minimum areas are then chosen on "
                  "the validation images.\n\nexample:\n"

@@ -8,7 +8,7 @@ import torch
 from models.core.checkpoints import save_checkpoint
 from models.core.families import TinyRun
 from models.data.synthetic import write_plain_set
-from models.families.segmenter.model import LiteUNet
+from models.families.segmenter.model import DEFAULT_DECODER, LiteUNet
 from models.training.lite0 import LiteTrainConfig, train_lite0
 
 CLASSES = ["blob", "bar"]
@@ -17,12 +17,12 @@ CLASSES = ["blob", "bar"]
 def tiny_model(directory: Path, seed: int = 0) -> Path:
     """A random-init 2-class segmenter whose head is scaled so that its probabilities form confident regions."""
     torch.manual_seed(seed)
-    seg = LiteUNet(len(CLASSES), pretrained=False)
+    seg = LiteUNet(len(CLASSES), pretrained=False, **DEFAULT_DECODER)
     with torch.no_grad():
         seg.head.weight.mul_(40.0)
     directory.mkdir(parents=True, exist_ok=True)
     save_checkpoint(directory / "segmenter.pt", seg.state_dict(), kind="segmenter", arch="lite0-unet",
-                    arch_config={"n_classes": len(CLASSES), "decoder": [128, 64, 48, 32]},
+                    arch_config={"n_classes": len(CLASSES), **DEFAULT_DECODER},
                     input_spec={"channels": 3, "scale": 1.0, "pad_multiple": 32}, class_names=CLASSES)
     return directory
 

@@ -30,8 +30,8 @@ from models.runtime.runtimes import Network, Runner, Select, TorchRunner, golden
 from models.runtime.swap import RuntimeSwap
 
 __all__ = ["LiteUNet", "SegOutput", "SegmenterInspector", "SegPostprocess", "choose_postprocess",
-           "prepare_frame", "class_regions", "segment_probabilities", "PAD_MULTIPLE",
-           "frame_probabilities"]
+           "prepare_frame", "class_regions", "class_mask", "segment_probabilities", "coarse_probabilities", "CoarseProbs", "PAD_MULTIPLE",
+           "frame_probabilities", "DEFAULT_DECODER", "LEGACY_DECODER", "decoder_config"]
 
 PAD_MULTIPLE = 32
 
@@ -42,6 +42,8 @@ class SegOutput(NamedTuple):
 
 
 class _ResBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (the Res-U-Net's decoder stage)."""
+
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
@@ -55,36 +57,87 @@ class _ResBlock(nn.Module):
         return self.act(self.body(x) + self.skip(x))
 
 
-class LiteUNet(nn.Module):
-    """U-Net with residual decoder blocks on Lite0; logits at stride 2, upsampled to the input."""
+class _SepBlock(_ResBlock):
+    """Depthwise-separable residual stage: 1x1 to `cout`, 3x3 depthwise, 1x1; about 1/7 of `_ResBlock`'s
+    multiply-adds at the same widths (the MobileNet-style decoder stage)."""
 
-    def __init__(self, n_classes: int, pretrained: bool = False, decoder: Sequence[int] = (128, 64, 48, 32)) -> None:
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout)
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, groups=cout, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+
+DECODER_BLOCKS = {"res": _ResBlock, "sep": _SepBlock}
+# The decoder a checkpoint without these keys was trained with (four residual stages up to stride 2).
+LEGACY_DECODER = {"decoder": [128, 64, 48, 32], "out_stride": 2, "block": "res"}
+# The default since the speed work (models/README.md, "Segmenter cost"): three depthwise-separable stages up
+# to stride 4, logits upsampled from there; 7.3 instead of 19.4 GFLOP per 1600x256 frame.
+DEFAULT_DECODER = {"decoder": [128, 64, 48], "out_stride": 4, "block": "sep"}
+_STRIDE_STAGES = {16: 1, 8: 2, 4: 3, 2: 4}
+
+
+class LiteUNet(nn.Module):
+    """U-Net on Lite0: decoder stages from stride 32 up to `out_stride` (16, 8, 4 or 2), one per width in
+    `decoder`, each a `block` ("res": two 3x3 convolutions, "sep": depthwise-separable); per-pixel logits at
+    `out_stride` (`coarse_logits`), bilinearly upsampled to the input in `forward` (training)."""
+
+    def __init__(self, n_classes: int, pretrained: bool = False, decoder: Sequence[int] = (128, 64, 48, 32),
+                 out_stride: int = 2, block: str = "res") -> None:
         super().__init__()
+        if out_stride not in _STRIDE_STAGES:
+            raise ValueError(f"segmenter out_stride must be one of {sorted(_STRIDE_STAGES)}, got {out_stride}")
+        if block not in DECODER_BLOCKS:
+            raise ValueError(f"segmenter decoder block must be one of {sorted(DECODER_BLOCKS)}, got {block!r}")
+        n = _STRIDE_STAGES[out_stride]
+        d = [int(v) for v in decoder]
+        if len(d) != n:
+            raise ValueError(f"a decoder up to stride {out_stride} has {n} stages, got widths {d}")
         self.n_classes = int(n_classes)
         self.encoder = build_lite0_encoder(pretrained=pretrained)
         c = LITE0_CHANNELS
-        d = list(decoder)
-        self.up = nn.ModuleList([
-            _ResBlock(c[4] + c[3], d[0]),  # /16
-            _ResBlock(d[0] + c[2], d[1]),  # /8
-            _ResBlock(d[1] + c[1], d[2]),  # /4
-            _ResBlock(d[2] + c[0], d[3]),  # /2
-        ])
-        self.head = nn.Conv2d(d[3], 1 + self.n_classes, 1)
+        skips = (c[3], c[2], c[1], c[0])[:n]
+        make = DECODER_BLOCKS[block]
+        cin = [c[4]] + d[:-1]
+        self.up = nn.ModuleList([make(cin[i] + skips[i], d[i]) for i in range(n)])
+        self.head = nn.Conv2d(d[-1], 1 + self.n_classes, 1)
         self.image_head = nn.Linear(c[4], 1)
 
-    def forward(self, x: torch.Tensor) -> SegOutput:
+    def _decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.encoder(x)
         y = f[4]
         for block, skip in zip(self.up, (f[3], f[2], f[1], f[0])):
             y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             y = block(torch.cat([y, skip], 1))
-        logits = F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return SegOutput(logits, self.image_head(f[4].mean((2, 3))).squeeze(1))
+        return self.head(y), f[4]
+
+    def coarse_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + C, H / out_stride, W / out_stride) logits: what the Inspector runs (and exports)."""
+        return self._decode(x)[0]
+
+    def forward(self, x: torch.Tensor) -> SegOutput:
+        logits, deep = self._decode(x)
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return SegOutput(logits, self.image_head(deep.mean((2, 3))).squeeze(1))
 
 
-def _logits_of(out: SegOutput) -> torch.Tensor:
-    return out.logits
+def decoder_config(arch_config: dict) -> dict:
+    """decoder / out_stride / block of a checkpoint's arch_config (older checkpoints: `LEGACY_DECODER`)."""
+    return {"decoder": [int(v) for v in arch_config.get("decoder", LEGACY_DECODER["decoder"])],
+            "out_stride": int(arch_config.get("out_stride", LEGACY_DECODER["out_stride"])),
+            "block": str(arch_config.get("block", LEGACY_DECODER["block"]))}
+
+
+class _Coarse(nn.Module):
+    """The exported network: input -> coarse logits (the probabilities are upsampled after the softmax)."""
+
+    def __init__(self, model: LiteUNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.coarse_logits(x)
 
 
 def prepare_frame(frame: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -121,15 +174,26 @@ class SegPostprocess(NamedTuple):
         return cls(tuple(float(v) for v in t), tuple(int(v) for v in a))
 
 
-def class_regions(probs: np.ndarray, post: SegPostprocess) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """(class id >= 1, component label image, stats) per class from (1 + C, H, W) probabilities."""
-    arg = probs.argmax(0)
+def class_mask(probs: np.ndarray, c: int, threshold: float) -> np.ndarray:
+    """Pixels whose argmax class is `c` (ties go to the lower index, as `argmax`) and p_c >= threshold."""
+    pc = probs[c]
+    m = pc >= threshold
+    for j in range(probs.shape[0]):
+        if j != c:
+            m &= (pc > probs[j]) if j < c else (pc >= probs[j])
+    return m
+
+
+def class_regions(probs: np.ndarray, post: SegPostprocess,
+                  classes: Sequence[int] | None = None) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(class id >= 1, component label image, stats) per class from (1 + C, H, W) probabilities; `classes`
+    (default all) limits the classes looked at (those that can pass their threshold at all)."""
     out = []
-    for c in range(1, probs.shape[0]):
-        m = (arg == c) & (probs[c] >= post.thresholds[c - 1])
+    for c in (range(1, probs.shape[0]) if classes is None else classes):
+        m = class_mask(probs, c, post.thresholds[c - 1])
         if not m.any():
             continue
-        n, lab, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
+        n, lab, stats, _ = cv2.connectedComponentsWithStats(m.view(np.uint8), connectivity=8)
         keep = stats[:, cv2.CC_STAT_AREA] >= max(1, post.min_areas[c - 1])
         keep[0] = False
         if keep.any():
@@ -185,46 +249,76 @@ def choose_postprocess(probs_iter, n_classes: int,
     return SegPostprocess(tuple(ts), tuple(as_)), best
 
 
+class CoarseProbs(NamedTuple):
+    """Softmax probabilities at the logits' resolution for one frame, and what maps them onto it."""
+
+    probs: np.ndarray  # (h', w', 1 + C) float32, h' = padded height / stride
+    padded_hw: tuple[int, int]  # the network input's size (scaled frame, padded to 32)
+    frame_hw: tuple[int, int]
+    scale: float
+
+    def full(self, channels: slice = slice(None)) -> np.ndarray:
+        """(K, H, W) probabilities at the frame's own pixels (bilinear), of `channels` (default all)."""
+        return _to_frame(np.ascontiguousarray(self.probs[:, :, channels]), self.padded_hw, self.frame_hw, self.scale)
+
+
 @torch.inference_mode()
-def segment_probabilities(run: Callable[[torch.Tensor], torch.Tensor], frames: Sequence[np.ndarray],
-                          scale: float = 1.0, device: str = "cpu", batch: int = 8) -> list[np.ndarray]:
-    """(1 + C, H, W) float32 class probabilities per frame at the frame's own size: frames are
-    scaled, padded to a multiple of 32, batched by padded size, run through `run` (input -> per-pixel
-    logits: the module or an ONNX session), and the maps cropped and scaled back."""
+def coarse_probabilities(run: Callable[[torch.Tensor], torch.Tensor], frames: Sequence[np.ndarray],
+                         scale: float = 1.0, device: str = "cpu", batch: int = 8) -> list[CoarseProbs]:
+    """Per frame, class probabilities at the network's output resolution: frames are scaled, padded to a
+    multiple of 32, batched by padded size, run through `run` (input -> per-pixel logits at the input's
+    size or a stride of it: the network or an ONNX session), and the softmax taken there."""
     amp = device.startswith("cuda")
     prepared = [prepare_frame(f, scale) for f in frames]
-    out: list[np.ndarray | None] = [None] * len(frames)
+    out: list[CoarseProbs | None] = [None] * len(frames)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, p in enumerate(prepared):
         by_shape.setdefault(p.shape[:2], []).append(i)
-    for idx in by_shape.values():
+    for shape, idx in by_shape.items():
         for k in range(0, len(idx), batch):
             chunk = idx[k:k + batch]
             x = to_input([prepared[i] for i in chunk], device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
                 logits = run(x)
-            probs = logits.float().softmax(1).cpu().numpy()
+            probs = logits.float().softmax(1).permute(0, 2, 3, 1).cpu().numpy()  # (B, h', w', 1 + C)
             for i, pr in zip(chunk, probs):
-                out[i] = _to_frame(pr, np.asarray(frames[i]).shape[:2], scale)
+                out[i] = CoarseProbs(pr, tuple(shape), tuple(np.asarray(frames[i]).shape[:2]), scale)
     return out  # type: ignore[return-value]
 
 
-def _to_frame(probs: np.ndarray, shape: tuple[int, int], scale: float) -> np.ndarray:
+def segment_probabilities(run: Callable[[torch.Tensor], torch.Tensor], frames: Sequence[np.ndarray],
+                          scale: float = 1.0, device: str = "cpu", batch: int = 8) -> list[np.ndarray]:
+    """(1 + C, H, W) float32 class probabilities per frame at the frame's own size (`coarse_probabilities`,
+    upsampled bilinearly, cropped and scaled back)."""
+    return [c.full() for c in coarse_probabilities(run, frames, scale, device, batch)]
+
+
+def _resize(p: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear (half-pixel centres, as torch's align_corners=False) resize of (h, w, K) float32."""
+    if p.shape[:2] == tuple(size_hw):
+        return p
+    k = p.shape[2]
+    if k <= 4:
+        return cv2.resize(p, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_LINEAR).reshape(*size_hw, k)
+    return np.concatenate([_resize(p[:, :, j:j + 4], size_hw) for j in range(0, k, 4)], 2)
+
+
+def _to_frame(probs: np.ndarray, padded_hw: tuple[int, int], shape: tuple[int, int], scale: float) -> np.ndarray:
+    """(h', w', K) probabilities of a padded input (h' = padded height / stride) -> (K, H, W) at the frame."""
     h, w = shape
-    if scale == 1.0:
-        return np.ascontiguousarray(probs[:, :h, :w])
-    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
-    p = probs[:, :sh, :sw].transpose(1, 2, 0)
-    p = cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(p.reshape(h, w, -1).transpose(2, 0, 1))
+    sh, sw = (h, w) if scale == 1.0 else (max(1, round(h * scale)), max(1, round(w * scale)))
+    p = _resize(probs, padded_hw)[:sh, :sw]
+    if (sh, sw) != (h, w):
+        p = _resize(np.ascontiguousarray(p), (h, w))
+    return np.ascontiguousarray(p.transpose(2, 0, 1))
 
 
-def frame_probabilities(model: torch.nn.Module, samples: Sequence[InspectionSample], scale: float, device: str):
+def frame_probabilities(model: "LiteUNet", samples: Sequence[InspectionSample], scale: float, device: str):
     """Yield ((1 + C, H, W) probabilities at the frame's own size, class ids) as the Inspector sees them."""
     model.eval()
     for s in samples:
         img = s.image if s.image.ndim == 2 or s.image.shape[2] == 3 else s.image[:, :, 0]
-        yield segment_probabilities(lambda x: model(x).logits, [img], scale, device)[0], sample_class_mask(s)
+        yield segment_probabilities(model.coarse_logits, [img], scale, device)[0], sample_class_mask(s)
 
 
 class SegmenterInspector(RuntimeSwap):
@@ -244,14 +338,15 @@ class SegmenterInspector(RuntimeSwap):
         self.batch = batch
         self.amp = device.startswith("cuda")
         self.runtime = "torch"
-        self._run: Runner = TorchRunner(Select(self.model, _logits_of))
+        self._coarse = _Coarse(self.model)  # one module: runners and networks() share its identity
+        self._run: Runner = TorchRunner(Select(self._coarse))
         self._lock = threading.Lock()
 
     def networks(self) -> dict[str, Network]:
         """The U-Net (-> per-pixel logits) as an exportable network with its golden input."""
         g = golden_frame((64, 96))
         x = to_input([g, np.ascontiguousarray(g[:, ::-1])], "cpu").numpy()
-        return {"segmenter": Network(Path(self.info.path), self.info.content_hash, Select(self.model, _logits_of),
+        return {"segmenter": Network(Path(self.info.path), self.info.content_hash, Select(self._coarse),
                                      x, (1, 3, 64, 64))}
 
     @classmethod
@@ -259,7 +354,10 @@ class SegmenterInspector(RuntimeSwap):
         """Load a `segmenter.pt` (hash verified). Raises CheckpointError."""
         ck = load_checkpoint(path, expected_kind="segmenter")
         cfg = dict(ck.info.arch_config)
-        model = LiteUNet(int(cfg["n_classes"]), pretrained=False, decoder=tuple(cfg.get("decoder", (128, 64, 48, 32))))
+        try:
+            model = LiteUNet(int(cfg["n_classes"]), pretrained=False, **decoder_config(cfg))
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
         try:
             model.load_state_dict(ck.state_dict)
         except RuntimeError as exc:
@@ -271,10 +369,11 @@ class SegmenterInspector(RuntimeSwap):
         with self._lock:
             return segment_probabilities(self._run, frames, self.scale, self.device, self.batch)
 
-    def detections(self, probs: np.ndarray) -> list[Detection]:
-        """Regions of one frame's probabilities as Detections (confidence = mean class probability)."""
+    def detections(self, probs: np.ndarray, classes: Sequence[int] | None = None) -> list[Detection]:
+        """Regions of one frame's probabilities as Detections (confidence = mean class probability); `classes`
+        (default all) as in `class_regions`."""
         dets: list[Detection] = []
-        for c, lab, stats in class_regions(probs, self.post):
+        for c, lab, stats in class_regions(probs, self.post, classes):
             for k in np.nonzero(stats[:, cv2.CC_STAT_AREA])[0]:
                 x, y, w, h, area = (int(v) for v in stats[k])
                 m = lab[y:y + h, x:x + w] == k
@@ -291,13 +390,35 @@ class SegmenterInspector(RuntimeSwap):
     @staticmethod
     def image_score(probs: np.ndarray) -> float:
         """Defect score of a frame: mean defect probability of its 16 most defective pixels."""
-        d = 1.0 - probs[0].reshape(-1)
+        return SegmenterInspector._score_from_background(probs[0])
+
+    @staticmethod
+    def _score_from_background(p0: np.ndarray) -> float:
+        d = p0.reshape(-1)
         k = min(16, d.size)
-        return float(np.partition(d, d.size - k)[-k:].mean())
+        return float(1.0 - np.partition(d, k - 1)[:k].mean())
+
+    def possible_classes(self, coarse: CoarseProbs) -> list[int]:
+        """Classes that can pass their threshold anywhere in the frame. Bilinear upsampling only averages
+        neighbouring values, so a class whose coarse maximum is below its threshold has no pixel above it at
+        the frame's resolution either: such frames (most frames on a line) skip the full-resolution work."""
+        peak = coarse.probs.reshape(-1, coarse.probs.shape[-1]).max(0)
+        return [c for c in range(1, len(peak)) if peak[c] >= self.post.thresholds[c - 1]]
+
+    def _inspect_one(self, coarse: CoarseProbs) -> tuple[list[Detection], float]:
+        classes = self.possible_classes(coarse)
+        if not classes:
+            return [], self._score_from_background(coarse.full(slice(0, 1))[0])
+        probs = coarse.full()
+        return self.detections(probs, classes), self.image_score(probs)
 
     def inspect_scored(self, frames: Sequence[np.ndarray]) -> tuple[list[list[Detection]], list[float]]:
-        probs = self.probabilities(frames) if len(frames) else []
-        return [self.detections(p) for p in probs], [self.image_score(p) for p in probs]
+        if not len(frames):
+            return [], []
+        with self._lock:
+            coarse = coarse_probabilities(self._run, frames, self.scale, self.device, self.batch)
+        out = [self._inspect_one(c) for c in coarse]
+        return [d for d, _ in out], [sc for _, sc in out]
 
     def inspect(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
         """Detections per frame, in input order (frames of any size, grey or RGB uint8)."""

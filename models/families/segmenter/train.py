@@ -22,12 +22,14 @@ from models.core.augment import lite_photometric as photometric
 from models.core.backbone import to_input
 from models.core.types import InspectionSample
 from models.data.datasets import DatasetError, sample_class_mask
-from models.families.segmenter.model import LiteUNet, choose_postprocess, frame_probabilities, prepare_frame
+from models.families.segmenter.model import (DEFAULT_DECODER, LEGACY_DECODER, LiteUNet, choose_postprocess,
+                                             frame_probabilities, prepare_frame)
 from models.training.defaults import choose_geometry
 from models.training.lite0 import (SPEC_COMMON, CheckpointPlan, LiteTask, LiteTrainer, defect_bce_dice_loss,
                                    focal_tversky_loss, register_task)
 
 SEG_LOSSES = ("ce+bce_dice", "ce+focal_tversky")
+DECODERS = {"sep4": DEFAULT_DECODER, "res2": LEGACY_DECODER}
 
 __all__ = ["SegmenterTask", "TASK"]
 
@@ -77,6 +79,9 @@ class SegmenterTask(LiteTask):
             geo = choose_geometry([im.shape[:2] for im, _ in tr.tr], patch=cfg.patch)
         except ValueError as exc:
             raise DatasetError(str(exc)) from None
+        if cfg.decoder not in DECODERS:
+            raise DatasetError(f"segmenter decoder must be one of {tuple(DECODERS)}, got {cfg.decoder!r}")
+        tr.choices["decoder"] = {"name": cfg.decoder, **DECODERS[cfg.decoder]}
         if cfg.seg_loss not in SEG_LOSSES:
             raise DatasetError(f"segmenter loss must be one of {SEG_LOSSES}, got {cfg.seg_loss!r}")
         tr.patch = geo.patch
@@ -97,7 +102,10 @@ class SegmenterTask(LiteTask):
         return sum(bool((cm > 0).any()) for _, cm in tr.va)
 
     def build(self, n_out: int, pretrained: bool) -> torch.nn.Module:
-        return LiteUNet(n_out, pretrained=pretrained)
+        return LiteUNet(n_out, pretrained=pretrained, **DEFAULT_DECODER)
+
+    def build_for(self, tr: LiteTrainer) -> torch.nn.Module:
+        return LiteUNet(tr.n_out, pretrained=tr.cfg.backbone == "lite0", **DECODERS[tr.cfg.decoder])
 
     def batch(self, tr: LiteTrainer, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         p, imgs, masks = tr.patch, [], []
@@ -156,7 +164,7 @@ class SegmenterTask(LiteTask):
         post_t, per_iou = choose_postprocess(frame_probabilities(model, tr.va_samples, cfg.scale, tr.device), tr.n_out)
         metrics["val_iou_per_class_postprocessed"] = dict(zip(tr.class_names, per_iou))
         return CheckpointPlan("segmenter.pt", "segmenter", "lite0-unet",
-                              {"n_classes": tr.n_out, "decoder": [128, 64, 48, 32]},
+                              {"n_classes": tr.n_out, **DECODERS[cfg.decoder]},
                               {**SPEC_COMMON, "scale": cfg.scale, "pad_multiple": 32, "train_patch": tr.patch,
                                "train_crop": tr.choices.get("crop")},
                               postprocess=post_t.to_dict())
