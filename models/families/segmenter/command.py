@@ -15,8 +15,9 @@ _OWN = (
     TrainOption("--seg-loss", "cross-entropy + BCE(pos_weight 5) + Dice on defect vs background, or the earlier "
                 "cross-entropy + Focal-Tversky", choices=("ce+bce_dice", "ce+focal_tversky"), default="ce+bce_dice"),
     TrainOption("--decoder", "decoder: 'sep4' = three depthwise-separable stages up to stride 4 (7.3 GFLOP per "
-                "1600x256 frame), 'res2' = the earlier four residual stages up to stride 2 (19.4 GFLOP); "
-                "models/README.md compares them", choices=("sep4", "res2"), default="sep4"),
+                "1600x256 frame), 'res4' = the same stages with residual 3x3 blocks (13.3 GFLOP), 'res2' = the earlier four "
+                "residual stages up to stride 2 (19.4 GFLOP); models/README.md compares them",
+                choices=("sep4", "res4", "res2"), default="sep4"),
 )
 
 

@@ -29,7 +29,7 @@ from models.training.lite0 import (SPEC_COMMON, CheckpointPlan, LiteTask, LiteTr
                                    focal_tversky_loss, register_task)
 
 SEG_LOSSES = ("ce+bce_dice", "ce+focal_tversky")
-DECODERS = {"sep4": DEFAULT_DECODER, "res2": LEGACY_DECODER}
+DECODERS = {"sep4": DEFAULT_DECODER, "res4": {**DEFAULT_DECODER, "block": "res"}, "res2": LEGACY_DECODER}
 
 __all__ = ["SegmenterTask", "TASK"]
 
