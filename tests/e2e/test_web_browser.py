@@ -10,9 +10,6 @@ DEFECTSTREAM_SCREENSHOTS=docs/web).
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,35 +17,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("DEFECTSTREAM_CHROMIUM", "/usr/bin/chromium")
 # the README's screenshots: `DEFECTSTREAM_SCREENSHOTS=docs/web pytest tests/e2e/test_web_browser.py`; otherwise the
 # test's own folder, so a test run leaves the tracked pictures alone
 SHOTS_ENV = os.environ.get("DEFECTSTREAM_SCREENSHOTS")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright (the Python package) is not installed: pip install 'defectstream[test]'")
-    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no chromium at {CHROMIUM}: apt-get install -y chromium (make test does)")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def served(stack_up):
-    import uvicorn
+def served(stack_up, serve_app):
     from clickhouse_driver import Client
 
     from sinks.migrations import migrate
@@ -87,17 +62,7 @@ def served(stack_up):
         settings = Settings(clickhouse=cfg, plant=PlantSettings(timezone="UTC"),
                             web=WebSettings(users={"alice": hash_password("s3cret")}, secret_key="b" * 40))
         app = create_app(settings, lambda: DriverExecutor.connect(cfg))
-        port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}", ex, reviews, now
-        server.should_exit = True
-        thread.join(10)
+        yield serve_app(app), ex, reviews, now
     finally:
         ex.close()
         admin.execute(f"DROP DATABASE IF EXISTS {db}")

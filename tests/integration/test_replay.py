@@ -12,7 +12,6 @@ tiny pair trained here in seconds.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from streams.commands.compare import render_table
 from streams.replay.queries import run_compare
 from streams.replay.replayer import STATUS_DONE, RangeRemovedError, Replayer, ReplayRequest, load_run_record
 from streams.sim.simulator import SimulationConfig, read_ground_truth, simulate
+
+from .model_copies import weak_copy
 
 FRAME = (128, 256)
 T0 = 1_790_000_000_000  # simulated capture clock (the Kafka record timestamps are wall clock)
@@ -62,19 +63,7 @@ def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
                         input_spec=ci.input_spec, class_names=ci.class_names, train_data=ci.train_data)
         det, cls = resolve_checkpoints(out)
     strong = det.parent
-    weak = root / "weak"
-    weak.mkdir()
-    loaded = load_checkpoint(det, expected_kind="detector")
-    sd = dict(loaded.state_dict)
-    head = "head.bias" if "head.bias" in sd else [k for k in sd if k.endswith("bias")][-1]
-    sd[head] = sd[head] - 50.0  # severity clamps to 0 everywhere: a detector that finds nothing
-    i = loaded.info
-    save_checkpoint(weak / det.name, sd, kind="detector", arch=i.arch, arch_config=i.arch_config,
-                    input_spec=i.input_spec, class_names=i.class_names, threshold=i.threshold,
-                    train_data={**i.train_data, "derived": "head bias -50 (deliberately weak)"})
-    for f in (cls, cls.with_suffix(".json")):
-        if f.exists():
-            shutil.copy(f, weak / f.name)
+    weak = weak_copy(det, cls, root / "weak")
     torch.set_num_threads(1)
     return strong, weak
 
