@@ -7,6 +7,7 @@ working directory is read too. Build the settings once (`Settings()`) and pass t
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -102,6 +103,10 @@ class ModelSettings(BaseModel):
     export_cache: str | None = Field(
         None, description="where ONNX exports go when the checkpoint directory is read-only; "
                           "None = $XDG_CACHE_HOME/defectstream/onnx")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads of the model calls (torch intra-op, ONNX Runtime / OpenVINO sessions); "
+                                "None = the cores this process may run on (its CPU affinity, e.g. a container's "
+                                "cpuset). Several workers on one host: give each cores / workers")
     int8_calibration: str | None = Field(
         None, description="runtime onnxruntime-int8: a folder of the plant's own images (e.g. the model's training "
                           "images) to calibrate the int8 ranges on; its last quarter (up to 4) joins the parity frames. "
@@ -112,6 +117,15 @@ class ModelSettings(BaseModel):
         if self.runtime not in ("torch", "auto") and self.device == "cuda":
             raise ValueError(f"model.runtime {self.runtime} serves on CPU; use model.device cpu/auto or runtime torch")
         return self
+
+    def resolve_threads(self) -> int:
+        """`threads`, or the number of cores this process may run on."""
+        if self.threads is not None:
+            return self.threads
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):  # not Linux
+            return max(1, os.cpu_count() or 1)
 
     def resolve_device(self) -> str:
         """`auto` → `cuda` when a CUDA device is visible (and the runtime is torch), else `cpu`."""

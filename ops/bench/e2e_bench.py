@@ -14,7 +14,7 @@ Modes:
 - ahead: the simulator publishes every frame first (1600x256 JPEG, no pacing), then the worker and sink start and
   drain the backlog: `sustained_frames_per_s` = frames / (first part row visible -> last part row visible).
 - paced: worker and sink start first, the simulator publishes in real time (--time-scale 1, capture_ts = wall
-  clock): latency p50/p95/p99 from the capture timestamp of a part's last frame to the first poll (every
+  clock; with --pre-encode it renders and encodes the whole run before the first frame and then only sends bytes): latency p50/p95/p99 from the capture timestamp of a part's last frame to the first poll (every
   --poll-s) that sees its verdict row in ClickHouse, and the consumer lag over time (growth = slope of the
   lag over the second half, frames/s).
 
@@ -250,6 +250,12 @@ def main() -> None:
     ap.add_argument("--runtime", default="auto", help="DEFECTSTREAM_MODEL__RUNTIME for the worker")
     ap.add_argument("--batch-size", type=int, default=8, help="DEFECTSTREAM_MODEL__BATCH_SIZE")
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--pre-encode", action="store_true",
+                    help="paced: the simulator renders and encodes the whole run first, then sends the stored bytes "
+                         "in real time (capture_ts = wall clock of the send), so it takes next to no CPU from the "
+                         "worker while frames flow")
+    ap.add_argument("--worker-threads", type=int, default=None,
+                    help="DEFECTSTREAM_MODEL__THREADS for the worker (default: the worker's own, the cores it may use)")
     ap.add_argument("--poll-s", type=float, default=0.25, help="ClickHouse/Kafka poll interval")
     ap.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds of draining")
     ap.add_argument("--settle-s", type=float, default=20.0,
@@ -283,6 +289,8 @@ def main() -> None:
            "DEFECTSTREAM_WORKER__METRICS_PORT": str(wport), "DEFECTSTREAM_SINK__METRICS_PORT": str(sport),
            "DEFECTSTREAM_TRACKING__PART_TIMEOUT_S": "4", "DEFECTSTREAM_TRACKING__TIMEOUT_CHECK_S": "1",
            "DEFECTSTREAM_PLANT__TIMEZONE": "UTC"}
+    if args.worker_threads:
+        env["DEFECTSTREAM_MODEL__THREADS"] = str(args.worker_threads)
     topics = {n: f"{prefix}-{n}" for n in ("frames", "defects", "parts", "deadletter", "alerts", "cameras")}
     for n, t in topics.items():
         env[f"DEFECTSTREAM_KAFKA__TOPICS__{n.upper()}"] = t
@@ -292,11 +300,13 @@ def main() -> None:
         "cpus": os.cpu_count(), "prefix": prefix, "clickhouse_database": db, "frame": [h, w], "encoding": "JPEG",
         "cameras": args.cameras, "frames_per_part": args.frames_per_part, "runtime": args.runtime,
         "batch_size": args.batch_size, "partitions": args.partitions, "psutil": _has_psutil(),
+        "worker_model_threads": args.worker_threads or _affinity_cores(),
         "parts_per_minute_per_camera": round(args.parts_per_minute, 3),
     }
     if args.mode == "paced":
         result["offered_frames_per_s"] = round(args.cameras * args.parts_per_minute * args.frames_per_part / 60.0, 3)
         result["duration_s"] = args.duration
+        result["pre_encoded"] = bool(args.pre_encode)
     sim_args = ["simulate", "--cameras", str(args.cameras), "--frames-per-part", str(args.frames_per_part),
                 "--defect-rate", str(args.defect_rate), "--frame-size", f"{h}x{w}", "--encoding", "jpeg",
                 "--parts-per-minute", str(args.parts_per_minute), "--camera-prefix", f"{prefix}-cam-",
@@ -330,6 +340,8 @@ def main() -> None:
                 p.baseline_cpu = p.last[0]
         if args.mode == "paced":
             sim_args += ["--duration", str(args.duration * 1.0), "--time-scale", "1"]
+            if args.pre_encode:
+                sim_args.append("--pre-encode")
             procs["simulator"] = Proc("simulator", sim_args, env, work)
 
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -457,7 +469,8 @@ def main() -> None:
         "worker_cpu_s": wcpu, "sink_cpu_s": scpu,
         "share_of_batch_inference": round(inf / batch, 3) if batch else None,
         "share_of_box_cpu_not_inference": round(1 - inf / (wcpu + scpu), 3) if wcpu + scpu else None,
-        "note": "inference seconds are wall time of the model calls (1 ONNX Runtime / torch thread per OMP_NUM_THREADS); "
+        "note": "inference seconds are wall time of the model calls (worker_model_threads ONNX Runtime / torch threads; "
+                "the other processes run with OMP_NUM_THREADS=1); "
                 "box CPU = worker + sink process trees (the simulator stands for the cameras and is reported apart)",
     }
     if not args.keep:
@@ -489,6 +502,13 @@ def _downsample(points: list[Any], n: int) -> list[Any]:
         return points
     step = (len(points) - 1) / (n - 1)
     return [points[round(i * step)] for i in range(n)]
+
+
+def _affinity_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _has_psutil() -> bool:

@@ -53,9 +53,14 @@ class InferenceRunner:
 
     def _load(self) -> Inspector:
         if self._inspector is None:
+            threads = self.settings.resolve_threads()
+            if self.device == "cpu":  # before the first session: ONNX Runtime / OpenVINO take torch's setting
+                import torch
+
+                torch.set_num_threads(threads)
             self._inspector = self._load_path(self.settings.path)
-            log.info("inspector %s loaded on %s (runtime %s)", self._inspector.model_version, self.device,
-                     getattr(self._inspector, "runtime", "torch"))
+            log.info("inspector %s loaded on %s (runtime %s, %d CPU threads)", self._inspector.model_version,
+                     self.device, getattr(self._inspector, "runtime", "torch"), threads)
         if self.pool is None:
             self.pool = InspectorPool(self._inspector, self._load_path, on_failure=self.on_load_failure)
             self.selection.default_version = str(self._inspector.model_version)

@@ -55,6 +55,33 @@ def test_simulate_writes_ground_truth_and_reports(tmp_path):
     assert ev.encoding == "JPEG" and sent[0][0] == ev.camera_id.encode()
 
 
+def test_pre_encoded_frames_are_the_same_pictures_sent_on_the_wall_clock(tmp_path):
+    import time
+
+    plain, pre = [], []
+    simulate(Settings(), small(time_scale=0, start_time_ms=1_000_000), send=lambda k, v: plain.append(v))
+    sent_at: list[int] = []
+
+    def send(k, v):
+        sent_at.append(int(time.time() * 1000))
+        pre.append(v)
+
+    simulate(Settings(), small(time_scale=20.0, start_time_ms=1_000_000, pre_encode=True,
+                               ground_truth=tmp_path / "gt.jsonl"), send=send)
+    a = [FrameEvent.from_avro(FrameEvent.codec().decode(v)) for v in plain]
+    b = [FrameEvent.from_avro(FrameEvent.codec().decode(v)) for v in pre]
+    assert [e.image for e in a] == [e.image for e in b] and [e.part_id for e in a] == [e.part_id for e in b]
+    # capture times moved onto the wall clock of the send, the simulated spacing kept (at 20x)
+    assert all(abs(e.capture_ts - t) < 150 for e, t in zip(b, sent_at)), [e.capture_ts - t for e, t in zip(b, sent_at)]
+    for x0, x1, y0, y1 in zip(a, a[1:], b, b[1:]):
+        assert abs((y1.capture_ts - y0.capture_ts) - (x1.capture_ts - x0.capture_ts) / 20.0) <= 1
+    gts = read_ground_truth(tmp_path / "gt.jsonl")
+    by_part = {}
+    for e in b:
+        by_part.setdefault(e.part_id, []).append(e.capture_ts)
+    assert {g.part_id: g.capture_ts for g in gts} == by_part
+
+
 def test_faust_avro_codec_round_trip():
     register_avro_codecs()
     from faust.serializers import codecs
