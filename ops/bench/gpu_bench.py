@@ -4,6 +4,10 @@ Run on a machine with a CUDA GPU:
     .venv/bin/python ops/bench/gpu_bench.py --frames 8192 --batches 64,256,512 [--dtype bf16] [--arch fast]
 Smoke test without a GPU (checks the script end to end on tiny numbers):
     .venv/bin/python ops/bench/gpu_bench.py --device cpu --frames 8 --batches 4
+The segmenter a plant trains (`--family segmenter`, `--model DIR`; without it a random-initialised default
+architecture, whose regions are noise):
+    .venv/bin/python ops/bench/gpu_bench.py --family segmenter --model DIR --frames 2048 --batches 16,64,128
+    .venv/bin/python ops/bench/gpu_bench.py --family segmenter --device cpu --frames 4 --batches 2 --frame 64x256
 
 What it measures, per batch size:
 - `network_frames_per_s`: the detector alone on a batch already on the device (bf16 autocast on CUDA by default,
@@ -15,6 +19,10 @@ What it measures, per batch size:
 - `decode_frames_per_s`: the CPU decode pool alone (its ceiling).
 Weights come from the packaged checkpoint (`--checkpoint DIR` for others). The Inspector's post-processing
 (thresholds, components, region classifier) is CPU work per frame and is not part of this figure.
+
+Segmenter rows: `network_frames_per_s` (its coarse-logit network on a resident batch, autocast on CUDA) and
+`inspector_frames_per_s` (the whole Inspector on the device, `load_inspector(DIR, device=...)`: upload, network,
+probabilities, regions back on the host), with `ms_per_frame_outside_network` between the two.
 """
 from __future__ import annotations
 
@@ -38,8 +46,12 @@ def main() -> None:
     ap.add_argument("--frame", default="256x1600", help="HxW")
     ap.add_argument("--decode-threads", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--family", choices=("severity", "segmenter"), default="severity")
+    ap.add_argument("--model", default=None, help="--family segmenter: a trained segmenter directory")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.family == "segmenter":
+        return segmenter(args)
 
     import cv2
     import numpy as np
@@ -156,6 +168,74 @@ def main() -> None:
         print(f"# batch {b} done", flush=True, file=__import__("sys").stderr)
     pool.shutdown()
     emit(result, args.out)
+
+
+def segmenter(args: argparse.Namespace) -> None:
+    import tempfile
+
+    import torch
+
+    from models.loading import load_inspector
+    from segmenter_bench import _random_model, mosaic_frames  # ops/bench/segmenter_bench.py
+
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: use --device cpu --frames 4 --batches 2 for the smoke test")
+    h, w = (int(v) for v in args.frame.lower().split("x"))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    amp = cuda and dtype != torch.float32
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(args.model) if args.model else _random_model(Path(tmp))
+        insp = load_inspector(model_dir, device=str(dev), runtime="torch")
+        net = insp._coarse.eval()
+        if cuda:
+            net = net.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        frames = mosaic_frames(None, 16, h, w)
+        result: dict = {"benchmark": "gpu_segmenter", "device": str(dev),
+                        "gpu": torch.cuda.get_device_name(dev) if cuda else None, "torch": torch.__version__,
+                        "model": str(args.model) if args.model else "random default architecture",
+                        "model_version": insp.model_version, "frame": [h, w],
+                        "autocast": args.dtype if amp else "fp32", "frames": args.frames, "rows": []}
+        for b in [int(v) for v in args.batches.split(",") if v]:
+            n_batches = max(1, args.frames // b)
+            row: dict = {"batch": b, "batches": n_batches}
+            x = torch.rand(b, 3, h, w, device=dev)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+
+            def forward() -> None:
+                with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=dtype, enabled=amp):
+                    net(x)
+
+            for _ in range(3):  # warm-up: kernels, allocator, cudnn autotuning
+                forward()
+            if cuda:
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            for _ in range(n_batches):
+                forward()
+            if cuda:
+                torch.cuda.synchronize(dev)
+            row["network_frames_per_s"] = round(n_batches * b / (time.perf_counter() - t0), 1)
+            del x
+            insp.batch = b
+            batch = [frames[i % len(frames)] for i in range(b)]
+            insp.inspect(batch)  # warm-up
+            t0 = time.perf_counter()
+            n_det = 0
+            for _ in range(n_batches):
+                n_det += sum(len(d) for d in insp.inspect(batch))
+            dt = time.perf_counter() - t0
+            row["inspector_frames_per_s"] = round(n_batches * b / dt, 1)
+            row["ms_per_frame_outside_network"] = round(
+                1000 * (dt / (n_batches * b) - 1 / row["network_frames_per_s"]), 2)
+            row["detections_per_frame"] = round(n_det / (n_batches * b), 2)
+            if cuda:
+                row["max_memory_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
+            result["rows"].append(row)
+        emit(result, args.out)
 
 
 if __name__ == "__main__":
