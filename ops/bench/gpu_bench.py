@@ -50,9 +50,10 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="--family segmenter: a trained segmenter directory")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    if args.family == "segmenter":
-        return segmenter(args)
+    {"severity": severity, "segmenter": segmenter}[args.family](args)
 
+
+def severity(args: argparse.Namespace) -> None:
     import cv2
     import numpy as np
     import torch
