@@ -393,6 +393,11 @@ SELECT alert_id, argMax(kind, version), argMax(line_id, version), argMax(camera_
 FROM alerts WHERE {where} GROUP BY alert_id ORDER BY a_at DESC, alert_id LIMIT {{n}}""", params)
 
 
+def parts_mark_sql(run_id: str = "production") -> str:
+    """Rendered SQL: (newest ingested_at, rows) of the run's parts; a new INSERT changes it (the SPC page's cache key)."""
+    return render("SELECT max(ingested_at), count() FROM parts WHERE run_id = {run}", {"run": run_id})
+
+
 def query_catalog(t0: int = 0, t1: int = 1) -> dict[str, str]:
     """Every statement above, rendered with sample arguments (the dialect tests run each one)."""
     f = DefectFilters(line="l", camera="c", defect_class="k", shift="s", model_version="m", since_ms=t0, until_ms=t1)
@@ -406,7 +411,7 @@ def query_catalog(t0: int = 0, t1: int = 1) -> dict[str, str]:
         "defects_of_part": defects_of_part_sql("c", "p"), "defects": defects_sql(f), "defects_all": defects_sql(DefectFilters()),
         "defects_count": defects_count_sql(f), "defect_facets": defect_facets_sql(), "stored_frames": stored_frames_sql(["a"]),
         "camera_activity": camera_activity_sql(t0), "camera_models": camera_models_sql(), "model_runs": model_runs_sql(),
-        "alerts": alerts_sql(t0, t1, line="l", camera="c"),
+        "alerts": alerts_sql(t0, t1, line="l", camera="c"), "parts_mark": parts_mark_sql(),
     }
 
 

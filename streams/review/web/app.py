@@ -63,10 +63,38 @@ def _opt(v: str | None) -> str | None:
     return v.strip() if v and v.strip() else None
 
 
+class _ReportCache:
+    """The SPC report (and its chart PNG) of one query string, kept `ttl_s` seconds while the run's parts
+    are unchanged (their newest `ingested_at` and row count): the SPC page and the
+    <img> that follows it share one report, and a reload within seconds reads no parts again."""
+
+    def __init__(self, ttl_s: float, size: int = 32):
+        self.ttl_s, self.size = ttl_s, size
+        self._lock = threading.Lock()
+        self._entries: dict[tuple, tuple[float, Any, dict[str, Any]]] = {}  # key → (expires, watermark, value)
+
+    def get(self, key: tuple, watermark: Any) -> dict[str, Any] | None:
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or hit[0] < time.monotonic() or hit[1] != watermark:
+                return None
+            return hit[2]
+
+    def put(self, key: tuple, watermark: Any, value: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            if len(self._entries) >= self.size:
+                now = time.monotonic()
+                for k in [k for k, v in self._entries.items() if v[0] < now] or [next(iter(self._entries))]:
+                    del self._entries[k]
+            self._entries[key] = (time.monotonic() + self.ttl_s, watermark, value)
+        return value
+
+
 def create_app(settings: Settings, executor_factory: Callable[[], Executor], *,
-               clock: Callable[[], float] = time.time) -> FastAPI:
+               clock: Callable[[], float] = time.time, report_cache_s: float = 5.0) -> FastAPI:
     """The ASGI app. `executor_factory` makes one executor per server thread (clickhouse-driver
-    clients are not thread-safe); `clock` gives the time labels carry."""
+    clients are not thread-safe); `clock` gives the time labels carry; `report_cache_s` how long an
+    SPC report and its chart are reused while no part was stored since (0: never)."""
     web = settings.web
     sessions = Sessions(web)
     tz = settings.plant.timezone
@@ -293,7 +321,12 @@ def create_app(settings: Settings, executor_factory: Callable[[], Executor], *,
                     page_size=web.page_size, since=since or "30d", until=until or "now")
 
     # ------------------------------------------------------------------------------ SPC
-    def _report(by: str, line: str | None, camera: str | None, since: str | None, until: str | None, run: str):
+    reports = _ReportCache(report_cache_s)
+
+    def _report(by: str, line: str | None, camera: str | None, since: str | None, until: str | None,
+                run: str) -> dict[str, Any]:
+        """{"rep", "since_ms", "until_ms"} of the query string, from `reports` while the parts are unchanged;
+        the chart route adds its "png"."""
         from streams.spc.report import ReportFilters, make_report
 
         if by not in ("shift", "hour", "day"):
@@ -302,14 +335,22 @@ def create_app(settings: Settings, executor_factory: Callable[[], Executor], *,
         since_ms, until_ms = parse_time(since, "7d", now, tz), parse_time(until, "now", now, tz)
         if since_ms >= until_ms:
             raise HTTPException(400, "since must be before until")
+        key = (by, _opt(line), _opt(camera), since or "7d", until or "now", run)
+        mark = tuple(ex().query(q.parts_mark_sql(run))[0]) if report_cache_s > 0 else None
+        hit = reports.get(key, mark) if report_cache_s > 0 else None
+        if hit is not None:
+            return hit
         filters = ReportFilters(since_ms, until_ms, run, _opt(line), _opt(camera))
-        return make_report(ex(), settings.plant, by, filters), since_ms, until_ms  # type: ignore[arg-type]
+        value = {"rep": make_report(ex(), settings.plant, by, filters),  # type: ignore[arg-type]
+                 "since_ms": since_ms, "until_ms": until_ms}
+        return reports.put(key, mark, value) if report_cache_s > 0 else value
 
     @app.get("/spc", response_class=HTMLResponse)
     def spc(request: Request, by: str = "shift", line: str | None = None, camera: str | None = None,
             since: str | None = None, until: str | None = None, run: str = "production"):
         _user, s = user_of(request)
-        rep, since_ms, until_ms = _report(by, line, camera, since, until, run)
+        got = _report(by, line, camera, since, until, run)
+        rep, since_ms, until_ms = got["rep"], got["since_ms"], got["until_ms"]
         alerts = ex().query(q.alerts_sql(since_ms, until_ms, line=_opt(line), camera=_opt(camera)))
         args = {"by": by, "line": _opt(line), "camera": _opt(camera), "since": since, "until": until,
                 "run": run if run != "production" else None}
@@ -322,11 +363,14 @@ def create_app(settings: Settings, executor_factory: Callable[[], Executor], *,
         user_of(request)
         from streams.spc.report import plot_chart
 
-        rep, _s, _u = _report(by, line, camera, since, until, run)
-        buf = io.BytesIO()
-        with chart_lock:
-            plot_chart(rep, buf)  # type: ignore[arg-type]  # savefig takes a file object too
-        return Response(buf.getvalue(), media_type="image/png")
+        got = _report(by, line, camera, since, until, run)
+        png = got.get("png")
+        if png is None:
+            buf = io.BytesIO()
+            with chart_lock:
+                plot_chart(got["rep"], buf)  # type: ignore[arg-type]  # savefig takes a file object too
+            png = got["png"] = buf.getvalue()  # the cached report's chart (a dict shared by the entry)
+        return Response(png, media_type="image/png")
 
     # ------------------------------------------------------------------------------ live
     @app.get("/live", response_class=HTMLResponse)
