@@ -395,7 +395,8 @@ def phase_one(kind: ChartKind, counts: Sequence[int], sizes: Sequence[float] | N
         if not keep:
             raise ValueError("every baseline subgroup was out of control; no limits can be estimated")
     full = chart(kind, counts, sizes_l, limits=limits, rules=rules)
-    excluded = tuple(i for i in range(len(counts)) if i not in set(keep))
+    kept = set(keep)
+    excluded = tuple(i for i in range(len(counts)) if i not in kept)
     return PhaseOne(limits, full, excluded, iterations)
 
 
