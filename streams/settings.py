@@ -395,6 +395,11 @@ class WebSettings(BaseModel):
     session_max_age_s: int = Field(12 * 3600, ge=60, description="a session cookie older than this is refused")
     secure_cookie: bool = Field(False, description="mark the cookie Secure (set when served over HTTPS)")
     page_size: int = Field(60, ge=1, le=1000, description="rows per page of the queue and the gallery")
+    spc_refresh_s: float = Field(15.0, ge=0.0, description="an SPC report (and chart) younger than this is served as "
+                                 "it is; older, while parts keep arriving, it is recomputed in the background "
+                                 "(0: every request computes its report)")
+    spc_max_stale_s: float = Field(120.0, ge=0.0, description="the oldest SPC report ever served; the page says when "
+                                   "its report was computed")
 
     @field_validator("users")
     @classmethod

@@ -260,7 +260,7 @@ def live_lag(client: Any, ex: Any, *, probes: int, interval_s: float, clock: Cal
     return {"probes": probes, "write_to_page_p50_ms": round(statistics.median(lags), 1),
             "write_to_page_max_ms": round(max(lags), 1), "page_behind_s": behind,
             "note": "lag behind the worker = sink buffering (flush_interval_s, default 1 s) + Kafka/INSERT + "
-                    "write_to_page + the page's 2 s refresh"}
+                    "write_to_page + the page's 1 s refresh"}
 
 
 def main() -> None:
@@ -279,8 +279,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--bar-ms", type=float, default=300.0)
     ap.add_argument("--check", action="store_true", help="exit 1 when a page's p95 is over --bar-ms")
-    ap.add_argument("--report-cache-s", type=float, default=5.0,
-                    help="the app's SPC report/chart cache (create_app's report_cache_s; 0 times every request uncached)")
+    ap.add_argument("--report-cache-s", type=float, default=None,
+                    help="the app's SPC report/chart refresh (create_app's report_cache_s; default: the setting "
+                         "web.spc_refresh_s; 0 times every request uncached)")
     ap.add_argument("--live", action="store_true", help="also probe the live page's lag (see live_lag)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()

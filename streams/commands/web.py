@@ -55,7 +55,7 @@ def run_web(args: argparse.Namespace) -> int:
     if settings.web.secret_key is None:
         logging.getLogger("defectstream.web").warning(
             "DEFECTSTREAM_WEB__SECRET_KEY is not set: a random key signs sessions, a restart logs everybody out")
-    app = create_app(settings, lambda: DriverExecutor.connect(settings.clickhouse, database=args.database))
+    app = create_app(settings, lambda: DriverExecutor.connect(settings.clickhouse, database=args.database), warm_spc=True)
     print(f"defectstream web on http://{host}:{port}/", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     return 0

@@ -327,8 +327,12 @@ def defects_sql(filters: DefectFilters, *, limit: int = 60, offset: int = 0) -> 
     """The gallery: newest defects first (every delivery of a defect counts once)."""
     where, params = filters.where()
     params.update(limit=int(limit), offset=int(offset))
-    return render(f"SELECT * FROM ({_defects_select(where)}) ORDER BY d_first_frame_ts DESC, event_id "
-                  "LIMIT {offset}, {limit}", params)
+    # the page's event ids first, from two columns; then every column of those ids only (de-duplicating every
+    # column of every defect in range to keep 60 was most of the page's time)
+    page = (f"SELECT event_id FROM (SELECT event_id, argMax(first_frame_ts, version) AS p_ts FROM defects WHERE {where} "
+            "GROUP BY event_id ORDER BY p_ts DESC, event_id LIMIT {offset}, {limit})")
+    return render(f"SELECT * FROM ({_defects_select(f'({where}) AND event_id IN ({page})')}) "
+                  "ORDER BY d_first_frame_ts DESC, event_id", params)
 
 
 def defects_count_sql(filters: DefectFilters) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
+import logging
 import re
 import threading
 import time
@@ -29,6 +30,8 @@ from sinks.sql import Executor
 from streams.review import queries as q
 from streams.review.web.auth import COOKIE, Session, Sessions
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 _REL = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -64,38 +67,83 @@ def _opt(v: str | None) -> str | None:
 
 
 class _ReportCache:
-    """The SPC report (and its chart PNG) of one query string, kept `ttl_s` seconds while the run's parts
-    are unchanged (their newest `ingested_at` and row count): the SPC page and the
-    <img> that follows it share one report, and a reload within seconds reads no parts again."""
+    """The SPC report (and its chart PNG) of one query string, served from memory so that the page answers
+    in milliseconds while parts keep arriving.
 
-    def __init__(self, ttl_s: float, size: int = 32):
-        self.ttl_s, self.size = ttl_s, size
+    An entry is served as it is while it is younger than `refresh_s`, or than `max_stale_s` while the run's
+    parts are unchanged (their newest `ingested_at` and row count, the `watermark`). Once parts were stored
+    and `refresh_s` passed, it is still served while younger than `max_stale_s`, and one background thread
+    recomputes it (stale-while-revalidate): on a running line a chart is at most a few seconds behind the
+    parts, and the page says when its report was computed. Older than `max_stale_s` (or never computed),
+    the request computes it itself. At most `size` query strings are kept (least recently used out)."""
+
+    def __init__(self, refresh_s: float, max_stale_s: float, size: int = 32):
+        self.refresh_s, self.max_stale_s, self.size = refresh_s, max(refresh_s, max_stale_s), size
         self._lock = threading.Lock()
-        self._entries: dict[tuple, tuple[float, Any, dict[str, Any]]] = {}  # key → (expires, watermark, value)
+        self._entries: dict[tuple, tuple[float, Any, dict[str, Any]]] = {}  # key → (computed at, watermark, value)
+        self._refreshing: set[tuple] = set()
 
-    def get(self, key: tuple, watermark: Any) -> dict[str, Any] | None:
+    def get(self, key: tuple, watermark: Any, compute: Callable[[Executor], dict[str, Any]], here: Executor,
+            connect: Callable[[], Executor]) -> dict[str, Any]:
+        """The report of `key`: `compute(here)` in the request when nothing usable is kept; a background
+        recompute runs on an executor of its own from `connect` (closed after)."""
+        now = time.monotonic()
         with self._lock:
             hit = self._entries.get(key)
-            if hit is None or hit[0] < time.monotonic() or hit[1] != watermark:
-                return None
-            return hit[2]
+            if hit is not None:
+                self._entries[key] = self._entries.pop(key)  # most recently used last
+                age = now - hit[0]
+                if age < (self.max_stale_s if hit[1] == watermark else self.refresh_s):
+                    return hit[2]  # no part since (a relative window slides by at most max_stale_s), or fresh
+                if age < self.max_stale_s:
+                    if key not in self._refreshing:
+                        self._refreshing.add(key)
+                        threading.Thread(target=self._refresh, args=(key, watermark, compute, connect), daemon=True,
+                                         name="spc-report-refresh").start()
+                    return hit[2]
+        return self._put(key, watermark, now, compute(here))
 
-    def put(self, key: tuple, watermark: Any, value: dict[str, Any]) -> dict[str, Any]:
+    def _refresh(self, key: tuple, watermark: Any, compute: Callable[[Executor], dict[str, Any]],
+                 connect: Callable[[], Executor]) -> None:
+        try:
+            t0 = time.monotonic()
+            e = connect()
+            try:
+                value = compute(e)
+            finally:
+                close = getattr(e, "close", None)
+                if close is not None:
+                    close()
+            self._put(key, watermark, t0, value)
+        except Exception:  # noqa: BLE001 - the next request past max_stale_s computes it and shows the error
+            log.exception("refreshing the SPC report %s failed", key)
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
+
+    def _put(self, key: tuple, watermark: Any, at: float, value: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            if len(self._entries) >= self.size:
-                now = time.monotonic()
-                for k in [k for k, v in self._entries.items() if v[0] < now] or [next(iter(self._entries))]:
-                    del self._entries[k]
-            self._entries[key] = (time.monotonic() + self.ttl_s, watermark, value)
+            self._entries.pop(key, None)
+            while len(self._entries) >= self.size:
+                del self._entries[next(iter(self._entries))]
+            self._entries[key] = (at, watermark, value)
         return value
 
 
 def create_app(settings: Settings, executor_factory: Callable[[], Executor], *,
-               clock: Callable[[], float] = time.time, report_cache_s: float = 5.0) -> FastAPI:
+               clock: Callable[[], float] = time.time, report_cache_s: float | None = None,
+               report_max_stale_s: float | None = None, warm_spc: bool = False) -> FastAPI:
     """The ASGI app. `executor_factory` makes one executor per server thread (clickhouse-driver
-    clients are not thread-safe); `clock` gives the time labels carry; `report_cache_s` how long an
-    SPC report and its chart are reused while no part was stored since (0: never)."""
+    clients are not thread-safe); `clock` gives the time labels carry. An SPC report and its chart are
+    served as they are for `report_cache_s` (default `web.spc_refresh_s`), then recomputed in the
+    background while the kept one is served, up to `report_max_stale_s` (`web.spc_max_stale_s`) old
+    (`_ReportCache`; `report_cache_s` 0: every request computes its report). `warm_spc`: compute the SPC
+    page's default view in the background at start-up, so its first visitor does not wait for it."""
     web = settings.web
+    if report_cache_s is None:
+        report_cache_s = web.spc_refresh_s
+    if report_max_stale_s is None:
+        report_max_stale_s = web.spc_max_stale_s
     sessions = Sessions(web)
     tz = settings.plant.timezone
     local = threading.local()
@@ -118,6 +166,8 @@ def create_app(settings: Settings, executor_factory: Callable[[], Executor], *,
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):  # noqa: ANN202
+        if warm_spc and report_cache_s > 0:
+            threading.Thread(target=warm, daemon=True, name="spc-report-warm").start()
         yield
         with made_lock:
             for e in made:
@@ -316,18 +366,25 @@ def create_app(settings: Settings, executor_factory: Callable[[], Executor], *,
         frames = q.fetch_frames(e, list(stored))
         args = {"line": f.line, "camera": f.camera, "defect_class": f.defect_class, "shift": f.shift, "model": f.model_version,
                 "run": run if run != "production" else None, "since": since, "until": until}
-        return page(request, "defects.html", s, rows=rows, total=q.count_defects(e, f), facets=q.fetch_facets(e, run),
+        return page(request, "defects.html", s, rows=rows, total=q.count_defects(e, f), facets=facets(run),
                     f=f, args=args, frame_of={k: frames.get(v) for k, v in fid.items()}, page_no=page_no,
                     page_size=web.page_size, since=since or "30d", until=until or "now")
 
     # ------------------------------------------------------------------------------ SPC
-    reports = _ReportCache(report_cache_s)
+    reports = _ReportCache(report_cache_s, report_max_stale_s)
+    facets_kept: dict[str, tuple[float, dict[str, list[str]]]] = {}
+
+    def facets(run: str) -> dict[str, list[str]]:
+        """The filter choices (lines, cameras, classes, shifts, models) of a run, read at most every 30 s."""
+        hit = facets_kept.get(run)
+        if hit is None or time.monotonic() - hit[0] > 30.0:
+            hit = facets_kept[run] = (time.monotonic(), q.fetch_facets(ex(), run))
+        return hit[1]
 
     def _report(by: str, line: str | None, camera: str | None, since: str | None, until: str | None,
                 run: str) -> dict[str, Any]:
-        """{"rep", "since_ms", "until_ms"} of the query string, from `reports` while the parts are unchanged;
-        the chart route adds its "png"."""
-        from streams.spc.report import ReportFilters, make_report
+        """{"rep", "png", "since_ms", "until_ms", "computed_at"} of the query string (through `reports`)."""
+        from streams.spc.report import ReportFilters, make_report, plot_chart
 
         if by not in ("shift", "hour", "day"):
             raise HTTPException(400, "by is shift, hour or day")
@@ -335,15 +392,27 @@ def create_app(settings: Settings, executor_factory: Callable[[], Executor], *,
         since_ms, until_ms = parse_time(since, "7d", now, tz), parse_time(until, "now", now, tz)
         if since_ms >= until_ms:
             raise HTTPException(400, "since must be before until")
+
+        def compute(e: Executor) -> dict[str, Any]:
+            t = int(clock() * 1000)
+            lo, hi = parse_time(since, "7d", t, tz), parse_time(until, "now", t, tz)
+            rep = make_report(e, settings.plant, by, ReportFilters(lo, hi, run, _opt(line), _opt(camera)))
+            buf = io.BytesIO()
+            with chart_lock:  # the page's <img> follows at once: render it with the report (and in the background)
+                plot_chart(rep, buf)  # type: ignore[arg-type]  # savefig takes a file object too
+            return {"rep": rep, "png": buf.getvalue(), "since_ms": lo, "until_ms": hi, "computed_at": t}
+
+        if report_cache_s <= 0:
+            return compute(ex())
         key = (by, _opt(line), _opt(camera), since or "7d", until or "now", run)
-        mark = tuple(ex().query(q.parts_mark_sql(run))[0]) if report_cache_s > 0 else None
-        hit = reports.get(key, mark) if report_cache_s > 0 else None
-        if hit is not None:
-            return hit
-        filters = ReportFilters(since_ms, until_ms, run, _opt(line), _opt(camera))
-        value = {"rep": make_report(ex(), settings.plant, by, filters),  # type: ignore[arg-type]
-                 "since_ms": since_ms, "until_ms": until_ms}
-        return reports.put(key, mark, value) if report_cache_s > 0 else value
+        mark = tuple(ex().query(q.parts_mark_sql(run))[0])
+        return reports.get(key, mark, compute, ex(), executor_factory)
+
+    def warm() -> None:
+        try:
+            _report("shift", None, None, None, None, "production")
+        except Exception:  # noqa: BLE001 - the first visitor computes it then, and sees the error
+            log.exception("computing the default SPC report at start-up failed")
 
     @app.get("/spc", response_class=HTMLResponse)
     def spc(request: Request, by: str = "shift", line: str | None = None, camera: str | None = None,
@@ -354,22 +423,14 @@ def create_app(settings: Settings, executor_factory: Callable[[], Executor], *,
         alerts = ex().query(q.alerts_sql(since_ms, until_ms, line=_opt(line), camera=_opt(camera)))
         args = {"by": by, "line": _opt(line), "camera": _opt(camera), "since": since, "until": until,
                 "run": run if run != "production" else None}
-        return page(request, "spc.html", s, rep=rep, alerts=alerts, args=args, facets=q.fetch_facets(ex(), run),
-                    since=since or "7d", until=until or "now")
+        return page(request, "spc.html", s, rep=rep, alerts=alerts, args=args, facets=facets(run),
+                    since=since or "7d", until=until or "now", computed_at=got["computed_at"])
 
     @app.get("/spc/chart.png")
     def spc_chart(request: Request, by: str = "shift", line: str | None = None, camera: str | None = None,
                   since: str | None = None, until: str | None = None, run: str = "production"):
         user_of(request)
-        from streams.spc.report import plot_chart
-
-        got = _report(by, line, camera, since, until, run)
-        png = got.get("png")
-        if png is None:
-            buf = io.BytesIO()
-            with chart_lock:
-                plot_chart(got["rep"], buf)  # type: ignore[arg-type]  # savefig takes a file object too
-            png = got["png"] = buf.getvalue()  # the cached report's chart (a dict shared by the entry)
+        png = _report(by, line, camera, since, until, run)["png"]
         return Response(png, media_type="image/png")
 
     # ------------------------------------------------------------------------------ live
