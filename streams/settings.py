@@ -106,7 +106,9 @@ class ModelSettings(BaseModel):
     threads: int | None = Field(
         None, ge=1, description="CPU threads of the model calls (torch intra-op, ONNX Runtime / OpenVINO sessions); "
                                 "None = the cores this process may run on (its CPU affinity, e.g. a container's "
-                                "cpuset). Several workers on one host: give each cores / workers")
+                                "cpuset) less one, which the worker's own loop (decode, tracking, Kafka) and the "
+                                "services beside it use; at least 1. Several workers on one host: give each "
+                                "(cores - 1) / workers")
     int8_calibration: str | None = Field(
         None, description="runtime onnxruntime-int8: a folder of the plant's own images (e.g. the model's training "
                           "images) to calibrate the int8 ranges on; its last quarter (up to 4) joins the parity frames. "
@@ -119,13 +121,14 @@ class ModelSettings(BaseModel):
         return self
 
     def resolve_threads(self) -> int:
-        """`threads`, or the number of cores this process may run on."""
+        """`threads`, or the number of cores this process may run on less one (at least 1)."""
         if self.threads is not None:
             return self.threads
         try:
-            return max(1, len(os.sched_getaffinity(0)))
+            cores = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):  # not Linux
-            return max(1, os.cpu_count() or 1)
+            cores = os.cpu_count() or 1
+        return max(1, cores - 1)
 
     def resolve_device(self) -> str:
         """`auto` → `cuda` when a CUDA device is visible (and the runtime is torch), else `cpu`."""

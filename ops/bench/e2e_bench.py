@@ -255,7 +255,7 @@ def main() -> None:
                          "in real time (capture_ts = wall clock of the send), so it takes next to no CPU from the "
                          "worker while frames flow")
     ap.add_argument("--worker-threads", type=int, default=None,
-                    help="DEFECTSTREAM_MODEL__THREADS for the worker (default: the worker's own, the cores it may use)")
+                    help="DEFECTSTREAM_MODEL__THREADS for the worker (default: the worker's own, the cores it may use less one)")
     ap.add_argument("--poll-s", type=float, default=0.25, help="ClickHouse/Kafka poll interval")
     ap.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds of draining")
     ap.add_argument("--settle-s", type=float, default=20.0,
@@ -300,7 +300,7 @@ def main() -> None:
         "cpus": os.cpu_count(), "prefix": prefix, "clickhouse_database": db, "frame": [h, w], "encoding": "JPEG",
         "cameras": args.cameras, "frames_per_part": args.frames_per_part, "runtime": args.runtime,
         "batch_size": args.batch_size, "partitions": args.partitions, "psutil": _has_psutil(),
-        "worker_model_threads": args.worker_threads or _affinity_cores(),
+        "worker_model_threads": args.worker_threads or max(1, _affinity_cores() - 1),
         "parts_per_minute_per_camera": round(args.parts_per_minute, 3),
     }
     if args.mode == "paced":

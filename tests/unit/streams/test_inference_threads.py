@@ -10,8 +10,8 @@ from streams.inspection.inference import InferenceRunner
 from streams.settings import ModelSettings
 
 
-def test_threads_default_to_the_cores_of_the_process_affinity():
-    assert ModelSettings().resolve_threads() == len(os.sched_getaffinity(0))
+def test_threads_default_to_the_cores_of_the_process_affinity_less_one():
+    assert ModelSettings().resolve_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
     assert ModelSettings(threads=3).resolve_threads() == 3
     with pytest.raises(ValueError):
         ModelSettings(threads=0)
