@@ -433,6 +433,16 @@ def main() -> None:
                                               "meaning": "capture_ts of a part's last frame -> first poll that saw its "
                                                          "verdict row (ahead mode: includes the time the backlog waited)"}
     result["latency_capture_to_ingested_at_s"] = {"p50": _pct(ing, 0.5), "p95": _pct(ing, 0.95), "p99": _pct(ing, 0.99)}
+    emitted = _emitted_at(bootstrap, topics["parts"])
+    w2i = [(v[2] - emitted[e]) / 1000 for e, v in seen.items() if e in emitted and v[2] > 0]
+    w2v = [(v[0] - emitted[e]) / 1000 for e, v in seen.items() if e in emitted]
+    result["latency_worker_to_visible_s"] = {
+        "to_ingested_at": {"p50": _pct(w2i, 0.5), "p95": _pct(w2i, 0.95), "p99": _pct(w2i, 0.99)},
+        "to_first_poll": {"p50": _pct(w2v, 0.5), "p95": _pct(w2v, 0.95), "p99": _pct(w2v, 0.99), "max": _pct(w2v, 1.0)},
+        "n": len(w2v),
+        "meaning": "Kafka record timestamp of a part's verdict on the parts topic (the worker's send) -> the sink's "
+                   "ingested_at / the bench's first poll that saw its row: how far a page reading ClickHouse is "
+                   "behind the worker, before the page's own refresh"}
     if lag_series:
         lags = [l for _, l in lag_series]
         half = lag_series[len(lag_series) // 2:]
@@ -502,6 +512,27 @@ def _downsample(points: list[Any], n: int) -> list[Any]:
         return points
     step = (len(points) - 1) / (n - 1)
     return [points[round(i * step)] for i in range(n)]
+
+
+def _emitted_at(bootstrap: str, topic: str) -> dict[str, int]:
+    """event_id -> Kafka record timestamp (ms) of every verdict on the parts topic."""
+    from kafka import KafkaConsumer
+
+    from schemas.events import PartInspected  # the event schema only, not the product's code
+
+    codec = PartInspected.codec()
+    out: dict[str, int] = {}
+    cons = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                         enable_auto_commit=False, consumer_timeout_ms=3000)
+    try:
+        for m in cons:
+            try:
+                out.setdefault(codec.decode(m.value)["event_id"], int(m.timestamp))
+            except Exception:  # noqa: BLE001 - a record the schema cannot read is not a verdict to time
+                continue
+    finally:
+        cons.close()
+    return out
 
 
 def _affinity_cores() -> int:
