@@ -234,7 +234,7 @@ def live_lag(client: Any, ex: Any, *, probes: int, interval_s: float, clock: Cal
     The live page reads ClickHouse only (`camera_activity_sql`: the parts of the last `window_s`
     seconds), so its lag behind the worker is: worker → Kafka → sink (buffered until `batch_size` records
     or `flush_interval_s`) → INSERT, then this write → page step, then the page's own refresh
-    (`<meta http-equiv="refresh" content="2">`). This measures the write → page step; the page's
+    (`static/app.js` fetches it again every 500 ms). This measures the write → page step; the page's
     "behind" column (now − newest verdict's last frame) is reported as the page printed it.
     """
     from sinks.testing import make_part
@@ -260,7 +260,7 @@ def live_lag(client: Any, ex: Any, *, probes: int, interval_s: float, clock: Cal
     return {"probes": probes, "write_to_page_p50_ms": round(statistics.median(lags), 1),
             "write_to_page_max_ms": round(max(lags), 1), "page_behind_s": behind,
             "note": "lag behind the worker = sink buffering (flush_interval_s, default 1 s) + Kafka/INSERT + "
-                    "write_to_page + the page's 1 s refresh"}
+                    "write_to_page + the page's 0.5 s update"}
 
 
 def main() -> None:

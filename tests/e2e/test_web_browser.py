@@ -155,3 +155,28 @@ def test_review_through_the_browser_then_export(browser, served, tmp_path):
     samples = {Path(s.source).stem: s for s in read_plain(tmp_path / "set")}
     assert [(cid, b.x1 - b.x0 > 30) for b, cid in samples[f4.frame_id].boxes] == [(2, True)]
     assert samples[f2.frame_id].boxes == ()
+
+
+def test_the_live_page_shows_a_new_verdict_within_a_second_without_reloading(browser, served, web_login):
+    """A part stored while the live page is open shows up in place (its <main> is fetched again twice a second,
+    the page is not reloaded), well inside the 2 s the page may be behind the worker's rows."""
+    from sinks.testing import make_part, seed
+
+    base, ex, _reviews, _now = served
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    web_login(page, base, "alice", "s3cret")
+    page.goto(base + "/live")
+    page.evaluate("window.__stayed = true")  # a reload would drop it
+    assert "cam-live" not in page.inner_text("#live-cameras")
+    seed(ex, [make_part(77, int(time.time() * 1000), camera="cam-live", fail=True)])
+    t0 = time.monotonic()
+    while "cam-live" not in page.inner_text("#live-cameras") and time.monotonic() - t0 < 5:
+        page.wait_for_timeout(20)  # the page's CSP allows no eval, so no wait_for_function: poll its text
+    shown_after_s = time.monotonic() - t0
+    print(f"live page showed the stored part after {shown_after_s:.2f} s")
+    assert shown_after_s < 1.5
+    assert page.evaluate("window.__stayed === true"), "the live page reloaded instead of updating in place"
+    assert not errors, errors  # the fetch is allowed by the page's CSP (connect-src 'self')

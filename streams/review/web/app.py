@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 _REL = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _CLASS = re.compile(r"^[A-Za-z0-9_.\-/ ]{1,64}$")
-CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; form-action 'self'; "
-       "frame-ancestors 'none'; base-uri 'none'")
+CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
 class NeedLogin(Exception):

@@ -19,6 +19,26 @@
     if (go) { e.preventDefault(); go(); }
   });
 
+  // the live page: its <main> is fetched again every data-refresh-ms and swapped in place (no reload of the
+  // page, no flicker); without this script a <noscript> meta refresh reloads it
+  var live = $("live");
+  if (live && +live.dataset.refreshMs > 0) {
+    var busy = false;
+    setInterval(function () {
+      if (busy || document.hidden) return;
+      busy = true;
+      fetch(window.location.href, {credentials: "same-origin", headers: {"X-Live-Refresh": "1"}})
+        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (html) {
+          if (html === null) return;
+          var next = new DOMParser().parseFromString(html, "text/html").getElementById("live");
+          if (next) live.innerHTML = next.innerHTML;
+        })
+        .catch(function () {})
+        .then(function () { busy = false; });
+    }, +live.dataset.refreshMs);
+  }
+
   var area = $("drawable");
   if (!area) return;
   var rect = $("drawn"), start = null;
