@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replay what is left when retention removed the start of the range")
     p.add_argument("--checkpoint-every", type=float, default=5.0, help="seconds between progress records")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--queue-disagreements", type=int, nargs="?", const=200, default=0, metavar="N",
+                   help="queue a frame of each part whose verdict differs from production's for review in the web "
+                        "view (reason 'disagreement'), at most N per run (200 without N; default: none)")
     p.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default=None,
                    help="model runtime (default: settings, DEFECTSTREAM_MODEL__RUNTIME; see models/runtimes.py)")
     p.set_defaults(func=run_replay)
@@ -67,6 +70,7 @@ def run_replay(args: argparse.Namespace) -> int:
             until_ms=parse_time(args.until, settings.plant, now), model_path=args.model,
             cameras=_cameras(args.cameras), frames_topic=args.frames_topic, allow_partial=args.allow_partial,
             checkpoint_every_s=args.checkpoint_every, progress=not args.no_progress,
+            queue_disagreements=max(0, args.queue_disagreements),
         )
     except (ReplayError, argparse.ArgumentTypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -233,6 +233,10 @@ class EmitCounts:
     skipped_existing: int = 0
 
 
+def _review_id(ev: Any) -> str:
+    return getattr(ev, "candidate_id", None) or ev.frame_id
+
+
 class ClickHouseEmitter:
     """`Emitter` of the pipeline that stores defects/parts rows in ClickHouse (sinks.clickhouse rows).
 
@@ -244,15 +248,19 @@ class ClickHouseEmitter:
 
     def __init__(self, ex: Executor, settings: Settings, run_id: str, *, skip_existing: bool = False,
                  clock: Clock = wall_clock):
-        from sinks.clickhouse import DEFECT_COLUMNS, PART_COLUMNS, defect_row, part_row
+        from sinks.clickhouse import (DEFECT_COLUMNS, PART_COLUMNS, REVIEW_FRAME_COLUMNS, REVIEW_QUEUE_COLUMNS, defect_row,
+                                      part_row, review_candidate_row, review_frame_row)
 
         self.ex = ex
         self.plant = settings.plant
         self.run_id = run_id
         self.skip_existing = skip_existing
         self.clock = clock
-        self._cols = {"defects": DEFECT_COLUMNS, "parts": PART_COLUMNS}
-        self._row = {"defects": defect_row, "parts": part_row}
+        self._cols = {"defects": DEFECT_COLUMNS, "parts": PART_COLUMNS, "review_frames": REVIEW_FRAME_COLUMNS,
+                      "review_queue": REVIEW_QUEUE_COLUMNS}
+        self._row = {"defects": defect_row, "parts": part_row,
+                     "review_frames": lambda e, _plant, now: review_frame_row(e, now),
+                     "review_queue": lambda e, _plant, now: review_candidate_row(e, now)}
         self._pending: list[tuple[str, Event]] = []
         self._ready: list[tuple[str, Event]] = []
         self.counts = EmitCounts()
@@ -262,9 +270,9 @@ class ClickHouseEmitter:
             if r.kind == "deadletter":
                 cls = getattr(r.event, "error_class", "unknown")
                 self.counts.deadletters[cls] = self.counts.deadletters.get(cls, 0) + 1
-            elif r.kind in ("defects", "parts"):
+            elif r.kind in self._cols:
                 self._pending.append((r.kind, r.event))
-            else:  # pragma: no cover - OutRecord has only these three kinds
+            else:  # pragma: no cover - OutRecord has no other kinds
                 raise ValueError(f"unknown record kind {r.kind!r}")
 
     def mark_complete(self) -> None:
@@ -300,7 +308,15 @@ class ClickHouseEmitter:
             return 0
         now = int(self.clock() * 1000)
         written = 0
-        for table in ("defects", "parts"):  # a part's verdict after its defects
+        for table in ("defects", "parts", "review_frames", "review_queue"):  # a part's verdict after its defects
+            if table.startswith("review"):  # deterministic ids in tables that keep one row per id: no skip needed
+                evs = list({_review_id(e): e for kind, e in self._ready if kind == table}.values())
+                rows = [self._row[table](e, self.plant, now) for e in evs]
+                if rows:
+                    self.ex.insert(table, self._cols[table], rows)
+                    written += len(rows)
+                self._ready = [(kind, ev) for kind, ev in self._ready if kind != table]
+                continue
             evs = list({e.event_id: e for kind, e in self._ready if kind == table}.values())  # type: ignore[attr-defined]
             if self.skip_existing:
                 have = self._existing(table, [e.event_id for e in evs])  # type: ignore[attr-defined]
@@ -374,6 +390,9 @@ class ReplayRequest:
     checkpoint_every_s: float = 5.0
     poll_records: int = 64
     progress: bool = True
+    # queue a frame of each part whose verdict differs from production's for review (`DisagreementSampler`),
+    # at most this many per run; 0: none
+    queue_disagreements: int = 0
 
 
 def validate_run_id(run_id: str) -> str:
@@ -551,6 +570,18 @@ class Replayer:
         self.runlog.write(rec)
         self._last_checkpoint = time.monotonic()
 
+    def _disagreements(self, rec: RunRecord) -> Any:
+        """The sampler that queues parts whose verdict differs from production's (None unless asked for)."""
+        if self.request.queue_disagreements <= 0:
+            return None
+        from streams.replay.queries import fetch_parts
+        from streams.review.sampler import DisagreementSampler
+
+        production = {(p.camera_id, p.part_id): p.verdict
+                      for p in fetch_parts(self.ex, "production", self.settings.plant, cameras=rec.cameras or None)}
+        return DisagreementSampler(production, run_id=self.run_id, limit=self.request.queue_disagreements,
+                                   buffer_frames=self.settings.review.buffer_frames)
+
     async def _replay(self, consumer: Any, inspector: Inspector, plans: dict[int, PartitionPlan], rec: RunRecord,
                       resumed: bool) -> None:
         """Poll and admit frames, run them through the pipeline, checkpoint; then close what is still open."""
@@ -570,7 +601,7 @@ class Replayer:
         registry = self._camera_registry(CameraRegistry())
         runner = InferenceRunner(settings.model, inspector=inspector)
         pipeline = InspectPipeline(settings, runner, registry, store, emitter, frames_topic=self.topic,
-                                   clock=self.clock)
+                                   clock=self.clock, sampler=self._disagreements(rec))
         gate = RangeGate({p: v.stop for p, v in plans.items()},
                          frozenset(rec.cameras) if rec.cameras else None)
         gate.restore(rec.gate)

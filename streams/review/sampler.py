@@ -10,8 +10,9 @@ durable copy of the pixels) and one `ReviewCandidate` per (frame, reason). Strat
 * ``random_good`` — a frame of a part judged PASS with no defect, with `random_good_probability`;
 * ``spc_alert`` — any frame of a camera with an open SPC alert, with `alert_probability`.
 
-Model disagreement (two models' verdicts differ on a part) needs a replay/compare of a candidate; the
-reason `disagreement` is reserved for it (not sampled by the worker yet).
+* ``disagreement`` — in a replay (`replay --queue-disagreements`, `DisagreementSampler`): a frame of
+  every part whose replayed verdict differs from production's verdict of the same part, up to a limit
+  per run; the frame of the candidate's strongest confirmed track, else the part's middle frame.
 
 Guarantees: every strategy is capped per camera per sliding hour (`*_per_hour`; × `alert_multiplier`
 while an alert is open for the camera), so the review topics and the durable store grow at most
@@ -148,16 +149,7 @@ class ReviewSampler:
         """Buffer the frame for its part's close and return the frame-time samples (uncertain, spc_alert)."""
         if not self.s.enabled:
             return []
-        dets = tuple(detections)
-        parts = self._parts.setdefault(frame.camera_id, OrderedDict())
-        buf = parts.get(frame.part_id)
-        if buf is None:
-            buf = parts[frame.part_id] = _PartBuffer(frame.part_id)
-            while len(parts) > 2:  # the part closing now (NEXT_PART) and the one this frame opens
-                parts.popitem(last=False)
-        buf.frames.append((frame, dets, model_version))
-        while len(buf.frames) > self.s.buffer_frames:
-            buf.frames.popleft()
+        dets = self._buffer(frame, detections, model_version)
         out: list[Sample] = []
         near = [d for d in dets if abs(d.confidence - self.s.uncertain_center) <= self.s.uncertain_band]
         if near:
@@ -173,6 +165,20 @@ class ReviewSampler:
             out.append(Sample(frame, dets, model_version, "spc_alert", 0.5, *(
                 (top.defect_class, float(top.confidence), _box(top)) if top else ())))
         return out
+
+    def _buffer(self, frame: FrameEvent, detections: Sequence[Detection], model_version: str) -> tuple[Detection, ...]:
+        """Keep the frame for its part's close (the last `buffer_frames` of each camera's open part)."""
+        dets = tuple(detections)
+        parts = self._parts.setdefault(frame.camera_id, OrderedDict())
+        buf = parts.get(frame.part_id)
+        if buf is None:
+            buf = parts[frame.part_id] = _PartBuffer(frame.part_id)
+            while len(parts) > 2:  # the part closing now (NEXT_PART) and the one this frame opens
+                parts.popitem(last=False)
+        buf.frames.append((frame, dets, model_version))
+        while len(buf.frames) > self.s.buffer_frames:
+            buf.frames.popleft()
+        return dets
 
     # -- per part ---------------------------------------------------------------------------
     def _frame_of_track(self, frames: Iterable[tuple], box: Sequence[int]) -> tuple | None:
@@ -249,3 +255,40 @@ def review_frame(f: FrameEvent, detections: Sequence[Detection], model_version: 
         det_confidence=[float(d.confidence) for d in detections], det_x0=[int(d.bbox.x0) for d in detections],
         det_y0=[int(d.bbox.y0) for d in detections], det_x1=[int(d.bbox.x1) for d in detections],
         det_y1=[int(d.bbox.y1) for d in detections])
+
+
+class DisagreementSampler(ReviewSampler):
+    """Replay sampling: a frame of each part whose verdict differs from `baseline`'s (production's) verdict
+    of the same (camera, part), at most `limit` per run. The other strategies stay off: a replay reads
+    recorded frames faster than real time, and its hourly caps would mean nothing."""
+
+    def __init__(self, baseline: dict[tuple[str, str], str], *, run_id: str, baseline_run: str = "production",
+                 limit: int = 200, buffer_frames: int = 16):
+        super().__init__(ReviewSettings(buffer_frames=buffer_frames), run_id=run_id)
+        self.baseline, self.baseline_run, self.limit = baseline, baseline_run, limit
+
+    def on_frame(self, frame: FrameEvent, detections: Sequence[Detection], model_version: str,
+                 now_ms: int) -> list[Sample]:
+        self._buffer(frame, detections, model_version)
+        return []
+
+    def on_close(self, part: Any, tracks: Sequence[Any], now_ms: int) -> list[Sample]:
+        parts = self._parts.get(part.camera_id)
+        buf = parts.pop(part.part_id, None) if parts is not None else None
+        base = self.baseline.get((part.camera_id, part.part_id))
+        if buf is None or not buf.frames or base is None or base == part.verdict \
+                or self.sampled["disagreement"] >= self.limit:
+            return []
+        confirmed = [t for t in tracks if t.confirmed]
+        entry = None
+        if confirmed:
+            entry = self._frame_of_track(buf.frames, max(confirmed, key=lambda t: t.confidence).best_box)
+        if entry is None:
+            entry = buf.frames[len(buf.frames) // 2]
+        top = max(entry[1], key=lambda d: d.confidence, default=None)
+        self.sampled["disagreement"] += 1
+        note = f"{self.baseline_run} {base}, {self.run_id} {part.verdict}"
+        if top is None:
+            return [Sample(entry[0], entry[1], entry[2], "disagreement", 1.0, note=note)]
+        return [Sample(entry[0], entry[1], entry[2], "disagreement", 1.0, top.defect_class, float(top.confidence),
+                       _box(top), note)]

@@ -239,10 +239,23 @@ def test_from_the_line_through_review_and_retraining_to_a_gated_promotion(
 
         # -- replay the recorded frames through each candidate, compare with production ------------
         for run, model in (("retrained", retrained), ("weak", weak), ("strong", strong)):
+            extra = ["--queue-disagreements"] if run == "strong" else []
             rc, _o, err = cli("replay", "--since", _iso(t_from), "--until", _iso(t_until + 999), "--model", str(model),
-                              "--run-id", run, "--no-progress", "--checkpoint-every", "0")
+                              "--run-id", run, "--no-progress", "--checkpoint-every", "0", *extra)
             assert rc == 0, (run, err[-3000:])
             assert ex.query(f"SELECT uniqExact(part_id) FROM parts WHERE run_id = '{run}'") == [(PARTS,)], run
+        # the strong replay queued a frame of every part where it and production disagree, for the next review
+        verdicts = {}
+        for run, cam, part, verdict in ex.query("SELECT run_id, camera_id, part_id, argMax(verdict, version) FROM parts "
+                                                "WHERE run_id IN ('production', 'strong') GROUP BY run_id, camera_id, part_id"):
+            verdicts.setdefault((cam, part), {})[run] = verdict
+        differ = {k for k, v in verdicts.items() if v["production"] != v["strong"]}
+        assert differ, "production and the strong replay agree everywhere: nothing to queue"
+        queued_now = {(c.camera_id, c.part_id): c for c in q.fetch_queue(ex, limit=1000) if c.reason == "disagreement"}
+        assert set(queued_now) == differ
+        assert all(c.note == f"production {verdicts[k]['production']}, strong {verdicts[k]['strong']}"
+                   for k, c in queued_now.items())
+        assert {p for p in ex.query("SELECT DISTINCT run_id FROM review_queue WHERE reason = 'disagreement'")} == {("strong",)}
         rc, o, err = cli("compare", "--candidate", "strong", "--output", "json")
         assert rc == 0, err
         cmp = json.loads(o)

@@ -126,3 +126,30 @@ def test_the_pipeline_emits_sampled_frames_and_candidates_with_the_batch():
     f, c = by_kind["review_frames"][0], by_kind["review_queue"][0]
     assert c.frame_id == f.frame_id and c.reason == "uncertain" and f.image[:4] == b"\x89PNG"
     assert by_kind["parts"][0].verdict in ("PASS", "FAIL")
+
+
+def test_a_replay_queues_a_frame_of_each_part_whose_verdict_differs_from_production_up_to_its_limit():
+    from streams.review.sampler import DisagreementSampler
+
+    baseline = {("cam-1", "p1"): "PASS", ("cam-1", "p2"): "FAIL", ("cam-1", "p3"): "PASS", ("cam-1", "p4"): "FAIL"}
+    s = DisagreementSampler(baseline, run_id="cand", limit=2)
+    got = []
+    for part, v, dets in (("p1", "FAIL", [det(0.9, (30, 30, 40, 40))]),  # caught what production passed
+                          ("p2", "FAIL", [det(0.8)]),  # agrees: nothing
+                          ("p3", "PASS", []),  # agrees
+                          ("p5", "FAIL", [det(0.9)]),  # production never saw it: nothing
+                          ("p4", "PASS", [])):  # missed what production failed
+        for i in range(3):
+            assert s.on_frame(frame(i, part=part), dets if i == 2 else [], "m2", T0) == []  # nothing at frame time
+        tracks = [track(True, 2, box=(30, 30, 40, 40))] if part == "p1" else []
+        got += s.on_close(verdict(part, verdict=v), tracks, T0)
+    assert [(x.frame.part_id, x.reason, x.note) for x in got] == [
+        ("p1", "disagreement", "production PASS, cand FAIL"), ("p4", "disagreement", "production FAIL, cand PASS")]
+    assert got[0].frame.frame_seq == 2 and got[0].box == (30, 30, 40, 40)  # the frame of the confirmed track
+    assert got[1].frame.frame_seq == 1 and got[1].defect_class == ""  # no track: the middle frame
+    frames, cands = s.records(got, T0)
+    assert {c.run_id for c in cands} == {"cand"} and len(frames) == 2
+    # the limit: a third disagreement is not queued
+    for i in range(3):
+        s.on_frame(frame(i, part="p3"), [], "m2", T0)
+    assert s.on_close(verdict("p3", verdict="FAIL"), [], T0) == []
