@@ -188,7 +188,10 @@ def segmenter(args: argparse.Namespace) -> None:
     amp = cuda and dtype != torch.float32
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else _random_model(Path(tmp))
-        insp = load_inspector(model_dir, device=str(dev), runtime="torch")
+        try:
+            insp = load_inspector(model_dir, device=str(dev), runtime="torch")
+        except (OSError, ValueError, RuntimeError) as exc:  # CheckpointError (a RuntimeError): missing or unreadable
+            raise SystemExit(f"gpu_bench: cannot load a segmenter from {model_dir}: {exc}") from None
         net = insp._coarse.eval()
         if cuda:
             net = net.to(memory_format=torch.channels_last)

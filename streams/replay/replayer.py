@@ -577,8 +577,12 @@ class Replayer:
         from streams.replay.queries import fetch_parts
         from streams.review.sampler import DisagreementSampler
 
+        # production's verdicts of the parts this range can hold: the range is publish time, a part's
+        # first_frame_ts capture time, so an hour either side (never the whole history of the cameras)
+        slack = 3_600_000
         production = {(p.camera_id, p.part_id): p.verdict
-                      for p in fetch_parts(self.ex, "production", self.settings.plant, cameras=rec.cameras or None)}
+                      for p in fetch_parts(self.ex, "production", self.settings.plant, cameras=rec.cameras or None,
+                                           since_ms=rec.from_ms - slack, until_ms=rec.until_ms + slack)}
         return DisagreementSampler(production, run_id=self.run_id, limit=self.request.queue_disagreements,
                                    buffer_frames=self.settings.review.buffer_frames)
 
