@@ -143,7 +143,7 @@ def test_clickhouse_outage_holds_and_resumes_without_loss_or_duplicates(
     runner: SinkRunner = box["runner"]
     try:
         count = lambda: server.query("SELECT count() FROM parts", "sinktest")[0][0]  # noqa: E731
-        wait_for(lambda: count() == len(first), 60, "the first batch in ClickHouse")
+        wait_for(lambda: count() == len(first), 120, "the first batch in ClickHouse")
         wait_for(lambda: sum(committed(kafka_bootstrap, settings.sink.group_id).values()) == len(first), 30,
                  "offsets of the first batch")
 
