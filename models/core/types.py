@@ -1,7 +1,7 @@
 """Typed results that cross the border between the models and the streaming layer."""
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -102,6 +102,13 @@ class Inspector(Protocol):
     def networks(self) -> dict[str, Any]:
         """Its networks by checkpoint role (`models.runtime.runtimes.Network`: path, content hash, module, golden
         input); the keys and hashes are what `models.loading.model_identity` reports."""
+        ...
+
+    def vote_track(self, frames: Sequence[np.ndarray] | Mapping[int, np.ndarray],
+                   boxes: Mapping[int, Sequence[float]]) -> dict[str, float] | None:
+        """Part context: class probabilities of one tracked defect from the part's frames (frame index -> uint8
+        frame) and its box on each frame it was seen on (`TrackSummary.boxes`), or None when the model has no
+        sequence vote (`models.families.track_vote`), in which case the tracker votes confidence x severity."""
         ...
 
     def use_runtime(self, runtime: str, cache_dir: Any = None) -> Any:

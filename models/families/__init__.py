@@ -6,7 +6,8 @@ example, a `FamilySpec` registered in its `__init__.py`, and one import line bel
 from __future__ import annotations
 
 from models.core.families import family_specs, get_family, list_families, register_family
-from models.families import anomaly, boxes, cnn_rnn, gate, image_classifier, okdefect, segmenter, severity  # noqa: F401  (registers them)
+from models.families import (anomaly, boxes, cnn_rnn, gate, image_classifier, okdefect, segmenter,  # noqa: F401
+                             severity, track_vote)  # (importing registers them)
 
 __all__ = ["FAMILY_NAMES", "get_family", "list_families", "register_family"]
 

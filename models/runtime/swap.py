@@ -22,6 +22,11 @@ class RuntimeSwap:
     _runners: dict[str, str] = {}
     _inner: Any = None
 
+    def vote_track(self, frames: Any, boxes: Any) -> dict[str, float] | None:
+        """The Inspector protocol's part context: no sequence vote here (a `track_vote.pt` beside the model adds
+        one, `models.families.track_vote`); the tracker keeps its own vote."""
+        return None
+
     def use_runtime(self, runtime: str, cache_dir: str | Path | None = None) -> Any:
         """Run every network in `runtime` ("torch", "onnxruntime", "openvino", "onnxruntime-int8"); exports
         are made/checked as `models.runtime.runtimes.build_runner` says. Raises RuntimeParityError /

@@ -60,9 +60,11 @@ def run_score(args: argparse.Namespace) -> int:
         # what the cached detections depend on (delete the cache after retraining a checkpoint)
         key = (cfg.parts, cfg.seed, cfg.frames_per_part, cfg.frame_shape, cfg.defect_rate, model_path)
         run = scoring.load_offline_run(args.cache, key) if args.cache and args.cache.exists() else None
+        insp = load_inspector(model_path, device=settings.model.device, runtime=settings.model.runtime,
+                              export_cache=settings.model.export_cache)
+        # a model with a sequence vote (track_vote.pt beside it) is also scored with the vote classing the tracks
+        vote = scoring.SequenceVote(insp, cfg.defect_rate) if scoring.has_sequence_vote(insp) else None
         if run is None:
-            insp = load_inspector(model_path, device=settings.model.device, runtime=settings.model.runtime,
-                                  export_cache=settings.model.export_cache)
             run = run_offline(insp, cfg)
             if args.cache:
                 scoring.save_offline_run(run, key, args.cache)
@@ -78,7 +80,8 @@ def run_score(args: argparse.Namespace) -> int:
                 continue
             seen.add((k, r, c))
             ts = t.model_copy(update={"min_hits": k, "min_hit_ratio": r, "short_track_min_confidence": c})
-            rows.append(score_offline(run, ts, frame_ms=cfg.frame_ms, use_speed=cfg.use_speed))
+            rows.append(score_offline(run, ts, frame_ms=cfg.frame_ms, use_speed=cfg.use_speed,
+                                      vote=vote if not rows else None))  # the vote on the default row only
         result = {"model_version": run.model_version, "parts": cfg.parts, "frames": run.frames,
                   "inference_ms_per_frame": round(1000 * run.inference_s / max(1, run.frames), 2),
                   "defaults": rows[0], "rows": rows}

@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -307,13 +307,18 @@ def load_offline_run(path: str | Path, key: Sequence[Any]) -> OfflineRun | None:
 
 
 def score_offline(run: OfflineRun, tracking: TrackingSettings, *, frame_ms: float = 100.0,
-                  use_speed: bool = True) -> dict[str, Any]:
-    """Frame-by-frame vs tracked scores of a cached offline run under `tracking` settings."""
+                  use_speed: bool = True, vote: "TrackVote | None" = None) -> dict[str, Any]:
+    """Frame-by-frame vs tracked scores of a cached offline run under `tracking` settings.
+
+    `vote` (a sequence vote over each confirmed track's crops, `SequenceVote`) adds a third way of reporting,
+    ``tracked_sequence_vote``: the same confirmed tracks, classed by the vote instead of confidence x severity.
+    """
     tracker = PartTracker(tracking)
-    frame_score, tracked_score = Score(), Score()
+    frame_score, tracked_score, voted_score = Score(), Score(), Score()
     # imprint class accuracy of tracks whose frames all agreed vs tracks that flipped mild/severe
     imprint = {"consistent": [0, 0], "flipping": [0, 0]}
-    for gt, dets in zip(run.gts, run.detections):
+    voted_imprint = {"consistent": [0, 0], "flipping": [0, 0]}
+    for pi, (gt, dets) in enumerate(zip(run.gts, run.detections)):
         frame_reports = []
         for i, ds in enumerate(dets):
             for d in ds:
@@ -322,7 +327,7 @@ def score_offline(run: OfflineRun, tracking: TrackingSettings, *, frame_ms: floa
         speed = gt.speed_px_per_frame / (frame_ms / 1000.0) if use_speed else None
         metas = [FrameMeta("offline", "offline", gt.part_id, i, int(i * frame_ms), gt.width, gt.height, i,
                            i == len(dets) - 1, speed) for i in range(len(dets))]
-        _part, summaries = track_part_offline(tracker, metas, dets, model_version=run.model_version)
+        part, summaries = track_part_offline(tracker, metas, dets, model_version=run.model_version)
         confirmed = [s for s in summaries if s.confirmed]
         tracked = [Reported(gt.part_id, s.best_frame_index, s.best_box, s.defect_class, tuple(s.boxes.items()))
                    for s in confirmed]
@@ -332,8 +337,26 @@ def score_offline(run: OfflineRun, tracking: TrackingSettings, *, frame_ms: floa
                 kind = "flipping" if len(set(confirmed[ri].class_votes) & set(IMPRINT)) == 2 else "consistent"
                 imprint[kind][0] += int(confirmed[ri].defect_class == gcls)
                 imprint[kind][1] += 1
+        if vote is not None:
+            revoted = [tracker.summarize(part, t, vote=vote(pi, gt, s.boxes)) if s.confirmed else s
+                       for t, s in zip(part.tracks, summaries)]
+            revoted = [s for s in revoted if s.confirmed]
+            reports = [Reported(gt.part_id, s.best_frame_index, s.best_box, s.defect_class, tuple(s.boxes.items()))
+                       for s in revoted]
+            for ri, gi in score_part(gt, reports, voted_score, per_frame=False):
+                gcls = gt.defects[gi]["defect_class"]
+                if gcls in IMPRINT:  # flipping = the detector's frames disagreed (the tracker's own votes)
+                    kind = "flipping" if len(set(confirmed[ri].class_votes) & set(IMPRINT)) == 2 else "consistent"
+                    voted_imprint[kind][0] += int(revoted[ri].defect_class == gcls)
+                    voted_imprint[kind][1] += 1
     f, t = frame_score.summary(), tracked_score.summary()
     removed = 1.0 - (t["false_alarms"] / f["false_alarms"]) if f["false_alarms"] else 0.0
+    extra: dict[str, Any] = {}
+    if vote is not None:
+        extra = {"tracked_sequence_vote": voted_score.summary(),
+                 "sequence_vote_imprint_tracks": {k: {"correct": c, "total": n,
+                                                      "accuracy": round(c / n, 4) if n else None}
+                                                  for k, (c, n) in voted_imprint.items()}}
     return {
         "tracking": {"min_hits": tracking.min_hits, "min_hit_ratio": tracking.min_hit_ratio,
                      "short_track_min_confidence": tracking.short_track_min_confidence, "use_speed": use_speed},
@@ -345,7 +368,39 @@ def score_offline(run: OfflineRun, tracking: TrackingSettings, *, frame_ms: floa
                            for k, (c, n) in imprint.items()},
         "goal_met": bool(removed >= 0.8 and (f["defect_recall"] - t["defect_recall"]) <= 0.01
                          and t["imprint_class_accuracy"] >= 0.95),
+        **extra,
     }
+
+
+TrackVote = Callable[[int, GroundTruthPart, Mapping[int, Sequence[int]]], "Mapping[str, float] | None"]
+
+
+def has_sequence_vote(inspector: Any) -> bool:
+    """Whether `inspector.vote_track` votes (a model with a sequence vote beside it) rather than return None."""
+    fn = getattr(inspector, "vote_track", None)
+    return fn is not None and fn([np.zeros((16, 16), np.uint8)], {0: (2, 2, 12, 12)}) is not None
+
+
+class SequenceVote:
+    """The Inspector's sequence vote (`vote_track`) over a confirmed track's crops of an offline run.
+
+    The frames are rendered again from the part's seed (the run caches detections, not frames); the last part's
+    frames are kept, so the tracks of one part render it once.
+    """
+
+    def __init__(self, inspector: Any, defect_rate: float) -> None:
+        self.inspector, self.defect_rate = inspector, defect_rate
+        self._frames: tuple[int, list[np.ndarray]] | None = None
+
+    def __call__(self, part_index: int, gt: GroundTruthPart, boxes: Mapping[int, Sequence[int]]
+                 ) -> Mapping[str, float] | None:
+        from models.data.synthetic import render_part_sequence
+
+        if self._frames is None or self._frames[0] != part_index:
+            seq = render_part_sequence(gt.seed, n_frames=gt.frames, frame_shape=(gt.height, gt.width),
+                                       defect_rate=self.defect_rate)
+            self._frames = (part_index, seq.frames)
+        return self.inspector.vote_track(self._frames[1], boxes)
 
 
 def sweep_table(rows: Sequence[dict[str, Any]], top: int = 15) -> str:
@@ -371,7 +426,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         tr = r["tracking"]
         k = f"k={tr['min_hits']}, r={tr['min_hit_ratio']}, c={tr['short_track_min_confidence']}"
-        for name in ("frame_by_frame", "tracked"):
+        for name in ("frame_by_frame", "tracked", "tracked_sequence_vote"):
+            if name not in r:
+                continue
             s = r[name]
             lines.append(f"| {k} | {name} | {s['false_alarms_per_100_parts']} | {s['defect_recall']} | "
                          f"{s['class_accuracy']} | {s['imprint_class_accuracy']} |")

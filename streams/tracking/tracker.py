@@ -27,7 +27,7 @@ import logging
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -452,8 +452,12 @@ class PartTracker:
         return Hit(frame, box, d.defect_class, float(d.confidence), float(d.severity_max), int(d.area_px))
 
     # -- close -------------------------------------------------------------------------------
-    def summarize(self, part: PartState, track: Track) -> TrackSummary:
-        """Confirmation, class vote and severity of one track over the whole part."""
+    def summarize(self, part: PartState, track: Track, vote: Mapping[str, float] | None = None) -> TrackSummary:
+        """Confirmation, class vote and severity of one track over the whole part.
+
+        `vote`: class probabilities from a sequence vote over the track's crops (`Inspector.vote_track`); when
+        given they replace the confidence x severity vote (class, confidence and class_votes), confirmation and
+        geometry stay the tracker's."""
         pos = part.pos
         ref = track.ref_box(pos)
         opportunities = sum(1 for p in pos if self._opportunity(part, ref, p))
@@ -463,6 +467,8 @@ class PartTracker:
         votes: dict[str, float] = {}
         for h in track.hits:
             votes[h.defect_class] = votes.get(h.defect_class, 0.0) + h.confidence * max(h.severity_max, 1e-3)
+        if vote:
+            votes = {c: float(v) for c, v in vote.items()}
         total = sum(votes.values()) or 1.0
         cls = max(votes, key=lambda c: (votes[c], c))
         best = max(track.hits, key=lambda h: (h.defect_class == cls, h.confidence * max(h.severity_max, 1e-3)))
