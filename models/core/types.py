@@ -114,3 +114,9 @@ class Inspector(Protocol):
     def use_runtime(self, runtime: str, cache_dir: Any = None) -> Any:
         """Serve every network in `runtime` (export + parity check; `models.runtime.swap.RuntimeSwap`)."""
         ...
+
+
+def has_sequence_vote(inspector: Any) -> bool:
+    """Whether `inspector.vote_track` votes (a model with a sequence vote beside it) rather than return None."""
+    fn = getattr(inspector, "vote_track", None)
+    return fn is not None and fn({0: np.zeros((16, 16), np.uint8)}, {0: (2, 2, 12, 12)}) is not None

@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_score(args: argparse.Namespace) -> int:
     settings = Settings()
     if args.offline:
+        from models.core.types import has_sequence_vote
         from models.loading import load_inspector
 
         cfg = OfflineConfig(parts=args.parts, seed=args.seed, frames_per_part=args.frames_per_part,
@@ -63,7 +64,7 @@ def run_score(args: argparse.Namespace) -> int:
         insp = load_inspector(model_path, device=settings.model.device, runtime=settings.model.runtime,
                               export_cache=settings.model.export_cache)
         # a model with a sequence vote (track_vote.pt beside it) is also scored with the vote classing the tracks
-        vote = scoring.SequenceVote(insp, cfg.defect_rate) if scoring.has_sequence_vote(insp) else None
+        vote = scoring.SequenceVote(insp, cfg.defect_rate) if has_sequence_vote(insp) else None
         if run is None:
             run = run_offline(insp, cfg)
             if args.cache:

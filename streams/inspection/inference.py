@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from models.core.types import Detection, Inspector
+from models.core.types import Detection, Inspector, has_sequence_vote
 from streams.inspection.model_selection import InspectorPool, LoadFailure, ModelSelection
 from streams.settings import ModelSettings
 
@@ -42,6 +42,7 @@ class InferenceRunner:
         self.selection = ModelSelection()
         self.pool: InspectorPool | None = None
         self.on_load_failure: Callable[[LoadFailure], None] | None = None  # set before the first load (metrics)
+        self._votes: dict[str, bool] = {}  # version -> whether its Inspector has a sequence vote
 
     def _load_path(self, path: str | None) -> Inspector:
         from models.loading import load_inspector
@@ -101,6 +102,19 @@ class InferenceRunner:
             return []
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._inspect_sync, list(frames), version)
+
+    def voter(self, version: str) -> Inspector | None:
+        """The loaded Inspector of `version` when it has a sequence vote (`Inspector.vote_track`), else None (also
+        when `version` is not loaded)."""
+        if self.pool is None:
+            return None
+        try:
+            insp = self.pool.get(version)
+        except KeyError:
+            return None
+        if version not in self._votes:
+            self._votes[version] = has_sequence_vote(insp)
+        return insp if self._votes[version] else None
 
     @property
     def versions(self) -> list[str]:

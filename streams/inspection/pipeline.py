@@ -57,7 +57,7 @@ from streams.kafka import clients
 from streams.kafka.records import OutRecord, SourceRecord
 from streams.metrics import WorkerMetrics
 from streams.settings import Settings
-from streams.tracking.tracker import CameraState, PartTracker
+from streams.tracking.tracker import CameraState, PartTracker, TrackVote
 from streams.tracking.types import FrameMeta, PartOutcome
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,42 @@ def _decode_images(frames: Sequence[FrameEvent]) -> list[np.ndarray | Rejected]:
     return [decode_image(f) for f in frames]
 
 
+class VoteFrames:
+    """The frames of each camera's open part (and of the part its next frame closes), kept only for parts whose
+    model has a sequence vote, so that the close can hand a track's frames to `Inspector.vote_track`.
+
+    In memory only: after a restart the frames of a part already open are gone, and its tracks keep the tracker's
+    own vote. At most two parts per camera are held, each at most `tracking.max_frames_per_part` frames.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, dict[str, dict[int, np.ndarray]]] = {}  # camera -> part -> frame_seq -> frame
+
+    def keep(self, meta: FrameMeta, image: np.ndarray) -> None:
+        parts = self._held.setdefault(meta.camera_id, {})
+        parts.setdefault(meta.part_id, {})[meta.frame_seq] = image
+
+    def prune(self, camera_id: str, open_part: str | None) -> None:
+        """Forget every held part of `camera_id` but `open_part`."""
+        parts = self._held.get(camera_id)
+        if parts:
+            for pid in [p for p in parts if p != open_part]:
+                del parts[pid]
+
+    def vote(self, inspector: Any) -> TrackVote:
+        """The tracker's `TrackVote` over the held frames with `inspector`'s sequence vote."""
+        def vote(part: Any, summary: Any) -> Any:
+            held = self._held.get(part.camera_id, {}).get(part.part_id, {})
+            idx = [i for i in summary.boxes if i < len(part.seqs) and part.seqs[i] in held]
+            if not idx:
+                return None
+            return inspector.vote_track({i: held[part.seqs[i]] for i in idx}, {i: summary.boxes[i] for i in idx})
+        return vote
+
+    def held_frames(self) -> int:
+        return sum(len(f) for parts in self._held.values() for f in parts.values())
+
+
 class InspectPipeline:
     """One micro-batch of `frames` records in, outputs sent and tracker state saved.
 
@@ -148,6 +184,7 @@ class InspectPipeline:
         # Review sampling (`streams.review.sampler.ReviewSampler`; None: off, e.g. in replays): its
         # frames and candidates go out with the batch's other outputs, before the ack.
         self.sampler = sampler
+        self.vote_frames = VoteFrames()  # frames of open parts whose model has a sequence vote
 
     # -- helpers -----------------------------------------------------------------------------
     def now_ms(self) -> int:
@@ -157,6 +194,11 @@ class InspectPipeline:
     def mono_ms(self) -> int:
         """The pipeline's monotonic clock in milliseconds (comparable only within `clock_epoch`)."""
         return int(self.monotonic() * 1000)
+
+    def _voter(self, version: str) -> Any:
+        """The Inspector of `version` if it has a sequence vote (None otherwise, or for a runner without votes)."""
+        fn = getattr(self.runner, "voter", None)
+        return fn(version) if fn is not None else None
 
     def _dead(self, msg: SourceRecord, rej: Rejected) -> OutRecord:
         self.deadletters[rej.error_class] += 1
@@ -399,11 +441,17 @@ class InspectPipeline:
             self._check_model_version(meta.camera_id, version)
             if self.sampler is not None:
                 samples += self.sampler.on_frame(frame, dets, version, self.now_ms())
-            outcomes += states[meta.camera_id].observe(
+            state = states[meta.camera_id]
+            closing = state.part.model_version if state.part is not None else version
+            voter = self._voter(closing)  # the sequence vote of the part this frame may close
+            if self._voter(version) is not None:
+                self.vote_frames.keep(meta, _img)
+            outcomes += state.observe(
                 self.tracker, meta, dets, model_version=version, run_id=self.settings.run_id,
                 plant=self.settings.plant, policy=self.registry.policy(meta.camera_id), now_ms=now,
-                epoch=self.clock_epoch,
+                epoch=self.clock_epoch, vote=self.vote_frames.vote(voter) if voter is not None else None,
             )
+            self.vote_frames.prune(meta.camera_id, state.part.part_id if state.part is not None else None)
         # emit, then persist the state; the caller acks afterwards
         records.extend(self._outputs(outcomes))
         records.extend(self._review_outputs(samples + self._sample_closed(outcomes)))
@@ -426,8 +474,11 @@ class InspectPipeline:
         the state is saved under its partition."""
         async with self.lock:
             state = self.store.load(camera_id)
+            voter = self._voter(state.part.model_version) if state.part is not None else None
             out = state.close_if_idle(self.tracker, part_id, last_seq, run_id=self.settings.run_id,
-                                      plant=self.settings.plant)
+                                      plant=self.settings.plant,
+                                      vote=self.vote_frames.vote(voter) if voter is not None else None)
+            self.vote_frames.prune(camera_id, state.part.part_id if state.part is not None else None)
             if out is None:
                 return None
             await self.emitter.send_all(self._outputs([out]) + self._review_outputs(self._sample_closed([out])))

@@ -375,12 +375,6 @@ def score_offline(run: OfflineRun, tracking: TrackingSettings, *, frame_ms: floa
 TrackVote = Callable[[int, GroundTruthPart, Mapping[int, Sequence[int]]], "Mapping[str, float] | None"]
 
 
-def has_sequence_vote(inspector: Any) -> bool:
-    """Whether `inspector.vote_track` votes (a model with a sequence vote beside it) rather than return None."""
-    fn = getattr(inspector, "vote_track", None)
-    return fn is not None and fn([np.zeros((16, 16), np.uint8)], {0: (2, 2, 12, 12)}) is not None
-
-
 class SequenceVote:
     """The Inspector's sequence vote (`vote_track`) over a confirmed track's crops of an offline run.
 

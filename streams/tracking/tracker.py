@@ -27,7 +27,7 @@ import logging
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -46,6 +46,10 @@ UNSCHEDULED_SHIFT = "unscheduled"  # shift name of a part captured in a gap of t
 log = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 (x1/y1 exclusive), floats in part coords
+
+
+# the sequence vote of a closing part's confirmed track: class probabilities, or None (the tracker's vote stands)
+TrackVote = Callable[["PartState", "TrackSummary"], "Mapping[str, float] | None"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -494,7 +498,19 @@ class PartTracker:
             boxes={h.frame: _round_box(h.box) for h in track.hits},
         )
 
-    def close(self, part: PartState, reason: str, *, run_id: str, plant: PlantSettings) -> PartOutcome:
+    def _revote(self, part: PartState, track: Track, summary: TrackSummary, vote: "TrackVote") -> TrackSummary:
+        """`summary` classed by the sequence vote; the tracker's own vote when the vote has nothing (no crops
+        held, e.g. after a restart) or fails (logged: a vote must never stop the part's verdict)."""
+        try:
+            probs = vote(part, summary)
+        except Exception as exc:  # noqa: BLE001
+            log.error("sequence vote failed for track %d of part %s (camera %s): %r; the tracker's vote stands",
+                      track.track_id, part.part_id, part.camera_id, exc)
+            return summary
+        return self.summarize(part, track, vote=probs) if probs else summary
+
+    def close(self, part: PartState, reason: str, *, run_id: str, plant: PlantSettings,
+              vote: "TrackVote | None" = None) -> PartOutcome:
         """Close the part: one DefectEvent per confirmed track and exactly one PartInspected.
 
         Ids are deterministic (camera, part, track, model version, run), so re-closing the same
@@ -505,6 +521,8 @@ class PartTracker:
         the winning verdict only.
         """
         summaries = [self.summarize(part, t) for t in part.tracks]
+        if vote is not None:  # a sequence vote classes the confirmed tracks (`Inspector.vote_track`)
+            summaries = [self._revote(part, t, s, vote) if s.confirmed else s for t, s in zip(part.tracks, summaries)]
         confirmed = [s for s in summaries if s.confirmed]
         first_ts, last_ts = (part.ts[0], part.ts[-1]) if part.ts else (0, 0)
         # the part's shift, stamped on the verdict and on every defect: a defect counts in its part's shift
@@ -660,9 +678,10 @@ class CameraState:
             return FrameRejection("late_frame", f"part {meta.part_id} of camera {self.camera_id} is already closed")
         return None
 
-    def _close(self, tracker: PartTracker, reason: str, run_id: str, plant: PlantSettings) -> PartOutcome:
+    def _close(self, tracker: PartTracker, reason: str, run_id: str, plant: PlantSettings,
+               vote: "TrackVote | None" = None) -> PartOutcome:
         assert self.part is not None
-        out = tracker.close(self.part, reason, run_id=run_id, plant=plant)
+        out = tracker.close(self.part, reason, run_id=run_id, plant=plant, vote=vote)
         self.closed_parts = (self.closed_parts + [self.part.part_id])[-_RECENT_PARTS:]
         self.part = None
         return out
@@ -679,16 +698,18 @@ class CameraState:
         policy: PartPolicy | None = None,
         now_ms: int = 0,
         epoch: str = "",
+        vote: "TrackVote | None" = None,
     ) -> list[PartOutcome]:
         """Feed an admitted frame; returns the parts it closed (NEXT_PART before, LAST_FRAME or
-        MAX_FRAMES after: a part closes when it reaches `max_frames_per_part`).
+        MAX_FRAMES after: a part closes when it reaches `max_frames_per_part`). `vote`: the sequence
+        vote of the parts it closes (`PartTracker.close`).
 
         `policy` (camera overrides) is applied when this frame opens a new part, so a camera's
         new settings take effect from its next part.
         """
         outcomes: list[PartOutcome] = []
         if self.part is not None and self.part.part_id != meta.part_id:
-            outcomes.append(self._close(tracker, CLOSE_NEXT_PART, run_id, plant))
+            outcomes.append(self._close(tracker, CLOSE_NEXT_PART, run_id, plant, vote))
         if self.part is None:
             pol = policy or PartPolicy()
             self.part = PartState(
@@ -700,11 +721,11 @@ class CameraState:
             )
         tracker.observe(self.part, meta, detections, now_ms=now_ms, epoch=epoch)
         if meta.last_frame:
-            outcomes.append(self._close(tracker, CLOSE_LAST_FRAME, run_id, plant))
+            outcomes.append(self._close(tracker, CLOSE_LAST_FRAME, run_id, plant, vote))
         elif self.part.frames >= tracker.s.max_frames_per_part:
             # a camera stuck on one part_id must not grow the state (and its changelog record) without bound
             self.capped_parts = (self.capped_parts + [self.part.part_id])[-_RECENT_PARTS:]
-            outcomes.append(self._close(tracker, CLOSE_MAX_FRAMES, run_id, plant))
+            outcomes.append(self._close(tracker, CLOSE_MAX_FRAMES, run_id, plant, vote))
         return outcomes
 
     def idle_part(self, now_ms: int, timeout_s: float, epoch: str | None = None) -> str | None:
@@ -729,13 +750,14 @@ class CameraState:
         return self.part.part_id if now_ms - self.part.touched_ms >= limit * 1000 else None
 
     def close_if_idle(
-        self, tracker: PartTracker, part_id: str, last_seq: int, *, run_id: str, plant: PlantSettings
+        self, tracker: PartTracker, part_id: str, last_seq: int, *, run_id: str, plant: PlantSettings,
+        vote: "TrackVote | None" = None,
     ) -> PartOutcome | None:
         """Close the open part with reason TIMEOUT if it is still `part_id` with no frame after
         `last_seq` (the timer's view may be stale by the time this runs)."""
         if self.part is None or self.part.part_id != part_id or not self.part.seqs or self.part.seqs[-1] != last_seq:
             return None
-        return self._close(tracker, CLOSE_TIMEOUT, run_id, plant)
+        return self._close(tracker, CLOSE_TIMEOUT, run_id, plant, vote)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.core.types import BBox, Detection
+from models.core.types import BBox, Detection, has_sequence_vote
 from models.families.severity import example as severity_example
 from models.families.track_vote import example
 from models.families.track_vote.model import TrackVoterNet, crop_box, track_crops
@@ -68,7 +68,7 @@ def test_a_vote_replaces_the_class_but_not_the_confirmation():
 
 def test_offline_scoring_with_a_vote_classes_the_same_confirmed_tracks(tmp_path):
     insp = load_inspector(severity_example.tiny_model(tmp_path / "m"), device="cpu")
-    assert not scoring.has_sequence_vote(insp)  # no track_vote.pt: the tracker keeps its own vote
+    assert not has_sequence_vote(insp)  # no track_vote.pt: the tracker keeps its own vote
     cfg = scoring.OfflineConfig(parts=4, seed=1000, frames_per_part=3, frame_shape=(96, 192), progress=False)
     run = scoring.run_offline(insp, cfg)
     calls: list[tuple[int, dict]] = []
@@ -84,7 +84,7 @@ def test_offline_scoring_with_a_vote_classes_the_same_confirmed_tracks(tmp_path)
     assert "tracked_sequence_vote" not in scoring.score_offline(run, TrackingSettings())
     voted = example.tiny_model(tmp_path / "v")
     vi = load_inspector(voted, device="cpu")
-    assert scoring.has_sequence_vote(vi)
+    assert has_sequence_vote(vi)
     sv = scoring.SequenceVote(vi, cfg.defect_rate)
     probs = sv(0, run.gts[0], {0: (5, 5, 40, 40), 2: (10, 5, 45, 40)})
     assert set(probs) == set(vi.vote_classes) and sum(probs.values()) == pytest.approx(1.0, abs=1e-5)

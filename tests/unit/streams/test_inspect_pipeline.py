@@ -192,3 +192,56 @@ def test_worker_gauges_lag_per_partition_and_open_parts():
     assert total(samples, "defectstream_consumer_lag", topic="frames", partition="0") == 4  # 9 - (4 + 1)
     assert total(samples, "defectstream_consumer_lag", partition="1") is None
     assert total(samples, "defectstream_open_parts") == 1
+
+
+class VotingInspector(FakeInspector):
+    """FakeInspector with a sequence vote that calls every track 'crack' and records what it was given."""
+
+    def __init__(self) -> None:
+        super().__init__(crack_width=1000)  # its frame-level class is always 'scratch'
+        self.votes: list[tuple[dict, dict]] = []
+
+    def vote_track(self, frames, boxes):
+        self.votes.append((dict(frames), dict(boxes)))
+        return {"scratch": 0.1, "crack": 0.9}
+
+
+def test_a_model_with_a_sequence_vote_classes_the_track_from_the_frames_it_was_seen_on():
+    settings = Settings(plant=PlantSettings(timezone="UTC"))
+    insp = VotingInspector()
+    pipe = InspectPipeline(settings, InferenceRunner(ModelSettings(device="cpu"), inspector=insp), CameraRegistry(),
+                           MemoryStore(), ListEmitter())
+    evs = [event(frame_value(seq=i, idx=i, last=i == 2, x=100 - 10 * i), offset=i) for i in range(3)]
+    asyncio.run(pipe.process(evs[:2]))  # two batches: the frames are held across them
+    assert pipe.vote_frames.held_frames() == 2
+    asyncio.run(pipe.process(evs[2:]))
+    defect = pipe.emitter.sent[0].event
+    assert defect.defect_class == "crack" and defect.confidence == pytest.approx(0.9)
+    assert defect.class_votes == {"scratch": 0.1, "crack": 0.9}
+    probe, (frames, boxes) = insp.votes  # has_sequence_vote's probe first, then the track
+    assert probe[0][0].shape == (16, 16)
+    assert sorted(frames) == sorted(boxes) == [0, 1, 2]
+    assert all(f.shape == (64, 128) and f[25, 100 - 10 * i + 5] == 250 for i, f in frames.items())
+    assert pipe.vote_frames.held_frames() == 0  # the part closed: nothing kept
+
+
+def test_a_timeout_close_votes_too_and_a_vote_that_fails_keeps_the_trackers_class():
+    settings = Settings(plant=PlantSettings(timezone="UTC"))
+    insp = VotingInspector()
+    pipe = InspectPipeline(settings, InferenceRunner(ModelSettings(device="cpu"), inspector=insp), CameraRegistry(),
+                           MemoryStore(), ListEmitter())
+    asyncio.run(pipe.process([event(frame_value(part="A", seq=i, idx=i, x=100 - 10 * i), offset=i)
+                              for i in range(2)]))
+    out = asyncio.run(pipe.close_idle(event(None), "cam-1", "A", 1))
+    assert out.part.closed_reason == "TIMEOUT" and out.defects[0].defect_class == "crack"
+
+    def broken(frames, boxes):
+        if frames and len(frames[next(iter(frames))]) > 16:  # the probe's 16x16 frame passes
+            raise RuntimeError("voter unwell")
+        return {"crack": 1.0}
+
+    insp.vote_track = broken
+    asyncio.run(pipe.process([event(frame_value(part="B", seq=10 + i, idx=i, last=i == 1, x=100 - 10 * i),
+                                    offset=10 + i) for i in range(2)]))
+    assert pipe.emitter.sent[-2].event.defect_class == "scratch"  # the tracker's own vote
+    assert pipe.emitter.sent[-1].event.closed_reason == "LAST_FRAME"
