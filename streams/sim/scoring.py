@@ -431,6 +431,26 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def models_table(results: Sequence[dict[str, Any]]) -> str:
+    """One table over several models scored on the same parts (`defectstream score --offline --model A --model B`):
+    a line per model and way of reporting, at the default tracking settings."""
+    lines = ["| family | model version | reporting | FA / 100 parts | defect recall | class acc. | "
+             "imprint mild/severe acc. | ms / frame |",
+             "|---|---|---|---|---|---|---|---|"]
+    names = {"frame_by_frame": "every detection on every frame", "tracked": "tracked and confirmed",
+             "tracked_sequence_vote": "tracked, sequence vote"}
+    for res in results:
+        row = res["defaults"]
+        for key, label in names.items():
+            if key not in row:
+                continue
+            s = row[key]
+            lines.append(f"| {res['family']} | {res['model_version']} | {label} | {s['false_alarms_per_100_parts']} | "
+                         f"{s['defect_recall']} | {s['class_accuracy']} | {s['imprint_class_accuracy']} | "
+                         f"{res['inference_ms_per_frame']} |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------
 # Reading pipeline output
 # --------------------------------------------------------------------------------------------

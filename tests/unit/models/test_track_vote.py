@@ -107,3 +107,23 @@ def test_train_track_vote_refuses_data_and_writes_a_voted_model_beside_another(t
     assert meta["train_data"]["seeds"] == [200000, 200005] and meta["metrics"]["val_tracks"] >= 1
     insp = load_inspector(out, device="cpu")
     assert insp.model_version.startswith(load_inspector(src, device="cpu").model_version + "+track-vote-")
+
+
+def test_score_offline_puts_several_models_in_one_table(tmp_path):
+    sev = severity_example.tiny_model(tmp_path / "sev")
+    voted = example.tiny_model(tmp_path / "voted")
+    out = tmp_path / "score.json"
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "score", "--offline", "--parts", "3", "--frames-per-part",
+                        "3", "--model", str(sev), "--model", str(voted), "--json-out", str(out),
+                        "--cache", str(tmp_path / "det.npz")],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("| ")]
+    assert lines[0].startswith("| family | model version | reporting")
+    fams = [ln.split("|")[1].strip() for ln in lines[1:]]  # ("|---|" is not a "| " line)
+    assert fams == ["severity", "severity", "track-vote+severity", "track-vote+severity", "track-vote+severity"]
+    assert "tracked, sequence vote" in lines[-1]
+    doc = json.loads(out.read_text())
+    assert [m["family"] for m in doc["models"]] == ["severity", "track-vote+severity"]
+    assert "tracked_sequence_vote" in doc["models"][1]["defaults"]
+    assert (tmp_path / "det.npz.0").is_file() and (tmp_path / "det.npz.1").is_file()
