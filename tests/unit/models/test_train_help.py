@@ -102,4 +102,4 @@ def test_each_command_help_shows_its_own_options_and_true_defaults(capsys):
     # only pages of commands that really fall back to synthetic data say "synthetic" outside --format
     for name, page in pages.items():
         text = page.replace(_option(page, "--format"), "").replace("--format {synthetic,", "--format {")
-        assert ("synthetic" in text.lower()) == (name in ("detector", "classifier")), name
+        assert ("synthetic" in text.lower()) == (name in ("detector", "classifier", "track-vote")), name
