@@ -11,6 +11,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from models.core.checkpoints import CheckpointError
 from models.core.types import InspectionSample
+from models.data.datasets import DatasetError
 from models.evaluation.evaluate import EvalReport, evaluate_inspector
 from models.loading import list_families, load_inspector, model_files
 
@@ -47,9 +48,11 @@ def find_models(root: str | Path) -> list[Path]:
 
 
 def evaluate_families(root: str | Path, samples: Sequence[InspectionSample], families: Sequence[str] | None = None,
-                      device: str = "cpu", load: Callable[..., Any] = load_inspector) -> list[FamilyRow]:
+                      device: str = "cpu", load: Callable[..., Any] = load_inspector,
+                      samples_for: Callable[[Path], Sequence[InspectionSample]] | None = None) -> list[FamilyRow]:
     """Evaluate each model under `root` whose family is in `families` (None = every registered family) on
-    `samples`, where it applies (its class names cover the data's). Raises ValueError for an unknown family."""
+    `samples` (or on `samples_for(model directory)`, e.g. the images its training held out), where it applies
+    (its class names cover the data's). Raises ValueError for an unknown family."""
     known = set(list_families())
     unknown = sorted(set(families or ()) - known)
     if unknown:
@@ -66,7 +69,12 @@ def evaluate_families(root: str | Path, samples: Sequence[InspectionSample], fam
             rows.append(FamilyRow(d, insp.family, insp.model_version, None,
                                   f"does not know the data's classes {', '.join(missing)}"))
             continue
-        rows.append(FamilyRow(d, insp.family, insp.model_version, evaluate_inspector(insp, samples)))
+        try:
+            mine = samples_for(d) if samples_for is not None else samples
+        except DatasetError as exc:  # e.g. a model trained with --val-data records no held-out images
+            rows.append(FamilyRow(d, insp.family, insp.model_version, None, str(exc)))
+            continue
+        rows.append(FamilyRow(d, insp.family, insp.model_version, evaluate_inspector(insp, mine)))
     return rows
 
 

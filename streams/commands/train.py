@@ -223,12 +223,16 @@ def _evaluate_families(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     fams = None if args.families == "all" else [f.strip() for f in args.families.split(",") if f.strip()]
     samples = list(open_dataset(args.format, args.data, limit=args.limit))
+    # --held-out: each model on the images its own training split held out (names recorded in its checkpoint)
+    samples_for = (lambda d: _held_out(samples, args.data, d, None)) if getattr(args, "held_out", False) else None
     try:
-        rows = evaluate_families(args.checkpoint or DEFAULT_CHECKPOINT_DIR, samples, fams, device=args.device)
+        rows = evaluate_families(args.checkpoint or DEFAULT_CHECKPOINT_DIR, samples, fams, device=args.device,
+                                 samples_for=samples_for)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    md = family_table(rows, f"Every family on {args.format}: {args.data} ({len(samples)} images)")
+    what = "the images each model's training held out" if samples_for is not None else f"{len(samples)} images"
+    md = family_table(rows, f"Every family on {args.format}: {args.data} ({what})")
     print(md)
     if args.out:
         out = Path(args.out)

@@ -134,6 +134,12 @@ def test_evaluate_families_all_prints_one_table_of_the_models_that_apply(tmp_pat
     assert (tmp_path / "out" / "families.json").is_file()
     rc = main(["evaluate", "--families", "nope", "--data", str(data), "--format", "plain", "--model", str(root)])
     assert rc == 2
+    # --held-out: each model on its own held-out images; the tiny models record none, so none is evaluated
+    rc = main(["evaluate", "--families", "all", "--held-out", "--data", str(data), "--format", "plain", "--model",
+               str(root), "--device", "cpu", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "the images each model's training held out" in out
+    assert out.split("Not applicable:")[1].count("records no complete list of held-out images") == 2
     from models.evaluation.all_families import find_models  # the walk behind --families: every model directory
 
     assert len(find_models(root)) == 3 and all(root in p.parents or p == root for p in find_models(root))
