@@ -73,11 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     import torch
 
+    from models.core.checkpoints import CheckpointError
     from models.loading import load_inspector
 
     torch.set_num_threads(a.threads)
-    h, w = (int(v) for v in a.frame.lower().split("x"))
-    gated = load_inspector(a.model, device="cpu", runtime=a.runtime)
+    try:
+        h, w = (int(v) for v in a.frame.lower().split("x"))
+    except ValueError:
+        ap.error(f"--frame must be HxW, e.g. 256x1600, got {a.frame!r}")
+    try:
+        gated = load_inspector(a.model, device="cpu", runtime=a.runtime)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     inner = getattr(gated, "inner", None)
     if inner is None or not hasattr(gated, "gate_scores"):
         print(f"error: {a.model} has no gate.pt: nothing to compare", file=sys.stderr)

@@ -33,3 +33,5 @@ def test_it_counts_the_stream_and_the_gate_and_refuses_a_model_without_gate(tmp_
     plain = segmenter_example.tiny_model(tmp_path / "plain")
     bad = _run("--model", str(plain), "--frames", "2", "--frame", "64x64", "--runtime", "torch")
     assert bad.returncode == 2 and "no gate.pt" in bad.stderr
+    missing = _run("--model", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
