@@ -126,12 +126,14 @@ class VoteFrames:
             for pid in [p for p in parts if p != open_part]:
                 del parts[pid]
 
-    def vote(self, inspector: Any) -> TrackVote:
-        """The tracker's `TrackVote` over the held frames with `inspector`'s sequence vote."""
+    def vote(self, voter: Callable[[str], Any]) -> TrackVote:
+        """The tracker's `TrackVote` over the held frames: the sequence vote of `voter(part's model version)` (an
+        Inspector, or None when that model has no vote: the tracker's own vote stands)."""
         def vote(part: Any, summary: Any) -> Any:
             held = self._held.get(part.camera_id, {}).get(part.part_id, {})
             idx = [i for i in summary.boxes if i < len(part.seqs) and part.seqs[i] in held]
-            if not idx:
+            inspector = voter(part.model_version) if idx else None
+            if inspector is None:
                 return None
             return inspector.vote_track({i: held[part.seqs[i]] for i in idx}, {i: summary.boxes[i] for i in idx})
         return vote
@@ -185,6 +187,7 @@ class InspectPipeline:
         # frames and candidates go out with the batch's other outputs, before the ack.
         self.sampler = sampler
         self.vote_frames = VoteFrames()  # frames of open parts whose model has a sequence vote
+        self._vote = self.vote_frames.vote(self._voter)  # what the tracker calls at each close
 
     # -- helpers -----------------------------------------------------------------------------
     def now_ms(self) -> int:
@@ -442,14 +445,12 @@ class InspectPipeline:
             if self.sampler is not None:
                 samples += self.sampler.on_frame(frame, dets, version, self.now_ms())
             state = states[meta.camera_id]
-            closing = state.part.model_version if state.part is not None else version
-            voter = self._voter(closing)  # the sequence vote of the part this frame may close
-            if self._voter(version) is not None:
+            if self._voter(version) is not None:  # this frame's model votes: hold the frame for the close
                 self.vote_frames.keep(meta, _img)
             outcomes += state.observe(
                 self.tracker, meta, dets, model_version=version, run_id=self.settings.run_id,
                 plant=self.settings.plant, policy=self.registry.policy(meta.camera_id), now_ms=now,
-                epoch=self.clock_epoch, vote=self.vote_frames.vote(voter) if voter is not None else None,
+                epoch=self.clock_epoch, vote=self._vote,
             )
             self.vote_frames.prune(meta.camera_id, state.part.part_id if state.part is not None else None)
         # emit, then persist the state; the caller acks afterwards
@@ -474,10 +475,8 @@ class InspectPipeline:
         the state is saved under its partition."""
         async with self.lock:
             state = self.store.load(camera_id)
-            voter = self._voter(state.part.model_version) if state.part is not None else None
             out = state.close_if_idle(self.tracker, part_id, last_seq, run_id=self.settings.run_id,
-                                      plant=self.settings.plant,
-                                      vote=self.vote_frames.vote(voter) if voter is not None else None)
+                                      plant=self.settings.plant, vote=self._vote)
             self.vote_frames.prune(camera_id, state.part.part_id if state.part is not None else None)
             if out is None:
                 return None
