@@ -6,7 +6,7 @@ from typing import Any
 
 from models.runtime.runtimes import build_runner
 
-__all__ = ["RuntimeSwap"]
+__all__ = ["RuntimeSwap", "WrapperSwap"]
 
 
 class RuntimeSwap:
@@ -41,3 +41,23 @@ class RuntimeSwap:
                 setattr(self, attr, run)
             self.runtime = runtime
         return self
+
+
+class WrapperSwap(RuntimeSwap):
+    """An Inspector that runs another one (`inner`) behind or beside its own network (the gate, the track vote):
+    `use_runtime` switches both, and the inner family's flip TTA (`model.flip_tta`, `evaluate --flip-tta`) is
+    read and set through (AttributeError when the inner family has none)."""
+
+    inner: Any
+
+    @property
+    def _inner(self) -> Any:  # type: ignore[override]
+        return self.inner
+
+    @property
+    def flip_tta(self) -> bool:
+        return self.inner.flip_tta
+
+    @flip_tta.setter
+    def flip_tta(self, on: bool) -> None:
+        self.inner.flip_tta = on

@@ -17,7 +17,7 @@ from models.core.checkpoints import CheckpointError, load_checkpoint
 from models.core.types import Detection
 from models.families.image_classifier.model import build_image_classifier, image_network, image_probabilities
 from models.runtime.runtimes import Network, Runner, Select, TorchRunner
-from models.runtime.swap import RuntimeSwap
+from models.runtime.swap import WrapperSwap
 
 __all__ = ["GatedInspector", "choose_gate_threshold", "load_gate"]
 
@@ -45,7 +45,7 @@ def load_gate(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     return model.to(device).eval(), ck.info
 
 
-class GatedInspector(RuntimeSwap):
+class GatedInspector(WrapperSwap):
     """`inner` behind the gate; itself an `Inspector` (version = inner version + gate version).
 
     Scores: a frame that passes gets 0.5 + 0.5 x the inner score, a skipped one 0.5 x its gate
@@ -54,7 +54,7 @@ class GatedInspector(RuntimeSwap):
 
     def __init__(self, model: Any, info: Any, inner: Any, device: str = "cpu") -> None:
         self.gate_model, self.gate_info, self.inner = model, info, inner
-        self._runners = {"gate": "_run"}  # network -> runner attribute (RuntimeSwap.use_runtime)
+        self._runners = {"gate": "_run"}  # network -> runner attribute (WrapperSwap.use_runtime)
         self.device = device
         self.threshold = float(info.threshold if info.threshold is not None else 0.01)
         self.size = int(info.input_spec["size"])
@@ -69,19 +69,6 @@ class GatedInspector(RuntimeSwap):
     def networks(self) -> dict[str, Network]:
         """The inner model's networks and the gate (-> its one logit), exportable with golden inputs."""
         return {**self.inner.networks(), "gate": image_network(self.gate_model, self.gate_info)}
-
-    @property
-    def _inner(self) -> Any:  # RuntimeSwap switches the gated family's networks too
-        return self.inner
-
-    @property
-    def flip_tta(self) -> bool:
-        """The gated family's flip TTA (`model.flip_tta`, `evaluate --flip-tta`); AttributeError when it has none."""
-        return self.inner.flip_tta
-
-    @flip_tta.setter
-    def flip_tta(self, on: bool) -> None:
-        self.inner.flip_tta = on
 
     @classmethod
     def load(cls, path: str | Path, inner: Any, device: str = "cpu") -> "GatedInspector":

@@ -28,7 +28,7 @@ from models.core.backbone import LITE0_CHANNELS, build_lite0_encoder, to_input
 from models.core.checkpoints import CheckpointError, load_checkpoint
 from models.core.types import Detection
 from models.runtime.runtimes import Network, Runner, Select, TorchRunner, golden_frame
-from models.runtime.swap import RuntimeSwap
+from models.runtime.swap import WrapperSwap
 
 __all__ = ["FILE", "KIND", "ARCH", "TrackVoterNet", "TrackVotedInspector", "track_crops", "crop_box"]
 
@@ -101,7 +101,7 @@ def voter_network(model: nn.Module, info: Any) -> Network:
                    (2, 3, size, size))
 
 
-class TrackVotedInspector(RuntimeSwap):
+class TrackVotedInspector(WrapperSwap):
     """`inner`'s detections, unchanged, plus `vote_track` (version = inner version + voter version)."""
 
     def __init__(self, model: nn.Module, info: Any, inner: Any, device: str = "cpu") -> None:
@@ -134,22 +134,10 @@ class TrackVotedInspector(RuntimeSwap):
     def networks(self) -> dict[str, Network]:
         return {**self.inner.networks(), "track-vote": voter_network(self.voter_model, self.voter_info)}
 
-    @property
-    def _inner(self) -> Any:  # RuntimeSwap switches the inner family's networks too
-        return self.inner
-
     def __getattr__(self, name: str) -> Any:  # the inner family's options (flip_tta, stats, ...) read through
         if name in ("inner", "voter_model", "voter_info"):
             raise AttributeError(name)
         return getattr(self.inner, name)
-
-    @property
-    def flip_tta(self) -> bool:
-        return self.inner.flip_tta
-
-    @flip_tta.setter
-    def flip_tta(self, on: bool) -> None:
-        self.inner.flip_tta = on
 
     def inspect_scored(self, frames: Sequence[np.ndarray]) -> tuple[list[list[Detection]], list[float]]:
         return self.inner.inspect_scored(frames)
