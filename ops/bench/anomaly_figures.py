@@ -9,7 +9,8 @@ Run (PYTHONPATH = the repository root):
       against proba 0, overall and per cell type.
   synthetic: ... synthetic --out runs/anomaly-synth  (fit on good synthetic frames, test on a disjoint seed range)
   speed:   ... speed --checkpoint DIR [--threads 2]  (1600x256 frames: frames/s in torch and onnxruntime, and the
-      nearest-neighbour search alone: torch matmul/min vs faiss-cpu IndexFlatL2 when faiss is importable)
+      nearest-neighbour search alone: torch matmul/min vs faiss-cpu IndexFlatL2 when faiss is importable; for an
+      OK/DEFECT checkpoint the classifier without CAM, the graph with Grad-CAM and Grad-CAM++, the whole Inspector)
 Prints one JSON object (and writes it to --json).
 """
 from __future__ import annotations
@@ -217,6 +218,40 @@ def run_speed(args) -> dict:
             out["faiss_max_abs_diff"] = float(np.abs(d[:, 0] - nn_torch().clamp_min(0).numpy()).max())
         except ImportError:
             out["nn_ms_per_frame_faiss"] = None
+    if hasattr(insp, "maps"):
+        out.update(_okdefect_speed(args, frames))
+    return out
+
+
+def _okdefect_speed(args, frames: list) -> dict:
+    """OK/DEFECT on the same frames: the classifier alone (patch probabilities, no CAM) against the Inspector's
+    graph with both CAMs (logit + Grad-CAM + Grad-CAM++, one pass) and its whole Inspector (CAM scaling per
+    patch, thresholds, regions), in torch and ONNX Runtime."""
+    from models.families.anomaly.tiling import cut_tiles
+    from models.families.okdefect.model import patch_outputs
+    from models.runtime.runtimes import Network, Select, build_runner
+
+    out: dict = {}
+    for rt in ("torch", "onnxruntime"):
+        insp = load_inspector(args.checkpoint, device="cpu", runtime=rt)
+        tiles = [t for f in frames for t in cut_tiles(f, insp.patch)[0]]
+        out["patches_per_frame"] = len(tiles) // len(frames)
+        cam_net = insp.networks()["okdefect"]
+        plain = Network(cam_net.checkpoint, cam_net.content_hash + "-logit", Select(insp.model).eval(),
+                        cam_net.golden, cam_net.trace_shape)
+        runners = {"without_cam": build_runner(plain, rt, threads=args.threads, cache_dir=Path(args.out) / "exports"),
+                   "with_cam_graph": insp._run}
+        for name, run in runners.items():
+            patch_outputs(run, tiles[:64])
+            t = time.time()
+            for _ in range(args.repeats):
+                patch_outputs(run, tiles)
+            out[f"okdefect_{name}_frames_per_s_{rt}"] = args.repeats * len(frames) / (time.time() - t)
+        insp.inspect(frames[:1])
+        t = time.time()
+        for _ in range(args.repeats):
+            insp.inspect(frames)
+        out[f"okdefect_inspector_with_cam_frames_per_s_{rt}"] = args.repeats * len(frames) / (time.time() - t)
     return out
 
 
