@@ -214,6 +214,9 @@ class Network(NamedTuple):
     module: nn.Module  # single output (see `Select`), eval mode, CPU
     golden: np.ndarray  # float32 (N, C, H, W) input prepared as the Inspector prepares frames
     trace_shape: tuple[int, int, int, int]  # a different shape to trace with, so the dynamic axes are exercised
+    # int8 (`onnxruntime-int8`): quantise only the nodes whose ONNX name holds this module path (e.g. "/encoder/":
+    # the exporter names nodes after their module), the rest stays float32; None quantises the whole graph
+    int8_scope: str | None = None
 
 
 def golden_frame(shape: tuple[int, int] = (64, 96), seed: int = 7) -> np.ndarray:
@@ -412,9 +415,11 @@ class _Calibration:
         return next(self._it, None)
 
 
-def _quantize_bytes(fp32: Path, calibration: list[np.ndarray], meta: dict[str, str]) -> bytes:
+def _quantize_bytes(fp32: Path, calibration: list[np.ndarray], meta: dict[str, str],
+                    scope: str | None = None) -> bytes:
     """Static int8 quantisation of the fp32 export: QDQ format, per-channel int8 weights, uint8
-    activations with MinMax ranges from `calibration` (the network's real inputs)."""
+    activations with MinMax ranges from `calibration` (the network's real inputs). With `scope`, only
+    the nodes whose name holds it are quantised (`Network.int8_scope`)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -427,9 +432,12 @@ def _quantize_bytes(fp32: Path, calibration: list[np.ndarray], meta: dict[str, s
                 quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
             except Exception:  # pre-processing is an optimisation; quantise the plain export instead
                 pre = fp32
+            exclude = [] if scope is None else [n.name for n in onnx.load(str(pre)).graph.node if scope not in n.name]
+            if scope is not None and len(exclude) == len(onnx.load(str(pre)).graph.node):
+                raise ValueError(f"int8 scope {scope!r} names no node of the export")
             quantize_static(str(pre), str(out), _Calibration("input", calibration), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
                             extra_options={"CalibTensorRangeSymmetric": False})
         model = onnx.load(str(out))
     del model.metadata_props[:]
@@ -451,7 +459,8 @@ def ensure_int8_export(net: Network, calibration: list[np.ndarray] | None, calib
     name = int8_export_name(net.checkpoint, net.content_hash)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     candidates = list(dict.fromkeys([fp32.parent / name, net.checkpoint.parent / name, cache / name]))
-    want = {**_export_record(net), "int8_format": INT8_FORMAT, "calibration": calibration_id}
+    want = {**_export_record(net), "int8_format": INT8_FORMAT, "calibration": calibration_id,
+            "int8_scope": net.int8_scope or "whole graph"}
     for p in candidates:
         data, why = _check_export(p, want)
         if data is not None:
@@ -462,9 +471,10 @@ def ensure_int8_export(net: Network, calibration: list[np.ndarray] | None, calib
         raise CheckpointError(f"no int8 export of {net.checkpoint} and no calibration inputs to make one")
     meta = {"content_hash": net.content_hash, "export_format": EXPORT_FORMAT, "int8_format": INT8_FORMAT,
             "checkpoint": net.checkpoint.name, "precision": "int8 (QDQ, per-channel weights, uint8 activations)",
-            "calibration": calibration_id, "calibration_inputs": str(len(calibration))}
+            "calibration": calibration_id, "calibration_inputs": str(len(calibration)),
+            "int8_scope": net.int8_scope or "whole graph"}
     try:
-        data = _quantize_bytes(fp32, calibration, meta)
+        data = _quantize_bytes(fp32, calibration, meta, net.int8_scope)
     except Exception as exc:
         raise CheckpointError(f"could not quantise {fp32} to int8: {exc}") from exc
     for p in candidates:

@@ -3,7 +3,7 @@
 
     ops/bench/segmenter_bench.py [--model DIR] [--data DIR] [--runtimes torch,onnxruntime,onnxruntime-int8]
         [--int8-calibration DIR] [--threads 2] [--batch 4] [--frames 16] [--repeats 3] [--frame 256x1600]
-        [--variants] [--out out/bench/segmenter.json]
+        [--variants] [--eval-data TEST_SET] [--out out/bench/segmenter.json]
 
 Frames: 1600x256 (`--frame`) mosaics of the images in `--data` (each image resized to the frame's height and
 laid side by side, so a real model sees real surfaces and finds real regions), else synthetic steel-strip frames.
@@ -15,7 +15,9 @@ ms per frame of each stage, from timers around the functions the Inspector calls
 normalise to float), `network` (the runner: PyTorch, ONNX Runtime or int8), `softmax_upsample` (softmax at the
 logits' resolution, bilinear upsampling of the probabilities to the frame), `regions` (argmax, per-class
 thresholds, connected components, Detections), `image_score`. onnxruntime-int8 runs only behind the parity gate on
-detections (models/runtime/choice.py); a refusal is reported with its reason, never served.
+detections (models/runtime/choice.py); a refusal is reported with its reason, never served. It quantises the
+family's `int8_scope` (the whole graph); `onnxruntime-int8-encoder` quantises the Lite0 encoder only, for comparison.
+A refused int8 is still timed (and evaluated with `--eval-data`) with the gate opened, its row keeping `refused`.
 
 `--variants`: GFLOP per frame (torch.utils.flop_counter) and network frames/s in ONNX Runtime fp32 and int8 (random
 weights, random calibration: speed only) of the decoder variants, the data behind the default in models/README.md.
@@ -181,6 +183,8 @@ def main() -> None:
     ap.add_argument("--variants", action="store_true", help="GFLOP and network speed of the decoder variants")
     ap.add_argument("--no-int8-variants", action="store_true", help="with --variants: fp32 only")
     ap.add_argument("--skip-inspector", action="store_true", help="only --variants")
+    ap.add_argument("--eval-data", default=None, help="a plain test set (images/, masks/): each runtime's mIoU on "
+                    "it, an int8 runtime the parity gate refused included (measured, never served)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     import torch
@@ -202,16 +206,40 @@ def main() -> None:
             result["network_gflop_per_frame"] = network_gflop(base.model, h, w)
             result["decoder"] = {k: base.info.arch_config.get(k) for k in ("decoder", "out_stride", "block")}
             rows = {}
+            from models.families.segmenter.model import SegmenterInspector
+            from models.runtime.choice import INT8_CONF_TOL, INT8_MIN_IOU, use_int8
+
             for rt in [r.strip() for r in args.runtimes.split(",") if r.strip()]:
+                scoped = rt == "onnxruntime-int8-encoder"  # int8 in the Lite0 encoder only, the decoder float32
+                family_scope = SegmenterInspector.int8_scope
                 try:
+                    if scoped:
+                        SegmenterInspector.int8_scope = "/encoder/"
                     insp = base if rt == "torch" else load_inspector(
-                        model_dir, device="cpu", runtime=rt, export_cache=tmp, calibration=args.int8_calibration)
+                        model_dir, device="cpu", runtime="onnxruntime-int8" if scoped else rt, export_cache=tmp,
+                        calibration=args.int8_calibration)
                 except CheckpointError as exc:  # int8 refused by its parity gate, or no export
                     rows[rt] = {"refused": str(exc)}
-                    continue
-                row = _stages(insp, frames, args.batch, args.repeats)
-                if rt == "onnxruntime-int8":
-                    row["parity"] = {k: v for k, v in insp.int8_parity.items() if k != "problems"}
+                    if not rt.startswith("onnxruntime-int8"):
+                        continue
+                    try:  # what the refused int8 would give: timed and evaluated here, never served
+                        if scoped:
+                            SegmenterInspector.int8_scope = "/encoder/"
+                        insp = load_inspector(model_dir, device="cpu", runtime="torch")
+                        use_int8(insp, tmp, args.int8_calibration, INT8_MIN_IOU, INT8_CONF_TOL, enforce=False)
+                    except CheckpointError as exc2:
+                        rows[rt]["not_measured"] = str(exc2)
+                        continue
+                finally:
+                    SegmenterInspector.int8_scope = family_scope
+                row = {**rows.get(rt, {}), **_stages(insp, frames, args.batch, args.repeats)}
+                if args.eval_data:
+                    row["eval"] = _evaluate(insp, Path(args.eval_data))
+                if rt.startswith("onnxruntime-int8"):
+                    row["int8_scope"] = "/encoder/" if scoped else (family_scope or "whole graph")
+                    row["served"] = "refused" not in row
+                    if row["served"]:
+                        row["parity"] = {k: v for k, v in insp.int8_parity.items() if k != "problems"}
                 rows[rt] = row
                 print(f"segmenter_bench: {rt}: {row['frames_per_s']} frames/s", file=sys.stderr, flush=True)
             result["inspector"] = rows
@@ -219,6 +247,16 @@ def main() -> None:
         result["variants"] = _variants(h, w, args.batch, args.threads, args.repeats, not args.no_int8_variants)
     result["load_avg_after"] = list(os.getloadavg())
     emit(result, args.out)
+
+
+def _evaluate(insp, data: Path) -> dict:
+    """The segmentation figures of `insp` on a plain test set (`defectstream evaluate`'s report)."""
+    from models.data.datasets import open_dataset
+    from models.evaluation.evaluate import evaluate_inspector
+
+    m = evaluate_inspector(insp, list(open_dataset("plain", str(data)))).metrics
+    keep = ("miou_classes_with_background", "miou_classes", "pooled_defect_iou", "classification_accuracy")
+    return {k: m.get(k) for k in keep}
 
 
 def _random_model(d: Path) -> Path:

@@ -324,6 +324,10 @@ def frame_probabilities(model: "LiteUNet", samples: Sequence[InspectionSample], 
 class SegmenterInspector(RuntimeSwap):
     """A trained segmenter as an `Inspector` (models.core.types): frames -> per-class regions."""
 
+    # onnxruntime-int8 quantises the whole graph: int8 in the encoder alone ("/encoder/") fails the parity gate on
+    # NEU-Seg as the whole graph does (models/README.md), and is slower
+    int8_scope: str | None = None
+
     family = "segmenter"
     _runners = {"segmenter": "_run"}  # network -> runner attribute (RuntimeSwap.use_runtime)
 
@@ -347,7 +351,7 @@ class SegmenterInspector(RuntimeSwap):
         g = golden_frame((64, 96))
         x = to_input([g, np.ascontiguousarray(g[:, ::-1])], "cpu").numpy()
         return {"segmenter": Network(Path(self.info.path), self.info.content_hash, Select(self._coarse),
-                                     x, (1, 3, 64, 64))}
+                                     x, (1, 3, 64, 64), int8_scope=self.int8_scope)}
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "SegmenterInspector":

@@ -135,3 +135,32 @@ def test_compare_detections_names_what_differs():
     assert not r["same"] and "extra" in r["problems"][0]
     r = compare_detections([[det(0), det(30)]], [[det(0)]], frames, 0.9, 0.05)
     assert not r["same"] and "not found" in r["problems"][0]
+
+
+def test_int8_scope_quantises_only_the_named_modules_and_a_new_scope_rebuilds(tmp_path):
+    from models.families.segmenter.example import tiny_model
+
+    d = tiny_model(tmp_path / "seg")
+    net = load_inspector(d, device="cpu").networks()["segmenter"]
+    cal = [net.golden] * 2
+    whole = rt.ensure_int8_export(net._replace(int8_scope=None), cal, "t", tmp_path / "cache")
+    whole_q = [n.name for n in onnx.load(str(whole)).graph.node if n.op_type == "QuantizeLinear"]
+    assert any("/up." in n for n in whole_q)  # the whole graph: the decoder is quantised too
+    enc = rt.ensure_int8_export(net._replace(int8_scope="/encoder/"), cal, "t", tmp_path / "cache")
+    assert enc == whole  # the same file name, rebuilt: its record names the scope
+    assert (enc.parent / (enc.name + ".refused")).exists()
+    enc_q = [n.name for n in onnx.load(str(enc)).graph.node if n.op_type == "QuantizeLinear"]
+    assert enc_q and all("/encoder/" in n or n.startswith("input") for n in enc_q)
+    assert len(enc_q) < len(whole_q)
+    meta = {p.key: p.value for p in onnx.load(str(enc)).metadata_props}
+    assert any(v == "/encoder/" for k, v in meta.items() if k.endswith("int8_scope"))
+    with pytest.raises(rt.CheckpointError, match="names no node"):
+        rt.ensure_int8_export(net._replace(int8_scope="/no-such-module/"), cal, "t", tmp_path / "cache2")
+
+
+def test_a_benchmark_can_measure_a_refused_int8_without_the_gate_raising(tmp_path):
+    d = _tiny_severity(tmp_path / "tiny")
+    insp = load_inspector(d, device="cpu")
+    rep = choice.use_int8(insp, None, None, 1.0, 0.0, enforce=False)
+    assert not rep["same"] and insp.runtime == INT8  # kept for measuring; load_inspector would have refused it
+    assert insp.inspect(choice.synthetic_frames(500, 1, (64, 96))) is not None
