@@ -17,7 +17,7 @@ logits' resolution, bilinear upsampling of the probabilities to the frame), `reg
 thresholds, connected components, Detections), `image_score`. onnxruntime-int8 runs only behind the parity gate on
 detections (models/runtime/choice.py); a refusal is reported with its reason, never served. It quantises the
 family's `int8_scope` (the whole graph); `onnxruntime-int8-encoder` quantises the Lite0 encoder only, for comparison.
-A refused int8 is still timed (and evaluated with `--eval-data`) with the gate opened, its row keeping `refused`.
+A refused int8 is still timed (and evaluated with `--eval-data`): its row says `served: false` and why, and it is never served.
 
 `--variants`: GFLOP per frame (torch.utils.flop_counter) and network frames/s in ONNX Runtime fp32 and int8 (random
 weights, random calibration: speed only) of the decoder variants, the data behind the default in models/README.md.
@@ -206,40 +206,33 @@ def main() -> None:
             result["network_gflop_per_frame"] = network_gflop(base.model, h, w)
             result["decoder"] = {k: base.info.arch_config.get(k) for k in ("decoder", "out_stride", "block")}
             rows = {}
-            from models.families.segmenter.model import SegmenterInspector
             from models.runtime.choice import INT8_CONF_TOL, INT8_MIN_IOU, use_int8
 
             for rt in [r.strip() for r in args.runtimes.split(",") if r.strip()]:
-                scoped = rt == "onnxruntime-int8-encoder"  # int8 in the Lite0 encoder only, the decoder float32
-                family_scope = SegmenterInspector.int8_scope
+                row: dict = {}
                 try:
-                    if scoped:
-                        SegmenterInspector.int8_scope = "/encoder/"
-                    insp = base if rt == "torch" else load_inspector(
-                        model_dir, device="cpu", runtime="onnxruntime-int8" if scoped else rt, export_cache=tmp,
-                        calibration=args.int8_calibration)
-                except CheckpointError as exc:  # int8 refused by its parity gate, or no export
-                    rows[rt] = {"refused": str(exc)}
-                    if not rt.startswith("onnxruntime-int8"):
-                        continue
-                    try:  # what the refused int8 would give: timed and evaluated here, never served
-                        if scoped:
-                            SegmenterInspector.int8_scope = "/encoder/"
+                    if rt.startswith("onnxruntime-int8"):
+                        # the parity gate's verdict; the int8 runners are measured either way (never served here)
                         insp = load_inspector(model_dir, device="cpu", runtime="torch")
-                        use_int8(insp, tmp, args.int8_calibration, INT8_MIN_IOU, INT8_CONF_TOL, enforce=False)
-                    except CheckpointError as exc2:
-                        rows[rt]["not_measured"] = str(exc2)
-                        continue
-                finally:
-                    SegmenterInspector.int8_scope = family_scope
-                row = {**rows.get(rt, {}), **_stages(insp, frames, args.batch, args.repeats)}
+                        if rt == "onnxruntime-int8-encoder":  # int8 in the Lite0 encoder only, the decoder float32
+                            insp.int8_scope = "/encoder/"
+                        rep = use_int8(insp, tmp, args.int8_calibration, INT8_MIN_IOU, INT8_CONF_TOL, enforce=False)
+                        row.update(int8_scope=insp.int8_scope or "whole graph", served=bool(rep["same"]),
+                                   parity={k: v for k, v in rep.items() if k != "problems"})
+                        if not rep["same"]:
+                            row["refused"] = (f"int8 found {rep['got']} regions where fp32 finds {rep['ref']}, "
+                                              f"{rep['problem_count']} differences beyond mask IoU >= {INT8_MIN_IOU}, "
+                                              f"same class, confidence within {INT8_CONF_TOL} (e.g. "
+                                              f"{rep['problems'][0] if rep['problems'] else '-'})")
+                    else:
+                        insp = base if rt == "torch" else load_inspector(model_dir, device="cpu", runtime=rt,
+                                                                         export_cache=tmp)
+                except CheckpointError as exc:  # no export, or quantisation failed
+                    rows[rt] = {"refused": str(exc)}
+                    continue
+                row.update(_stages(insp, frames, args.batch, args.repeats))
                 if args.eval_data:
                     row["eval"] = _evaluate(insp, Path(args.eval_data))
-                if rt.startswith("onnxruntime-int8"):
-                    row["int8_scope"] = "/encoder/" if scoped else (family_scope or "whole graph")
-                    row["served"] = "refused" not in row
-                    if row["served"]:
-                        row["parity"] = {k: v for k, v in insp.int8_parity.items() if k != "problems"}
                 rows[rt] = row
                 print(f"segmenter_bench: {rt}: {row['frames_per_s']} frames/s", file=sys.stderr, flush=True)
             result["inspector"] = rows
