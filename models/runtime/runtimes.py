@@ -432,9 +432,12 @@ def _quantize_bytes(fp32: Path, calibration: list[np.ndarray], meta: dict[str, s
                 quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
             except Exception:  # pre-processing is an optimisation; quantise the plain export instead
                 pre = fp32
-            exclude = [] if scope is None else [n.name for n in onnx.load(str(pre)).graph.node if scope not in n.name]
-            if scope is not None and len(exclude) == len(onnx.load(str(pre)).graph.node):
-                raise ValueError(f"int8 scope {scope!r} names no node of the export")
+            exclude: list[str] = []
+            if scope is not None:
+                names = [n.name for n in onnx.load(str(pre)).graph.node]
+                exclude = [n for n in names if scope not in n]
+                if len(exclude) == len(names):
+                    raise ValueError(f"int8 scope {scope!r} names no node of the export")
             quantize_static(str(pre), str(out), _Calibration("input", calibration), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
