@@ -32,6 +32,9 @@ ap.add_argument("--fit", type=int, default=1500, help="good train tiles to fit o
 ap.add_argument("--test", type=int, default=1500, help="test tiles")
 ap.add_argument("--threads", type=int, default=2)
 args = ap.parse_args()
+for split in ("train", "test"):
+    if not (Path(args.data) / split).is_dir():
+        ap.error(f"--data {args.data}: no {split}/ folder (a plain set with train/ and test/ is expected)")
 torch.set_num_threads(args.threads)
 rng = np.random.default_rng(0)
 D = args.data

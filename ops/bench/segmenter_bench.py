@@ -187,6 +187,10 @@ def main() -> None:
                     "it, an int8 runtime the parity gate refused included (measured, never served)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    for flag, value in (("--model", args.model), ("--data", args.data), ("--eval-data", args.eval_data),
+                        ("--int8-calibration", args.int8_calibration)):
+        if value is not None and not Path(value).is_dir():
+            ap.error(f"{flag} {value}: no such folder")
     import torch
 
     torch.set_num_threads(args.threads)

@@ -27,3 +27,10 @@ def test_rows_per_runtime_with_the_int8_verdict_and_scope(tmp_path):
     for rt in ("onnxruntime-int8", "onnxruntime-int8-encoder"):
         row = rows[rt]
         assert row["served"] == row["parity"]["same"] and ("refused" in row) == (not row["served"])
+
+
+def test_a_missing_folder_is_one_error_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "ops/bench/segmenter_bench.py"), "--eval-data",
+                           str(tmp_path / "nowhere")], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and "no such folder" in proc.stderr and "Traceback" not in proc.stderr
