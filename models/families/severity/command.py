@@ -8,19 +8,18 @@ from typing import Any, Callable, Mapping
 
 from models.core.families import TrainCommand, TrainOption
 from models.data.datasets import DatasetError
-from models.families.severity.train_data import (DataSpec, RealClassifierConfig, RealDetectorConfig,
-                                                 train_classifier_on_data, train_detector_on_data)
-from models.families.severity.train_synthetic import (ClassifierTrainConfig, DetectorTrainConfig, train_classifier,
-                                                      train_detector)
+from models.families.severity.train import ClassifierTrainConfig, DetectorTrainConfig, train_classifier, train_detector
+from models.families.severity.train_data import DataSpec
+from models.training.defaults import MAX_STEPS, MIN_DEFECTIVE_VAL, MIN_STEPS, PASSES, parse_duration
 from models.training.options import QUIET, RESUME, apply_overrides
 
 __all__ = ["CNN4_DEFAULTS", "COMMAND", "REGION_OPTIONS", "json_object", "run_region_classifier"]
 
-_d, _c = RealDetectorConfig(), ClassifierTrainConfig()  # the trainers' own defaults, shown in --help
-_DET = {"arch": _d.arch, "steps": _d.steps, "batch": _d.batch, "patch": _d.patch, "lr": _d.lr, "frames": _d.n_frames,
-        "val_frames": _d.n_val, "seed_base": _d.seed_base, "val_every": _d.val_every,
-        "defect_weight": _d.defect_weight, "label_floor": _d.label_floor, "label_lambda": _d.label_lambda}
-_CLS = {"epochs": _c.epochs, "batch": _c.batch, "lr": _c.lr, "frames": _c.n_frames, "seed_base": _c.seed_base,
+_d, _c = DetectorTrainConfig(), ClassifierTrainConfig()  # the trainers' own defaults, shown in --help
+_DET = {"arch": _d.arch, "batch": _d.batch, "lr": 2e-3, "frames": _d.n_frames, "val_frames": _d.n_val,
+        "seed_base": _d.seed_base, "defect_weight": _d.defect_weight, "label_floor": _d.label_floor,
+        "label_lambda": _d.label_lambda, "p_defect": _d.p_defect}
+_CLS = {"epochs": _c.epochs, "batch": _c.batch, "lr": 2e-3, "frames": _c.n_frames, "seed_base": _c.seed_base,
         "width": _c.width}
 
 
@@ -37,17 +36,29 @@ _SYNTHETIC_ONLY = (("frames", "--frames"), ("val_frames", "--val-frames"), ("see
 _DETECTOR_OPTIONS = (
     TrainOption("--arch", "the paper's network (4x4 cells) or the fast CPU variant (2x2 cells)",
                 choices=("paper", "fast"), default=_DET["arch"]),
-    TrainOption("--steps", "optimisation steps", type=int, default=_DET["steps"]),
+    TrainOption("--steps", "optimisation steps", type=int,
+                default_text=f"chosen from the data: {PASSES:g} passes over the patches that tile the training "
+                             f"images, clamped to {MIN_STEPS}..{MAX_STEPS}, printed when training starts"),
+    TrainOption("--time-budget", "wall-time budget, e.g. 20m, 1h30m, 900s; training ends at the first of this and "
+                "the step budget", type=parse_duration, metavar="DURATION", default_text="no time limit"),
     TrainOption("--batch", "batch size", type=int, default=_DET["batch"]),
-    TrainOption("--patch", "training patch size", type=int, default=_DET["patch"]),
-    TrainOption("--lr", "peak learning rate (one-cycle schedule)", type=float, default=_DET["lr"]),
+    TrainOption("--patch", "training patch size (a multiple of 16)", type=int,
+                default_text="chosen from the data: the median image's short side rounded down to 16, at most 128"),
+    TrainOption("--lr", "peak learning rate (warm-up + cosine)", type=float, default=_DET["lr"]),
+    TrainOption("--patience", "stop once this many validations bring no better smoothed (EMA) validation mean IoU, "
+                f"after half the budget and only with at least {MIN_DEFECTIVE_VAL} defective validation images",
+                type=int, default=3),
+    TrainOption("--no-balance", "draw training images uniformly instead of half defective, half good per batch",
+                switch=True, default=True, dest="balanced"),
+    TrainOption("--p-defect", "share of a defective image's patches centred on one of its defects", type=float,
+                default=_DET["p_defect"]),
     TrainOption("--frames", "synthetic training frames (without --data only)", type=int, default=_DET["frames"]),
     TrainOption("--val-frames", "synthetic validation frames for choosing T (without --data only)", type=int,
                 default=_DET["val_frames"]),
     TrainOption("--seed-base", "first synthetic frame seed (keep disjoint from evaluation seeds; without --data "
                 "only)", type=int, default=_DET["seed_base"]),
-    TrainOption("--val-every", "with --data: measure the validation mean IoU every N steps and keep the best "
-                "weights", type=int, default=_DET["val_every"]),
+    TrainOption("--val-every", "measure the validation mean IoU every N steps (the kept weights are those of the "
+                "best smoothed value)", type=int, default_text="chosen from the budget: 6..15 times per run"),
     TrainOption("--init", "warm start from this detector checkpoint (continue training with a new schedule)",
                 default_text="none (random initialisation)"),
     TrainOption("--defect-weight", "extra L2 weight of defect cells against class imbalance", type=float,
@@ -76,7 +87,10 @@ classifier's, with the cnn4 defaults in their help: `CNN4_DEFAULTS`)."""
 CNN4_DEFAULTS = {"epochs": _CLS["epochs"], "batch": _CLS["batch"], "lr": _CLS["lr"]}
 
 
-def _spec(values: Mapping[str, Any]) -> Any:
+def _spec(values: Mapping[str, Any]) -> DataSpec | None:
+    """The data of a run: --data with its split, or None (the synthetic generator)."""
+    if not values.get("data"):
+        return None
     given = [flag for key, flag in _SYNTHETIC_ONLY if values.get(key) is not None]
     if given:
         raise DatasetError(f"{', '.join(given)} only apply to synthetic training, not with --data")
@@ -85,22 +99,17 @@ def _spec(values: Mapping[str, Any]) -> Any:
 
 
 def _run_detector(values: Mapping[str, Any], log: Callable[[str], None]) -> str:
-    arch = values.get("arch") or _DET["arch"]
-    if values.get("data"):
-        cfg = RealDetectorConfig(arch=arch, seed=values.get("seed", 0), threads=values.get("threads", 2),
-                                 init=values.get("init"))
-        apply_overrides(cfg, values, "steps", "batch", "patch", "lr", "defect_weight", "label_floor",
-                        "label_lambda", "arch_config", "val_every")
-        res = train_detector_on_data(cfg, _spec(values), values["out"], resume=bool(values.get("resume")),
-                                     quiet=bool(values.get("quiet")))
-        return (f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s; validation mean IoU "
-                f"{res.info.metrics['val_mean_iou']:.3f}, T {res.info.threshold:.2f}")
-    cfg = DetectorTrainConfig(arch=arch, seed=values.get("seed", 0), threads=values.get("threads", 2))
-    apply_overrides(cfg, values, "steps", "batch", "seed_base", "patch", "lr", "defect_weight", "label_floor",
-                    "label_lambda", "arch_config", n_frames="frames", n_val="val_frames")
-    cfg.init = values.get("init")
-    res = train_detector(cfg, values["out"], resume=bool(values.get("resume")), quiet=bool(values.get("quiet")))
-    return f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s"
+    cfg = DetectorTrainConfig(arch=values.get("arch") or _DET["arch"], seed=values.get("seed", 0),
+                              threads=values.get("threads", 2), init=values.get("init"))
+    apply_overrides(cfg, values, "steps", "time_budget", "batch", "patch", "lr", "patience", "balanced", "p_defect",
+                    "defect_weight", "label_floor", "label_lambda", "arch_config", "val_every", "seed_base",
+                    n_frames="frames", n_val="val_frames")
+    res = train_detector(cfg, values["out"], _spec(values), resume=bool(values.get("resume")),
+                         quiet=bool(values.get("quiet")), log=log)
+    ch = res.info.train_data.get("choices", {})
+    return (f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s after {ch.get('steps_run')} "
+            f"steps (ended by {ch.get('ended_by')}); validation mean IoU {res.info.metrics['val_mean_iou']:.3f}, "
+            f"T {res.info.threshold:.2f}")
 
 
 def run_region_classifier(values: Mapping[str, Any], log: Callable[[str], None]) -> str:
@@ -108,31 +117,27 @@ def run_region_classifier(values: Mapping[str, Any], log: Callable[[str], None])
     unknown = set(values.get("arch_config") or {}) - {"width"}
     if unknown:
         raise ValueError(f"--arch-config for the classifier takes only 'width', not {sorted(unknown)}")
-    width = int((values.get("arch_config") or {}).get("width", _CLS["width"]))
-    if values.get("data"):
-        cfg = RealClassifierConfig(seed=values.get("seed", 0), threads=values.get("threads", 2),
-                                   detector=values.get("detector"))
-        cfg.width = width
-        apply_overrides(cfg, values, "epochs", "lr", "batch")
-        res = train_classifier_on_data(cfg, _spec(values), values["out"], resume=bool(values.get("resume")),
-                                       quiet=bool(values.get("quiet")))
-        return (f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s; validation accuracy "
-                f"{res.info.metrics['val_accuracy']:.3f} (balanced {res.info.metrics['val_balanced_accuracy']:.3f})")
     cfg = ClassifierTrainConfig(seed=values.get("seed", 0), threads=values.get("threads", 2),
-                                detector=values.get("detector"))
-    cfg.width = width
-    apply_overrides(cfg, values, "epochs", "lr", "batch", "seed_base", n_frames="frames")
-    res = train_classifier(cfg, values["out"], resume=bool(values.get("resume")), quiet=bool(values.get("quiet")))
-    return f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s"
+                                detector=values.get("detector"),
+                                width=int((values.get("arch_config") or {}).get("width", _CLS["width"])))
+    apply_overrides(cfg, values, "epochs", "steps", "time_budget", "lr", "batch", "balanced", "seed_base",
+                    n_frames="frames")
+    res = train_classifier(cfg, values["out"], _spec(values), resume=bool(values.get("resume")),
+                           quiet=bool(values.get("quiet")), log=log)
+    m = res.info.metrics
+    return (f"wrote {res.checkpoint} ({res.info.model_version}) in {res.seconds:.0f} s; validation balanced accuracy "
+            f"{m['val_balanced_accuracy']:.3f} (accuracy {m['val_accuracy']:.3f})")
 
 
 COMMAND = TrainCommand(
     name="detector", help="train the severity detector (He & Liu), on synthetic frames or the plant's images",
     description=("Train the severity detector. Without --data on deterministic synthetic inspection frames (CPU is "
-                 "fine); with --data on the plant's annotated images, keeping the best validation weights. Shows a "
-                 "progress bar with loss and ETA, writes a resumable training state every few steps and a registry "
-                 "checkpoint (weights + content hash + metadata) at the end.\n\nexamples:\n"
-                 "  defectstream train detector --arch fast --out runs/det --steps 3000\n"
+                 "fine); with --data on the plant's annotated images. It trains on the engine every family uses: the budget "
+                 "(steps and/or --time-budget), balanced batches and early stopping are chosen from the data, printed "
+                 "and recorded; a progress bar shows loss and ETA; a resumable training state is written after every "
+                 "validation and a registry checkpoint (weights + content hash + metadata) at the end, its threshold "
+                 "and post-processing chosen on the validation images.\n\nexamples:\n"
+                 "  defectstream train detector --arch fast --out runs/det\n"
                  "  defectstream train detector --data /data/DAGM --format dagm --out runs/dagm"),
     options=_DETECTOR_OPTIONS, run=_run_detector,
     data_help="training images of the plant (a path; see --format); without it: the synthetic generator")

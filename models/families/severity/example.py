@@ -10,8 +10,7 @@ from models.core.families import TinyRun
 from models.data.synthetic import CLASS_NAMES
 from models.families.severity.detector import build_detector
 from models.families.severity.region_classifier import build_classifier
-from models.families.severity.train_synthetic import (ClassifierTrainConfig, DetectorTrainConfig, train_classifier,
-                                                      train_detector)
+from models.families.severity.train import ClassifierTrainConfig, DetectorTrainConfig, train_classifier, train_detector
 
 TINY = {"width": 8, "stem": 8}  # fast detector of a few thousand parameters
 
@@ -40,7 +39,7 @@ def tiny_train(directory: Path) -> TinyRun:
     the losses are the detector's, by step."""
     quiet = {"quiet": True, "log": lambda _msg: None}
     det = train_detector(DetectorTrainConfig(arch="fast", arch_config=dict(TINY), steps=60, batch=4, patch=64,
-                                             n_frames=8, frame_shape=(96, 96), n_val=4, threads=1, save_every=1000),
+                                             n_frames=8, frame_shape=(96, 96), n_val=4, threads=1),
                          directory, **quiet)
     train_classifier(ClassifierTrainConfig(epochs=1, batch=32, n_frames=8, frame_shape=(96, 96), width=4, threads=1),
                      directory, **quiet)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from models.families.severity.train_synthetic import DetectorTrainConfig
+from models.families.severity.train import DetectorTrainConfig
 from streams.cli import main
 from models.training.options import apply_overrides
 
@@ -21,7 +21,9 @@ def test_tiny_detector_run_writes_a_checkpoint_with_the_options(tmp_path, capsys
     assert rc == 0 and "wrote" in capsys.readouterr().out
     meta = json.loads((tmp_path / "detector_fast.json").read_text())
     blob = json.dumps(meta)
-    assert '"steps": 3' in blob and '"patch": 64' in blob and '"n_frames": 4' in blob
+    assert '"steps": 3' in blob and '"patch": 64' in blob
+    assert meta["train_data"]["source"] == "synthetic:seed=100000,n=4,size=256x256"
+    assert meta["train_data"]["choices"]["steps_run"] == 3 and meta["input_spec"]["train_patch"] == 64
 
 
 def test_architecture_and_label_options_reach_the_checkpoint(tmp_path, capsys):

@@ -10,8 +10,7 @@ import models.families  # noqa: F401  (registers every family)
 from models.core.families import family_specs, train_commands, wrapper_specs
 from models.families.anomaly.fit import AnomalyFitConfig
 from models.families.okdefect.train import DEFAULT_PATCH
-from models.families.severity.train_data import RealDetectorConfig
-from models.families.severity.train_synthetic import ClassifierTrainConfig
+from models.families.severity.train import ClassifierTrainConfig, DetectorTrainConfig
 from models.training.lite0 import LiteTrainConfig
 from streams.cli import main
 
@@ -70,7 +69,7 @@ def test_each_command_help_shows_its_own_options_and_true_defaults(capsys):
             assert opt.flag in pages[cmd.name], (cmd.name, opt.flag)
             if not opt.switch:
                 assert "(default: " in _option(pages[cmd.name], opt.flag), (cmd.name, opt.flag)
-    lite, det, cls, ano = LiteTrainConfig(), RealDetectorConfig(), ClassifierTrainConfig(), AnomalyFitConfig()
+    lite, det, cls, ano = LiteTrainConfig(), DetectorTrainConfig(), ClassifierTrainConfig(), AnomalyFitConfig()
     seg = pages["segmenter"]
     assert f"(default: {lite.batch})" in _option(seg, "--batch")
     assert "chosen from the data" in _option(seg, "--steps") and "300..3000" in _option(seg, "--steps")
@@ -79,12 +78,13 @@ def test_each_command_help_shows_its_own_options_and_true_defaults(capsys):
     assert "(default: 1.0)" in _option(seg, "--scale")
     assert "--frames" not in seg and "--label-floor" not in seg and "--bank-size" not in seg
     d = pages["detector"]
-    assert f"(default: {det.steps})" in _option(d, "--steps") and f"(default: {det.patch})" in _option(d, "--patch")
+    assert "patches that tile the training images" in _option(d, "--steps")  # the engine's budget, counted in patches
+    assert "at most 128" in _option(d, "--patch") and "DURATION" in _option(d, "--time-budget")
     assert f"(default: {det.n_frames})" in _option(d, "--frames")
     assert f"(default: {det.label_floor})" in _option(d, "--label-floor")
-    assert f"(default: {det.val_every})" in _option(d, "--val-every")
+    assert "6..15 times per run" in _option(d, "--val-every")
     assert "synthetic generator" in _option(d, "--data")  # the detector really defaults to synthetic frames
-    assert "--seg-loss" not in d and "--time-budget" not in d
+    assert "--seg-loss" not in d
     c = pages["classifier"]
     assert f"lite0: {lite.batch}; cnn4: {cls.batch}" in _option(c, "--batch")
     assert f"cnn4: {cls.epochs}" in _option(c, "--epochs")

@@ -11,8 +11,8 @@ import pytest
 from models.core.checkpoints import load_checkpoint
 from models.core.types import BBox, Detection, InspectionSample
 from models.data.datasets import DatasetError
-from models.families.severity.train_data import (DataSpec, RealClassifierConfig, RealDetectorConfig, prepare_images,
-                               train_classifier_on_data, train_detector_on_data)
+from models.families.severity.train import ClassifierTrainConfig, DetectorTrainConfig, train_classifier, train_detector
+from models.families.severity.train_data import DataSpec, prepare_images
 from models.loading import load_inspector
 
 CLASSES = ("spot", "streak")
@@ -56,10 +56,9 @@ def dataset(tmp_path_factory) -> Path:
     return write_plain_dataset(tmp_path_factory.mktemp("plant"))
 
 
-def _det_cfg(**kw) -> RealDetectorConfig:
-    base = dict(steps=60, batch=4, patch=64, lr=3e-3, arch_config={"width": 8, "stem": 8}, save_every=20,
-                val_every=20, threads=1)
-    return RealDetectorConfig(**{**base, **kw})
+def _det_cfg(**kw) -> DetectorTrainConfig:
+    base = dict(steps=60, batch=4, patch=64, lr=3e-3, arch_config={"width": 8, "stem": 8}, val_every=20, threads=1)
+    return DetectorTrainConfig(**{**base, **kw})
 
 
 _SMALL_GRID = {"candidates": [2.0, 4.0, 6.0], "relatives": [0.0], "lows": [1.0, 0.7], "hole_areas": [0, 64],
@@ -70,10 +69,9 @@ _SMALL_GRID = {"candidates": [2.0, 4.0, 6.0], "relatives": [0.0], "lows": [1.0, 
 def trained(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
     spec = DataSpec("plain", str(dataset), val_split=0.25, split_seed=3)
-    det = train_detector_on_data(_det_cfg(), spec, out, quiet=True, log=lambda s: None, grid=_SMALL_GRID)
-    clf = train_classifier_on_data(RealClassifierConfig(epochs=12, width=8, batch=8, lr=3e-3, threads=1,
-                                                        detector=det.checkpoint),
-                                   spec, out, quiet=True, log=lambda s: None)
+    det = train_detector(_det_cfg(), out, spec, quiet=True, log=lambda s: None, grid=_SMALL_GRID)
+    clf = train_classifier(ClassifierTrainConfig(epochs=12, width=8, batch=8, lr=3e-3, threads=1,
+                                                 detector=det.checkpoint), out, spec, quiet=True, log=lambda s: None)
     return out, spec, det, clf
 
 
@@ -85,15 +83,18 @@ def test_detector_learns_and_records_data_split_and_classes(trained, dataset):
     td = info.train_data
     assert td["data_spec"] == {"format": "plain", "data": str(dataset), "val_data": None, "val_split": 0.25,
                                "split_seed": 3, "limit": None}
-    assert td["split"]["train_images"] == 9 and td["split"]["val_images"] == 3
-    assert len(td["split"]["val_sources"]) == 3 and td["masks_from_boxes"] is False
-    # validated every 20 steps; the checkpoint holds the best of them
-    assert [h[0] for h in td["val_history"]] == [20, 40, 60]
-    assert abs(info.metrics["val_mean_iou"] - max(h[1] for h in td["val_history"])) < 1e-4
-    assert td["best_step"] in (20, 40, 60)
+    assert td["train_images"] == 9 and td["val_images"] == 3
+    assert len(td["val_sources"]) == 3 and td["masks_from_boxes"] is False
+    # validated every 20 steps on the one engine; the checkpoint holds the weights of the kept validation
+    assert [h["step"] for h in td["history"]] == [20, 40, 60]
+    kept = next(h for h in td["history"] if h["step"] == td["best_step"])
+    assert abs(info.metrics["val_mean_iou"] - kept["val_mean_iou"]) < 1e-6
     assert info.threshold in _SMALL_GRID["candidates"]
     assert set(info.postprocess) == {"relative", "low", "hole_area", "flip_tta"}
-    assert "n_frames" not in td["config"] and td["config"]["p_defect"] == 0.5
+    assert td["config"]["task"] == "detector" and td["config"]["options"]["p_defect"] == 0.5
+    # fewer than 20 defective validation images: no early stopping, the whole budget and the last weights
+    assert td["choices"]["steps_run"] == 60 and td["best_step"] == 60 and not td["stopped_early"]
+    assert td["choices"]["crop"]["patch"] == 64 and "synthetic" not in td["source"]
 
 
 def test_detector_finds_the_bright_defects_on_validation_images(trained):
@@ -108,7 +109,7 @@ def test_classifier_records_real_classes_and_loads_with_the_detector_as_an_inspe
     counts = clf.info.train_data["crops_per_class"]
     assert len(counts) == 3 and all(c > 0 for c in counts)  # background, spot, streak
     assert clf.info.metrics["val_accuracy"] >= 0.75  # chance is 1/3: background, spot, streak
-    assert [h[0] for h in clf.info.train_data["val_history"]] == list(range(1, 13))
+    assert [h["epoch"] for h in clf.info.train_data["history"]] == [float(e) for e in range(1, 13)]
     assert clf.info.train_data["hard_negatives_from"].endswith("detector_fast.pt")
     insp = load_inspector(out, device="cpu")
     assert insp.family == "severity" and insp.class_names == list(CLASSES)
@@ -125,14 +126,13 @@ def test_classifier_records_real_classes_and_loads_with_the_detector_as_an_inspe
 
 def test_resume_continues_and_refuses_other_data(dataset, tmp_path):
     spec = DataSpec("plain", str(dataset), val_split=0.25)
-    cfg = _det_cfg(steps=6, save_every=3, val_every=3)
-    first = train_detector_on_data(cfg, spec, tmp_path, quiet=True, log=lambda s: None, grid=_SMALL_GRID)
-    again = train_detector_on_data(cfg, spec, tmp_path, resume=True, quiet=True, log=lambda s: None,
-                                   grid=_SMALL_GRID)
+    cfg = _det_cfg(steps=6, val_every=3)
+    first = train_detector(cfg, tmp_path, spec, quiet=True, log=lambda s: None, grid=_SMALL_GRID)
+    again = train_detector(cfg, tmp_path, spec, resume=True, quiet=True, log=lambda s: None, grid=_SMALL_GRID)
     assert len(first.losses) == 6 and again.losses == first.losses  # complete: nothing retrained
     other = DataSpec("plain", str(dataset), val_split=0.5)
     with pytest.raises(DatasetError, match="other data"):
-        train_detector_on_data(cfg, other, tmp_path, resume=True, quiet=True, log=lambda s: None)
+        train_detector(cfg, tmp_path, other, resume=True, quiet=True, log=lambda s: None)
 
 
 def test_box_only_samples_get_their_boxes_filled_as_masks():
@@ -158,7 +158,7 @@ def test_cli_trains_both_models_on_plain_data_and_writes_the_split(dataset, tmp_
     assert main(["train", "threshold", *common]) == 0  # re-tuned with the classifier on the validation images
     assert "validation pipeline mean IoU" in capsys.readouterr().out
     meta = json.loads((tmp_path / "detector_fast.json").read_text())
-    assert meta["train_data"]["split"]["split_seed"] == 1 and meta["class_names"] == list(CLASSES)
+    assert meta["train_data"]["split_seed"] == 1 and meta["train_data"]["data_spec"]["split_seed"] == 1 and meta["class_names"] == list(CLASSES)
     assert "val_pipeline_mean_iou" in meta["metrics"] and meta["metrics"]["threshold_tuning_split"]["val_images"] == 3
     assert json.loads((tmp_path / "classifier.json").read_text())["class_names"] == list(CLASSES)
     assert load_inspector(tmp_path, device="cpu").class_names == list(CLASSES)
@@ -196,3 +196,15 @@ def test_cli_data_without_defects_is_a_clear_error(tmp_path, capsys):
                "--threads", "1", "--quiet", "--steps", "2"])
     err = capsys.readouterr().err
     assert rc == 2 and "no annotated defect" in err
+
+
+def test_the_detector_budget_counts_the_patches_that_tile_the_images():
+    from types import SimpleNamespace
+
+    from models.families.severity.train import DetectorTask
+
+    tr = SimpleNamespace(patch=64, images=[SimpleNamespace(grey=np.zeros((96, 96), np.uint8)),
+                                           SimpleNamespace(grey=np.zeros((48, 200), np.uint8))])
+    task = DetectorTask()
+    assert task.budget_items(tr) == 2 * 2 + 1 * 4  # a 200 px row needs 4 patches of 64, a 48 px one 1
+    assert "64 px patches tiling the 2 training images" == task.budget_unit(tr)

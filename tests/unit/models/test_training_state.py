@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.data.synthetic import write_plain_set
-from models.families.severity.train_synthetic import DetectorTrainConfig, train_detector
+from models.families.severity.train import DetectorTrainConfig, train_detector
 from models.training.lite0 import LiteTrainConfig, train_lite0
 from models.training.state import read_state, save_state
 
@@ -53,7 +53,7 @@ def test_the_lite0_engine_resumes_without_unpickling(tmp_path):
 
 def test_the_severity_trainers_resume_without_unpickling(tmp_path):
     cfg = DetectorTrainConfig(arch="fast", arch_config={"width": 8, "stem": 8}, steps=4, batch=2, patch=64, n_frames=2,
-                              frame_shape=(96, 96), n_val=1, threads=1, save_every=2)
+                              frame_shape=(96, 96), n_val=1, threads=1)
     quiet = {"quiet": True, "log": lambda _m: None}
     train_detector(cfg, tmp_path, **quiet)
     _tamper(tmp_path / "train_state_detector_fast.pt")
