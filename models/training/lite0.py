@@ -84,6 +84,7 @@ class LiteTrainConfig:
     defect_crop_share: float = 0.5
     gate_min_recall: float = 0.99
     eval_every: int | None = None  # validate every N steps (default: the budget's, 6..15 times per run)
+    ema: float | None = None  # decay of an exponential moving average of the weights, validated and kept (None: off)
     options: dict = field(default_factory=dict)  # a family's own settings (its `LiteTask` documents them)
 
 
@@ -152,6 +153,38 @@ def lite0_param_groups(model: torch.nn.Module, cfg: LiteTrainConfig) -> list[dic
         (enc if name.startswith(enc_names) else rest).append(p)
     f = cfg.encoder_lr_factor if cfg.backbone == "lite0" else 1.0
     return [{"params": enc, "lr": cfg.lr * f}, {"params": rest, "lr": cfg.lr}]
+
+
+class WeightEMA:
+    """An exponential moving average of a model's weights (`decay` per step, warmed up as min(decay,
+    (1 + n) / (10 + n)) so early steps are not frozen in); buffers (batch-norm statistics) are copied. `model` is the
+    averaged copy that validation and the checkpoint use."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise DatasetError(f"--ema must be a decay between 0 and 1 (e.g. 0.998), got {decay}")
+        import copy
+
+        self.decay, self.updates = float(decay), 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.mul_(d).add_(p.detach(), alpha=1.0 - d)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "weights": self.model.state_dict()}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.updates = int(st["updates"])
+        self.model.load_state_dict(st["weights"])
 
 
 class BudgetSchedule:
@@ -335,6 +368,9 @@ class LiteTrainer:
         peaks = [g["lr"] for g in opt.param_groups]
         sched = BudgetSchedule(opt, peaks)
         stopper = SmoothedStopper(stop)
+        ema = WeightEMA(model, cfg.ema) if cfg.ema is not None else None
+        self.choices["weights_ema"] = (f"decay {cfg.ema:g} per step: the average is validated and kept"
+                                       if ema is not None else "off")
         state_path = self.out / self.hooks.state_file(self)
         step, best, best_step, best_sd, history, extra, spent = 0, -1.0, -1, None, [], {}, 0.0
         all_losses: list[float] = []
@@ -350,6 +386,8 @@ class LiteTrainer:
             step, best, best_step, best_sd = st["step"], st["best"], st["best_step"], st["best_sd"]
             history, extra, spent = st["history"], st.get("extra", {}), st["spent"]
             all_losses = [float(v) for v in st.get("losses", [])]
+            if ema is not None and st.get("ema") is not None:
+                ema.load_state_dict(st["ema"])
             stopper.load(st["stopper"])
             if self.log is not None:
                 self.log(f"train {self.task}: resumed at step {step} of {budget.steps}")
@@ -381,6 +419,8 @@ class LiteTrainer:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update(model)
             step += 1
             losses.append(float(loss.detach()))
             all_losses.append(losses[-1])
@@ -390,7 +430,8 @@ class LiteTrainer:
             timed_out = budget.seconds is not None and time.time() - t_run >= budget.seconds
             if step % budget.eval_every and step < budget.steps and not timed_out:
                 continue
-            metric, info = self.validate(model)
+            judged = ema.model if ema is not None else model
+            metric, info = self.validate(judged)
             keep = stopper.update(metric)
             history.append({"step": step, "epoch": round(step / budget.steps_per_pass, 2),
                             "loss": float(np.mean(losses)), self.metric_name: metric,
@@ -398,22 +439,24 @@ class LiteTrainer:
             losses = []
             if keep:
                 best, best_step, extra = metric, step, info
-                best_sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best_sd = {k: v.detach().cpu().clone() for k, v in judged.state_dict().items()}
             if not self.quiet:
                 bar.write(f"step {step}: loss {history[-1]['loss']:.4f}, {self.metric_name} {metric:.4f} "
                           f"(smoothed {stopper.ema:.4f}; kept: step {best_step})")
             save_state(state_path, model, opt, sched, self.rng, config=asdict(cfg), step=step, best=best,
                        best_step=best_step, best_sd=best_sd, history=history, extra=extra,
                        spent=time.time() - t_run, stopper=stopper.state(), losses=all_losses,
+                       ema=ema.state_dict() if ema is not None else None,
                        **({"data_spec": self.data_spec} if self.data_spec is not None else {}))
             if stopper.should_stop(progress_now()):
                 stopped_early, ended_by = True, "early stopping"
                 break
         bar.close()
         if best_sd is None:  # a time budget that ended before the first validation
-            metric, extra = self.validate(model)
+            judged = ema.model if ema is not None else model
+            metric, extra = self.validate(judged)
             best, best_step = metric, step
-            best_sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_sd = {k: v.detach().cpu().clone() for k, v in judged.state_dict().items()}
         self.choices["ended_by"] = ended_by
         self.choices["steps_run"] = step
         model.load_state_dict(best_sd)

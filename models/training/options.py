@@ -40,6 +40,9 @@ _COMMON = {
                             f"validation metric, after half the budget and only with at least {MIN_DEFECTIVE_VAL} "
                             "defective validation images (fewer: the whole budget, the last weights)",
                             type=int, default=3),
+    "ema": TrainOption("--ema", "keep an exponential moving average of the weights with this decay per step (e.g. "
+                       "0.998); validation and the checkpoint use the average", type=float, metavar="DECAY",
+                       default_text="off"),
     "balanced": TrainOption("--no-balance", "sample training items uniformly instead of half defective, half good "
                             "per batch (the default when the set holds both)", switch=True, default=True,
                             dest="balanced"),
@@ -49,7 +52,7 @@ _COMMON = {
 def lite_options(*extra: TrainOption) -> tuple[TrainOption, ...]:
     """The engine's options every Lite0 family takes, then the family's own (`extra`)."""
     return (BACKBONE, _COMMON["steps"], _COMMON["epochs"], _COMMON["time_budget"], _COMMON["batch"], _COMMON["lr"],
-            _COMMON["patience"], _COMMON["balanced"], *extra, RESUME, QUIET)
+            _COMMON["patience"], _COMMON["balanced"], _COMMON["ema"], *extra, RESUME, QUIET)
 
 
 def apply_overrides(cfg: object, values: Mapping[str, Any], *fields: str, **renamed: str) -> None:
@@ -73,7 +76,7 @@ def run_lite0(task: str, values: Mapping[str, Any], log: Callable[[str], None],
     cfg = LiteTrainConfig(task=task, backbone=values.get("backbone") or _D.backbone, seed=values.get("seed", 0),
                           threads=values.get("threads", 2), val_split=values.get("val_split", 0.2),
                           split_seed=values.get("split_seed", 0), balanced=values.get("balanced", True))
-    apply_overrides(cfg, values, "epochs", "steps", "time_budget", "batch", "lr", "patience", *fields)
+    apply_overrides(cfg, values, "epochs", "steps", "time_budget", "batch", "lr", "patience", "ema", *fields)
     res = train_lite0(cfg, values["out"], data=values["data"], fmt=values.get("format", "plain"),
                       val_data=values.get("val_data"), resume=bool(values.get("resume")),
                       quiet=bool(values.get("quiet")), log=log)

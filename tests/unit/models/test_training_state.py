@@ -59,3 +59,40 @@ def test_the_severity_trainers_resume_without_unpickling(tmp_path):
     _tamper(tmp_path / "train_state_detector_fast.pt")
     with pytest.raises(pickle.UnpicklingError):
         train_detector(cfg, tmp_path, resume=True, **quiet)
+
+
+def test_weight_ema_averages_parameters_and_copies_buffers():
+    from models.training.lite0 import WeightEMA
+
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(0.0)
+    ema = WeightEMA(model, decay=0.5)
+    with torch.no_grad():
+        model[0].weight.fill_(10.0)
+        model[1].running_mean.fill_(3.0)
+    ema.update(model)  # warm-up: d = min(0.5, 2 / 11)
+    d = 2 / 11
+    assert ema.model[0].weight.item() == pytest.approx(10.0 * (1 - d))
+    assert ema.model[1].running_mean.item() == 3.0 and not ema.model[0].weight.requires_grad
+    st = ema.state_dict()
+    again = WeightEMA(model, decay=0.5)
+    again.load_state_dict(st)
+    assert again.updates == 1 and again.model[0].weight.item() == pytest.approx(ema.model[0].weight.item())
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        WeightEMA(model, decay=1.0)
+
+
+def test_the_engine_validates_and_keeps_the_averaged_weights_and_resumes_them(tmp_path):
+    data = write_plain_set(tmp_path / "data", 6, (64, 64), seed=7000, defect_prob=0.9)
+    plain = LiteTrainConfig(task="segmenter", backbone="none", steps=6, batch=4, threads=1, patch=64)
+    averaged = LiteTrainConfig(task="segmenter", backbone="none", steps=6, batch=4, threads=1, patch=64, ema=0.9)
+    a = train_lite0(plain, tmp_path / "a", data=str(data), fmt="plain", quiet=True)
+    b = train_lite0(averaged, tmp_path / "b", data=str(data), fmt="plain", quiet=True)
+    assert a.losses == b.losses  # the same optimisation: only what is validated and kept differs
+    assert b.info.train_data["choices"]["weights_ema"].startswith("decay 0.9")
+    assert a.info.train_data["choices"]["weights_ema"] == "off" and a.model_version != b.model_version
+    st = read_state(tmp_path / "b" / "train_state_segmenter.pt")
+    assert st["ema"]["updates"] == 6
+    again = train_lite0(averaged, tmp_path / "b", data=str(data), fmt="plain", quiet=True, resume=True)
+    assert again.model_version == b.model_version
