@@ -303,12 +303,15 @@ class LiteTrainer:
 
     def __init__(self, cfg: LiteTrainConfig, out: Path, train: list[InspectionSample], val: list[InspectionSample],
                  split_meta: dict, quiet: bool, hooks: LiteTask | None = None,
-                 log: Callable[[str], None] | None = None, data_spec: dict | None = None) -> None:
+                 log: Callable[[str], None] | None = None, data_spec: dict | None = None,
+                 class_names: Sequence[str] | None = None) -> None:
         self.cfg, self.out, self.quiet, self.log = cfg, out, quiet, log
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.amp = self.device == "cuda"
         self.rng = np.random.default_rng(cfg.seed)
-        self.class_names = tuple(train[0].class_names)
+        # a family whose items are no images (track_vote's part sequences) names its classes and builds its data
+        # in `prepare`
+        self.class_names = tuple(class_names) if class_names is not None else tuple(train[0].class_names)
         self.split_meta = split_meta
         self.task = cfg.task
         self.hooks = hooks if hooks is not None else _TASKS[cfg.task]

@@ -4,14 +4,13 @@ The training tracks are the defects of rendered part sequences (`models.data.syn
 one crop per frame a defect is visible on, cut around its ground-truth box moved and scaled at random (as a
 detector's box would be), with frames dropped at random (as a detector misses some) so that the GRU sees the
 lengths and gaps of real tracks. Validation tracks come from a disjoint seed range and are cut at the
-ground-truth boxes. The weights with the best validation accuracy are kept; the checkpoint records the seeds,
-counts and figures.
+ground-truth boxes. It trains on the one engine (`models.training.lite0`: warm-up + cosine schedule, the encoder at
+0.3 x lr, resume, progress); the weights of the kept validation (accuracy) are written; the checkpoint records the
+seeds, counts and figures.
 """
 from __future__ import annotations
 
-import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,10 +20,10 @@ import torch
 from torch import nn
 
 from models.core.backbone import to_input
-from models.core.checkpoints import save_checkpoint
 from models.families.track_vote.model import ARCH, FILE, KIND, TrackVoterNet, crop_box
+from models.training.lite0 import CheckpointPlan, LiteTask, LiteTrainConfig, LiteTrainer, register_task
 
-__all__ = ["TrackSet", "VoteTrainConfig", "synthetic_tracks", "train_track_vote"]
+__all__ = ["TrackSet", "VoteTrainConfig", "TrackVoteTask", "synthetic_tracks", "train_track_vote"]
 
 
 @dataclass
@@ -50,6 +49,7 @@ class VoteTrainConfig:
     threads: int = 2
     pretrained: bool = True
     progress: bool = True
+    resume: bool = False
 
 
 def _jitter(box: Sequence[float], rng: np.random.Generator, shape: tuple[int, int]) -> tuple[float, ...]:
@@ -94,7 +94,7 @@ def _accuracy(model: TrackVoterNet, ts: TrackSet, batch: int) -> dict[str, float
     with torch.inference_mode():
         for i in range(0, len(ts.crops), batch):
             chunk = ts.crops[i:i + batch]
-            x = to_input([c for t in chunk for c in t])
+            x = to_input([c for t in chunk for c in t], next(model.parameters()).device)
             pred += model.forward_batch(x, [len(t) for t in chunk]).argmax(1).tolist()
     y = np.asarray(ts.labels)
     p = np.asarray(pred)
@@ -110,71 +110,92 @@ def _accuracy(model: TrackVoterNet, ts: TrackSet, batch: int) -> dict[str, float
     return res
 
 
+class TrackVoteTask(LiteTask):
+    """The sequence vote's hooks: tracks rendered in `prepare` (`cfg.options`: parts, val_parts, seed,
+    frames_per_part, frame_shape, size); cross-entropy with label smoothing 0.05; validation metric: accuracy."""
+
+    name = "track_vote"
+    default_lr = 1e-3
+    channels_last = False  # the GRU's input is a sequence of pooled features
+
+    def prepare(self, tr: LiteTrainer, train: list, val: list) -> None:
+        from tqdm import tqdm
+
+        o = tr.cfg.options
+        rng = np.random.default_rng(0)
+        bar = tqdm(total=o["parts"] + o["val_parts"], unit="part", desc="track-vote: render", file=sys.stderr,
+                   disable=tr.quiet)
+        first_val = o["seed"] + o["parts"]
+        tr.tracks = synthetic_tracks(o["seed"], o["parts"], o["frames_per_part"], tuple(o["frame_shape"]), o["size"],
+                                     tr.class_names, augment=True, rng=rng, progress=bar.update)
+        tr.val_tracks = synthetic_tracks(first_val, o["val_parts"], o["frames_per_part"], tuple(o["frame_shape"]),
+                                         o["size"], tr.class_names, augment=False, rng=rng, progress=bar.update)
+        bar.close()
+        if not tr.tracks.crops or not tr.val_tracks.crops:
+            raise ValueError(f"no defect tracks in {o['parts']} training / {o['val_parts']} validation parts")
+        if tr.log is not None:
+            tr.log(f"track-vote: {len(tr.tracks.crops)} training tracks ({sum(tr.tracks.borderline)} borderline "
+                   f"imprints), {len(tr.val_tracks.crops)} validation tracks from part seeds "
+                   f"{o['seed']}..{first_val + o['val_parts'] - 1}")
+        tr.n_out = len(tr.class_names)
+        tr.metric_name = "val_accuracy"
+        tr.record = {"source": "synthetic part sequences", "seeds": [o["seed"], first_val - 1],
+                     "val_seeds": [first_val, first_val + o["val_parts"] - 1], "frames_per_part": o["frames_per_part"],
+                     "frame_shape": list(o["frame_shape"]), "tracks": len(tr.tracks.crops)}
+        tr.loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
+
+    def n_train(self, tr: LiteTrainer) -> int:
+        return len(tr.tracks.crops)
+
+    def budget_unit(self, tr: LiteTrainer) -> str:
+        return "tracks"
+
+    def train_defective(self, tr: LiteTrainer) -> Sequence[bool]:
+        return [True] * len(tr.tracks.crops)  # every track is a defect: uniform sampling
+
+    def val_defective(self, tr: LiteTrainer) -> int:
+        return len(tr.val_tracks.crops)
+
+    def build(self, n_out: int, pretrained: bool) -> torch.nn.Module:
+        return TrackVoterNet(n_out, pretrained=pretrained)
+
+    def loss(self, tr: LiteTrainer, model: torch.nn.Module, idx: Sequence[int]) -> torch.Tensor:
+        t = tr.tracks
+        x = to_input([c for k in idx for c in t.crops[k]], tr.device)
+        y = torch.as_tensor([t.labels[k] for k in idx], device=tr.device)
+        return tr.loss_fn(model.forward_batch(x, [len(t.crops[k]) for k in idx]).float(), y)
+
+    def validate(self, tr: LiteTrainer, model: torch.nn.Module) -> tuple[float, dict]:
+        fig = _accuracy(model, tr.val_tracks, tr.cfg.batch)
+        return fig["accuracy"], {f"val_{k}": v for k, v in fig.items() if k != "accuracy"}
+
+    def checkpoint(self, tr: LiteTrainer, model: torch.nn.Module, metrics: dict) -> CheckpointPlan:
+        return CheckpointPlan(FILE, KIND, ARCH, {"n_classes": tr.n_out, "hidden": 64},
+                              {"channels": 3, "size": tr.cfg.options["size"], "context": "box + 25 % each side"})
+
+
+TASK = register_task(TrackVoteTask())
+
+
 def train_track_vote(cfg: VoteTrainConfig, classes: Sequence[str], log: Callable[[str], None] = print
                      ) -> tuple[Path, list[float], dict[str, float]]:
-    """Train and write `cfg.out`/track_vote.pt. Returns (checkpoint path, loss per step, validation figures)."""
-    from tqdm import tqdm
-
+    """Train on the one engine and write `cfg.out`/track_vote.pt (the weights of the kept validation; resumable
+    from `cfg.out`/train_state_track_vote.pt with `cfg.resume`). Returns (checkpoint path, loss per step,
+    validation figures)."""
     torch.set_num_threads(max(1, cfg.threads))
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    t0 = time.time()
-    bar = tqdm(total=cfg.parts + cfg.val_parts, unit="part", desc="track-vote: render", file=sys.stderr,
-               disable=not cfg.progress)
-    train = synthetic_tracks(cfg.seed, cfg.parts, cfg.frames_per_part, cfg.frame_shape, cfg.size, classes,
-                             augment=True, rng=rng, progress=bar.update)
-    val = synthetic_tracks(cfg.seed + cfg.parts, cfg.val_parts, cfg.frames_per_part, cfg.frame_shape, cfg.size,
-                           classes, augment=False, rng=rng, progress=bar.update)
-    bar.close()
-    if not train.crops or not val.crops:
-        raise ValueError(f"no defect tracks in {cfg.parts} training / {cfg.val_parts} validation parts")
-    log(f"track-vote: {len(train.crops)} training tracks ({sum(train.borderline)} borderline imprints), "
-        f"{len(val.crops)} validation tracks from part seeds {cfg.seed}..{cfg.seed + cfg.parts + cfg.val_parts - 1}")
-    model = TrackVoterNet(len(classes), pretrained=cfg.pretrained)
-    enc = list(model.encoder.parameters())
-    rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
-    opt = torch.optim.AdamW([{"params": enc, "lr": cfg.lr * 0.3}, {"params": rest, "lr": cfg.lr}], weight_decay=1e-4)
-    per_epoch = max(1, math.ceil(len(train.crops) / cfg.batch))
-    total = per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(
-        math.pi * min(1.0, s / max(1, total)))))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
-    losses: list[float] = []
-    best: tuple[float, dict, dict] | None = None
-    bar = tqdm(total=total, unit="step", desc="track-vote: train", file=sys.stderr, disable=not cfg.progress)
-    for epoch in range(cfg.epochs):
-        model.train()
-        order = rng.permutation(len(train.crops))
-        for i in range(0, len(order), cfg.batch):
-            idx = order[i:i + cfg.batch]
-            x = to_input([c for k in idx for c in train.crops[k]])
-            y = torch.as_tensor([train.labels[k] for k in idx])
-            loss = loss_fn(model.forward_batch(x, [len(train.crops[k]) for k in idx]), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=epoch + 1)
-        fig = _accuracy(model, val, cfg.batch)
-        log(f"track-vote: epoch {epoch + 1}: loss {np.mean(losses[-per_epoch:]):.4f}, validation " +
-            ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in fig.items()))
-        if best is None or fig["accuracy"] > best[0]:
-            best = (fig["accuracy"], {k: v.detach().clone() for k, v in model.state_dict().items()}, fig)
-    bar.close()
-    assert best is not None
+    lite = LiteTrainConfig(task="track_vote", backbone="lite0" if cfg.pretrained else "none", epochs=cfg.epochs,
+                           batch=cfg.batch, lr=cfg.lr, threads=cfg.threads, seed=0, val_split=0.0,
+                           options={"parts": cfg.parts, "val_parts": cfg.val_parts, "seed": cfg.seed,
+                                    "frames_per_part": cfg.frames_per_part, "frame_shape": list(cfg.frame_shape),
+                                    "size": cfg.size})
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / FILE
-    save_checkpoint(path, best[1], kind=KIND, arch=ARCH, arch_config={"n_classes": len(classes), "hidden": 64},
-                    input_spec={"channels": 3, "size": cfg.size, "context": "box + 25 % each side"},
-                    class_names=list(classes),
-                    train_data={"source": "synthetic part sequences", "seeds": [cfg.seed, cfg.seed + cfg.parts - 1],
-                                "val_seeds": [cfg.seed + cfg.parts, cfg.seed + cfg.parts + cfg.val_parts - 1],
-                                "frames_per_part": cfg.frames_per_part, "frame_shape": list(cfg.frame_shape),
-                                "tracks": len(train.crops), "epochs": cfg.epochs, "batch": cfg.batch,
-                                "wall_s": round(time.time() - t0, 1)},
-                    metrics={f"val_{k}": v for k, v in best[2].items()})
-    log(f"track-vote: kept validation accuracy {best[0]:.4f}; {time.time() - t0:.0f} s")
-    return path, losses, best[2]
+    spec = {"format": "synthetic part sequences", "data": f"seeds {cfg.seed}..{cfg.seed + cfg.parts - 1}",
+            "val_data": f"seeds {cfg.seed + cfg.parts}..{cfg.seed + cfg.parts + cfg.val_parts - 1}",
+            "frames_per_part": cfg.frames_per_part, "frame_shape": list(cfg.frame_shape), "size": cfg.size}
+    res = LiteTrainer(lite, out, [], [], {}, not cfg.progress, log=log, data_spec=spec,
+                      class_names=list(classes)).run(cfg.resume)
+    fig = {("accuracy" if k == "val_accuracy" else k[4:]): v for k, v in res.info.metrics.items()
+           if k.startswith("val_")}
+    log(f"track-vote: kept validation accuracy {fig['accuracy']:.4f}; {res.seconds:.0f} s")
+    return res.checkpoint, list(res.losses), fig
