@@ -15,10 +15,11 @@ _OWN = (
     TrainOption("--val-parts", "validation part sequences (the seed range after the training one)", type=int,
                 default=150),
     TrainOption("--frames-per-part", "frames per rendered part", type=int, default=6),
-    TrainOption("--epochs", "passes over the training tracks (the best validation accuracy is kept)", type=int,
-                default=8),
+    TrainOption("--epochs", "passes over the training tracks, validating after each (the one engine keeps the weights "
+                "of the best smoothed validation accuracy)", type=int, default=8),
     TrainOption("--size", "crop side in pixels", type=int, default=64),
     TrainOption("--quiet", "no progress bars", switch=True, default=False),
+    TrainOption("--resume", "continue from the training state in --out", switch=True, default=False),
 )
 
 
@@ -47,7 +48,8 @@ def _run(values: Mapping[str, Any], log: Callable[[str], None]) -> str:
             if p.is_file() and p.suffix in (".pt", ".json") and not p.name.startswith("track_vote."):
                 shutil.copy2(p, out / p.name)
     cfg = VoteTrainConfig(out=str(out), seed=200_000 + int(values.get("seed") or 0),
-                          threads=int(values.get("threads") or 2), progress=not values.get("quiet"))
+                          threads=int(values.get("threads") or 2), progress=not values.get("quiet"),
+                          resume=bool(values.get("resume")))
     for key in ("parts", "val_parts", "frames_per_part", "epochs", "size"):
         if values.get(key) is not None:
             if int(values[key]) < 1:

@@ -127,3 +127,19 @@ def test_score_offline_puts_several_models_in_one_table(tmp_path):
     assert [m["family"] for m in doc["models"]] == ["severity", "track-vote+severity"]
     assert "tracked_sequence_vote" in doc["models"][1]["defaults"]
     assert (tmp_path / "det.npz.0").is_file() and (tmp_path / "det.npz.1").is_file()
+
+
+def test_track_vote_trains_on_the_one_engine_and_resumes(tmp_path):
+    from models.data.synthetic import CLASS_NAMES
+    from models.families.track_vote.train import VoteTrainConfig, train_track_vote
+
+    cfg = VoteTrainConfig(out=str(tmp_path), parts=6, val_parts=2, frames_per_part=3, frame_shape=(96, 192), size=32,
+                          epochs=2, batch=4, threads=1, pretrained=False, progress=False)
+    path, losses, fig = train_track_vote(cfg, list(CLASS_NAMES), log=lambda _m: None)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    td = meta["train_data"]
+    assert td["config"]["task"] == "track_vote" and td["choices"]["steps_run"] == len(losses) > 0
+    assert td["seeds"] == [200000, 200005] and fig["tracks"] == meta["metrics"]["val_tracks"]
+    cfg.resume = True  # complete: nothing retrained, the same losses and weights
+    again, losses2, _ = train_track_vote(cfg, list(CLASS_NAMES), log=lambda _m: None)
+    assert losses2 == losses and json.loads(again.with_suffix(".json").read_text())["model_version"] == meta["model_version"]
