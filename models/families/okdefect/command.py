@@ -10,11 +10,14 @@ from models.training.options import lite_options, run_lite0
 _OWN = (
     TrainOption("--tile", "patch side: every image is cut into TILE x TILE patches, DEFECT when any pixel (or box) "
                 "is a defect", type=int, default=DEFAULT_PATCH),
+    TrainOption("--size", "network input side: patches are resized to SIZE x SIZE (above --tile: finer features "
+                "and Grad-CAM maps for small defects, at (SIZE/TILE)^2 the compute)", type=int,
+                default_text="the tile (no resizing)"),
 )
 
 
 def _run(values: Mapping[str, Any], log: Callable[[str], None]) -> str:
-    return run_lite0("okdefect", values, log, fields=("tile",))
+    return run_lite0("okdefect", values, log, fields=("tile", "size"))
 
 
 COMMAND = TrainCommand(

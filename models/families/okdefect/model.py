@@ -24,6 +24,7 @@ from models.core.checkpoints import CheckpointError, CheckpointInfo, load_checkp
 from models.core.regions import regions_from_severity
 from models.core.types import Detection
 from models.families.anomaly.tiling import cut_tiles, stitch_max
+from models.families.image_classifier.model import resize_square
 from models.runtime.runtimes import Network, Runner, TorchRunner, golden_frame
 from models.runtime.swap import RuntimeSwap
 
@@ -110,6 +111,7 @@ class OkDefectInspector(RuntimeSwap):
         self.model_version = info.model_version
         self.class_names = [CLASS]
         self.patch = int(info.input_spec["patch"])
+        self.size = int(info.input_spec.get("size", self.patch))  # network input side: patches resized to it
         self.threshold = float(info.threshold if info.threshold is not None else 0.5)
         pp = info.postprocess
         self.cam = str(pp.get("cam", "gradcam++"))
@@ -141,6 +143,8 @@ class OkDefectInspector(RuntimeSwap):
         """Per frame its confidence map, CAM map and patch probabilities (`FrameMaps`), in one pass."""
         cuts = [cut_tiles(f, self.patch) for f in frames]
         flat = [t for tiles, _ in cuts for t in tiles]
+        if self.size != self.patch:  # zoomed: finer features and CAMs for small defects
+            flat = [resize_square(t, self.size) for t in flat]
         with self._lock:
             outs = patch_outputs(self._run, flat, self.device)
         ch = 1 + CAMS.index(self.cam)

@@ -12,7 +12,7 @@ from models.core.regions import image_iou
 from models.core.types import InspectionSample
 from models.data.datasets import DatasetError, image_label, sample_class_mask, tile_samples
 from models.evaluation.metrics import image_auroc
-from models.families.image_classifier.model import image_probabilities
+from models.families.image_classifier.model import image_probabilities, resize_square
 from models.families.image_classifier.train import ImageTask
 from models.families.okdefect.model import CAMS, FILE, KIND, CamNet, build_okdefect, patch_outputs, scale_cam
 from models.training.lite0 import SPEC_COMMON, CheckpointPlan, LiteTrainer, register_task
@@ -53,8 +53,13 @@ class OkDefectTask(ImageTask):
     def prepare(self, tr: LiteTrainer, train: list[InspectionSample], val: list[InspectionSample]) -> None:
         patch = int(tr.cfg.tile or DEFAULT_PATCH)
         train, val = tile_samples(train, patch), tile_samples(val, patch)
-        tr.size = patch
+        tr.size = int(tr.cfg.size or patch)
+        if tr.size < 32:
+            raise DatasetError(f"--size must be at least 32 (the encoder's stride), got {tr.size}")
         tr.patch = patch
+        tr.choices["input"] = {"size": tr.size, "patch": patch,
+                               "rule": f"patches resized to {tr.size} px (--size)" if tr.cfg.size else
+                               "the patch itself (no resizing)"}
         tr.tr_img = [s.image for s in train]
         tr.va_img = [s.image for s in val]
         tr.tr_y = np.array([image_label(s) > 0 for s in train])
@@ -88,12 +93,12 @@ class OkDefectTask(ImageTask):
         pick = [i for i in range(len(s)) if tr.va_y[i] and s[i] >= threshold and tr.va_img[i].shape[:2] == (tr.patch,) * 2]
         cam, cam_t, miou = CAMS[1], 0.5, None
         if pick:
-            outs = patch_outputs(CamNet(model).eval(), [tr.va_img[i] for i in pick], tr.device)
+            outs = patch_outputs(CamNet(model).eval(), [resize_square(tr.va_img[i], tr.size) for i in pick], tr.device)
             cam, cam_t, miou = choose_cam(outs, [tr.va_mask[i] for i in pick])
         metrics.update({"val_accuracy": float(((s >= threshold) == tr.va_y).mean()), "val_patches": int(len(s)),
                         "val_defect_patches": int(tr.va_y.sum()), "val_cam_miou": miou})
         return CheckpointPlan(FILE, KIND, "lite0", {"n_outputs": 1},
-                              {**SPEC_COMMON, "size": tr.patch, "patch": tr.patch,
+                              {**SPEC_COMMON, "size": tr.size, "patch": tr.patch,
                                "frames": "cut into patch x patch patches (the last aligned with the edge), "
                                          "small frames reflection-padded"},
                               threshold=threshold, postprocess={"cam": cam, "cam_threshold": cam_t, "min_area": 16})

@@ -50,3 +50,27 @@ def test_patch_threshold_is_the_most_accurate_and_the_cam_threshold_the_best_iou
     cam, thr, miou = choose_cam(out, [mask])
     assert cam == "gradcam" and miou > 0.5
     assert (scale_cam(out[0, 1], (64, 64)) >= thr)[:16, :16].all()
+
+
+def test_zoomed_patches_train_serve_and_score_like_validation(tmp_path):
+    """`--size` above `--tile`: the Inspector resizes every patch as training and validation did."""
+    from models.data.synthetic import write_plain_set
+    from models.families.anomaly.tiling import cut_tiles
+    from models.families.image_classifier.model import image_probabilities
+    from models.loading import load_inspector
+    from models.training.lite0 import LiteTrainConfig, train_lite0
+
+    data = write_plain_set(tmp_path / "data", 8, (64, 64), seed=7100, defect_prob=0.6)
+    cfg = LiteTrainConfig(task="okdefect", backbone="lite0", steps=3, batch=8, threads=1, tile=32, size=64)
+    res = train_lite0(cfg, tmp_path / "m", data=str(data), fmt="plain", quiet=True)
+    spec = res.info.input_spec
+    assert (spec["patch"], spec["size"]) == (32, 64)
+    assert res.info.train_data["choices"]["input"]["size"] == 64
+    insp = load_inspector(tmp_path / "m", device="cpu")
+    assert (insp.patch, insp.size) == (32, 64)
+    frame = render_sample(3, (64, 96)).image
+    (fm,) = insp.maps([frame])
+    tiles, _ = cut_tiles(frame, 32)
+    ref = image_probabilities(insp.model, tiles, 64, "cpu", sigmoid=True)[:, 0]
+    assert fm.probs.shape == (len(tiles),) and np.allclose(fm.probs, ref, atol=1e-5)
+    assert fm.cam.shape == frame.shape[:2]
