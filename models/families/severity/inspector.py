@@ -210,7 +210,8 @@ class SeverityInspector(RuntimeSwap):
     def tune_threshold(self, frames: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray],
                        candidates: Sequence[float] | None = None,
                        relatives: Sequence[float] = (0.0,), lows: Sequence[float] = (1.0,),
-                       hole_areas: Sequence[int] = (0,), flip_ttas: Sequence[bool] = (False,)) -> TunedPostprocess:
+                       hole_areas: Sequence[int] = (0,), flip_ttas: Sequence[bool] = (False,),
+                       progress: bool = False) -> TunedPostprocess:
         """Set and return the post-processing maximising mean IoU of the whole pipeline
         (classifier included) on validation frames.
 
@@ -221,6 +222,7 @@ class SeverityInspector(RuntimeSwap):
             hole_areas: largest enclosed holes filled in region masks (px; 0 = none) to try,
             each at the best (T, relative, low) found with the first of them;
             flip_ttas: with/without flip test-time augmentation (each gets the full search).
+            progress: show a progress bar over the settings tried (minutes on a large validation set).
         Returns:
             the chosen settings and their mean IoU (over images where prediction or GT holds a
             defect); the Inspector uses them from then on.
@@ -228,7 +230,12 @@ class SeverityInspector(RuntimeSwap):
         cands = list(candidates) if candidates is not None else [0.5 * i for i in range(1, 21)]
         greys = [_to_grey(np.asarray(f)) for f in frames]
         best = TunedPostprocess(self.threshold, self.relative, self.low, self.hole_area, self.flip_tta, -1.0)
-        with self._lock, torch.inference_mode():
+        from tqdm import tqdm
+
+        total = len(flip_ttas) * (len(cands) * len(relatives) * len(lows) + max(0, len(hole_areas) - 1))
+        bar = tqdm(total=total, desc=f"post-processing on {len(greys)} images", unit="setting", disable=not progress,
+                   mininterval=1.0, dynamic_ncols=True)
+        with bar, self._lock, torch.inference_mode():
             for flip in flip_ttas:
                 sev = self.severity_maps(greys, flip_tta=bool(flip))
                 cache: dict = {}  # many settings give identical regions: classify each distinct one once
@@ -240,10 +247,12 @@ class SeverityInspector(RuntimeSwap):
                 here = TunedPostprocess(self.threshold, self.relative, self.low, holes0, bool(flip), -1.0)
                 for t, rel, lo in [(t, r, lo) for t in cands for r in relatives for lo in lows]:
                     m = mean_iou(t, rel, lo, holes0)
+                    bar.update(1)
                     if m > here.mean_iou:
                         here = here._replace(threshold=float(t), relative=float(rel), low=float(lo), mean_iou=m)
                 for holes in hole_areas[1:]:
                     m = mean_iou(here.threshold, here.relative, here.low, int(holes))
+                    bar.update(1)
                     if m > here.mean_iou:
                         here = here._replace(hole_area=int(holes), mean_iou=m)
                 if here.mean_iou > best.mean_iou:

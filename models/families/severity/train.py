@@ -243,7 +243,7 @@ class DetectorTask(LiteTask):
                               arch_config=dict(o["arch_config"]), input_spec=spec, class_names=list(tr.class_names),
                               threshold=thr)
         tuned = tune_postprocess_on_images(detector_only_inspector(model, info, tr.class_names), tr.val_images,
-                                           o["grid"])
+                                           o["grid"], progress=not tr.quiet)
         metrics.update({"val_regions_mean_iou": tuned.mean_iou,
                         "threshold_tuned_on": f"{len(tr.val_images)} validation images (detector only, every "
                                               "region accepted)"})

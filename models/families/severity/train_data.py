@@ -228,11 +228,12 @@ class _AcceptAll(torch.nn.Module):
         return ClassifierOutput(logits, logits.softmax(1))
 
 
-def tune_postprocess_on_images(inspector: Any, images: Sequence[PreparedImage], grid: dict | None = None) -> Any:
+def tune_postprocess_on_images(inspector: Any, images: Sequence[PreparedImage], grid: dict | None = None,
+                               progress: bool = False) -> Any:
     """Choose T and the other post-processing settings of a `SeverityInspector` on annotated
-    images by mean IoU (`SeverityInspector.tune_threshold` over `POSTPROCESS_GRID`)."""
+    images by mean IoU (`SeverityInspector.tune_threshold` over `POSTPROCESS_GRID`; `progress`: a bar)."""
     g = dict(POSTPROCESS_GRID if grid is None else grid)
-    return inspector.tune_threshold([im.grey for im in images], [im.mask for im in images], **g)
+    return inspector.tune_threshold([im.grey for im in images], [im.mask for im in images], progress=progress, **g)
 
 
 def detector_only_inspector(model: torch.nn.Module, det_info: CheckpointInfo, names: Sequence[str]) -> Any:

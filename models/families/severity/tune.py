@@ -34,7 +34,7 @@ def retune(req: RetuneRequest) -> str:
     if req.data:
         split = DataSpec(req.fmt, req.data, req.val_data, req.val_split, req.split_seed).load()
         val, _, _ = prepare_images(split.val)
-        return _retune(req, lambda insp: tune_postprocess_on_images(insp, val),
+        return _retune(req, lambda insp: tune_postprocess_on_images(insp, val, progress=True),
                        {"threshold_tuned_on": f"{len(val)} validation images of {req.data} (detector+classifier)",
                         "threshold_tuning_split": split.meta}, on=f" on {len(val)} images")
     n = req.val_frames or 100
@@ -43,5 +43,5 @@ def retune(req: RetuneRequest) -> str:
         req, lambda insp: insp.tune_threshold([s.image for s in samples], [s.class_mask for s in samples],
                                               candidates=[0.5 * i for i in range(8, 24)],
                                               relatives=[0.0, 0.5], lows=[1.0, 0.8, 0.7, 0.6, 0.5],
-                                              hole_areas=[0, 64, 256], flip_ttas=[False, True]),
+                                              hole_areas=[0, 64, 256], flip_ttas=[False, True], progress=True),
         {"threshold_tuned_on": f"synthetic:seed={VAL_SEED_BASE},n={n} (detector+classifier)"})
