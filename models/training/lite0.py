@@ -465,7 +465,8 @@ class LiteTrainer:
         model.load_state_dict(best_sd)
         model = model.to(memory_format=torch.contiguous_format)
         res = self._save(model, best, best_step, history, extra, stopped_early, time.time() - t0)
-        return res._replace(losses=tuple(all_losses))
+        # the wall time of the whole run, the task's checkpoint work (e.g. a post-processing search) included
+        return res._replace(losses=tuple(all_losses), seconds=time.time() - t0)
 
     def _save(self, model: torch.nn.Module, best: float, best_step: int, history: list, extra: dict,
               stopped_early: bool, seconds: float) -> LiteTrainResult:
