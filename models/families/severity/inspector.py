@@ -6,6 +6,7 @@ checkpoints.
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -296,7 +297,10 @@ class SeverityInspector(RuntimeSwap):
         crops, owners, keys = [], [], []
         for fi, (g, regs) in enumerate(zip(greys, per_frame)):
             for ri, r in enumerate(regs):
-                key = (fi, tuple(r.bbox), np.packbits(r.mask).tobytes()) if cache is not None else None
+                # a 16-byte digest of the mask, not the mask: a search over hundreds of settings on a large
+                # validation set keeps one key per distinct region
+                key = ((fi, tuple(r.bbox), hashlib.blake2b(np.packbits(r.mask).tobytes(), digest_size=16).digest())
+                       if cache is not None else None)
                 keys.append(key)
                 if key is not None and key in cache:
                     owners.append((fi, ri, 0))
