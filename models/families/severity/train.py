@@ -352,7 +352,7 @@ def _synthetic(seed: int, n: int, shape: tuple[int, int]) -> str:
     return f"synthetic:seed={seed},n={n},size={shape[0]}x{shape[1]}"
 
 
-def _run(task: str, lite: LiteTrainConfig, cfg: Any, data: DataSpec | None, out_dir: str | os.PathLike[str],
+def _run(lite: LiteTrainConfig, cfg: Any, data: DataSpec | None, out_dir: str | os.PathLike[str],
          resume: bool, quiet: bool, log: Callable[[str], None]) -> TrainResult:
     if data is None:  # the synthetic generator: training and validation frames from disjoint seed ranges
         data = DataSpec("synthetic", _synthetic(cfg.seed_base, cfg.n_frames, cfg.frame_shape),
@@ -391,7 +391,7 @@ def train_detector(cfg: DetectorTrainConfig, out_dir: str | os.PathLike[str], da
                                     "label_lambda": cfg.label_lambda, "label_floor": cfg.label_floor,
                                     "defect_weight": cfg.defect_weight, "p_defect": cfg.p_defect, "init": cfg.init,
                                     "grid": grid})
-    return _run("detector", lite, cfg, data, out_dir, resume, quiet, log)
+    return _run(lite, cfg, data, out_dir, resume, quiet, log)
 
 
 def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | os.PathLike[str], data: DataSpec | None = None,
@@ -409,4 +409,4 @@ def train_classifier(cfg: ClassifierTrainConfig, out_dir: str | os.PathLike[str]
                            options={"width": cfg.width, "detector": cfg.detector,
                                     "crops_per_instance": cfg.crops_per_instance,
                                     "background_per_image": cfg.background_per_image})
-    return _run("region_classifier", lite, cfg, data, out_dir, resume, quiet, log)
+    return _run(lite, cfg, data, out_dir, resume, quiet, log)
