@@ -374,6 +374,8 @@ class LiteTrainer:
         ema = WeightEMA(model, cfg.ema) if cfg.ema is not None else None
         self.choices["weights_ema"] = (f"decay {cfg.ema:g} per step: the average is validated and kept"
                                        if ema is not None else "off")
+        if self.log is not None and ema is not None:
+            self.log(f"train {self.task}: weights_ema: {self.choices['weights_ema']}")
         state_path = self.out / self.hooks.state_file(self)
         step, best, best_step, best_sd, history, extra, spent = 0, -1.0, -1, None, [], {}, 0.0
         all_losses: list[float] = []
