@@ -324,7 +324,10 @@ def _check_export(path: Path, want: dict[str, str]) -> tuple[bytes | None, str |
         return None, f"{record_path(path).name} is not the export record of {path.name}"
     for k, v in want.items():
         if rec.get(k) != v:
-            return None, f"recorded {k} {str(rec.get(k))[:16]!r}, expected {v[:16]!r}"
+            got_k, n = str(rec.get(k)), 16
+            while n < max(len(got_k), len(v)) and got_k[:n] == v[:n]:  # show where they differ
+                n += 16
+            return None, f"recorded {k} {got_k[:n]!r}, expected {v[:n]!r}"
     got = _sha256(data)
     if got != rec.get("sha256"):
         return None, (f"its SHA-256 {got[:16]}… is not the {str(rec.get('sha256'))[:16]}… recorded when it was "

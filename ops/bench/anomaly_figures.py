@@ -230,15 +230,21 @@ def _okdefect_speed(args, frames: list) -> dict:
     from models.families.anomaly.tiling import cut_tiles
     from models.families.okdefect.model import patch_outputs
     from models.runtime.runtimes import Network, Select, build_runner
+    from models.families.image_classifier.model import resize_square
 
     out: dict = {}
     for rt in ("torch", "onnxruntime"):
         insp = load_inspector(args.checkpoint, device="cpu", runtime=rt)
         tiles = [t for f in frames for t in cut_tiles(f, insp.patch)[0]]
         out["patches_per_frame"] = len(tiles) // len(frames)
+        size = int(getattr(insp, "size", insp.patch))
+        out["network_input"] = size
+        if size != insp.patch:  # a zoomed model: the networks see the patches as the Inspector feeds them
+            tiles = [resize_square(t, size) for t in tiles]
         cam_net = insp.networks()["okdefect"]
-        plain = Network(cam_net.checkpoint, cam_net.content_hash + "-logit", Select(insp.model).eval(),
-                        cam_net.golden, cam_net.trace_shape)
+        # its own export name: the logit-only graph must not replace the CAM graph's export beside the checkpoint
+        plain = Network(cam_net.checkpoint.with_name(cam_net.checkpoint.stem + "-logit.pt"),
+                        cam_net.content_hash + "-logit", Select(insp.model).eval(), cam_net.golden, cam_net.trace_shape)
         runners = {"without_cam": build_runner(plain, rt, threads=args.threads, cache_dir=Path(args.out) / "exports"),
                    "with_cam_graph": insp._run}
         for name, run in runners.items():
